@@ -1,0 +1,61 @@
+//! Settings of the notifier: defaults, then environment variables, then flags.
+
+use std::time::Duration;
+
+use crate::channel::Channel;
+
+/// Notifier settings. Flags and environment variables are listed in the README.
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Database URL: a SQLite file (created if missing) or `sqlite::memory:`.
+    #[arg(long, env = "NOTIFIER_DATABASE_URL", default_value = "sqlite://data/notifier.db")]
+    pub database_url: String,
+
+    /// Kafka bootstrap servers (comma-separated host:port).
+    #[arg(long, env = "KAFKA_BROKERS", default_value = ordermesh::kafka::DEFAULT_EMBEDDED_ADDR)]
+    pub kafka_brokers: String,
+
+    /// Topic to read OrderPlaced events from.
+    #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC)]
+    pub events_topic: String,
+
+    /// Channels to run, comma-separated: run one to stop the other channel.
+    #[arg(long, env = "NOTIFIER_CHANNELS", value_enum, value_delimiter = ',', default_value = "email,sms")]
+    pub channels: Vec<Channel>,
+
+    /// Consumer group of the email channel.
+    #[arg(long, env = "NOTIFIER_EMAIL_GROUP", default_value = "notifier-email")]
+    pub email_group: String,
+
+    /// Consumer group of the SMS channel.
+    #[arg(long, env = "NOTIFIER_SMS_GROUP", default_value = "notifier-sms")]
+    pub sms_group: String,
+
+    /// How long in-flight calls may finish after SIGTERM, in milliseconds.
+    #[arg(long, env = "NOTIFIER_DRAIN_GRACE_MS", default_value_t = 10_000)]
+    pub drain_grace_ms: u64,
+}
+
+impl Config {
+    /// Defaults overlaid with the environment, as the runner uses it.
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            config: Config,
+        }
+        <Wrapper as clap::Parser>::try_parse_from(["notifier"]).map(|w| w.config)
+    }
+
+    /// The consumer group of `channel`.
+    pub fn group(&self, channel: Channel) -> &str {
+        match channel {
+            Channel::Email => &self.email_group,
+            Channel::Sms => &self.sms_group,
+        }
+    }
+
+    pub(crate) fn drain_grace(&self) -> Duration {
+        Duration::from_millis(self.drain_grace_ms)
+    }
+}

@@ -1,0 +1,127 @@
+//! The notifier: an email consumer and an SMS consumer of OrderPlaced events, each in its own consumer
+//! group so each channel reads every event on its own, plus a gRPC API listing what was sent.
+//!
+//! Layout: `config` is what the binary and the runner fill in; `channel` is what sending means per
+//! channel; `consumer` is the at-least-once loop and its step, `handle`; `store` holds every SQL
+//! statement; `api` serves ListNotifications.
+#![forbid(unsafe_code)]
+
+mod api;
+mod channel;
+mod config;
+mod consumer;
+mod store;
+
+use std::{collections::HashMap, future::Future, sync::Arc};
+
+use ordermesh::{grpc, kafka, proto::notification::v1::notification_service_server::NotificationServiceServer};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+pub use channel::Channel;
+pub use config::Config;
+pub use consumer::{Outcome, Stats};
+
+/// Errors that stop the notifier.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot open the notifier database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot migrate the notifier database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("Kafka at {brokers} (KAFKA_BROKERS): {source}")]
+    Kafka { brokers: String, source: kafka::BrokerError },
+    #[error("no channel configured (NOTIFIER_CHANNELS): give email, sms or both")]
+    NoChannel,
+    #[error(transparent)]
+    Serve(#[from] grpc::ServeError),
+}
+
+/// Outcome counters per channel, shared with whoever started the notifier.
+pub type ChannelStats = HashMap<Channel, Arc<Stats>>;
+
+/// Runs the configured channel consumers and serves the notification API on `listener` until
+/// `shutdown` completes (or a consumer fails); then the consumers commit and leave their groups and
+/// the server drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    run_with_stats(listener, config, shutdown, ChannelStats::new()).await
+}
+
+/// [`run`], counting outcomes into `stats` (entries are added for channels that lack one).
+pub async fn run_with_stats(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    mut stats: ChannelStats,
+) -> Result<(), RunError> {
+    if config.channels.is_empty() {
+        return Err(RunError::NoChannel);
+    }
+    let pool = ordermesh::db::connect(&config.database_url).await?;
+    sqlx::migrate!().run(&pool).await?;
+    let store = store::Store::new(pool);
+    let kafka_error = |source| RunError::Kafka { brokers: config.kafka_brokers.clone(), source };
+    kafka::ensure_topics(&config.kafka_brokers, &[&config.events_topic], kafka::DEFAULT_PARTITIONS)
+        .await
+        .map_err(kafka_error)?;
+
+    // One token stops everything: the shutdown signal cancels it, and so does a failing consumer.
+    let stop = CancellationToken::new();
+    let mut consumers = JoinSet::new();
+    for &channel in &config.channels {
+        let stats = stats.entry(channel).or_default().clone();
+        let consumer = consumer::ChannelConsumer::new(
+            &config.kafka_brokers,
+            config.group(channel),
+            &config.events_topic,
+            channel,
+            store.clone(),
+            stats,
+        )
+        .map_err(|e| kafka_error(e.into()))?;
+        let stop = stop.clone();
+        consumers.spawn(async move {
+            let result = consumer.run(stop.clone()).await;
+            if let Err(error) = &result {
+                tracing::error!(channel = channel.as_str(), %error, "consumer failed, stopping the notifier");
+                stop.cancel();
+            }
+            result
+        });
+    }
+
+    let mut server = tonic::transport::Server::builder();
+    let (health, router) = grpc::router(&mut server)?;
+    let router = router.add_service(NotificationServiceServer::new(api::NotificationApi::new(store)));
+    health.set_serving::<NotificationServiceServer<api::NotificationApi>>().await;
+    for channel in &config.channels {
+        let name = format!("ordermesh.notifier.{}", channel.as_str().to_lowercase());
+        health.set_service_status(name, ServingStatus::Serving).await;
+    }
+
+    let signal = {
+        let stop = stop.clone();
+        async move {
+            tokio::select! {
+                _ = shutdown => stop.cancel(),
+                _ = stop.cancelled() => {}
+            }
+        }
+    };
+    grpc::serve(router, listener, signal, config.drain_grace()).await?;
+    // The server has stopped; wait for each consumer to finish its message and commit.
+    stop.cancel();
+    while let Some(joined) = consumers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "consumer ended with an error"),
+            Err(error) => tracing::error!(%error, "consumer task panicked"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,257 @@
+//! The OrderService gRPC implementation.
+//!
+//! CreateOrder is a small state machine over the stored order, so a retry with the same request_id
+//! resumes wherever the first attempt stopped:
+//!
+//! ```text
+//! (new) --insert--> PENDING_PAYMENT --charge ok--> PAID --publish acked--> PAID + published
+//!                          |                         ^
+//!                          +--declined--> PAYMENT_FAILED
+//! ```
+//!
+//! The charge uses the order id as idempotency key, so however often it is retried the customer is
+//! charged once; the event id is fixed when the order becomes PAID, so a re-published event is
+//! recognised by consumers.
+
+use ordermesh::{
+    paging::PageRequest,
+    proto::{
+        events::v1::OrderPlaced,
+        order::v1::{
+            CreateOrderRequest, Customer, GetOrderRequest, LineItem, ListOrdersRequest,
+            ListOrdersResponse, Order, OrderStatus, order_service_server::OrderService,
+        },
+        payment::v1::ChargeRequest,
+        types::v1::Money,
+    },
+    timestamp,
+};
+use tonic::{Request, Response, Status};
+use tonic_types::FieldViolation;
+
+use crate::{
+    error::OrderError,
+    payment_client::{ChargeError, PaymentClient},
+    publisher::EventPublisher,
+    store::{self, ItemRecord, OrderRow, Store},
+    validate::{self, ValidOrder},
+};
+
+#[derive(Debug, Clone)]
+pub(crate) struct OrderApi {
+    store: Store,
+    payments: PaymentClient,
+    publisher: EventPublisher,
+}
+
+impl OrderApi {
+    pub(crate) fn new(store: Store, payments: PaymentClient, publisher: EventPublisher) -> Self {
+        Self { store, payments, publisher }
+    }
+
+    async fn create(&self, req: CreateOrderRequest) -> Result<Order, OrderError> {
+        let valid = validate::create_order(&req).map_err(OrderError::Invalid)?;
+        let order = self.store.insert_or_get(&pending_row(&valid)).await?;
+        if order.request_fingerprint != valid.fingerprint {
+            return Err(OrderError::RequestIdReused { request_id: valid.request_id });
+        }
+        let order = match order.status {
+            store::Status::PendingPayment => self.pay(order, &valid).await?,
+            store::Status::Paid => order,
+            // The same answer as the first attempt got.
+            store::Status::PaymentFailed => return Err(failure(order)),
+        };
+        if order.event_published_at_ms.is_none() {
+            self.publish(&order).await?;
+        }
+        Ok(to_proto(order))
+    }
+
+    /// Charges a pending order and records the outcome.
+    async fn pay(&self, order: OrderRow, valid: &ValidOrder) -> Result<OrderRow, OrderError> {
+        let charge = ChargeRequest {
+            idempotency_key: format!("order:{}", order.order_id),
+            order_id: order.order_id.clone(),
+            amount: Some(valid.total.clone()),
+            payment_method_token: valid.payment_method_token.clone(),
+        };
+        let now = timestamp::now_millis();
+        match self.payments.charge(charge).await {
+            Ok(payment) => {
+                let event_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+                Ok(self.store.mark_paid(&order.order_id, &payment.payment_id, &event_id, now).await?)
+            }
+            Err(ChargeError::Declined { payment_id, reason }) => {
+                let order = self.store.mark_failed(&order.order_id, &payment_id, &reason, now).await?;
+                Err(failure(order))
+            }
+            Err(ChargeError::Refused(status)) => {
+                let reason = format!("payment refused: {}", status.message());
+                self.store.mark_failed(&order.order_id, "", &reason, now).await?;
+                Err(OrderError::PaymentRefused {
+                    order_id: order.order_id,
+                    code: status.code(),
+                    message: status.message().to_owned(),
+                    details: status.details().to_vec().into(),
+                })
+            }
+            Err(ChargeError::Unavailable(status)) => {
+                tracing::warn!(order_id = %order.order_id, code = ?status.code(), message = status.message(), "payment unavailable");
+                Err(OrderError::PaymentUnavailable {
+                    order_id: order.order_id,
+                    detail: format!("{:?}: {}", status.code(), status.message()),
+                })
+            }
+        }
+    }
+
+    /// Publishes a paid order's event and records the acknowledgement.
+    async fn publish(&self, order: &OrderRow) -> Result<(), OrderError> {
+        let event = OrderPlaced {
+            event_id: order.event_id.clone(),
+            order_id: order.order_id.clone(),
+            customer: Some(customer(order)),
+            items: items(order),
+            total: Some(total(order)),
+            placed_at: Some(timestamp::from_millis(order.updated_at_ms)),
+            payment_id: order.payment_id.clone(),
+        };
+        match self.publisher.publish(&event).await {
+            Ok(at) => {
+                tracing::info!(order_id = %order.order_id, event_id = %event.event_id, partition = at.partition, offset = at.offset, "OrderPlaced published");
+                Ok(self.store.mark_published(&order.order_id, timestamp::now_millis()).await?)
+            }
+            Err(error) => {
+                tracing::error!(order_id = %order.order_id, %error, "OrderPlaced not acknowledged");
+                Err(OrderError::EventNotPublished { order_id: order.order_id.clone(), detail: error.to_string() })
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl OrderService for OrderApi {
+    async fn create_order(
+        &self,
+        request: Request<CreateOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        Ok(Response::new(self.create(request.into_inner()).await?))
+    }
+
+    async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
+        let id = request.into_inner().order_id;
+        if id.is_empty() || id.len() > validate::MAX_ID_LEN {
+            return Err(OrderError::Invalid(vec![FieldViolation::new(
+                "order_id",
+                format!("required, at most {} characters", validate::MAX_ID_LEN),
+            )])
+            .into());
+        }
+        match self.store.get(&id).await.map_err(OrderError::from)? {
+            Some(order) => Ok(Response::new(to_proto(order))),
+            None => Err(OrderError::NotFound(id).into()),
+        }
+    }
+
+    async fn list_orders(
+        &self,
+        request: Request<ListOrdersRequest>,
+    ) -> Result<Response<ListOrdersResponse>, Status> {
+        let req = request.into_inner();
+        let mut violations = Vec::new();
+        let page = PageRequest::parse(req.page_size, &req.page_token, &mut violations);
+        if !violations.is_empty() {
+            return Err(OrderError::Invalid(violations).into());
+        }
+        let mut rows = self
+            .store
+            .list(page.after, page.fetch_limit())
+            .await
+            .map_err(OrderError::from)?;
+        let next_page_token = page.finish(&mut rows, |r| r.seq);
+        Ok(Response::new(ListOrdersResponse {
+            orders: rows.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+fn pending_row(valid: &ValidOrder) -> OrderRow {
+    let now = timestamp::now_millis();
+    OrderRow {
+        seq: 0,
+        order_id: format!("ord_{}", uuid::Uuid::now_v7().simple()),
+        request_id: valid.request_id.clone(),
+        request_fingerprint: valid.fingerprint.clone(),
+        customer_email: valid.customer.email.clone(),
+        customer_phone: valid.customer.phone.clone(),
+        items: valid
+            .items
+            .iter()
+            .map(|item| {
+                let price = item.unit_price.clone().unwrap_or_default();
+                ItemRecord {
+                    sku: item.sku.clone(),
+                    quantity: item.quantity,
+                    currency_code: price.currency_code,
+                    unit_minor_units: price.minor_units,
+                }
+            })
+            .collect(),
+        currency_code: valid.total.currency_code.clone(),
+        total_minor_units: valid.total.minor_units,
+        status: store::Status::PendingPayment,
+        payment_id: String::new(),
+        failure_reason: String::new(),
+        event_id: String::new(),
+        event_published_at_ms: None,
+        created_at_ms: now,
+        updated_at_ms: now,
+    }
+}
+
+/// The error a PAYMENT_FAILED order answers with, first time and every retry.
+fn failure(order: OrderRow) -> OrderError {
+    OrderError::PaymentDeclined { order_id: order.order_id, reason: order.failure_reason }
+}
+
+fn customer(order: &OrderRow) -> Customer {
+    Customer { email: order.customer_email.clone(), phone: order.customer_phone.clone() }
+}
+
+fn items(order: &OrderRow) -> Vec<LineItem> {
+    order
+        .items
+        .iter()
+        .map(|item| LineItem {
+            sku: item.sku.clone(),
+            quantity: item.quantity,
+            unit_price: Some(Money { currency_code: item.currency_code.clone(), minor_units: item.unit_minor_units }),
+        })
+        .collect()
+}
+
+fn total(order: &OrderRow) -> Money {
+    Money { currency_code: order.currency_code.clone(), minor_units: order.total_minor_units }
+}
+
+fn to_proto(order: OrderRow) -> Order {
+    let status = match order.status {
+        store::Status::PendingPayment => OrderStatus::PendingPayment,
+        store::Status::Paid => OrderStatus::Paid,
+        store::Status::PaymentFailed => OrderStatus::PaymentFailed,
+    };
+    Order {
+        customer: Some(customer(&order)),
+        items: items(&order),
+        total: Some(total(&order)),
+        status: status.into(),
+        created_at: Some(timestamp::from_millis(order.created_at_ms)),
+        updated_at: Some(timestamp::from_millis(order.updated_at_ms)),
+        order_id: order.order_id,
+        request_id: order.request_id,
+        payment_id: order.payment_id,
+        failure_reason: order.failure_reason,
+        event_id: order.event_id,
+    }
+}

@@ -1,0 +1,53 @@
+//! The order domain's one error type and its one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+use tonic_types::FieldViolation;
+
+/// Everything an order call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum OrderError {
+    #[error("invalid request")]
+    Invalid(Vec<FieldViolation>),
+    #[error(
+        "request_id {request_id:?} was already used for a different order; use a new request_id for a new order"
+    )]
+    RequestIdReused { request_id: String },
+    #[error("payment for order {order_id} was declined: {reason}")]
+    PaymentDeclined { order_id: String, reason: String },
+    #[error("payment service refused the charge for order {order_id}: {message}")]
+    PaymentRefused { order_id: String, code: Code, message: String, details: tonic::codegen::Bytes },
+    #[error(
+        "payment service unavailable ({detail}); order {order_id} is waiting for payment, retry with the same request_id"
+    )]
+    PaymentUnavailable { order_id: String, detail: String },
+    #[error(
+        "order {order_id} is paid but its event could not be published ({detail}); retry with the same request_id"
+    )]
+    EventNotPublished { order_id: String, detail: String },
+    #[error("no order with id {0:?}")]
+    NotFound(String),
+    #[error("order store failed: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+impl From<OrderError> for Status {
+    fn from(error: OrderError) -> Self {
+        let message = error.to_string();
+        match error {
+            OrderError::Invalid(violations) => ordermesh::grpc::invalid_argument(violations),
+            OrderError::RequestIdReused { .. } => Status::already_exists(message),
+            OrderError::PaymentDeclined { .. } => Status::failed_precondition(message),
+            // Same code and details as payment gave (e.g. INVALID_ARGUMENT on payment_method_token,
+            // a field both requests share), with a message that says where it came from.
+            OrderError::PaymentRefused { code, details, .. } => Status::with_details(code, message, details),
+            OrderError::PaymentUnavailable { .. } | OrderError::EventNotPublished { .. } => {
+                Status::unavailable(message)
+            }
+            OrderError::NotFound(_) => Status::not_found(message),
+            OrderError::Store(error) => {
+                tracing::error!(%error, "order store failed");
+                Status::unavailable("order store unavailable, retry later")
+            }
+        }
+    }
+}

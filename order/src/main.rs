@@ -1,0 +1,31 @@
+//! The order service binary: settings, logging, bind, serve until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use ordermesh::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "order", version, about = "Takes orders, has them paid, publishes OrderPlaced")]
+struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    listen_addr: SocketAddr,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    config: ordermesh_order::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ordermesh::telemetry::init(cli.log_format)?;
+    let listener = tokio::net::TcpListener::bind(cli.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (ORDER_LISTEN_ADDR)", cli.listen_addr))?;
+    ordermesh_order::run(listener, cli.config, ordermesh::shutdown::signal()).await?;
+    Ok(())
+}

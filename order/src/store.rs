@@ -1,0 +1,205 @@
+//! Every SQL statement of the order service.
+
+use serde::{Deserialize, Serialize};
+use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+
+/// An order's status as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    PendingPayment,
+    Paid,
+    PaymentFailed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::PendingPayment => "PENDING_PAYMENT",
+            Status::Paid => "PAID",
+            Status::PaymentFailed => "PAYMENT_FAILED",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, sqlx::Error> {
+        match s {
+            "PENDING_PAYMENT" => Ok(Status::PendingPayment),
+            "PAID" => Ok(Status::Paid),
+            "PAYMENT_FAILED" => Ok(Status::PaymentFailed),
+            other => Err(sqlx::Error::Decode(format!("unknown order status {other:?}").into())),
+        }
+    }
+}
+
+/// A line item as stored in `items_json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ItemRecord {
+    pub(crate) sku: String,
+    pub(crate) quantity: i32,
+    pub(crate) currency_code: String,
+    pub(crate) unit_minor_units: i64,
+}
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OrderRow {
+    pub(crate) seq: i64,
+    pub(crate) order_id: String,
+    pub(crate) request_id: String,
+    pub(crate) request_fingerprint: String,
+    pub(crate) customer_email: String,
+    pub(crate) customer_phone: String,
+    pub(crate) items: Vec<ItemRecord>,
+    pub(crate) currency_code: String,
+    pub(crate) total_minor_units: i64,
+    pub(crate) status: Status,
+    pub(crate) payment_id: String,
+    pub(crate) failure_reason: String,
+    pub(crate) event_id: String,
+    pub(crate) event_published_at_ms: Option<i64>,
+    pub(crate) created_at_ms: i64,
+    pub(crate) updated_at_ms: i64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    pub(crate) fn new(pool: SqlitePool) -> Self {
+        Self { pool }
+    }
+
+    /// Stores `new` (a PENDING_PAYMENT order) unless an order with its request_id exists, and returns
+    /// whichever row holds the request_id now. The unique constraint decides races.
+    pub(crate) async fn insert_or_get(&self, new: &OrderRow) -> Result<OrderRow, sqlx::Error> {
+        let items = serde_json::to_string(&new.items)
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        sqlx::query(
+            "INSERT INTO orders (order_id, request_id, request_fingerprint, customer_email,
+                 customer_phone, items_json, currency_code, total_minor_units, status,
+                 created_at_ms, updated_at_ms)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&new.order_id)
+        .bind(&new.request_id)
+        .bind(&new.request_fingerprint)
+        .bind(&new.customer_email)
+        .bind(&new.customer_phone)
+        .bind(items)
+        .bind(&new.currency_code)
+        .bind(new.total_minor_units)
+        .bind(new.status.as_str())
+        .bind(new.created_at_ms)
+        .bind(new.updated_at_ms)
+        .execute(&self.pool)
+        .await?;
+        self.fetch_one("SELECT * FROM orders WHERE request_id = ?", &new.request_id).await
+    }
+
+    /// PENDING_PAYMENT -> PAID with the payment and a fresh event id, in one statement so only one
+    /// request can make the transition. Returns the order as it is afterwards.
+    pub(crate) async fn mark_paid(
+        &self,
+        order_id: &str,
+        payment_id: &str,
+        event_id: &str,
+        now_ms: i64,
+    ) -> Result<OrderRow, sqlx::Error> {
+        sqlx::query(
+            "UPDATE orders SET status = 'PAID', payment_id = ?, event_id = ?, updated_at_ms = ?
+             WHERE order_id = ? AND status = 'PENDING_PAYMENT'",
+        )
+        .bind(payment_id)
+        .bind(event_id)
+        .bind(now_ms)
+        .bind(order_id)
+        .execute(&self.pool)
+        .await?;
+        self.fetch_one("SELECT * FROM orders WHERE order_id = ?", order_id).await
+    }
+
+    /// PENDING_PAYMENT -> PAYMENT_FAILED with the reason. Returns the order as it is afterwards.
+    pub(crate) async fn mark_failed(
+        &self,
+        order_id: &str,
+        payment_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<OrderRow, sqlx::Error> {
+        sqlx::query(
+            "UPDATE orders SET status = 'PAYMENT_FAILED', payment_id = ?, failure_reason = ?,
+                 updated_at_ms = ?
+             WHERE order_id = ? AND status = 'PENDING_PAYMENT'",
+        )
+        .bind(payment_id)
+        .bind(reason)
+        .bind(now_ms)
+        .bind(order_id)
+        .execute(&self.pool)
+        .await?;
+        self.fetch_one("SELECT * FROM orders WHERE order_id = ?", order_id).await
+    }
+
+    /// Records that the broker acknowledged the order's event.
+    pub(crate) async fn mark_published(&self, order_id: &str, now_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE orders SET event_published_at_ms = ?
+             WHERE order_id = ? AND event_published_at_ms IS NULL",
+        )
+        .bind(now_ms)
+        .bind(order_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn get(&self, order_id: &str) -> Result<Option<OrderRow>, sqlx::Error> {
+        sqlx::query("SELECT * FROM orders WHERE order_id = ?")
+            .bind(order_id)
+            .try_map(|row: SqliteRow| from_row(&row))
+            .fetch_optional(&self.pool)
+            .await
+    }
+
+    /// Up to `limit` orders with `seq` greater than `after`, oldest first.
+    pub(crate) async fn list(&self, after: i64, limit: i64) -> Result<Vec<OrderRow>, sqlx::Error> {
+        sqlx::query("SELECT * FROM orders WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .try_map(|row: SqliteRow| from_row(&row))
+            .fetch_all(&self.pool)
+            .await
+    }
+
+    async fn fetch_one(&self, sql: &'static str, key: &str) -> Result<OrderRow, sqlx::Error> {
+        sqlx::query(sql)
+            .bind(key)
+            .try_map(|row: SqliteRow| from_row(&row))
+            .fetch_one(&self.pool)
+            .await
+    }
+}
+
+fn from_row(row: &SqliteRow) -> Result<OrderRow, sqlx::Error> {
+    let items: String = row.try_get("items_json")?;
+    Ok(OrderRow {
+        seq: row.try_get("seq")?,
+        order_id: row.try_get("order_id")?,
+        request_id: row.try_get("request_id")?,
+        request_fingerprint: row.try_get("request_fingerprint")?,
+        customer_email: row.try_get("customer_email")?,
+        customer_phone: row.try_get("customer_phone")?,
+        items: serde_json::from_str(&items).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        currency_code: row.try_get("currency_code")?,
+        total_minor_units: row.try_get("total_minor_units")?,
+        status: Status::parse(row.try_get("status")?)?,
+        payment_id: row.try_get("payment_id")?,
+        failure_reason: row.try_get("failure_reason")?,
+        event_id: row.try_get("event_id")?,
+        event_published_at_ms: row.try_get("event_published_at_ms")?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
+}

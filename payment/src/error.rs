@@ -1,0 +1,52 @@
+//! The payment domain's one error type and its one mapping to gRPC status codes.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// The `google.rpc.ErrorInfo` domain of payment errors.
+pub(crate) const ERROR_DOMAIN: &str = "payment.ordermesh";
+
+/// Everything a payment call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentError {
+    #[error("invalid request")]
+    Invalid(Vec<FieldViolation>),
+    #[error("payment {payment_id} declined: {reason}")]
+    Declined { payment_id: String, reason: String },
+    #[error(
+        "idempotency key {key:?} was already used for a different charge; use a new key for a new charge"
+    )]
+    KeyReused { key: String },
+    #[error("no payment with id {0:?}")]
+    NotFound(String),
+    #[error("payment store failed: {0}")]
+    Store(#[from] sqlx::Error),
+}
+
+impl From<PaymentError> for Status {
+    fn from(error: PaymentError) -> Self {
+        let message = error.to_string();
+        match error {
+            PaymentError::Invalid(violations) => ordermesh::grpc::invalid_argument(violations),
+            PaymentError::Declined { payment_id, reason } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                // The reason and payment id machine-readably, so the order service need not parse text.
+                ErrorDetails::with_error_info(
+                    reason.to_uppercase(),
+                    ERROR_DOMAIN,
+                    HashMap::from([("payment_id".to_owned(), payment_id)]),
+                ),
+            ),
+            PaymentError::KeyReused { .. } => Status::already_exists(message),
+            PaymentError::NotFound(_) => Status::not_found(message),
+            PaymentError::Store(error) => {
+                // Details stay in the log; the caller learns only that it may retry.
+                tracing::error!(%error, "payment store failed");
+                Status::unavailable("payment store unavailable, retry later")
+            }
+        }
+    }
+}

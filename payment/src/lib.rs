@@ -1,0 +1,50 @@
+//! The payment service: charges a payment method at most once per idempotency key.
+//!
+//! Layout: `config` is what the binary and the runner fill in; `api` implements the gRPC service and
+//! its validation; `decide` is the (deterministic, demo) card processor; `store` holds every SQL
+//! statement; `error` is the one error type, mapped to `tonic::Status` in one place.
+#![forbid(unsafe_code)]
+
+mod api;
+mod config;
+mod decide;
+mod error;
+mod store;
+
+use std::future::Future;
+
+use ordermesh::{grpc, proto::payment::v1::payment_service_server::PaymentServiceServer};
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use error::PaymentError;
+
+/// Errors that stop the service.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot open the payment database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot migrate the payment database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Serve(#[from] grpc::ServeError),
+}
+
+/// Serves the payment API on `listener` until `shutdown` completes, then drains.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
+    let pool = ordermesh::db::connect(&config.database_url).await?;
+    sqlx::migrate!().run(&pool).await?;
+    let api = api::PaymentApi::new(store::Store::new(pool));
+
+    let mut server = tonic::transport::Server::builder();
+    let (health, router) = grpc::router(&mut server)?;
+    let router = router.add_service(PaymentServiceServer::new(api));
+    // Ready: the database is open and migrated, so every call can be answered.
+    health.set_serving::<PaymentServiceServer<api::PaymentApi>>().await;
+    grpc::serve(router, listener, shutdown, config.drain_grace()).await?;
+    Ok(())
+}

@@ -1,0 +1,31 @@
+//! The payment service binary: settings, logging, bind, serve until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Parser;
+use ordermesh::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "payment", version, about = "Charges payment methods, at most once per idempotency key")]
+struct Cli {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "PAYMENT_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    listen_addr: SocketAddr,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+    #[command(flatten)]
+    config: ordermesh_payment::Config,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ordermesh::telemetry::init(cli.log_format)?;
+    let listener = tokio::net::TcpListener::bind(cli.listen_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (PAYMENT_LISTEN_ADDR)", cli.listen_addr))?;
+    ordermesh_payment::run(listener, cli.config, ordermesh::shutdown::signal()).await?;
+    Ok(())
+}

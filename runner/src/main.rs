@@ -1,0 +1,152 @@
+//! `ordermesh`: the whole mesh in one process, for laptops and demos. Starts an embedded
+//! Kafka-protocol broker (unless `KAFKA_BROKERS` names one), then payment, order and notifier on their
+//! usual ports, each exactly as its own binary would run it, and stops them all on Ctrl-C.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::{Parser, ValueEnum};
+use ordermesh::{kafka, telemetry::LogFormat};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Service {
+    Payment,
+    Order,
+    Notifier,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "ordermesh", version, about = "Runs the ordermesh services and an embedded Kafka broker")]
+struct Cli {
+    /// Services to start, comma-separated.
+    #[arg(long, env = "ORDERMESH_SERVICES", value_enum, value_delimiter = ',', default_value = "payment,order,notifier")]
+    services: Vec<Service>,
+    /// An external Kafka cluster (comma-separated host:port). Without it an embedded broker is started.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    kafka_brokers: Option<String>,
+    /// Where the embedded broker listens (for kcat and other clients).
+    #[arg(long, env = "ORDERMESH_EMBEDDED_KAFKA_ADDR", default_value = kafka::DEFAULT_EMBEDDED_ADDR)]
+    embedded_kafka_addr: SocketAddr,
+    /// Directory of the services' SQLite databases (overrides each service's *_DATABASE_URL).
+    #[arg(long, env = "ORDERMESH_DATA_DIR")]
+    data_dir: Option<String>,
+    #[arg(long, env = "PAYMENT_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    payment_addr: SocketAddr,
+    #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    order_addr: SocketAddr,
+    #[arg(long, env = "NOTIFIER_LISTEN_ADDR", default_value = "127.0.0.1:50053")]
+    notifier_addr: SocketAddr,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    ordermesh::telemetry::init(cli.log_format)?;
+    let mut payment = ordermesh_payment::Config::from_env()?;
+    let mut order = ordermesh_order::Config::from_env()?;
+    let mut notifier = ordermesh_notifier::Config::from_env()?;
+    if let Some(dir) = &cli.data_dir {
+        payment.database_url = format!("sqlite://{dir}/payment.db");
+        order.database_url = format!("sqlite://{dir}/order.db");
+        notifier.database_url = format!("sqlite://{dir}/notifier.db");
+    }
+    order.payment_url = format!("http://{}", cli.payment_addr);
+
+    // Kept alive until the end of main: dropping it stops the broker.
+    let embedded = match &cli.kafka_brokers {
+        Some(_) => None,
+        None => Some(
+            kafka::EmbeddedBroker::start(cli.embedded_kafka_addr, &[&order.events_topic], kafka::DEFAULT_PARTITIONS)
+                .await
+                .context("cannot start the embedded Kafka broker (ORDERMESH_EMBEDDED_KAFKA_ADDR)")?,
+        ),
+    };
+    let brokers = match (&cli.kafka_brokers, &embedded) {
+        (Some(brokers), _) => brokers.clone(),
+        (None, Some(broker)) => broker.bootstrap_servers(),
+        (None, None) => unreachable!("a broker is started when none is configured"),
+    };
+    order.kafka_brokers = brokers.clone();
+    notifier.kafka_brokers = brokers.clone();
+
+    let stop = CancellationToken::new();
+    let mut services = JoinSet::new();
+    let wants = |s| cli.services.contains(&s);
+    // Bind everything first, so a busy port fails the start instead of one service later.
+    if wants(Service::Payment) {
+        let listener = bind(cli.payment_addr, "PAYMENT_LISTEN_ADDR").await?;
+        let stop = stop.clone();
+        services.spawn(async move {
+            ordermesh_payment::run(listener, payment, stop.cancelled_owned()).await.context("payment")
+        });
+    }
+    if wants(Service::Order) {
+        let listener = bind(cli.order_addr, "ORDER_LISTEN_ADDR").await?;
+        let stop = stop.clone();
+        services.spawn(async move { ordermesh_order::run(listener, order, stop.cancelled_owned()).await.context("order") });
+    }
+    if wants(Service::Notifier) {
+        let listener = bind(cli.notifier_addr, "NOTIFIER_LISTEN_ADDR").await?;
+        let stop = stop.clone();
+        services.spawn(async move {
+            ordermesh_notifier::run(listener, notifier, stop.cancelled_owned()).await.context("notifier")
+        });
+    }
+    print_banner(&cli, &brokers, embedded.is_some());
+
+    let mut result = Ok(());
+    tokio::select! {
+        // Ctrl-C or SIGTERM: stop everything below.
+        _ = ordermesh::shutdown::signal() => {}
+        // A service stopped by itself (it failed): stop the others too.
+        Some(joined) = services.join_next() => result = flatten(joined),
+    }
+    stop.cancel();
+    while let Some(joined) = services.join_next().await {
+        if let Err(error) = flatten(joined) {
+            tracing::error!("{error:#}");
+        }
+    }
+    drop(embedded);
+    result
+}
+
+async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({setting})"))
+}
+
+fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    joined.context("service task panicked")?
+}
+
+/// What a newcomer needs to start poking at the mesh. Printed to stdout, apart from the logs.
+#[allow(clippy::print_stdout)]
+fn print_banner(cli: &Cli, brokers: &str, embedded: bool) {
+    let kind = if embedded { "embedded broker" } else { "external cluster" };
+    println!();
+    println!("ordermesh is up");
+    println!("  kafka     {brokers} ({kind})");
+    for (service, addr) in [
+        (Service::Order, cli.order_addr),
+        (Service::Payment, cli.payment_addr),
+        (Service::Notifier, cli.notifier_addr),
+    ] {
+        if cli.services.contains(&service) {
+            println!("  {:<9} {addr}", format!("{service:?}").to_lowercase());
+        }
+    }
+    println!();
+    println!("Place an order:");
+    println!(
+        "  grpcurl -plaintext -d '{{\"request_id\":\"demo-1\",\"customer\":{{\"email\":\"ada@example.com\",\"phone\":\"+14155550100\"}},\"items\":[{{\"sku\":\"BOOK-1\",\"quantity\":2,\"unit_price\":{{\"currency_code\":\"USD\",\"minor_units\":1999}}}}],\"payment_method_token\":\"tok_visa\"}}' {} ordermesh.order.v1.OrderService/CreateOrder",
+        cli.order_addr
+    );
+    println!("Read the events:");
+    println!("  kcat -b {brokers} -t order-events -C -e -J");
+    println!();
+}

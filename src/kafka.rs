@@ -1,0 +1,174 @@
+//! Kafka settings shared by the producer and the consumers, topic creation, and the embedded broker
+//! the quick start runs on.
+//!
+//! The embedded broker is librdkafka's mock cluster: an in-process server that speaks the real Kafka
+//! wire protocol (so kcat and any other client can read from it) and keeps everything in memory. Its
+//! brokers listen on random loopback ports, so [`EmbeddedBroker`] also listens on a stable address
+//! (127.0.0.1:9092 by default) and forwards bootstrap connections there to the mock broker. Clients
+//! then learn the broker's real address from metadata and connect to it directly, which works from
+//! anywhere on the same machine.
+
+use std::{net::SocketAddr, time::Duration};
+
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    error::KafkaError,
+    mocking::MockCluster,
+    producer::DefaultProducerContext,
+    types::RDKafkaErrorCode,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+/// The topic OrderPlaced events go to unless configured otherwise.
+pub const DEFAULT_ORDER_EVENTS_TOPIC: &str = "order-events";
+/// Where the runner's embedded broker listens unless told otherwise.
+pub const DEFAULT_EMBEDDED_ADDR: &str = "127.0.0.1:9092";
+/// Partitions of topics the services create. Events are keyed by order id, so one order's events stay
+/// in order on one partition while different orders spread out.
+pub const DEFAULT_PARTITIONS: i32 = 3;
+
+/// Errors talking to the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("Kafka client error: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("cannot create topic {topic}: {code}")]
+    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    #[error("embedded broker cannot listen on {addr}: {source} (is another broker on that port? set another address)")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Client settings every ordermesh Kafka client starts from.
+pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        // Fail fast on an unknown broker address instead of retrying name resolution forever.
+        .set("socket.timeout.ms", "10000");
+    config
+}
+
+/// Makes sure `topics` exist. Existing topics are left as they are. Brokers that refuse CreateTopics
+/// (the embedded mock cluster does not implement it; the runner creates its topics directly) give an
+/// error that says so.
+pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), BrokerError> {
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(brokers, "ordermesh-admin").create()?;
+    let metadata = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))?;
+    let missing: Vec<&str> = topics
+        .iter()
+        .copied()
+        .filter(|t| !metadata.topics().iter().any(|m| m.name() == *t && m.error().is_none()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(-1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &options).await? {
+        match result {
+            Ok(topic) => tracing::info!(%topic, partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(BrokerError::CreateTopic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// An in-process Kafka-protocol broker (librdkafka's mock cluster) reachable at a stable address.
+/// Everything it holds is in memory and gone when it is dropped.
+pub struct EmbeddedBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    addr: SocketAddr,
+    forwarder: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for EmbeddedBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedBroker")
+            .field("addr", &self.addr)
+            .field("mock", &self.cluster.bootstrap_servers())
+            .finish()
+    }
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker mock cluster with `topics` created, and forwards `listen` to it
+    /// (`127.0.0.1:0` picks a free port, as tests do).
+    pub async fn start(listen: SocketAddr, topics: &[&str], partitions: i32) -> Result<Self, BrokerError> {
+        let cluster = MockCluster::new(1)?;
+        for topic in topics {
+            cluster.create_topic(topic, partitions, 1)?;
+        }
+        let listener = TcpListener::bind(listen)
+            .await
+            .map_err(|source| BrokerError::Listen { addr: listen, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| BrokerError::Listen { addr: listen, source })?;
+        let target = cluster.bootstrap_servers();
+        tracing::info!(%addr, mock = %target, "embedded Kafka broker started");
+        let forwarder = tokio::spawn(forward(listener, target));
+        Ok(Self { cluster, addr, forwarder })
+    }
+
+    /// The stable bootstrap address (what clients are configured with).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Bootstrap servers for clients in this process: the stable address.
+    pub fn bootstrap_servers(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Creates another topic.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
+        Ok(self.cluster.create_topic(topic, partitions, 1)?)
+    }
+
+    /// The mock cluster itself, for tests that inject broker faults.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        self.forwarder.abort();
+    }
+}
+
+/// Accepts bootstrap connections and pipes each to the mock broker until either side closes.
+async fn forward(listener: TcpListener, target: String) {
+    loop {
+        let (mut inbound, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(error) => {
+                // Usually EMFILE; back off instead of spinning.
+                tracing::warn!(%error, "embedded broker accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let target = target.clone();
+        tokio::spawn(async move {
+            match tokio::net::TcpStream::connect(&target).await {
+                Ok(mut outbound) => {
+                    let _ = inbound.set_nodelay(true);
+                    let _ = outbound.set_nodelay(true);
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+                Err(error) => tracing::warn!(%peer, %error, "cannot reach the mock broker"),
+            }
+        });
+    }
+}
