@@ -27,13 +27,15 @@ pub enum ServeError {
 
 /// A server builder with the parts every ordermesh server has: the health service (its reporter is
 /// returned so the caller can say SERVING once it is really ready) and reflection v1 and v1alpha
-/// knowing our protos and the health proto, so grpcurl needs no .proto files.
+/// knowing our protos, the health proto and the `google.rpc` error details, so grpcurl needs no
+/// .proto files and shows BadRequest field violations as fields rather than bytes.
 pub fn router(server: &mut Server) -> Result<(HealthReporter, Router), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let router = server
         .add_service(health)

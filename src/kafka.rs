@@ -19,7 +19,7 @@ use rdkafka::{
     producer::DefaultProducerContext,
     types::RDKafkaErrorCode,
 };
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::net::TcpListener;
 
 /// The topic OrderPlaced events go to unless configured otherwise.
 pub const DEFAULT_ORDER_EVENTS_TOPIC: &str = "order-events";
@@ -36,6 +36,8 @@ pub enum BrokerError {
     Kafka(#[from] KafkaError),
     #[error("cannot create topic {topic}: {code}")]
     CreateTopic { topic: String, code: RDKafkaErrorCode },
+    #[error("Kafka client task failed: {0}")]
+    Task(String),
     #[error("embedded broker cannot listen on {addr}: {source} (is another broker on that port? set another address)")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -57,9 +59,14 @@ pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
 pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), BrokerError> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(brokers, "ordermesh-admin").create()?;
-    let metadata = admin
-        .inner()
-        .fetch_metadata(None, Duration::from_secs(10))?;
+    // fetch_metadata blocks its thread until the broker answers: keep it off the async workers.
+    let (admin, metadata) = tokio::task::spawn_blocking(move || {
+        let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(10));
+        (admin, metadata)
+    })
+    .await
+    .map_err(|e| BrokerError::Task(e.to_string()))?;
+    let metadata = metadata?;
     let missing: Vec<&str> = topics
         .iter()
         .copied()
@@ -88,7 +95,8 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> R
 pub struct EmbeddedBroker {
     cluster: MockCluster<'static, DefaultProducerContext>,
     addr: SocketAddr,
-    forwarder: JoinHandle<()>,
+    /// Dropping it stops the forwarder thread.
+    _stop_forwarder: tokio::sync::oneshot::Sender<()>,
 }
 
 impl std::fmt::Debug for EmbeddedBroker {
@@ -103,21 +111,40 @@ impl std::fmt::Debug for EmbeddedBroker {
 impl EmbeddedBroker {
     /// Starts a one-broker mock cluster with `topics` created, and forwards `listen` to it
     /// (`127.0.0.1:0` picks a free port, as tests do).
-    pub async fn start(listen: SocketAddr, topics: &[&str], partitions: i32) -> Result<Self, BrokerError> {
+    ///
+    /// The forwarder runs on a thread of its own, not on the caller's runtime: clients in this same
+    /// process make blocking calls (metadata, commits, close) that would otherwise be able to starve
+    /// the very task that must carry their traffic.
+    pub fn start(listen: SocketAddr, topics: &[&str], partitions: i32) -> Result<Self, BrokerError> {
         let cluster = MockCluster::new(1)?;
         for topic in topics {
             cluster.create_topic(topic, partitions, 1)?;
         }
-        let listener = TcpListener::bind(listen)
-            .await
-            .map_err(|source| BrokerError::Listen { addr: listen, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| BrokerError::Listen { addr: listen, source })?;
+        let listen_error = |source| BrokerError::Listen { addr: listen, source };
+        let listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
+        listener.set_nonblocking(true).map_err(listen_error)?;
+        let addr = listener.local_addr().map_err(listen_error)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(listen_error)?;
         let target = cluster.bootstrap_servers();
-        tracing::info!(%addr, mock = %target, "embedded Kafka broker started");
-        let forwarder = tokio::spawn(forward(listener, target));
-        Ok(Self { cluster, addr, forwarder })
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("embedded-kafka-forwarder".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(listener) else { return };
+                    tokio::select! {
+                        _ = forward(listener, target) => {}
+                        // The broker was dropped.
+                        _ = stopped => {}
+                    }
+                })
+            })
+            .map_err(listen_error)?;
+        tracing::info!(%addr, mock = %cluster.bootstrap_servers(), "embedded Kafka broker started");
+        Ok(Self { cluster, addr, _stop_forwarder: stop })
     }
 
     /// The stable bootstrap address (what clients are configured with).
@@ -138,12 +165,6 @@ impl EmbeddedBroker {
     /// The mock cluster itself, for tests that inject broker faults.
     pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
         &self.cluster
-    }
-}
-
-impl Drop for EmbeddedBroker {
-    fn drop(&mut self) {
-        self.forwarder.abort();
     }
 }
 

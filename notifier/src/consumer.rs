@@ -177,10 +177,20 @@ impl ChannelConsumer {
                 }
             }
         }
-        match self.consumer.commit_consumer_state(CommitMode::Sync) {
+        // Committing synchronously and closing (leaving the group) both block until the broker
+        // answers, so they run on a blocking thread, and the consumer is dropped there too.
+        let consumer = self.consumer;
+        let committed = tokio::task::spawn_blocking(move || {
+            let committed = consumer.commit_consumer_state(CommitMode::Sync);
+            drop(consumer);
+            committed
+        })
+        .await;
+        match committed {
             // Nothing stored since the last commit.
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::warn!(channel, %error, "final offset commit failed; the broker will redeliver"),
+            Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
+            Ok(Err(error)) => tracing::warn!(channel, %error, "final offset commit failed; the broker will redeliver"),
+            Err(error) => tracing::warn!(channel, %error, "final offset commit did not run; the broker will redeliver"),
         }
         tracing::info!(channel, "consumer stopped");
         Ok(())

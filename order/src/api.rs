@@ -92,7 +92,7 @@ impl OrderApi {
                     order_id: order.order_id,
                     code: status.code(),
                     message: status.message().to_owned(),
-                    details: status.details().to_vec().into(),
+                    details: tonic_types::StatusExt::get_error_details(&status),
                 })
             }
             Err(ChargeError::Unavailable(status)) => {

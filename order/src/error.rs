@@ -1,7 +1,7 @@
 //! The order domain's one error type and its one mapping to gRPC status codes.
 
 use tonic::{Code, Status};
-use tonic_types::FieldViolation;
+use tonic_types::{FieldViolation, StatusExt};
 
 /// Everything an order call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +15,7 @@ pub enum OrderError {
     #[error("payment for order {order_id} was declined: {reason}")]
     PaymentDeclined { order_id: String, reason: String },
     #[error("payment service refused the charge for order {order_id}: {message}")]
-    PaymentRefused { order_id: String, code: Code, message: String, details: tonic::codegen::Bytes },
+    PaymentRefused { order_id: String, code: Code, message: String, details: tonic_types::ErrorDetails },
     #[error(
         "payment service unavailable ({detail}); order {order_id} is waiting for payment, retry with the same request_id"
     )]
@@ -39,7 +39,9 @@ impl From<OrderError> for Status {
             OrderError::PaymentDeclined { .. } => Status::failed_precondition(message),
             // Same code and details as payment gave (e.g. INVALID_ARGUMENT on payment_method_token,
             // a field both requests share), with a message that says where it came from.
-            OrderError::PaymentRefused { code, details, .. } => Status::with_details(code, message, details),
+            OrderError::PaymentRefused { code, details, .. } => {
+                Status::with_error_details(code, message, details)
+            }
             OrderError::PaymentUnavailable { .. } | OrderError::EventNotPublished { .. } => {
                 Status::unavailable(message)
             }

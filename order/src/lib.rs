@@ -63,8 +63,12 @@ pub async fn run(
     // absence shows as UNAVAILABLE answers, not as this service being down.
     health.set_serving::<OrderServiceServer<api::OrderApi>>().await;
     grpc::serve(router, listener, shutdown, config.drain_grace()).await?;
-    if let Err(error) = publisher.flush(config.publish_timeout()) {
-        tracing::warn!(%error, "events still queued at shutdown");
+    // Flushing blocks until the broker answers: keep it off the async workers.
+    let timeout = config.publish_timeout();
+    match tokio::task::spawn_blocking(move || publisher.flush(timeout)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "events still queued at shutdown"),
+        Err(error) => tracing::warn!(%error, "flush at shutdown did not run"),
     }
     Ok(())
 }

@@ -62,7 +62,6 @@ async fn main() -> anyhow::Result<()> {
         Some(_) => None,
         None => Some(
             kafka::EmbeddedBroker::start(cli.embedded_kafka_addr, &[&order.events_topic], kafka::DEFAULT_PARTITIONS)
-                .await
                 .context("cannot start the embedded Kafka broker (ORDERMESH_EMBEDDED_KAFKA_ADDR)")?,
         ),
     };

@@ -1,0 +1,118 @@
+//! The mesh from outside, with the tools users have: grpcurl through server reflection (no .proto
+//! files) and kcat reading the topic. Without the tools a local run says so and skips; under CI=true
+//! (where `.ci/run` installs them) a missing tool fails.
+
+use std::{path::PathBuf, process::Output};
+
+use anyhow::{Context, Result, bail};
+use tokio::process::Command;
+
+use crate::helpers::spawn_mesh;
+
+/// The tool's path, None to skip (locally), or an error (in CI).
+pub fn tool(name: &str) -> Result<Option<PathBuf>> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|path| path.is_file())
+    });
+    match found {
+        Some(path) => Ok(Some(path)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            bail!("{name} is not installed, and CI=true requires it (.ci/run installs it)")
+        }
+        None => {
+            eprintln!("SKIPPED: {name} is not installed (run .ci/run, or install it, to run this test)");
+            Ok(None)
+        }
+    }
+}
+
+/// Runs a command line through `sh -c`, failing with its output if it exits non-zero.
+pub async fn sh(command: &str) -> Result<String> {
+    let Output { status, stdout, stderr } = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .with_context(|| format!("run {command}"))?;
+    let stdout = String::from_utf8_lossy(&stdout).into_owned();
+    if !status.success() {
+        bail!("`{command}` failed ({status}):\n{stdout}\n{}", String::from_utf8_lossy(&stderr));
+    }
+    Ok(stdout)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() -> Result<()> {
+    let Some(grpcurl) = tool("grpcurl")? else { return Ok(()) };
+    let grpcurl = grpcurl.display();
+    let mesh = spawn_mesh().await?;
+    let payment = mesh.payment.as_ref().context("payment")?.addr;
+    let notifier = mesh.notifier.as_ref().context("notifier")?.addr;
+    let order = mesh.order.addr;
+
+    for (addr, service) in [
+        (order, "ordermesh.order.v1.OrderService"),
+        (payment, "ordermesh.payment.v1.PaymentService"),
+        (notifier, "ordermesh.notification.v1.NotificationService"),
+    ] {
+        let listed = sh(&format!("{grpcurl} -plaintext {addr} list")).await?;
+        assert!(listed.contains(service), "{addr}: {listed}");
+        assert!(listed.contains("grpc.health.v1.Health"), "{addr}: {listed}");
+        let health = sh(&format!("{grpcurl} -plaintext {addr} grpc.health.v1.Health/Check")).await?;
+        assert!(health.contains("SERVING"), "{addr}: {health}");
+        let described = sh(&format!("{grpcurl} -plaintext {addr} describe {service}")).await?;
+        assert!(described.contains("rpc "), "{described}");
+    }
+
+    let created = sh(&format!(
+        r#"{grpcurl} -plaintext -d '{{"request_id":"bb-1","customer":{{"email":"ada@example.com","phone":"+14155550100"}},"items":[{{"sku":"BOOK-1","quantity":1,"unit_price":{{"currency_code":"USD","minor_units":500}}}}],"payment_method_token":"tok_visa"}}' {order} ordermesh.order.v1.OrderService/CreateOrder"#
+    ))
+    .await?;
+    assert!(created.contains("ORDER_STATUS_PAID"), "{created}");
+
+    // A validation error shows the field violations as fields: reflection knows google.rpc.
+    let invalid = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            r#"{grpcurl} -plaintext -format-error -d '{{"request_id":"bb-2"}}' {order} ordermesh.order.v1.OrderService/CreateOrder"#
+        ))
+        .output()
+        .await?;
+    let shown = String::from_utf8_lossy(&invalid.stdout).into_owned() + &String::from_utf8_lossy(&invalid.stderr);
+    assert!(!invalid.status.success());
+    assert!(shown.contains("\"fieldViolations\""), "{shown}");
+    assert!(shown.contains("customer"), "{shown}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_reads_the_event_with_its_cloudevents_headers() -> Result<()> {
+    let Some(kcat) = tool("kcat")? else { return Ok(()) };
+    let mesh = spawn_mesh().await?;
+    let created = mesh
+        .order_client()
+        .await?
+        .create_order(crate::helpers::order_request("kcat-1", "tok_visa"))
+        .await?
+        .into_inner();
+
+    let output = sh(&format!(
+        "{} -b {} -t {} -C -e -J -q",
+        kcat.display(),
+        mesh.broker.bootstrap_servers(),
+        mesh.topic
+    ))
+    .await?;
+
+    let line = output.lines().find(|l| l.contains(&created.event_id)).context("event not read")?;
+    let record: serde_json::Value = serde_json::from_str(line)?;
+    assert_eq!(record["key"], created.order_id.as_str());
+    let headers: Vec<&str> = record["headers"].as_array().context("headers")?.iter().filter_map(|v| v.as_str()).collect();
+    for expected in ["ce_specversion", "ce_id", "ce_type", "ordermesh.events.v1.OrderPlaced", "content-type", "application/json"] {
+        assert!(headers.contains(&expected), "{expected} in {headers:?}");
+    }
+    let payload: serde_json::Value = serde_json::from_str(record["payload"].as_str().context("payload")?)?;
+    assert_eq!(payload["eventId"], created.event_id.as_str());
+    Ok(())
+}

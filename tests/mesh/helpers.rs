@@ -1,0 +1,350 @@
+//! Starting real servers for tests: an embedded Kafka-protocol broker, and payment, order and notifier
+//! each on a port-0 listener with its own SQLite file, a random topic and random consumer groups, so
+//! tests run in parallel without seeing each other.
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use ordermesh::{
+    kafka::EmbeddedBroker,
+    proto::{
+        notification::v1::{
+            ListNotificationsRequest, Notification, notification_service_client::NotificationServiceClient,
+        },
+        order::v1::{CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient},
+        payment::v1::payment_service_client::PaymentServiceClient,
+        types::v1::Money,
+    },
+};
+use ordermesh_notifier::{Channel, Stats};
+use rdkafka::{
+    ClientConfig, Message,
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
+    message::OwnedMessage,
+};
+use tempfile::TempDir;
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::transport::Channel as GrpcChannel;
+
+/// Upper bound for anything that happens asynchronously (a consumer group forming, a notification
+/// arriving). Generous: it only bounds a failing test, a passing one does not wait for it.
+pub const EVENTUALLY: Duration = Duration::from_secs(60);
+
+/// A service task and the means to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Running {
+    async fn spawn<F, E>(
+        addr: SocketAddr,
+        run: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
+    ) -> Result<Self>
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel();
+        let future = run(listener, stopped);
+        let task = tokio::spawn(async move { future.await.map_err(anyhow::Error::from) });
+        Ok(Self { addr, stop, task })
+    }
+
+    /// Asks the service to shut down gracefully and waits until it has.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        self.task.await.context("service task panicked")?
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+/// A whole mesh for one test.
+pub struct TestMesh {
+    pub broker: EmbeddedBroker,
+    pub topic: String,
+    pub dir: TempDir,
+    pub payment: Option<Running>,
+    /// Where order looks for payment, whether or not payment runs.
+    pub payment_addr: SocketAddr,
+    pub order: Running,
+    pub notifier: Option<Running>,
+    /// Outcome counters of the current notifier run, per channel.
+    pub notifier_stats: HashMap<Channel, Arc<Stats>>,
+    email_group: String,
+    sms_group: String,
+}
+
+/// What to start.
+#[derive(Clone, Copy, Debug)]
+pub struct MeshOptions {
+    pub payment: bool,
+    pub notifier: bool,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self { payment: true, notifier: true }
+    }
+}
+
+pub async fn spawn_mesh() -> Result<TestMesh> {
+    spawn_mesh_with(MeshOptions::default()).await
+}
+
+pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
+    let _ = ordermesh::telemetry::init(ordermesh::telemetry::LogFormat::Text);
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    let topic = format!("order-events-{suffix}");
+    let broker = EmbeddedBroker::start("127.0.0.1:0".parse()?, &[&topic], 3)?;
+    let dir = tempfile::tempdir()?;
+
+    // Without a payment service, order points at an address nobody listens on (yet).
+    let (payment, payment_addr) = if options.payment {
+        let payment = spawn_payment(&dir, "127.0.0.1:0".parse()?).await?;
+        let addr = payment.addr;
+        (Some(payment), addr)
+    } else {
+        (None, unused_addr().await?)
+    };
+    let payment_url = format!("http://{payment_addr}");
+    let config = ordermesh_order::Config {
+        database_url: sqlite_url(&dir, "order"),
+        payment_url,
+        payment_timeout_ms: 2_000,
+        kafka_brokers: broker.bootstrap_servers(),
+        events_topic: topic.clone(),
+        publish_timeout_ms: 5_000,
+        drain_grace_ms: 2_000,
+    };
+    let order = Running::spawn("127.0.0.1:0".parse()?, |listener, stop| async move {
+        ordermesh_order::run(listener, config, async move {
+            let _ = stop.await;
+        })
+        .await
+    })
+    .await?;
+
+    let mut mesh = TestMesh {
+        broker,
+        topic,
+        dir,
+        payment,
+        payment_addr,
+        order,
+        notifier: None,
+        notifier_stats: HashMap::new(),
+        email_group: format!("notifier-email-{suffix}"),
+        sms_group: format!("notifier-sms-{suffix}"),
+    };
+    if options.notifier {
+        mesh.start_notifier().await?;
+    }
+    Ok(mesh)
+}
+
+async fn spawn_payment(dir: &TempDir, addr: SocketAddr) -> Result<Running> {
+    let config = ordermesh_payment::Config { database_url: sqlite_url(dir, "payment"), drain_grace_ms: 2_000 };
+    Running::spawn(addr, |listener, stop| async move {
+        ordermesh_payment::run(listener, config, async move {
+            let _ = stop.await;
+        })
+        .await
+    })
+    .await
+}
+
+impl TestMesh {
+    /// Starts the notifier (both channels) with fresh counters; its database and consumer groups
+    /// are the same across restarts, as a restarted process's would be.
+    pub async fn start_notifier(&mut self) -> Result<()> {
+        if self.notifier.is_some() {
+            bail!("notifier already running");
+        }
+        let config = ordermesh_notifier::Config {
+            database_url: sqlite_url(&self.dir, "notifier"),
+            kafka_brokers: self.broker.bootstrap_servers(),
+            events_topic: self.topic.clone(),
+            channels: vec![Channel::Email, Channel::Sms],
+            email_group: self.email_group.clone(),
+            sms_group: self.sms_group.clone(),
+            drain_grace_ms: 2_000,
+        };
+        let stats: HashMap<Channel, Arc<Stats>> =
+            Channel::ALL.iter().map(|c| (*c, Arc::default())).collect();
+        self.notifier_stats = stats.clone();
+        self.notifier = Some(
+            Running::spawn("127.0.0.1:0".parse()?, |listener, stop| async move {
+                ordermesh_notifier::run_with_stats(
+                    listener,
+                    config,
+                    async move {
+                        let _ = stop.await;
+                    },
+                    stats,
+                )
+                .await
+            })
+            .await?,
+        );
+        Ok(())
+    }
+
+    pub async fn stop_notifier(&mut self) -> Result<()> {
+        match self.notifier.take() {
+            Some(notifier) => notifier.stop().await,
+            None => bail!("notifier not running"),
+        }
+    }
+
+    /// Starts the payment service where order expects it (after a test ran without it).
+    pub async fn start_payment(&mut self) -> Result<()> {
+        if self.payment.is_some() {
+            bail!("payment already running");
+        }
+        self.payment = Some(spawn_payment(&self.dir, self.payment_addr).await?);
+        Ok(())
+    }
+
+    pub async fn order_client(&self) -> Result<OrderServiceClient<GrpcChannel>> {
+        Ok(OrderServiceClient::connect(self.order.url()).await?)
+    }
+
+    pub async fn payment_client(&self) -> Result<PaymentServiceClient<GrpcChannel>> {
+        let payment = self.payment.as_ref().context("payment not running")?;
+        Ok(PaymentServiceClient::connect(payment.url()).await?)
+    }
+
+    pub async fn notifier_client(&self) -> Result<NotificationServiceClient<GrpcChannel>> {
+        let notifier = self.notifier.as_ref().context("notifier not running")?;
+        Ok(NotificationServiceClient::connect(notifier.url()).await?)
+    }
+
+    /// Every notification the notifier has recorded (all pages).
+    pub async fn all_notifications(&self) -> Result<Vec<Notification>> {
+        let mut client = self.notifier_client().await?;
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list_notifications(ListNotificationsRequest {
+                    page_size: 500,
+                    page_token: page_token.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            out.extend(page.notifications);
+            if page.next_page_token.is_empty() {
+                return Ok(out);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Every notification in the notifier's database, read directly (for while it is stopped).
+    pub async fn all_notifications_offline(&self) -> Result<Vec<(String, String)>> {
+        let pool = ordermesh::db::connect(&sqlite_url(&self.dir, "notifier")).await?;
+        let rows: Vec<(String, String)> =
+            sqlx::query_as("SELECT event_id, channel FROM notifications WHERE status = 'SENT'")
+                .fetch_all(&pool)
+                .await?;
+        pool.close().await;
+        Ok(rows)
+    }
+
+    /// Polls until at least `count` notifications are recorded, or fails after [`EVENTUALLY`].
+    pub async fn wait_for_notifications(&self, count: usize) -> Result<Vec<Notification>> {
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        loop {
+            let all = self.all_notifications().await?;
+            if all.len() >= count {
+                return Ok(all);
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("expected {count} notifications, have {} after {EVENTUALLY:?}", all.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// How many messages the topic holds (sum of high watermarks; nothing is ever deleted here).
+    pub async fn event_count(&self) -> Result<i64> {
+        let consumer: BaseConsumer = fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut total = 0;
+            for partition in 0..3 {
+                let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+                total += high - low;
+            }
+            Ok(total)
+        })
+        .await?
+    }
+
+    /// Reads `count` messages from the start of the topic with a brand-new consumer.
+    pub async fn read_events(&self, count: usize) -> Result<Vec<OwnedMessage>> {
+        let consumer: StreamConsumer = fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
+        consumer.subscribe(&[&self.topic])?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        while out.len() < count {
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .with_context(|| format!("read {} of {count} events", out.len()))??;
+            out.push(message.detach());
+        }
+        Ok(out)
+    }
+}
+
+fn fresh_consumer_config(brokers: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    config
+}
+
+pub fn sqlite_url(dir: &TempDir, name: &str) -> String {
+    format!("sqlite://{}/{name}.db", dir.path().display())
+}
+
+/// An address with nothing listening on it (bound, then released).
+pub async fn unused_addr() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?)
+}
+
+/// A valid CreateOrder request: 2 x 19.99 USD, paid with `token`.
+pub fn order_request(request_id: &str, token: &str) -> CreateOrderRequest {
+    CreateOrderRequest {
+        request_id: request_id.to_owned(),
+        customer: Some(Customer { email: "ada@example.com".into(), phone: "+14155550100".into() }),
+        items: vec![LineItem {
+            sku: "BOOK-1".into(),
+            quantity: 2,
+            unit_price: Some(Money { currency_code: "USD".into(), minor_units: 1999 }),
+        }],
+        payment_method_token: token.to_owned(),
+    }
+}
+
+/// A header's value as text.
+pub fn header(message: &OwnedMessage, key: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == key)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}

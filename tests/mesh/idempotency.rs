@@ -1,0 +1,65 @@
+use anyhow::Result;
+use ordermesh::proto::{
+    order::v1::{ListOrdersRequest, OrderStatus},
+    payment::v1::{ChargeRequest, PaymentStatus},
+    types::v1::Money,
+};
+use tonic::Code;
+
+use crate::helpers::{order_request, spawn_mesh};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result<()> {
+    // Arrange
+    let mesh = spawn_mesh().await?;
+    let mut orders = mesh.order_client().await?;
+    let request = order_request("dup-1", "tok_visa");
+
+    // Act
+    let first = orders.create_order(request.clone()).await?.into_inner();
+    let second = orders.create_order(request.clone()).await?.into_inner();
+
+    // Assert
+    assert_eq!(first, second, "the retry returns the same order");
+    assert_eq!(first.status(), OrderStatus::Paid);
+    let listed = orders.list_orders(ListOrdersRequest::default()).await?.into_inner().orders;
+    assert_eq!(listed.len(), 1, "one order stored");
+    assert_eq!(mesh.event_count().await?, 1, "one event published");
+    let notifications = mesh.wait_for_notifications(2).await?;
+    // Give a stray duplicate time to show up before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(mesh.all_notifications().await?.len(), 2, "{notifications:?}");
+
+    // The same request id with a different order is refused, and changes nothing.
+    let mut different = request.clone();
+    different.items[0].quantity = 3;
+    let refused = orders.create_order(different).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    assert!(refused.message().contains("dup-1"), "{}", refused.message());
+    assert_eq!(orders.list_orders(ListOrdersRequest::default()).await?.into_inner().orders.len(), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_charges_once_per_idempotency_key() -> Result<()> {
+    let mesh = spawn_mesh().await?;
+    let mut payments = mesh.payment_client().await?;
+    let charge = ChargeRequest {
+        idempotency_key: "key-1".into(),
+        order_id: "ord-1".into(),
+        amount: Some(Money { currency_code: "EUR".into(), minor_units: 500 }),
+        payment_method_token: "tok_mastercard".into(),
+    };
+
+    let first = payments.charge(charge.clone()).await?.into_inner();
+    let again = payments.charge(charge.clone()).await?.into_inner();
+    assert_eq!(first, again, "a retried charge returns the first payment");
+    assert_eq!(first.status(), PaymentStatus::Succeeded);
+
+    let mut other_amount = charge.clone();
+    other_amount.amount = Some(Money { currency_code: "EUR".into(), minor_units: 501 });
+    let refused = payments.charge(other_amount).await.unwrap_err();
+    assert_eq!(refused.code(), Code::AlreadyExists);
+    assert!(refused.message().contains("key-1"));
+    Ok(())
+}

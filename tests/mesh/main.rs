@@ -1,0 +1,15 @@
+//! End-to-end tests of the mesh: real gRPC over TCP, a real Kafka-protocol broker, real SQLite files.
+//! One test binary (faster to build and link than one per file), one module per concern.
+
+// Helpers are `pub` for the sibling modules; nothing outside this binary can reach them anyway.
+#![allow(unreachable_pub)]
+
+mod helpers;
+
+mod black_box;
+mod failures;
+mod happy_path;
+mod idempotency;
+mod notifier_recovery;
+mod readme;
+mod validation;
