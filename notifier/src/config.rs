@@ -31,6 +31,11 @@ pub struct Config {
     #[arg(long, env = "NOTIFIER_SMS_GROUP", default_value = "notifier-sms")]
     pub sms_group: String,
 
+    /// Consumer session timeout, in milliseconds: how soon the group gives a silent member's
+    /// partitions to another (Kafka's own range is 6000 to 300000 by default).
+    #[arg(long, env = "NOTIFIER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
+
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
     #[arg(long, env = "NOTIFIER_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
@@ -53,6 +58,10 @@ impl Config {
             Channel::Email => &self.email_group,
             Channel::Sms => &self.sms_group,
         }
+    }
+
+    pub(crate) fn session_timeout(&self) -> Duration {
+        Duration::from_millis(self.session_timeout_ms)
     }
 
     pub(crate) fn drain_grace(&self) -> Duration {

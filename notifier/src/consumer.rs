@@ -136,6 +136,7 @@ impl ChannelConsumer {
         group: &str,
         topic: &str,
         channel: Channel,
+        session_timeout: Duration,
         store: Store,
         stats: Arc<Stats>,
     ) -> KafkaResult<Self> {
@@ -147,6 +148,10 @@ impl ChannelConsumer {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
+            // How long the group waits for a member that stopped heartbeating. Also how long a
+            // restarted notifier can wait to rejoin when the group did not see the old one leave.
+            .set("session.timeout.ms", session_timeout.as_millis().to_string())
+            .set("heartbeat.interval.ms", (session_timeout / 4).as_millis().to_string())
             .create()?;
         consumer.subscribe(&[topic])?;
         Ok(Self { consumer, channel, store, stats })

@@ -80,6 +80,7 @@ pub async fn run_with_stats(
             config.group(channel),
             &config.events_topic,
             channel,
+            config.session_timeout(),
             store.clone(),
             stats,
         )

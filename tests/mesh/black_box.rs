@@ -83,7 +83,7 @@ async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() ->
     assert!(!invalid.status.success());
     assert!(shown.contains("\"fieldViolations\""), "{shown}");
     assert!(shown.contains("customer"), "{shown}");
-    Ok(())
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,5 +114,5 @@ async fn kcat_reads_the_event_with_its_cloudevents_headers() -> Result<()> {
     }
     let payload: serde_json::Value = serde_json::from_str(record["payload"].as_str().context("payload")?)?;
     assert_eq!(payload["eventId"], created.event_id.as_str());
-    Ok(())
+    mesh.shutdown().await
 }

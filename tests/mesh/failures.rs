@@ -40,7 +40,7 @@ async fn a_declined_payment_fails_the_order_with_the_reason_and_publishes_nothin
     let again = orders.create_order(order_request("decl-1", "tok_declined")).await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
     assert_eq!(mesh.event_count().await?, 0);
-    Ok(())
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,7 +58,7 @@ async fn the_payment_services_error_details_reach_the_client() -> Result<()> {
         .unwrap_or_default();
     assert_eq!(fields, ["payment_method_token"]);
     assert_eq!(mesh.event_count().await?, 0);
-    Ok(())
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +90,7 @@ async fn payment_down_is_unavailable_within_the_deadline_and_a_retry_resumes_the
     let fetched = orders.get_order(GetOrderRequest { order_id: paid.order_id.clone() }).await?.into_inner();
     assert_eq!(fetched.status(), OrderStatus::Paid);
     assert_eq!(mesh.event_count().await?, 1);
-    Ok(())
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,5 +104,5 @@ async fn an_unknown_order_is_not_found() -> Result<()> {
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
     assert!(missing.message().contains("ord_nope"));
-    Ok(())
+    mesh.shutdown().await
 }

@@ -92,7 +92,7 @@ async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Res
         .into_inner();
     assert_eq!(email_only.notifications.len(), 1);
     assert_eq!(mesh.event_count().await?, 1);
-    Ok(())
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,5 +122,5 @@ async fn list_orders_pages_through_every_order_once() -> Result<()> {
     }
     assert_eq!(seen, created, "oldest first, each once");
     assert_eq!(pages, 3);
-    Ok(())
+    mesh.shutdown().await
 }

@@ -65,11 +65,11 @@ impl Running {
     }
 }
 
-/// A whole mesh for one test.
+/// A whole mesh for one test. End a test with [`TestMesh::shutdown`]: the services then stop
+/// gracefully while the broker is still there (dropped instead, the broker goes first and the
+/// clients spend their close timeouts looking for it).
 pub struct TestMesh {
-    pub broker: EmbeddedBroker,
     pub topic: String,
-    pub dir: TempDir,
     pub payment: Option<Running>,
     /// Where order looks for payment, whether or not payment runs.
     pub payment_addr: SocketAddr,
@@ -79,6 +79,9 @@ pub struct TestMesh {
     pub notifier_stats: HashMap<Channel, Arc<Stats>>,
     email_group: String,
     sms_group: String,
+    // Declared last so that, if a test fails early, it is dropped after everything above.
+    pub dir: TempDir,
+    pub broker: EmbeddedBroker,
 }
 
 /// What to start.
@@ -174,6 +177,8 @@ impl TestMesh {
             channels: vec![Channel::Email, Channel::Sms],
             email_group: self.email_group.clone(),
             sms_group: self.sms_group.clone(),
+            // The smallest Kafka allows by default: a restarted notifier rejoins sooner.
+            session_timeout_ms: 6_000,
             drain_grace_ms: 2_000,
         };
         let stats: HashMap<Channel, Arc<Stats>> =
@@ -193,6 +198,18 @@ impl TestMesh {
             })
             .await?,
         );
+        Ok(())
+    }
+
+    /// Stops every service gracefully, then the broker.
+    pub async fn shutdown(mut self) -> Result<()> {
+        if self.notifier.is_some() {
+            self.stop_notifier().await?;
+        }
+        self.order.stop().await?;
+        if let Some(payment) = self.payment.take() {
+            payment.stop().await?;
+        }
         Ok(())
     }
 

@@ -37,7 +37,7 @@ async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result
     assert_eq!(refused.code(), Code::AlreadyExists);
     assert!(refused.message().contains("dup-1"), "{}", refused.message());
     assert_eq!(orders.list_orders(ListOrdersRequest::default()).await?.into_inner().orders.len(), 1);
-    Ok(())
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,5 +61,5 @@ async fn payment_charges_once_per_idempotency_key() -> Result<()> {
     let refused = payments.charge(other_amount).await.unwrap_err();
     assert_eq!(refused.code(), Code::AlreadyExists);
     assert!(refused.message().contains("key-1"));
-    Ok(())
+    mesh.shutdown().await
 }

@@ -66,7 +66,7 @@ async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it
     for channel in NotifierChannel::ALL {
         assert_eq!(mesh.notifier_stats[&channel].sent.load(Ordering::Relaxed), 20, "{channel:?}");
     }
-    Ok(())
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,5 +99,5 @@ async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or
     assert_eq!(all.len(), ORDERS * 2);
     assert_eq!(sent(&mesh) as usize, ORDERS * 2 - first_run.len(), "second run sent only the rest");
     assert_eq!(duplicates(&mesh), 0, "no redelivery after a graceful stop");
-    Ok(())
+    mesh.shutdown().await
 }

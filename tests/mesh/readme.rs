@@ -75,5 +75,5 @@ async fn the_readme_walkthrough_runs_as_written() -> Result<()> {
     ] {
         assert!(all.contains(expected), "the walkthrough shows {expected}:\n{all}");
     }
-    Ok(())
+    mesh.shutdown().await
 }

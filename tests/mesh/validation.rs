@@ -66,7 +66,7 @@ async fn invalid_requests_are_refused_naming_the_field_and_change_nothing() -> R
     let stored = orders.list_orders(ListOrdersRequest::default()).await?.into_inner().orders;
     assert!(stored.is_empty(), "nothing stored: {stored:?}");
     assert_eq!(mesh.event_count().await?, 0, "nothing published");
-    Ok(())
+    mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,5 +92,5 @@ async fn bad_list_parameters_are_refused() -> Result<()> {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("channel"));
-    Ok(())
+    mesh.shutdown().await
 }
