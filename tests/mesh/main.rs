@@ -7,6 +7,7 @@
 mod helpers;
 
 mod black_box;
+mod compose;
 mod failures;
 mod happy_path;
 mod idempotency;

@@ -1,0 +1,85 @@
+//! compose.yaml cannot be run here (no Docker engine), so it is kept honest by reading it against the
+//! code: every variable it sets is one a service reads, every published port is the port the service
+//! listens on, every binary it runs is built by the Dockerfile, and the topic it creates is the one
+//! the services use.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::{Context, Result};
+use serde_yaml::Value;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn read(path: &str) -> Result<String> {
+    std::fs::read_to_string(Path::new(ROOT).join(path)).with_context(|| path.to_owned())
+}
+
+/// The Rust sources of a crate directory, concatenated.
+fn sources(dir: &str) -> Result<String> {
+    let mut out = String::new();
+    for entry in std::fs::read_dir(Path::new(ROOT).join(dir))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            out.push_str(&std::fs::read_to_string(&path)?);
+        }
+    }
+    Ok(out)
+}
+
+fn environment(service: &Value) -> BTreeMap<String, String> {
+    service["environment"]
+        .as_mapping()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.as_str()?.to_owned(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn compose_matches_the_code() -> Result<()> {
+    let compose: Value = serde_yaml::from_str(&read("compose.yaml")?)?;
+    let dockerfile = read("Dockerfile")?;
+    let services = &compose["services"];
+    let shared = sources("src")?;
+    let default_topic = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC;
+
+    // The topic the one-shot job creates is the services' default.
+    let init: Vec<&str> = services["kafka-init"]["command"]
+        .as_sequence()
+        .context("kafka-init command")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let topic_at = init.iter().position(|a| *a == "--topic").context("--topic")?;
+    assert_eq!(init[topic_at + 1], default_topic);
+
+    for (name, dir, port) in [("payment", "payment/src", 50052), ("order", "order/src", 50051), ("notifier", "notifier/src", 50053)] {
+        let service = &services[name];
+        let code = sources(dir)? + &shared;
+
+        let binary = service["command"][0].as_str().context("command")?;
+        assert!(dockerfile.contains(&format!("--bin {binary}")), "the Dockerfile builds {binary}");
+        assert!(read(&format!("{name}/Cargo.toml"))?.contains(&format!("name = \"{binary}\"")), "{binary} is a binary of {name}");
+
+        let env = environment(service);
+        assert!(!env.is_empty(), "{name} has an environment");
+        for (key, value) in &env {
+            assert!(code.contains(&format!("env = \"{key}\"")), "{name} reads {key}");
+            if key == "ORDER_EVENTS_TOPIC" {
+                assert_eq!(value, default_topic);
+            }
+            if key.ends_with("_LISTEN_ADDR") {
+                assert!(value.ends_with(&format!(":{port}")), "{name} listens on {port}: {value}");
+            }
+        }
+        let ports: Vec<&str> = service["ports"].as_sequence().context("ports")?.iter().filter_map(Value::as_str).collect();
+        assert_eq!(ports, [format!("{port}:{port}")], "{name} publishes its port");
+    }
+    // Host clients reach Kafka where the README says.
+    let kafka_ports: Vec<&str> = services["kafka"]["ports"].as_sequence().context("kafka ports")?.iter().filter_map(Value::as_str).collect();
+    assert_eq!(kafka_ports, ["9092:9092"]);
+    assert!(environment(&services["kafka"])["KAFKA_ADVERTISED_LISTENERS"].contains("127.0.0.1:9092"));
+    Ok(())
+}
