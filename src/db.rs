@@ -6,7 +6,9 @@
 
 use std::{path::Path, str::FromStr, time::Duration};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 /// Opens (creating if missing) the SQLite database at `url`, e.g. `sqlite://data/order.db` or
 /// `sqlite::memory:`.
@@ -31,14 +33,24 @@ pub async fn connect(url: &str) -> Result<SqlitePool, sqlx::Error> {
         // Every connection to `:memory:` would be a separate empty database: keep exactly one, forever.
         .max_connections(if in_memory { 1 } else { 8 })
         .min_connections(if in_memory { 1 } else { 0 })
-        .idle_timeout(if in_memory { None } else { Some(Duration::from_secs(600)) })
-        .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(3600)) })
+        .idle_timeout(if in_memory {
+            None
+        } else {
+            Some(Duration::from_secs(600))
+        })
+        .max_lifetime(if in_memory {
+            None
+        } else {
+            Some(Duration::from_secs(3600))
+        })
         .connect_with(options)
         .await
 }
 
 fn create_dir(dir: &Path) -> Result<(), sqlx::Error> {
     std::fs::create_dir_all(dir).map_err(|e| {
-        sqlx::Error::Configuration(format!("cannot create data directory {}: {e}", dir.display()).into())
+        sqlx::Error::Configuration(
+            format!("cannot create data directory {}: {e}", dir.display()).into(),
+        )
     })
 }

@@ -93,7 +93,11 @@ pub struct CloudEventHeaders {
 impl CloudEventHeaders {
     /// Attributes of an OrderPlaced event.
     pub fn order_placed(event: &OrderPlaced) -> Self {
-        let millis = event.placed_at.as_ref().map(crate::timestamp::to_millis).unwrap_or_default();
+        let millis = event
+            .placed_at
+            .as_ref()
+            .map(crate::timestamp::to_millis)
+            .unwrap_or_default();
         Self {
             id: event.event_id.clone(),
             r#type: ORDER_PLACED_TYPE.to_owned(),
@@ -114,7 +118,6 @@ impl CloudEventHeaders {
             .insert(header("ce_subject", &self.subject))
             .insert(header("content-type", CONTENT_TYPE))
     }
-
 
     /// Reads the attributes back from Kafka headers (absent ones are empty).
     pub fn from_kafka(headers: &impl Headers) -> Self {
@@ -138,7 +141,10 @@ impl CloudEventHeaders {
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a [u8]> {
-    Header { key, value: Some(value.as_bytes()) }
+    Header {
+        key,
+        value: Some(value.as_bytes()),
+    }
 }
 
 #[cfg(test)]
@@ -153,13 +159,22 @@ mod tests {
         OrderPlaced {
             event_id: "ev-1".into(),
             order_id: "ord-1".into(),
-            customer: Some(Customer { email: "a@example.com".into(), phone: "+14155550100".into() }),
+            customer: Some(Customer {
+                email: "a@example.com".into(),
+                phone: "+14155550100".into(),
+            }),
             items: vec![LineItem {
                 sku: "SKU-1".into(),
                 quantity: 2,
-                unit_price: Some(Money { currency_code: "USD".into(), minor_units: 1999 }),
+                unit_price: Some(Money {
+                    currency_code: "USD".into(),
+                    minor_units: 1999,
+                }),
             }],
-            total: Some(Money { currency_code: "USD".into(), minor_units: 3998 }),
+            total: Some(Money {
+                currency_code: "USD".into(),
+                minor_units: 3998,
+            }),
             placed_at: Some(crate::timestamp::from_millis(1_700_000_000_123)),
             payment_id: "pay-1".into(),
         }
@@ -170,23 +185,42 @@ mod tests {
         let json = encode_order_placed(&sample());
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["eventId"], "ev-1");
-        assert_eq!(value["total"]["minorUnits"], "3998", "int64 is a JSON string");
+        assert_eq!(
+            value["total"]["minorUnits"], "3998",
+            "int64 is a JSON string"
+        );
         assert_eq!(value["placedAt"], "2023-11-14T22:13:20.123Z");
         assert_eq!(decode_order_placed(&json).unwrap(), sample());
     }
 
     #[test]
     fn garbage_and_incomplete_events_are_errors_not_panics() {
-        for bad in [&b""[..], b"{", b"[]", b"null", b"{\"eventId\":5}", b"{\"orderId\":\"o\"}", b"\xff\xfe"] {
-            assert!(decode_order_placed(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        for bad in [
+            &b""[..],
+            b"{",
+            b"[]",
+            b"null",
+            b"{\"eventId\":5}",
+            b"{\"orderId\":\"o\"}",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                decode_order_placed(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn unknown_fields_are_ignored() {
-        let mut value: serde_json::Value = serde_json::from_slice(&encode_order_placed(&sample())).unwrap();
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&encode_order_placed(&sample())).unwrap();
         value["addedLater"] = serde_json::json!("x");
-        assert_eq!(decode_order_placed(value.to_string().as_bytes()).unwrap(), sample());
+        assert_eq!(
+            decode_order_placed(value.to_string().as_bytes()).unwrap(),
+            sample()
+        );
     }
 
     #[test]

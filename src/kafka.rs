@@ -35,11 +35,19 @@ pub enum BrokerError {
     #[error("Kafka client error: {0}")]
     Kafka(#[from] KafkaError),
     #[error("cannot create topic {topic}: {code}")]
-    CreateTopic { topic: String, code: RDKafkaErrorCode },
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("Kafka client task failed: {0}")]
     Task(String),
-    #[error("embedded broker cannot listen on {addr}: {source} (is another broker on that port? set another address)")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "embedded broker cannot listen on {addr}: {source} (is another broker on that port? set another address)"
+    )]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// Client settings every ordermesh Kafka client starts from.
@@ -56,7 +64,11 @@ pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
 /// Makes sure `topics` exist. Existing topics are left as they are. Brokers that refuse CreateTopics
 /// (the embedded mock cluster does not implement it; the runner creates its topics directly) give an
 /// error that says so.
-pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> Result<(), BrokerError> {
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[&str],
+    partitions: i32,
+) -> Result<(), BrokerError> {
     let admin: AdminClient<DefaultClientContext> =
         client_config(brokers, "ordermesh-admin").create()?;
     // fetch_metadata blocks its thread until the broker answers: keep it off the async workers.
@@ -70,7 +82,12 @@ pub async fn ensure_topics(brokers: &str, topics: &[&str], partitions: i32) -> R
     let missing: Vec<&str> = topics
         .iter()
         .copied()
-        .filter(|t| !metadata.topics().iter().any(|m| m.name() == *t && m.error().is_none()))
+        .filter(|t| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|m| m.name() == *t && m.error().is_none())
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -115,12 +132,19 @@ impl EmbeddedBroker {
     /// The forwarder runs on a thread of its own, not on the caller's runtime: clients in this same
     /// process make blocking calls (metadata, commits, close) that would otherwise be able to starve
     /// the very task that must carry their traffic.
-    pub fn start(listen: SocketAddr, topics: &[&str], partitions: i32) -> Result<Self, BrokerError> {
+    pub fn start(
+        listen: SocketAddr,
+        topics: &[&str],
+        partitions: i32,
+    ) -> Result<Self, BrokerError> {
         let cluster = MockCluster::new(1)?;
         for topic in topics {
             cluster.create_topic(topic, partitions, 1)?;
         }
-        let listen_error = |source| BrokerError::Listen { addr: listen, source };
+        let listen_error = |source| BrokerError::Listen {
+            addr: listen,
+            source,
+        };
         let listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
         listener.set_nonblocking(true).map_err(listen_error)?;
         let addr = listener.local_addr().map_err(listen_error)?;
@@ -134,7 +158,9 @@ impl EmbeddedBroker {
             .name("embedded-kafka-forwarder".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let Ok(listener) = TcpListener::from_std(listener) else { return };
+                    let Ok(listener) = TcpListener::from_std(listener) else {
+                        return;
+                    };
                     tokio::select! {
                         _ = forward(listener, target) => {}
                         // The broker was dropped.
@@ -144,7 +170,11 @@ impl EmbeddedBroker {
             })
             .map_err(listen_error)?;
         tracing::info!(%addr, mock = %cluster.bootstrap_servers(), "embedded Kafka broker started");
-        Ok(Self { cluster, addr, _stop_forwarder: stop })
+        Ok(Self {
+            cluster,
+            addr,
+            _stop_forwarder: stop,
+        })
     }
 
     /// The stable bootstrap address (what clients are configured with).

@@ -3,8 +3,8 @@
 
 /// ISO 4217 codes accepted by order and payment.
 pub const CURRENCIES: &[&str] = &[
-    "AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD", "INR", "JPY", "KRW", "MXN",
-    "NOK", "NZD", "PLN", "SEK", "SGD", "USD", "ZAR",
+    "AUD", "BRL", "CAD", "CHF", "CNY", "CZK", "DKK", "EUR", "GBP", "HKD", "INR", "JPY", "KRW",
+    "MXN", "NOK", "NZD", "PLN", "SEK", "SGD", "USD", "ZAR",
 ];
 
 /// Whether `code` is a currency the mesh accepts (exact, upper case).

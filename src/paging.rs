@@ -31,13 +31,17 @@ impl PageRequest {
         };
         let after = match page_token {
             "" => 0,
-            token => token.parse::<i64>().ok().filter(|n| *n >= 0).unwrap_or_else(|| {
-                violations.push(FieldViolation::new(
-                    "page_token",
-                    "not a token this call returned; leave it empty for the first page",
-                ));
-                0
-            }),
+            token => token
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .unwrap_or_else(|| {
+                    violations.push(FieldViolation::new(
+                        "page_token",
+                        "not a token this call returned; leave it empty for the first page",
+                    ));
+                    0
+                }),
         };
         Self { size, after }
     }
@@ -53,7 +57,9 @@ impl PageRequest {
         let size = self.size as usize;
         if rows.len() > size {
             rows.truncate(size);
-            rows.last().map(|r| position(r).to_string()).unwrap_or_default()
+            rows.last()
+                .map(|r| position(r).to_string())
+                .unwrap_or_default()
         } else {
             String::new()
         }
@@ -67,13 +73,25 @@ mod tests {
     #[test]
     fn defaults_and_bounds() {
         let mut v = Vec::new();
-        assert_eq!(PageRequest::parse(0, "", &mut v), PageRequest { size: DEFAULT_PAGE_SIZE, after: 0 });
-        assert_eq!(PageRequest::parse(7, "42", &mut v), PageRequest { size: 7, after: 42 });
+        assert_eq!(
+            PageRequest::parse(0, "", &mut v),
+            PageRequest {
+                size: DEFAULT_PAGE_SIZE,
+                after: 0
+            }
+        );
+        assert_eq!(
+            PageRequest::parse(7, "42", &mut v),
+            PageRequest { size: 7, after: 42 }
+        );
         assert!(v.is_empty());
         PageRequest::parse(-1, "x", &mut v);
         PageRequest::parse(MAX_PAGE_SIZE + 1, "-5", &mut v);
         let fields: Vec<_> = v.iter().map(|v| v.field.as_str()).collect();
-        assert_eq!(fields, ["page_size", "page_token", "page_size", "page_token"]);
+        assert_eq!(
+            fields,
+            ["page_size", "page_token", "page_size", "page_token"]
+        );
     }
 
     #[test]

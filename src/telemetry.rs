@@ -20,7 +20,8 @@ pub const DEFAULT_FILTER: &str = "info,h2=warn,hyper=warn,hyper_util=warn,tower=
 /// Installs the global subscriber: `RUST_LOG` if set, else [`DEFAULT_FILTER`]. Fails if one was
 /// already installed (as happens when several services run in one process, where the first one wins).
 pub fn init(format: LogFormat) -> Result<(), tracing_subscriber::util::TryInitError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Text => registry.with(fmt::layer()).try_init(),

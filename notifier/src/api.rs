@@ -42,7 +42,10 @@ impl NotificationService for NotificationApi {
             Ok(pb::Channel::Unspecified) => None,
             Ok(channel) => Channel::from_proto(channel),
             Err(_) => {
-                violations.push(FieldViolation::new("channel", "must be CHANNEL_EMAIL, CHANNEL_SMS or unset"));
+                violations.push(FieldViolation::new(
+                    "channel",
+                    "must be CHANNEL_EMAIL, CHANNEL_SMS or unset",
+                ));
                 None
             }
         };
@@ -50,7 +53,10 @@ impl NotificationService for NotificationApi {
         if !violations.is_empty() {
             return Err(ordermesh::grpc::invalid_argument(violations));
         }
-        let filter = Filter { order_id: (!req.order_id.is_empty()).then_some(req.order_id), channel };
+        let filter = Filter {
+            order_id: (!req.order_id.is_empty()).then_some(req.order_id),
+            channel,
+        };
         let mut rows = self
             .store
             .list(&filter, page.after, page.fetch_limit())

@@ -8,7 +8,11 @@ use crate::channel::Channel;
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Database URL: a SQLite file (created if missing) or `sqlite::memory:`.
-    #[arg(long, env = "NOTIFIER_DATABASE_URL", default_value = "sqlite://data/notifier.db")]
+    #[arg(
+        long,
+        env = "NOTIFIER_DATABASE_URL",
+        default_value = "sqlite://data/notifier.db"
+    )]
     pub database_url: String,
 
     /// Kafka bootstrap servers (comma-separated host:port).
@@ -20,7 +24,13 @@ pub struct Config {
     pub events_topic: String,
 
     /// Channels to run, comma-separated: run one to stop the other channel.
-    #[arg(long, env = "NOTIFIER_CHANNELS", value_enum, value_delimiter = ',', default_value = "email,sms")]
+    #[arg(
+        long,
+        env = "NOTIFIER_CHANNELS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "email,sms"
+    )]
     pub channels: Vec<Channel>,
 
     /// Consumer group of the email channel.

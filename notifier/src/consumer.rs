@@ -118,7 +118,9 @@ pub(crate) async fn handle(
     }
     // PENDING: new, or left by a run that stopped between recording and confirming; send (again).
     channel.send(&record.recipient, &event).await;
-    store.mark_sent(&record.notification_id, timestamp::now_millis()).await?;
+    store
+        .mark_sent(&record.notification_id, timestamp::now_millis())
+        .await?;
     Ok(Outcome::Sent)
 }
 
@@ -140,21 +142,35 @@ impl ChannelConsumer {
         store: Store,
         stats: Arc<Stats>,
     ) -> KafkaResult<Self> {
-        let consumer: StreamConsumer = ordermesh::kafka::client_config(brokers, &format!("ordermesh-notifier-{}", channel.as_str().to_lowercase()))
-            .set("group.id", group)
-            // See the module comment: offsets are stored by us, after handling.
-            .set("enable.auto.offset.store", "false")
-            // Stored offsets are committed every second and once more on shutdown.
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest")
-            // How long the group waits for a member that stopped heartbeating. Also how long a
-            // restarted notifier can wait to rejoin when the group did not see the old one leave.
-            .set("session.timeout.ms", session_timeout.as_millis().to_string())
-            .set("heartbeat.interval.ms", (session_timeout / 4).as_millis().to_string())
-            .create()?;
+        let consumer: StreamConsumer = ordermesh::kafka::client_config(
+            brokers,
+            &format!("ordermesh-notifier-{}", channel.as_str().to_lowercase()),
+        )
+        .set("group.id", group)
+        // See the module comment: offsets are stored by us, after handling.
+        .set("enable.auto.offset.store", "false")
+        // Stored offsets are committed every second and once more on shutdown.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        // How long the group waits for a member that stopped heartbeating. Also how long a
+        // restarted notifier can wait to rejoin when the group did not see the old one leave.
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout / 4).as_millis().to_string(),
+        )
+        .create()?;
         consumer.subscribe(&[topic])?;
-        Ok(Self { consumer, channel, store, stats })
+        Ok(Self {
+            consumer,
+            channel,
+            store,
+            stats,
+        })
     }
 
     /// Consumes until `stop` is cancelled, then finishes the message in hand, commits what was handled
@@ -194,8 +210,12 @@ impl ChannelConsumer {
         match committed {
             // Nothing stored since the last commit.
             Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
-            Ok(Err(error)) => tracing::warn!(channel, %error, "final offset commit failed; the broker will redeliver"),
-            Err(error) => tracing::warn!(channel, %error, "final offset commit did not run; the broker will redeliver"),
+            Ok(Err(error)) => {
+                tracing::warn!(channel, %error, "final offset commit failed; the broker will redeliver")
+            }
+            Err(error) => {
+                tracing::warn!(channel, %error, "final offset commit did not run; the broker will redeliver")
+            }
         }
         tracing::info!(channel, "consumer stopped");
         Ok(())
@@ -215,7 +235,15 @@ impl ChannelConsumer {
                 partition: message.partition(),
                 offset: message.offset(),
             };
-            match handle(&self.store, self.channel, message.payload(), &ce_type, source).await {
+            match handle(
+                &self.store,
+                self.channel,
+                message.payload(),
+                &ce_type,
+                source,
+            )
+            .await
+            {
                 Ok(outcome) => {
                     self.stats.count(outcome);
                     return true;

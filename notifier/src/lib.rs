@@ -14,7 +14,9 @@ mod store;
 
 use std::{collections::HashMap, future::Future, sync::Arc};
 
-use ordermesh::{grpc, kafka, proto::notification::v1::notification_service_server::NotificationServiceServer};
+use ordermesh::{
+    grpc, kafka, proto::notification::v1::notification_service_server::NotificationServiceServer,
+};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -31,7 +33,10 @@ pub enum RunError {
     #[error("cannot migrate the notifier database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("Kafka at {brokers} (KAFKA_BROKERS): {source}")]
-    Kafka { brokers: String, source: kafka::BrokerError },
+    Kafka {
+        brokers: String,
+        source: kafka::BrokerError,
+    },
     #[error("no channel configured (NOTIFIER_CHANNELS): give email, sms or both")]
     NoChannel,
     #[error(transparent)]
@@ -65,10 +70,17 @@ pub async fn run_with_stats(
     let pool = ordermesh::db::connect(&config.database_url).await?;
     sqlx::migrate!().run(&pool).await?;
     let store = store::Store::new(pool);
-    let kafka_error = |source| RunError::Kafka { brokers: config.kafka_brokers.clone(), source };
-    kafka::ensure_topics(&config.kafka_brokers, &[&config.events_topic], kafka::DEFAULT_PARTITIONS)
-        .await
-        .map_err(kafka_error)?;
+    let kafka_error = |source| RunError::Kafka {
+        brokers: config.kafka_brokers.clone(),
+        source,
+    };
+    kafka::ensure_topics(
+        &config.kafka_brokers,
+        &[&config.events_topic],
+        kafka::DEFAULT_PARTITIONS,
+    )
+    .await
+    .map_err(kafka_error)?;
 
     // One token stops everything: the shutdown signal cancels it, and so does a failing consumer.
     let stop = CancellationToken::new();
@@ -98,11 +110,17 @@ pub async fn run_with_stats(
 
     let mut server = tonic::transport::Server::builder();
     let (health, router) = grpc::router(&mut server)?;
-    let router = router.add_service(NotificationServiceServer::new(api::NotificationApi::new(store)));
-    health.set_serving::<NotificationServiceServer<api::NotificationApi>>().await;
+    let router = router.add_service(NotificationServiceServer::new(api::NotificationApi::new(
+        store,
+    )));
+    health
+        .set_serving::<NotificationServiceServer<api::NotificationApi>>()
+        .await;
     for channel in &config.channels {
         let name = format!("ordermesh.notifier.{}", channel.as_str().to_lowercase());
-        health.set_service_status(name, ServingStatus::Serving).await;
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
     }
 
     let signal = {

@@ -7,7 +7,11 @@ use clap::Parser;
 use ordermesh::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "notifier", version, about = "Notifies customers of placed orders by email and SMS")]
+#[command(
+    name = "notifier",
+    version,
+    about = "Notifies customers of placed orders by email and SMS"
+)]
 struct Cli {
     /// Address to serve gRPC on.
     #[arg(long, env = "NOTIFIER_LISTEN_ADDR", default_value = "127.0.0.1:50053")]
@@ -25,7 +29,12 @@ async fn main() -> anyhow::Result<()> {
     ordermesh::telemetry::init(cli.log_format)?;
     let listener = tokio::net::TcpListener::bind(cli.listen_addr)
         .await
-        .with_context(|| format!("cannot listen on {} (NOTIFIER_LISTEN_ADDR)", cli.listen_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (NOTIFIER_LISTEN_ADDR)",
+                cli.listen_addr
+            )
+        })?;
     ordermesh_notifier::run(listener, cli.config, ordermesh::shutdown::signal()).await?;
     Ok(())
 }

@@ -42,7 +42,10 @@ impl Store {
 
     /// Records a PENDING notification for (event, channel) unless one exists, and returns whichever
     /// row holds that key now: a redelivered event finds the first one.
-    pub(crate) async fn claim(&self, new: &NotificationRow) -> Result<NotificationRow, sqlx::Error> {
+    pub(crate) async fn claim(
+        &self,
+        new: &NotificationRow,
+    ) -> Result<NotificationRow, sqlx::Error> {
         sqlx::query(
             "INSERT INTO notifications (notification_id, event_id, order_id, channel, recipient,
                  status, attempts, created_at_ms, source_topic, source_partition, source_offset)
@@ -69,7 +72,11 @@ impl Store {
     }
 
     /// Marks a notification sent, counting the attempt.
-    pub(crate) async fn mark_sent(&self, notification_id: &str, now_ms: i64) -> Result<(), sqlx::Error> {
+    pub(crate) async fn mark_sent(
+        &self,
+        notification_id: &str,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE notifications SET status = 'SENT', attempts = attempts + 1, sent_at_ms = ?
              WHERE notification_id = ?",

@@ -46,14 +46,20 @@ pub(crate) struct OrderApi {
 
 impl OrderApi {
     pub(crate) fn new(store: Store, payments: PaymentClient, publisher: EventPublisher) -> Self {
-        Self { store, payments, publisher }
+        Self {
+            store,
+            payments,
+            publisher,
+        }
     }
 
     async fn create(&self, req: CreateOrderRequest) -> Result<Order, OrderError> {
         let valid = validate::create_order(&req).map_err(OrderError::Invalid)?;
         let order = self.store.insert_or_get(&pending_row(&valid)).await?;
         if order.request_fingerprint != valid.fingerprint {
-            return Err(OrderError::RequestIdReused { request_id: valid.request_id });
+            return Err(OrderError::RequestIdReused {
+                request_id: valid.request_id,
+            });
         }
         let order = match order.status {
             store::Status::PendingPayment => self.pay(order, &valid).await?,
@@ -79,20 +85,28 @@ impl OrderApi {
         match self.payments.charge(charge).await {
             Ok(payment) => {
                 let event_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
-                Ok(self.store.mark_paid(&order.order_id, &payment.payment_id, &event_id, now).await?)
+                Ok(self
+                    .store
+                    .mark_paid(&order.order_id, &payment.payment_id, &event_id, now)
+                    .await?)
             }
             Err(ChargeError::Declined { payment_id, reason }) => {
-                let order = self.store.mark_failed(&order.order_id, &payment_id, &reason, now).await?;
+                let order = self
+                    .store
+                    .mark_failed(&order.order_id, &payment_id, &reason, now)
+                    .await?;
                 Err(failure(order))
             }
             Err(ChargeError::Refused(status)) => {
                 let reason = format!("payment refused: {}", status.message());
-                self.store.mark_failed(&order.order_id, "", &reason, now).await?;
+                self.store
+                    .mark_failed(&order.order_id, "", &reason, now)
+                    .await?;
                 Err(OrderError::PaymentRefused {
                     order_id: order.order_id,
                     code: status.code(),
                     message: status.message().to_owned(),
-                    details: tonic_types::StatusExt::get_error_details(&status),
+                    details: Box::new(tonic_types::StatusExt::get_error_details(&status)),
                 })
             }
             Err(ChargeError::Unavailable(status)) => {
@@ -119,11 +133,17 @@ impl OrderApi {
         match self.publisher.publish(&event).await {
             Ok(at) => {
                 tracing::info!(order_id = %order.order_id, event_id = %event.event_id, partition = at.partition, offset = at.offset, "OrderPlaced published");
-                Ok(self.store.mark_published(&order.order_id, timestamp::now_millis()).await?)
+                Ok(self
+                    .store
+                    .mark_published(&order.order_id, timestamp::now_millis())
+                    .await?)
             }
             Err(error) => {
                 tracing::error!(order_id = %order.order_id, %error, "OrderPlaced not acknowledged");
-                Err(OrderError::EventNotPublished { order_id: order.order_id.clone(), detail: error.to_string() })
+                Err(OrderError::EventNotPublished {
+                    order_id: order.order_id.clone(),
+                    detail: error.to_string(),
+                })
             }
         }
     }
@@ -138,7 +158,10 @@ impl OrderService for OrderApi {
         Ok(Response::new(self.create(request.into_inner()).await?))
     }
 
-    async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
         let id = request.into_inner().order_id;
         if id.is_empty() || id.len() > validate::MAX_ID_LEN {
             return Err(OrderError::Invalid(vec![FieldViolation::new(
@@ -212,11 +235,17 @@ fn pending_row(valid: &ValidOrder) -> OrderRow {
 
 /// The error a PAYMENT_FAILED order answers with, first time and every retry.
 fn failure(order: OrderRow) -> OrderError {
-    OrderError::PaymentDeclined { order_id: order.order_id, reason: order.failure_reason }
+    OrderError::PaymentDeclined {
+        order_id: order.order_id,
+        reason: order.failure_reason,
+    }
 }
 
 fn customer(order: &OrderRow) -> Customer {
-    Customer { email: order.customer_email.clone(), phone: order.customer_phone.clone() }
+    Customer {
+        email: order.customer_email.clone(),
+        phone: order.customer_phone.clone(),
+    }
 }
 
 fn items(order: &OrderRow) -> Vec<LineItem> {
@@ -226,13 +255,19 @@ fn items(order: &OrderRow) -> Vec<LineItem> {
         .map(|item| LineItem {
             sku: item.sku.clone(),
             quantity: item.quantity,
-            unit_price: Some(Money { currency_code: item.currency_code.clone(), minor_units: item.unit_minor_units }),
+            unit_price: Some(Money {
+                currency_code: item.currency_code.clone(),
+                minor_units: item.unit_minor_units,
+            }),
         })
         .collect()
 }
 
 fn total(order: &OrderRow) -> Money {
-    Money { currency_code: order.currency_code.clone(), minor_units: order.total_minor_units }
+    Money {
+        currency_code: order.currency_code.clone(),
+        minor_units: order.total_minor_units,
+    }
 }
 
 fn to_proto(order: OrderRow) -> Order {

@@ -6,11 +6,19 @@ use std::time::Duration;
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Database URL: a SQLite file (created if missing) or `sqlite::memory:`.
-    #[arg(long, env = "ORDER_DATABASE_URL", default_value = "sqlite://data/order.db")]
+    #[arg(
+        long,
+        env = "ORDER_DATABASE_URL",
+        default_value = "sqlite://data/order.db"
+    )]
     pub database_url: String,
 
     /// The payment service's gRPC endpoint.
-    #[arg(long, env = "ORDER_PAYMENT_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "ORDER_PAYMENT_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub payment_url: String,
 
     /// Deadline of each Charge call, in milliseconds.

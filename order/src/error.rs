@@ -15,7 +15,12 @@ pub enum OrderError {
     #[error("payment for order {order_id} was declined: {reason}")]
     PaymentDeclined { order_id: String, reason: String },
     #[error("payment service refused the charge for order {order_id}: {message}")]
-    PaymentRefused { order_id: String, code: Code, message: String, details: tonic_types::ErrorDetails },
+    PaymentRefused {
+        order_id: String,
+        code: Code,
+        message: String,
+        details: Box<tonic_types::ErrorDetails>,
+    },
     #[error(
         "payment service unavailable ({detail}); order {order_id} is waiting for payment, retry with the same request_id"
     )]
@@ -40,7 +45,7 @@ impl From<OrderError> for Status {
             // Same code and details as payment gave (e.g. INVALID_ARGUMENT on payment_method_token,
             // a field both requests share), with a message that says where it came from.
             OrderError::PaymentRefused { code, details, .. } => {
-                Status::with_error_details(code, message, details)
+                Status::with_error_details(code, message, *details)
             }
             OrderError::PaymentUnavailable { .. } | OrderError::EventNotPublished { .. } => {
                 Status::unavailable(message)

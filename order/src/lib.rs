@@ -31,9 +31,15 @@ pub enum RunError {
     #[error("cannot migrate the order database: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("ORDER_PAYMENT_URL {url:?} is not a URL: {source}")]
-    PaymentUrl { url: String, source: tonic::codegen::http::uri::InvalidUri },
+    PaymentUrl {
+        url: String,
+        source: tonic::codegen::http::uri::InvalidUri,
+    },
     #[error("Kafka at {brokers} (KAFKA_BROKERS): {source}")]
-    Kafka { brokers: String, source: kafka::BrokerError },
+    Kafka {
+        brokers: String,
+        source: kafka::BrokerError,
+    },
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
 }
@@ -46,14 +52,30 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let pool = ordermesh::db::connect(&config.database_url).await?;
     sqlx::migrate!().run(&pool).await?;
-    let payments = payment_client::PaymentClient::new(&config.payment_url, config.payment_timeout())
-        .map_err(|source| RunError::PaymentUrl { url: config.payment_url.clone(), source })?;
-    let kafka_error = |source| RunError::Kafka { brokers: config.kafka_brokers.clone(), source };
-    kafka::ensure_topics(&config.kafka_brokers, &[&config.events_topic], kafka::DEFAULT_PARTITIONS)
-        .await
-        .map_err(kafka_error)?;
-    let publisher = publisher::EventPublisher::new(&config.kafka_brokers, &config.events_topic, config.publish_timeout())
-        .map_err(|e| kafka_error(e.into()))?;
+    let payments =
+        payment_client::PaymentClient::new(&config.payment_url, config.payment_timeout()).map_err(
+            |source| RunError::PaymentUrl {
+                url: config.payment_url.clone(),
+                source,
+            },
+        )?;
+    let kafka_error = |source| RunError::Kafka {
+        brokers: config.kafka_brokers.clone(),
+        source,
+    };
+    kafka::ensure_topics(
+        &config.kafka_brokers,
+        &[&config.events_topic],
+        kafka::DEFAULT_PARTITIONS,
+    )
+    .await
+    .map_err(kafka_error)?;
+    let publisher = publisher::EventPublisher::new(
+        &config.kafka_brokers,
+        &config.events_topic,
+        config.publish_timeout(),
+    )
+    .map_err(|e| kafka_error(e.into()))?;
     let api = api::OrderApi::new(store::Store::new(pool), payments, publisher.clone());
 
     let mut server = tonic::transport::Server::builder();
@@ -61,7 +83,9 @@ pub async fn run(
     let router = router.add_service(OrderServiceServer::new(api));
     // Ready: database migrated and the events topic exists. Payment is reached lazily per call, so its
     // absence shows as UNAVAILABLE answers, not as this service being down.
-    health.set_serving::<OrderServiceServer<api::OrderApi>>().await;
+    health
+        .set_serving::<OrderServiceServer<api::OrderApi>>()
+        .await;
     grpc::serve(router, listener, shutdown, config.drain_grace()).await?;
     // Flushing blocks until the broker answers: keep it off the async workers.
     let timeout = config.publish_timeout();

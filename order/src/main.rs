@@ -7,7 +7,11 @@ use clap::Parser;
 use ordermesh::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "order", version, about = "Takes orders, has them paid, publishes OrderPlaced")]
+#[command(
+    name = "order",
+    version,
+    about = "Takes orders, has them paid, publishes OrderPlaced"
+)]
 struct Cli {
     /// Address to serve gRPC on.
     #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use ordermesh::proto::payment::v1::{ChargeRequest, Payment, payment_service_client::PaymentServiceClient};
+use ordermesh::proto::payment::v1::{
+    ChargeRequest, Payment, payment_service_client::PaymentServiceClient,
+};
 use tonic::{Code, Request, Status, codegen::http::uri::InvalidUri, transport::Channel};
 use tonic_types::StatusExt;
 
@@ -33,7 +35,10 @@ impl PaymentClient {
             .connect_timeout(timeout.min(Duration::from_secs(1)))
             .tcp_nodelay(true)
             .connect_lazy();
-        Ok(Self { client: PaymentServiceClient::new(channel), timeout })
+        Ok(Self {
+            client: PaymentServiceClient::new(channel),
+            timeout,
+        })
     }
 
     /// Charges with a deadline: the payment service sees it as `grpc-timeout` and stops working on a
@@ -63,11 +68,18 @@ fn classify(status: Status) -> ChargeError {
                 .as_ref()
                 .and_then(|i| i.metadata.get("payment_id").cloned())
                 .unwrap_or_default();
-            let reason = info.map(|i| i.reason.to_lowercase()).unwrap_or_else(|| status.message().to_owned());
+            let reason = info
+                .map(|i| i.reason.to_lowercase())
+                .unwrap_or_else(|| status.message().to_owned());
             ChargeError::Declined { payment_id, reason }
         }
-        Code::InvalidArgument | Code::AlreadyExists | Code::NotFound | Code::PermissionDenied
-        | Code::Unauthenticated | Code::OutOfRange | Code::Unimplemented => ChargeError::Refused(status),
+        Code::InvalidArgument
+        | Code::AlreadyExists
+        | Code::NotFound
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::OutOfRange
+        | Code::Unimplemented => ChargeError::Refused(status),
         _ => ChargeError::Unavailable(status),
     }
 }

@@ -29,7 +29,9 @@ pub struct EventPublisher {
 
 impl std::fmt::Debug for EventPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventPublisher").field("topic", &self.topic).finish_non_exhaustive()
+        f.debug_struct("EventPublisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,7 +49,10 @@ impl EventPublisher {
             .set("linger.ms", "1")
             .set("message.timeout.ms", ack_timeout.as_millis().to_string())
             .create()?;
-        Ok(Self { producer, topic: topic.to_owned() })
+        Ok(Self {
+            producer,
+            topic: topic.to_owned(),
+        })
     }
 
     /// Sends `event` and waits for the acknowledgement.
@@ -59,7 +64,10 @@ impl EventPublisher {
             .headers(CloudEventHeaders::order_placed(event).to_kafka());
         // Timeout::Never only concerns a full local queue; message.timeout.ms bounds the delivery.
         match self.producer.send(record, Timeout::Never).await {
-            Ok(delivery) => Ok(Delivered { partition: delivery.partition, offset: delivery.offset }),
+            Ok(delivery) => Ok(Delivered {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
             Err((error, _)) => Err(error),
         }
     }

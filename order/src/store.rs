@@ -25,7 +25,9 @@ impl Status {
             "PENDING_PAYMENT" => Ok(Status::PendingPayment),
             "PAID" => Ok(Status::Paid),
             "PAYMENT_FAILED" => Ok(Status::PaymentFailed),
-            other => Err(sqlx::Error::Decode(format!("unknown order status {other:?}").into())),
+            other => Err(sqlx::Error::Decode(
+                format!("unknown order status {other:?}").into(),
+            )),
         }
     }
 }
@@ -73,8 +75,8 @@ impl Store {
     /// Stores `new` (a PENDING_PAYMENT order) unless an order with its request_id exists, and returns
     /// whichever row holds the request_id now. The unique constraint decides races.
     pub(crate) async fn insert_or_get(&self, new: &OrderRow) -> Result<OrderRow, sqlx::Error> {
-        let items = serde_json::to_string(&new.items)
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let items =
+            serde_json::to_string(&new.items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         sqlx::query(
             "INSERT INTO orders (order_id, request_id, request_fingerprint, customer_email,
                  customer_phone, items_json, currency_code, total_minor_units, status,
@@ -95,7 +97,8 @@ impl Store {
         .bind(new.updated_at_ms)
         .execute(&self.pool)
         .await?;
-        self.fetch_one("SELECT * FROM orders WHERE request_id = ?", &new.request_id).await
+        self.fetch_one("SELECT * FROM orders WHERE request_id = ?", &new.request_id)
+            .await
     }
 
     /// PENDING_PAYMENT -> PAID with the payment and a fresh event id, in one statement so only one
@@ -117,7 +120,8 @@ impl Store {
         .bind(order_id)
         .execute(&self.pool)
         .await?;
-        self.fetch_one("SELECT * FROM orders WHERE order_id = ?", order_id).await
+        self.fetch_one("SELECT * FROM orders WHERE order_id = ?", order_id)
+            .await
     }
 
     /// PENDING_PAYMENT -> PAYMENT_FAILED with the reason. Returns the order as it is afterwards.
@@ -139,11 +143,16 @@ impl Store {
         .bind(order_id)
         .execute(&self.pool)
         .await?;
-        self.fetch_one("SELECT * FROM orders WHERE order_id = ?", order_id).await
+        self.fetch_one("SELECT * FROM orders WHERE order_id = ?", order_id)
+            .await
     }
 
     /// Records that the broker acknowledged the order's event.
-    pub(crate) async fn mark_published(&self, order_id: &str, now_ms: i64) -> Result<(), sqlx::Error> {
+    pub(crate) async fn mark_published(
+        &self,
+        order_id: &str,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE orders SET event_published_at_ms = ?
              WHERE order_id = ? AND event_published_at_ms IS NULL",

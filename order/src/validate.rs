@@ -35,9 +35,17 @@ pub(crate) fn create_order(req: &CreateOrderRequest) -> Result<ValidOrder, Vec<F
     let mut v = Violations::default();
 
     if req.request_id.is_empty() {
-        v.add("request_id", "required: a unique id per order, reused only to retry the same order");
-    } else if req.request_id.len() > MAX_ID_LEN || !req.request_id.bytes().all(|b| b.is_ascii_graphic()) {
-        v.add("request_id", format!("at most {MAX_ID_LEN} printable ASCII characters, no spaces"));
+        v.add(
+            "request_id",
+            "required: a unique id per order, reused only to retry the same order",
+        );
+    } else if req.request_id.len() > MAX_ID_LEN
+        || !req.request_id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        v.add(
+            "request_id",
+            format!("at most {MAX_ID_LEN} printable ASCII characters, no spaces"),
+        );
     }
 
     match &req.customer {
@@ -55,7 +63,10 @@ pub(crate) fn create_order(req: &CreateOrderRequest) -> Result<ValidOrder, Vec<F
     if req.payment_method_token.is_empty() {
         v.add("payment_method_token", "required, e.g. tok_visa");
     } else if req.payment_method_token.len() > MAX_ID_LEN {
-        v.add("payment_method_token", format!("at most {MAX_ID_LEN} characters"));
+        v.add(
+            "payment_method_token",
+            format!("at most {MAX_ID_LEN} characters"),
+        );
     }
 
     let total = check_items(&req.items, &mut v);
@@ -63,7 +74,8 @@ pub(crate) fn create_order(req: &CreateOrderRequest) -> Result<ValidOrder, Vec<F
     if !v.0.is_empty() {
         return Err(v.0);
     }
-    let total = total.ok_or_else(|| vec![FieldViolation::new("items", "cannot compute the total")])?;
+    let total =
+        total.ok_or_else(|| vec![FieldViolation::new("items", "cannot compute the total")])?;
     Ok(ValidOrder {
         request_id: req.request_id.clone(),
         customer: req.customer.clone().unwrap_or_default(),
@@ -90,21 +102,40 @@ fn check_items(items: &[LineItem], v: &mut Violations) -> Option<Money> {
         return None;
     }
     if items.len() > MAX_ITEMS {
-        v.add("items", format!("at most {MAX_ITEMS} line items, got {}", items.len()));
+        v.add(
+            "items",
+            format!("at most {MAX_ITEMS} line items, got {}", items.len()),
+        );
         return None;
     }
-    let currency = items[0].unit_price.as_ref().map(|p| p.currency_code.as_str()).unwrap_or("");
+    let currency = items[0]
+        .unit_price
+        .as_ref()
+        .map(|p| p.currency_code.as_str())
+        .unwrap_or("");
     let mut total: Option<i64> = Some(0);
     for (i, item) in items.iter().enumerate() {
         let at = |field: &str| format!("items[{i}].{field}");
         if item.sku.is_empty()
             || item.sku.len() > MAX_SKU_LEN
-            || !item.sku.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            || !item
+                .sku
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
-            v.add(at("sku"), format!("required, at most {MAX_SKU_LEN} of A-Z a-z 0-9 - _ ."));
+            v.add(
+                at("sku"),
+                format!("required, at most {MAX_SKU_LEN} of A-Z a-z 0-9 - _ ."),
+            );
         }
         if item.quantity <= 0 || item.quantity > MAX_QUANTITY {
-            v.add(at("quantity"), format!("must be between 1 and {MAX_QUANTITY}, got {}", item.quantity));
+            v.add(
+                at("quantity"),
+                format!(
+                    "must be between 1 and {MAX_QUANTITY}, got {}",
+                    item.quantity
+                ),
+            );
         }
         let Some(price) = &item.unit_price else {
             v.add(at("unit_price"), "required: currency_code and minor_units");
@@ -114,28 +145,45 @@ fn check_items(items: &[LineItem], v: &mut Violations) -> Option<Money> {
         if !ordermesh::money::is_known_currency(&price.currency_code) {
             v.add(
                 at("unit_price.currency_code"),
-                format!("unknown currency {:?}; use an ISO 4217 code such as USD", price.currency_code),
+                format!(
+                    "unknown currency {:?}; use an ISO 4217 code such as USD",
+                    price.currency_code
+                ),
             );
         } else if price.currency_code != currency {
             v.add(
                 at("unit_price.currency_code"),
-                format!("all items must be in one currency: items[0] is {currency}, this is {}", price.currency_code),
+                format!(
+                    "all items must be in one currency: items[0] is {currency}, this is {}",
+                    price.currency_code
+                ),
             );
         }
         if price.minor_units <= 0 {
-            v.add(at("unit_price.minor_units"), "must be more than zero (minor units, e.g. 1999 for 19.99)");
+            v.add(
+                at("unit_price.minor_units"),
+                "must be more than zero (minor units, e.g. 1999 for 19.99)",
+            );
         }
         total = total
-            .zip(price.minor_units.checked_mul(i64::from(item.quantity.max(0))))
+            .zip(
+                price
+                    .minor_units
+                    .checked_mul(i64::from(item.quantity.max(0))),
+            )
             .and_then(|(sum, line)| sum.checked_add(line));
     }
     match total {
-        Some(total) if total <= MAX_TOTAL => {
-            Some(Money { currency_code: currency.to_owned(), minor_units: total })
-        }
+        Some(total) if total <= MAX_TOTAL => Some(Money {
+            currency_code: currency.to_owned(),
+            minor_units: total,
+        }),
         _ => {
             if v.0.is_empty() {
-                v.add("items", format!("the order total overflows; at most {MAX_TOTAL} minor units"));
+                v.add(
+                    "items",
+                    format!("the order total overflows; at most {MAX_TOTAL} minor units"),
+                );
             }
             None
         }
@@ -152,13 +200,20 @@ fn check_email(email: &str) -> Result<(), String> {
     }
     let (local, domain) = email.rsplit_once('@').ok_or(HINT)?;
     let domain_ok = domain.contains('.')
-        && domain
-            .split('.')
-            .all(|label| !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        && domain.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
     let local_ok = !local.is_empty()
         && local.len() <= 64
         && local.bytes().all(|b| b.is_ascii_graphic() && b != b'@');
-    if domain_ok && local_ok { Ok(()) } else { Err(HINT.into()) }
+    if domain_ok && local_ok {
+        Ok(())
+    } else {
+        Err(HINT.into())
+    }
 }
 
 fn check_phone(phone: &str) -> Result<(), String> {
@@ -203,11 +258,17 @@ mod tests {
     fn valid() -> CreateOrderRequest {
         CreateOrderRequest {
             request_id: "req-1".into(),
-            customer: Some(Customer { email: "ada@example.com".into(), phone: "+14155550100".into() }),
+            customer: Some(Customer {
+                email: "ada@example.com".into(),
+                phone: "+14155550100".into(),
+            }),
             items: vec![LineItem {
                 sku: "BOOK-1".into(),
                 quantity: 3,
-                unit_price: Some(Money { currency_code: "EUR".into(), minor_units: 1250 }),
+                unit_price: Some(Money {
+                    currency_code: "EUR".into(),
+                    minor_units: 1250,
+                }),
             }],
             payment_method_token: "tok_visa".into(),
         }
@@ -216,7 +277,13 @@ mod tests {
     #[test]
     fn computes_the_total() {
         let order = create_order(&valid()).unwrap();
-        assert_eq!(order.total, Money { currency_code: "EUR".into(), minor_units: 3750 });
+        assert_eq!(
+            order.total,
+            Money {
+                currency_code: "EUR".into(),
+                minor_units: 3750
+            }
+        );
     }
 
     #[test]
@@ -235,8 +302,15 @@ mod tests {
         req.request_id.clear();
         req.customer.as_mut().unwrap().phone = "555".into();
         req.items[0].quantity = 0;
-        let fields: Vec<_> = create_order(&req).unwrap_err().into_iter().map(|v| v.field).collect();
-        assert_eq!(fields, ["request_id", "customer.phone", "items[0].quantity"]);
+        let fields: Vec<_> = create_order(&req)
+            .unwrap_err()
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["request_id", "customer.phone", "items[0].quantity"]
+        );
     }
 
     #[test]
@@ -247,6 +321,10 @@ mod tests {
         assert_ne!(base, fingerprint(&other));
         let mut other = valid();
         other.request_id = "req-2".into();
-        assert_eq!(base, fingerprint(&other), "the request id is the key, not part of the request");
+        assert_eq!(
+            base,
+            fingerprint(&other),
+            "the request id is the key, not part of the request"
+        );
     }
 }

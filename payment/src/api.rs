@@ -2,7 +2,8 @@
 
 use ordermesh::proto::{
     payment::v1::{
-        ChargeRequest, GetPaymentRequest, Payment, PaymentStatus, payment_service_server::PaymentService,
+        ChargeRequest, GetPaymentRequest, Payment, PaymentStatus,
+        payment_service_server::PaymentService,
     },
     types::v1::Money,
 };
@@ -50,7 +51,9 @@ impl PaymentApi {
         };
         let stored = self.store.insert_or_get(&candidate).await?;
         if stored.request_fingerprint != candidate.request_fingerprint {
-            return Err(PaymentError::KeyReused { key: req.idempotency_key });
+            return Err(PaymentError::KeyReused {
+                key: req.idempotency_key,
+            });
         }
         let replay = stored.payment_id != candidate.payment_id;
         tracing::info!(
@@ -73,7 +76,9 @@ impl PaymentApi {
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
     async fn charge(&self, request: Request<ChargeRequest>) -> Result<Response<Payment>, Status> {
-        Ok(Response::new(PaymentApi::charge(self, request.into_inner()).await?))
+        Ok(Response::new(
+            PaymentApi::charge(self, request.into_inner()).await?,
+        ))
     }
 
     async fn get_payment(
@@ -112,7 +117,11 @@ fn validate(req: &ChargeRequest) -> Result<(Money, Decision), PaymentError> {
     text("payment_method_token", &req.payment_method_token);
     let decision = decide(&req.payment_method_token);
     if !req.payment_method_token.is_empty() && decision.is_none() {
-        let known: Vec<&str> = APPROVED.iter().copied().chain(DECLINED.iter().map(|(t, _)| *t)).collect();
+        let known: Vec<&str> = APPROVED
+            .iter()
+            .copied()
+            .chain(DECLINED.iter().map(|(t, _)| *t))
+            .collect();
         violations.push(FieldViolation::new(
             "payment_method_token",
             format!("unknown token; use one of {}", known.join(", ")),
@@ -125,7 +134,10 @@ fn validate(req: &ChargeRequest) -> Result<(Money, Decision), PaymentError> {
         if !ordermesh::money::is_known_currency(&amount.currency_code) {
             violations.push(FieldViolation::new(
                 "amount.currency_code",
-                format!("unknown currency {:?}; use an ISO 4217 code such as USD", amount.currency_code),
+                format!(
+                    "unknown currency {:?}; use an ISO 4217 code such as USD",
+                    amount.currency_code
+                ),
             ));
         }
         if amount.minor_units <= 0 || amount.minor_units > MAX_MINOR_UNITS {
@@ -168,7 +180,10 @@ fn to_proto(row: PaymentRow) -> Payment {
         payment_id: row.payment_id,
         order_id: row.order_id,
         status: status.into(),
-        amount: Some(Money { currency_code: row.currency_code, minor_units: row.minor_units }),
+        amount: Some(Money {
+            currency_code: row.currency_code,
+            minor_units: row.minor_units,
+        }),
         decline_reason: row.decline_reason,
         created_at: Some(ordermesh::timestamp::from_millis(row.created_at_ms)),
     }

@@ -6,7 +6,11 @@ use std::time::Duration;
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Database URL: a SQLite file (created if missing) or `sqlite::memory:`.
-    #[arg(long, env = "PAYMENT_DATABASE_URL", default_value = "sqlite://data/payment.db")]
+    #[arg(
+        long,
+        env = "PAYMENT_DATABASE_URL",
+        default_value = "sqlite://data/payment.db"
+    )]
     pub database_url: String,
 
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.

@@ -23,6 +23,9 @@ pub(crate) fn decide(token: &str) -> Option<Decision> {
     if APPROVED.contains(&token) {
         Some(Decision::Approve)
     } else {
-        DECLINED.iter().find(|(t, _)| *t == token).map(|(_, reason)| Decision::Decline(reason))
+        DECLINED
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, reason)| Decision::Decline(reason))
     }
 }

@@ -44,7 +44,9 @@ pub async fn run(
     let (health, router) = grpc::router(&mut server)?;
     let router = router.add_service(PaymentServiceServer::new(api));
     // Ready: the database is open and migrated, so every call can be answered.
-    health.set_serving::<PaymentServiceServer<api::PaymentApi>>().await;
+    health
+        .set_serving::<PaymentServiceServer<api::PaymentApi>>()
+        .await;
     grpc::serve(router, listener, shutdown, config.drain_grace()).await?;
     Ok(())
 }

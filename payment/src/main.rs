@@ -7,7 +7,11 @@ use clap::Parser;
 use ordermesh::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
-#[command(name = "payment", version, about = "Charges payment methods, at most once per idempotency key")]
+#[command(
+    name = "payment",
+    version,
+    about = "Charges payment methods, at most once per idempotency key"
+)]
 struct Cli {
     /// Address to serve gRPC on.
     #[arg(long, env = "PAYMENT_LISTEN_ADDR", default_value = "127.0.0.1:50052")]

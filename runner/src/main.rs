@@ -18,10 +18,20 @@ enum Service {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "ordermesh", version, about = "Runs the ordermesh services and an embedded Kafka broker")]
+#[command(
+    name = "ordermesh",
+    version,
+    about = "Runs the ordermesh services and an embedded Kafka broker"
+)]
 struct Cli {
     /// Services to start, comma-separated.
-    #[arg(long, env = "ORDERMESH_SERVICES", value_enum, value_delimiter = ',', default_value = "payment,order,notifier")]
+    #[arg(
+        long,
+        env = "ORDERMESH_SERVICES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "payment,order,notifier"
+    )]
     services: Vec<Service>,
     /// An external Kafka cluster (comma-separated host:port). Without it an embedded broker is started.
     #[arg(long, env = "KAFKA_BROKERS")]
@@ -61,8 +71,12 @@ async fn main() -> anyhow::Result<()> {
     let embedded = match &cli.kafka_brokers {
         Some(_) => None,
         None => Some(
-            kafka::EmbeddedBroker::start(cli.embedded_kafka_addr, &[&order.events_topic], kafka::DEFAULT_PARTITIONS)
-                .context("cannot start the embedded Kafka broker (ORDERMESH_EMBEDDED_KAFKA_ADDR)")?,
+            kafka::EmbeddedBroker::start(
+                cli.embedded_kafka_addr,
+                &[&order.events_topic],
+                kafka::DEFAULT_PARTITIONS,
+            )
+            .context("cannot start the embedded Kafka broker (ORDERMESH_EMBEDDED_KAFKA_ADDR)")?,
         ),
     };
     let brokers = match (&cli.kafka_brokers, &embedded) {
@@ -81,19 +95,27 @@ async fn main() -> anyhow::Result<()> {
         let listener = bind(cli.payment_addr, "PAYMENT_LISTEN_ADDR").await?;
         let stop = stop.clone();
         services.spawn(async move {
-            ordermesh_payment::run(listener, payment, stop.cancelled_owned()).await.context("payment")
+            ordermesh_payment::run(listener, payment, stop.cancelled_owned())
+                .await
+                .context("payment")
         });
     }
     if wants(Service::Order) {
         let listener = bind(cli.order_addr, "ORDER_LISTEN_ADDR").await?;
         let stop = stop.clone();
-        services.spawn(async move { ordermesh_order::run(listener, order, stop.cancelled_owned()).await.context("order") });
+        services.spawn(async move {
+            ordermesh_order::run(listener, order, stop.cancelled_owned())
+                .await
+                .context("order")
+        });
     }
     if wants(Service::Notifier) {
         let listener = bind(cli.notifier_addr, "NOTIFIER_LISTEN_ADDR").await?;
         let stop = stop.clone();
         services.spawn(async move {
-            ordermesh_notifier::run(listener, notifier, stop.cancelled_owned()).await.context("notifier")
+            ordermesh_notifier::run(listener, notifier, stop.cancelled_owned())
+                .await
+                .context("notifier")
         });
     }
     print_banner(&cli, &brokers, embedded.is_some());
@@ -116,7 +138,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} ({setting})"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({setting})"))
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
@@ -126,7 +150,11 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
 /// What a newcomer needs to start poking at the mesh. Printed to stdout, apart from the logs.
 #[allow(clippy::print_stdout)]
 fn print_banner(cli: &Cli, brokers: &str, embedded: bool) {
-    let kind = if embedded { "embedded broker" } else { "external cluster" };
+    let kind = if embedded {
+        "embedded broker"
+    } else {
+        "external cluster"
+    };
     println!();
     println!("ordermesh is up");
     println!("  kafka     {brokers} ({kind})");

@@ -5,12 +5,19 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use ordermesh::proto::{
-    notification::v1::{ListNotificationsRequest, notification_service_client::NotificationServiceClient},
-    order::v1::{CreateOrderRequest, Customer, LineItem, OrderStatus, order_service_client::OrderServiceClient},
+    notification::v1::{
+        ListNotificationsRequest, notification_service_client::NotificationServiceClient,
+    },
+    order::v1::{
+        CreateOrderRequest, Customer, LineItem, OrderStatus,
+        order_service_client::OrderServiceClient,
+    },
     types::v1::Money,
 };
 use tokio::process::Command;
-use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// Bounds a hang, not a speed: the runner normally answers within a second or two.
 const EVENTUALLY: Duration = Duration::from_secs(60);
@@ -22,13 +29,14 @@ fn free_addr() -> Result<SocketAddr> {
 async fn wait_serving(addr: SocketAddr) -> Result<()> {
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
     loop {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect().await;
-        if let Ok(mut client) = channel.map(HealthClient::new) {
-            if let Ok(answer) = client.check(HealthCheckRequest::default()).await {
-                if answer.into_inner().status() == ServingStatus::Serving {
-                    return Ok(());
-                }
-            }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await;
+        if let Ok(mut client) = channel.map(HealthClient::new)
+            && let Ok(answer) = client.check(HealthCheckRequest::default()).await
+            && answer.into_inner().status() == ServingStatus::Serving
+        {
+            return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
             bail!("{addr} not SERVING after {EVENTUALLY:?}");
@@ -41,7 +49,8 @@ async fn wait_serving(addr: SocketAddr) -> Result<()> {
 async fn the_runner_starts_the_whole_mesh_and_stops_it_on_sigterm() -> Result<()> {
     // Arrange: free ports instead of the defaults, so the test runs beside anything else.
     let data = tempfile::tempdir()?;
-    let (kafka, order, payment, notifier) = (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+    let (kafka, order, payment, notifier) =
+        (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
         .env_remove("KAFKA_BROKERS")
         .env("ORDERMESH_EMBEDDED_KAFKA_ADDR", kafka.to_string())
@@ -62,22 +71,32 @@ async fn the_runner_starts_the_whole_mesh_and_stops_it_on_sigterm() -> Result<()
         .await?
         .create_order(CreateOrderRequest {
             request_id: "runner-1".into(),
-            customer: Some(Customer { email: "ada@example.com".into(), phone: "+14155550100".into() }),
+            customer: Some(Customer {
+                email: "ada@example.com".into(),
+                phone: "+14155550100".into(),
+            }),
             items: vec![LineItem {
                 sku: "BOOK-1".into(),
                 quantity: 1,
-                unit_price: Some(Money { currency_code: "USD".into(), minor_units: 100 }),
+                unit_price: Some(Money {
+                    currency_code: "USD".into(),
+                    minor_units: 100,
+                }),
             }],
             payment_method_token: "tok_visa".into(),
         })
         .await?
         .into_inner();
     assert_eq!(created.status(), OrderStatus::Paid);
-    let mut notifications = NotificationServiceClient::connect(format!("http://{notifier}")).await?;
+    let mut notifications =
+        NotificationServiceClient::connect(format!("http://{notifier}")).await?;
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
     loop {
         let listed = notifications
-            .list_notifications(ListNotificationsRequest { order_id: created.order_id.clone(), ..Default::default() })
+            .list_notifications(ListNotificationsRequest {
+                order_id: created.order_id.clone(),
+                ..Default::default()
+            })
             .await?
             .into_inner()
             .notifications;
@@ -96,17 +115,31 @@ async fn the_runner_starts_the_whole_mesh_and_stops_it_on_sigterm() -> Result<()
 
     // SIGTERM: graceful stop, exit status 0.
     let pid = child.id().context("runner pid")?;
-    let killed = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await?;
+    let killed = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .await?;
     assert!(killed.success());
-    let status = tokio::time::timeout(EVENTUALLY, child.wait()).await.context("runner did not stop")??;
+    let status = tokio::time::timeout(EVENTUALLY, child.wait())
+        .await
+        .context("runner did not stop")??;
     assert!(status.success(), "exit status {status}");
     let stdout = {
         use tokio::io::AsyncReadExt;
         let mut out = String::new();
-        child.stdout.take().context("stdout")?.read_to_string(&mut out).await?;
+        child
+            .stdout
+            .take()
+            .context("stdout")?
+            .read_to_string(&mut out)
+            .await?;
         out
     };
-    assert!(stdout.contains("grpcurl -plaintext"), "the banner shows a first command: {stdout}");
+    assert!(
+        stdout.contains("grpcurl -plaintext"),
+        "the banner shows a first command: {stdout}"
+    );
     assert!(stdout.contains(&order.to_string()), "{stdout}");
     Ok(())
 }

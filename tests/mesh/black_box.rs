@@ -12,7 +12,9 @@ use crate::helpers::spawn_mesh;
 /// The tool's path, None to skip (locally), or an error (in CI).
 pub fn tool(name: &str) -> Result<Option<PathBuf>> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|dir| dir.join(name)).find(|path| path.is_file())
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
     });
     match found {
         Some(path) => Ok(Some(path)),
@@ -20,7 +22,9 @@ pub fn tool(name: &str) -> Result<Option<PathBuf>> {
             bail!("{name} is not installed, and CI=true requires it (.ci/run installs it)")
         }
         None => {
-            eprintln!("SKIPPED: {name} is not installed (run .ci/run, or install it, to run this test)");
+            eprintln!(
+                "SKIPPED: {name} is not installed (run .ci/run, or install it, to run this test)"
+            );
             Ok(None)
         }
     }
@@ -28,7 +32,11 @@ pub fn tool(name: &str) -> Result<Option<PathBuf>> {
 
 /// Runs a command line through `sh -c`, failing with its output if it exits non-zero.
 pub async fn sh(command: &str) -> Result<String> {
-    let Output { status, stdout, stderr } = Command::new("sh")
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new("sh")
         .arg("-c")
         .arg(command)
         .kill_on_drop(true)
@@ -37,14 +45,19 @@ pub async fn sh(command: &str) -> Result<String> {
         .with_context(|| format!("run {command}"))?;
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
     if !status.success() {
-        bail!("`{command}` failed ({status}):\n{stdout}\n{}", String::from_utf8_lossy(&stderr));
+        bail!(
+            "`{command}` failed ({status}):\n{stdout}\n{}",
+            String::from_utf8_lossy(&stderr)
+        );
     }
     Ok(stdout)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() -> Result<()> {
-    let Some(grpcurl) = tool("grpcurl")? else { return Ok(()) };
+    let Some(grpcurl) = tool("grpcurl")? else {
+        return Ok(());
+    };
     let grpcurl = grpcurl.display();
     let mesh = spawn_mesh().await?;
     let payment = mesh.payment.as_ref().context("payment")?.addr;
@@ -59,7 +72,10 @@ async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() ->
         let listed = sh(&format!("{grpcurl} -plaintext {addr} list")).await?;
         assert!(listed.contains(service), "{addr}: {listed}");
         assert!(listed.contains("grpc.health.v1.Health"), "{addr}: {listed}");
-        let health = sh(&format!("{grpcurl} -plaintext {addr} grpc.health.v1.Health/Check")).await?;
+        let health = sh(&format!(
+            "{grpcurl} -plaintext {addr} grpc.health.v1.Health/Check"
+        ))
+        .await?;
         assert!(health.contains("SERVING"), "{addr}: {health}");
         let described = sh(&format!("{grpcurl} -plaintext {addr} describe {service}")).await?;
         assert!(described.contains("rpc "), "{described}");
@@ -79,7 +95,8 @@ async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() ->
         ))
         .output()
         .await?;
-    let shown = String::from_utf8_lossy(&invalid.stdout).into_owned() + &String::from_utf8_lossy(&invalid.stderr);
+    let shown = String::from_utf8_lossy(&invalid.stdout).into_owned()
+        + &String::from_utf8_lossy(&invalid.stderr);
     assert!(!invalid.status.success());
     assert!(shown.contains("\"fieldViolations\""), "{shown}");
     assert!(shown.contains("customer"), "{shown}");
@@ -88,7 +105,9 @@ async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kcat_reads_the_event_with_its_cloudevents_headers() -> Result<()> {
-    let Some(kcat) = tool("kcat")? else { return Ok(()) };
+    let Some(kcat) = tool("kcat")? else {
+        return Ok(());
+    };
     let mesh = spawn_mesh().await?;
     let created = mesh
         .order_client()
@@ -105,14 +124,30 @@ async fn kcat_reads_the_event_with_its_cloudevents_headers() -> Result<()> {
     ))
     .await?;
 
-    let line = output.lines().find(|l| l.contains(&created.event_id)).context("event not read")?;
+    let line = output
+        .lines()
+        .find(|l| l.contains(&created.event_id))
+        .context("event not read")?;
     let record: serde_json::Value = serde_json::from_str(line)?;
     assert_eq!(record["key"], created.order_id.as_str());
-    let headers: Vec<&str> = record["headers"].as_array().context("headers")?.iter().filter_map(|v| v.as_str()).collect();
-    for expected in ["ce_specversion", "ce_id", "ce_type", "ordermesh.events.v1.OrderPlaced", "content-type", "application/json"] {
+    let headers: Vec<&str> = record["headers"]
+        .as_array()
+        .context("headers")?
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for expected in [
+        "ce_specversion",
+        "ce_id",
+        "ce_type",
+        "ordermesh.events.v1.OrderPlaced",
+        "content-type",
+        "application/json",
+    ] {
         assert!(headers.contains(&expected), "{expected} in {headers:?}");
     }
-    let payload: serde_json::Value = serde_json::from_str(record["payload"].as_str().context("payload")?)?;
+    let payload: serde_json::Value =
+        serde_json::from_str(record["payload"].as_str().context("payload")?)?;
     assert_eq!(payload["eventId"], created.event_id.as_str());
     mesh.shutdown().await
 }

@@ -52,34 +52,69 @@ fn compose_matches_the_code() -> Result<()> {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    let topic_at = init.iter().position(|a| *a == "--topic").context("--topic")?;
+    let topic_at = init
+        .iter()
+        .position(|a| *a == "--topic")
+        .context("--topic")?;
     assert_eq!(init[topic_at + 1], default_topic);
 
-    for (name, dir, port) in [("payment", "payment/src", 50052), ("order", "order/src", 50051), ("notifier", "notifier/src", 50053)] {
+    for (name, dir, port) in [
+        ("payment", "payment/src", 50052),
+        ("order", "order/src", 50051),
+        ("notifier", "notifier/src", 50053),
+    ] {
         let service = &services[name];
         let code = sources(dir)? + &shared;
 
         let binary = service["command"][0].as_str().context("command")?;
-        assert!(dockerfile.contains(&format!("--bin {binary}")), "the Dockerfile builds {binary}");
-        assert!(read(&format!("{name}/Cargo.toml"))?.contains(&format!("name = \"{binary}\"")), "{binary} is a binary of {name}");
+        assert!(
+            dockerfile.contains(&format!("--bin {binary}")),
+            "the Dockerfile builds {binary}"
+        );
+        assert!(
+            read(&format!("{name}/Cargo.toml"))?.contains(&format!("name = \"{binary}\"")),
+            "{binary} is a binary of {name}"
+        );
 
         let env = environment(service);
         assert!(!env.is_empty(), "{name} has an environment");
         for (key, value) in &env {
-            assert!(code.contains(&format!("env = \"{key}\"")), "{name} reads {key}");
+            assert!(
+                code.contains(&format!("env = \"{key}\"")),
+                "{name} reads {key}"
+            );
             if key == "ORDER_EVENTS_TOPIC" {
                 assert_eq!(value, default_topic);
             }
             if key.ends_with("_LISTEN_ADDR") {
-                assert!(value.ends_with(&format!(":{port}")), "{name} listens on {port}: {value}");
+                assert!(
+                    value.ends_with(&format!(":{port}")),
+                    "{name} listens on {port}: {value}"
+                );
             }
         }
-        let ports: Vec<&str> = service["ports"].as_sequence().context("ports")?.iter().filter_map(Value::as_str).collect();
-        assert_eq!(ports, [format!("{port}:{port}")], "{name} publishes its port");
+        let ports: Vec<&str> = service["ports"]
+            .as_sequence()
+            .context("ports")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(
+            ports,
+            [format!("{port}:{port}")],
+            "{name} publishes its port"
+        );
     }
     // Host clients reach Kafka where the README says.
-    let kafka_ports: Vec<&str> = services["kafka"]["ports"].as_sequence().context("kafka ports")?.iter().filter_map(Value::as_str).collect();
+    let kafka_ports: Vec<&str> = services["kafka"]["ports"]
+        .as_sequence()
+        .context("kafka ports")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
     assert_eq!(kafka_ports, ["9092:9092"]);
-    assert!(environment(&services["kafka"])["KAFKA_ADVERTISED_LISTENERS"].contains("127.0.0.1:9092"));
+    assert!(
+        environment(&services["kafka"])["KAFKA_ADVERTISED_LISTENERS"].contains("127.0.0.1:9092")
+    );
     Ok(())
 }

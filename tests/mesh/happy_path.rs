@@ -18,14 +18,25 @@ async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Res
     let mut orders = mesh.order_client().await?;
 
     // Act
-    let created = orders.create_order(order_request("happy-1", "tok_visa")).await?.into_inner();
+    let created = orders
+        .create_order(order_request("happy-1", "tok_visa"))
+        .await?
+        .into_inner();
 
     // Assert: the order, as the client sees it and as stored.
     assert_eq!(created.status(), OrderStatus::Paid);
-    assert_eq!(created.total.as_ref().map(|t| (t.currency_code.as_str(), t.minor_units)), Some(("USD", 3998)));
+    assert_eq!(
+        created
+            .total
+            .as_ref()
+            .map(|t| (t.currency_code.as_str(), t.minor_units)),
+        Some(("USD", 3998))
+    );
     assert!(!created.payment_id.is_empty() && !created.event_id.is_empty());
     let fetched = orders
-        .get_order(GetOrderRequest { order_id: created.order_id.clone() })
+        .get_order(GetOrderRequest {
+            order_id: created.order_id.clone(),
+        })
         .await?
         .into_inner();
     assert_eq!(fetched, created);
@@ -34,7 +45,9 @@ async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Res
     let payment = mesh
         .payment_client()
         .await?
-        .get_payment(GetPaymentRequest { payment_id: created.payment_id.clone() })
+        .get_payment(GetPaymentRequest {
+            payment_id: created.payment_id.clone(),
+        })
         .await?
         .into_inner();
     assert_eq!(payment.status(), PaymentStatus::Succeeded);
@@ -44,7 +57,11 @@ async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Res
     // The event, read by a consumer that did not exist when it was published.
     let event_messages = mesh.read_events(1).await?;
     let message = &event_messages[0];
-    assert_eq!(message.key(), Some(created.order_id.as_bytes()), "keyed by order id");
+    assert_eq!(
+        message.key(),
+        Some(created.order_id.as_bytes()),
+        "keyed by order id"
+    );
     let event = events::decode_order_placed(message.payload().unwrap_or_default())?;
     assert_eq!(event.event_id, created.event_id);
     assert_eq!(event.order_id, created.order_id);
@@ -59,11 +76,23 @@ async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Res
     assert_eq!(json["total"]["minorUnits"], "3998");
     // CloudEvents binary-mode headers.
     assert_eq!(header(message, "ce_specversion").as_deref(), Some("1.0"));
-    assert_eq!(header(message, "ce_id").as_deref(), Some(created.event_id.as_str()));
-    assert_eq!(header(message, "ce_type").as_deref(), Some(events::ORDER_PLACED_TYPE));
-    assert_eq!(header(message, "ce_source").as_deref(), Some(events::ORDER_SOURCE));
+    assert_eq!(
+        header(message, "ce_id").as_deref(),
+        Some(created.event_id.as_str())
+    );
+    assert_eq!(
+        header(message, "ce_type").as_deref(),
+        Some(events::ORDER_PLACED_TYPE)
+    );
+    assert_eq!(
+        header(message, "ce_source").as_deref(),
+        Some(events::ORDER_SOURCE)
+    );
     assert!(header(message, "ce_time").is_some_and(|t| t.ends_with('Z')));
-    assert_eq!(header(message, "content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        header(message, "content-type").as_deref(),
+        Some("application/json")
+    );
 
     // One notification per channel, for this order.
     let all = mesh.wait_for_notifications(2).await?;
@@ -76,7 +105,11 @@ async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Res
         assert_eq!(notification.status(), NotificationStatus::Sent);
         assert_eq!(notification.attempts, 1);
         assert_eq!(notification.source_topic, mesh.topic);
-        let expected = if notification.channel() == Channel::Email { "ada@example.com" } else { "+14155550100" };
+        let expected = if notification.channel() == Channel::Email {
+            "ada@example.com"
+        } else {
+            "+14155550100"
+        };
         assert_eq!(notification.recipient, expected);
     }
     // Filters work.
@@ -101,7 +134,13 @@ async fn list_orders_pages_through_every_order_once() -> Result<()> {
     let mut orders = mesh.order_client().await?;
     let mut created = Vec::new();
     for i in 0..5 {
-        created.push(orders.create_order(order_request(&format!("page-{i}"), "tok_visa")).await?.into_inner().order_id);
+        created.push(
+            orders
+                .create_order(order_request(&format!("page-{i}"), "tok_visa"))
+                .await?
+                .into_inner()
+                .order_id,
+        );
     }
 
     let mut seen = Vec::new();
@@ -109,7 +148,10 @@ async fn list_orders_pages_through_every_order_once() -> Result<()> {
     let mut pages = 0;
     loop {
         let page = orders
-            .list_orders(ordermesh::proto::order::v1::ListOrdersRequest { page_size: 2, page_token })
+            .list_orders(ordermesh::proto::order::v1::ListOrdersRequest {
+                page_size: 2,
+                page_token,
+            })
             .await?
             .into_inner();
         pages += 1;

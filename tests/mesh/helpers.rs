@@ -9,9 +9,12 @@ use ordermesh::{
     kafka::EmbeddedBroker,
     proto::{
         notification::v1::{
-            ListNotificationsRequest, Notification, notification_service_client::NotificationServiceClient,
+            ListNotificationsRequest, Notification,
+            notification_service_client::NotificationServiceClient,
         },
-        order::v1::{CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient},
+        order::v1::{
+            CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient,
+        },
         payment::v1::payment_service_client::PaymentServiceClient,
         types::v1::Money,
     },
@@ -46,7 +49,9 @@ impl Running {
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("bind {addr}"))?;
         let addr = listener.local_addr()?;
         let (stop, stopped) = oneshot::channel();
         let future = run(listener, stopped);
@@ -93,7 +98,10 @@ pub struct MeshOptions {
 
 impl Default for MeshOptions {
     fn default() -> Self {
-        Self { payment: true, notifier: true }
+        Self {
+            payment: true,
+            notifier: true,
+        }
     }
 }
 
@@ -153,7 +161,10 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
 }
 
 async fn spawn_payment(dir: &TempDir, addr: SocketAddr) -> Result<Running> {
-    let config = ordermesh_payment::Config { database_url: sqlite_url(dir, "payment"), drain_grace_ms: 2_000 };
+    let config = ordermesh_payment::Config {
+        database_url: sqlite_url(dir, "payment"),
+        drain_grace_ms: 2_000,
+    };
     Running::spawn(addr, |listener, stop| async move {
         ordermesh_payment::run(listener, config, async move {
             let _ = stop.await;
@@ -285,7 +296,10 @@ impl TestMesh {
                 return Ok(all);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("expected {count} notifications, have {} after {EVENTUALLY:?}", all.len());
+                bail!(
+                    "expected {count} notifications, have {} after {EVENTUALLY:?}",
+                    all.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -293,12 +307,14 @@ impl TestMesh {
 
     /// How many messages the topic holds (sum of high watermarks; nothing is ever deleted here).
     pub async fn event_count(&self) -> Result<i64> {
-        let consumer: BaseConsumer = fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
+        let consumer: BaseConsumer =
+            fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let mut total = 0;
             for partition in 0..3 {
-                let (low, high) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+                let (low, high) =
+                    consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
                 total += high - low;
             }
             Ok(total)
@@ -308,7 +324,8 @@ impl TestMesh {
 
     /// Reads `count` messages from the start of the topic with a brand-new consumer.
     pub async fn read_events(&self, count: usize) -> Result<Vec<OwnedMessage>> {
-        let consumer: StreamConsumer = fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
+        let consumer: StreamConsumer =
+            fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
         consumer.subscribe(&[&self.topic])?;
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + EVENTUALLY;
@@ -345,11 +362,17 @@ pub async fn unused_addr() -> Result<SocketAddr> {
 pub fn order_request(request_id: &str, token: &str) -> CreateOrderRequest {
     CreateOrderRequest {
         request_id: request_id.to_owned(),
-        customer: Some(Customer { email: "ada@example.com".into(), phone: "+14155550100".into() }),
+        customer: Some(Customer {
+            email: "ada@example.com".into(),
+            phone: "+14155550100".into(),
+        }),
         items: vec![LineItem {
             sku: "BOOK-1".into(),
             quantity: 2,
-            unit_price: Some(Money { currency_code: "USD".into(), minor_units: 1999 }),
+            unit_price: Some(Money {
+                currency_code: "USD".into(),
+                minor_units: 1999,
+            }),
         }],
         payment_method_token: token.to_owned(),
     }

@@ -22,13 +22,21 @@ async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result
     // Assert
     assert_eq!(first, second, "the retry returns the same order");
     assert_eq!(first.status(), OrderStatus::Paid);
-    let listed = orders.list_orders(ListOrdersRequest::default()).await?.into_inner().orders;
+    let listed = orders
+        .list_orders(ListOrdersRequest::default())
+        .await?
+        .into_inner()
+        .orders;
     assert_eq!(listed.len(), 1, "one order stored");
     assert_eq!(mesh.event_count().await?, 1, "one event published");
     let notifications = mesh.wait_for_notifications(2).await?;
     // Give a stray duplicate time to show up before counting.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(mesh.all_notifications().await?.len(), 2, "{notifications:?}");
+    assert_eq!(
+        mesh.all_notifications().await?.len(),
+        2,
+        "{notifications:?}"
+    );
 
     // The same request id with a different order is refused, and changes nothing.
     let mut different = request.clone();
@@ -36,7 +44,15 @@ async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result
     let refused = orders.create_order(different).await.unwrap_err();
     assert_eq!(refused.code(), Code::AlreadyExists);
     assert!(refused.message().contains("dup-1"), "{}", refused.message());
-    assert_eq!(orders.list_orders(ListOrdersRequest::default()).await?.into_inner().orders.len(), 1);
+    assert_eq!(
+        orders
+            .list_orders(ListOrdersRequest::default())
+            .await?
+            .into_inner()
+            .orders
+            .len(),
+        1
+    );
     mesh.shutdown().await
 }
 
@@ -47,7 +63,10 @@ async fn payment_charges_once_per_idempotency_key() -> Result<()> {
     let charge = ChargeRequest {
         idempotency_key: "key-1".into(),
         order_id: "ord-1".into(),
-        amount: Some(Money { currency_code: "EUR".into(), minor_units: 500 }),
+        amount: Some(Money {
+            currency_code: "EUR".into(),
+            minor_units: 500,
+        }),
         payment_method_token: "tok_mastercard".into(),
     };
 
@@ -57,7 +76,10 @@ async fn payment_charges_once_per_idempotency_key() -> Result<()> {
     assert_eq!(first.status(), PaymentStatus::Succeeded);
 
     let mut other_amount = charge.clone();
-    other_amount.amount = Some(Money { currency_code: "EUR".into(), minor_units: 501 });
+    other_amount.amount = Some(Money {
+        currency_code: "EUR".into(),
+        minor_units: 501,
+    });
     let refused = payments.charge(other_amount).await.unwrap_err();
     assert_eq!(refused.code(), Code::AlreadyExists);
     assert!(refused.message().contains("key-1"));

@@ -3,6 +3,8 @@
 
 // Helpers are `pub` for the sibling modules; nothing outside this binary can reach them anyway.
 #![allow(unreachable_pub)]
+// Test fixtures unwrap what they just built; a panic there is a broken fixture, reported as such.
+#![allow(clippy::unwrap_used)]
 
 mod helpers;
 

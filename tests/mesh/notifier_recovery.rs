@@ -17,7 +17,9 @@ async fn place_orders(mesh: &TestMesh, prefix: &str, count: usize) -> Result<Vec
         .map(|i| {
             let mut client = client.clone();
             async move {
-                let order = client.create_order(order_request(&format!("{prefix}-{i}"), "tok_visa")).await?;
+                let order = client
+                    .create_order(order_request(&format!("{prefix}-{i}"), "tok_visa"))
+                    .await?;
                 Ok::<_, anyhow::Error>(order.into_inner().order_id)
             }
         })
@@ -34,24 +36,43 @@ fn assert_exactly_once(notifications: &[Notification], orders: &[String]) {
     }
     for order in orders {
         for channel in [Channel::Email, Channel::Sms] {
-            assert_eq!(per_key.get(&(order.clone(), channel as i32)), Some(&1), "{order} {channel:?}");
+            assert_eq!(
+                per_key.get(&(order.clone(), channel as i32)),
+                Some(&1),
+                "{order} {channel:?}"
+            );
         }
     }
-    assert_eq!(notifications.len(), orders.len() * 2, "no notification for anything else");
+    assert_eq!(
+        notifications.len(),
+        orders.len() * 2,
+        "no notification for anything else"
+    );
 }
 
 fn sent(mesh: &TestMesh) -> u64 {
-    mesh.notifier_stats.values().map(|s| s.sent.load(Ordering::Relaxed)).sum()
+    mesh.notifier_stats
+        .values()
+        .map(|s| s.sent.load(Ordering::Relaxed))
+        .sum()
 }
 
 fn duplicates(mesh: &TestMesh) -> u64 {
-    mesh.notifier_stats.values().map(|s| s.duplicates.load(Ordering::Relaxed)).sum()
+    mesh.notifier_stats
+        .values()
+        .map(|s| s.duplicates.load(Ordering::Relaxed))
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it_returns() -> Result<()> {
+async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it_returns()
+-> Result<()> {
     // Arrange: no notifier; orders pile up in Kafka.
-    let mut mesh = spawn_mesh_with(MeshOptions { payment: true, notifier: false }).await?;
+    let mut mesh = spawn_mesh_with(MeshOptions {
+        payment: true,
+        notifier: false,
+    })
+    .await?;
     let orders = place_orders(&mesh, "down", 20).await?;
     assert_eq!(mesh.event_count().await?, 20);
 
@@ -64,23 +85,35 @@ async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it
     assert_exactly_once(&mesh.all_notifications().await?, &orders);
     assert_eq!(notifications.len(), 40);
     for channel in NotifierChannel::ALL {
-        assert_eq!(mesh.notifier_stats[&channel].sent.load(Ordering::Relaxed), 20, "{channel:?}");
+        assert_eq!(
+            mesh.notifier_stats[&channel].sent.load(Ordering::Relaxed),
+            20,
+            "{channel:?}"
+        );
     }
     mesh.shutdown().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or_repeat() -> Result<()> {
+async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or_repeat()
+-> Result<()> {
     // Arrange: a backlog of events with the notifier down.
     const ORDERS: usize = 300;
-    let mut mesh = spawn_mesh_with(MeshOptions { payment: true, notifier: false }).await?;
+    let mut mesh = spawn_mesh_with(MeshOptions {
+        payment: true,
+        notifier: false,
+    })
+    .await?;
     let orders = place_orders(&mesh, "backlog", ORDERS).await?;
 
     // Act: start it, stop it gracefully once it is part-way through, start it again.
     mesh.start_notifier().await?;
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
     while sent(&mesh) < 20 {
-        ensure!(tokio::time::Instant::now() < deadline, "notifier handled nothing");
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "notifier handled nothing"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     mesh.stop_notifier().await?;
@@ -97,7 +130,11 @@ async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_exactly_once(&mesh.all_notifications().await?, &orders);
     assert_eq!(all.len(), ORDERS * 2);
-    assert_eq!(sent(&mesh) as usize, ORDERS * 2 - first_run.len(), "second run sent only the rest");
+    assert_eq!(
+        sent(&mesh) as usize,
+        ORDERS * 2 - first_run.len(),
+        "second run sent only the rest"
+    );
     assert_eq!(duplicates(&mesh), 0, "no redelivery after a graceful stop");
     mesh.shutdown().await
 }

@@ -41,14 +41,33 @@ fn readme_commands() -> Result<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_walkthrough_runs_as_written() -> Result<()> {
     let commands = readme_commands()?;
-    assert!(commands.len() >= 8, "the walkthrough has its commands: {commands:#?}");
-    let (Some(_), Some(_)) = (tool("grpcurl")?, tool("kcat")?) else { return Ok(()) };
+    assert!(
+        commands.len() >= 8,
+        "the walkthrough has its commands: {commands:#?}"
+    );
+    let (Some(_), Some(_)) = (tool("grpcurl")?, tool("kcat")?) else {
+        return Ok(());
+    };
     let mesh = spawn_mesh().await?;
     let swap = |command: &str| {
         command
             .replace("127.0.0.1:50051", &mesh.order.addr.to_string())
-            .replace("127.0.0.1:50052", &mesh.payment.as_ref().map(|p| p.addr.to_string()).unwrap_or_default())
-            .replace("127.0.0.1:50053", &mesh.notifier.as_ref().map(|p| p.addr.to_string()).unwrap_or_default())
+            .replace(
+                "127.0.0.1:50052",
+                &mesh
+                    .payment
+                    .as_ref()
+                    .map(|p| p.addr.to_string())
+                    .unwrap_or_default(),
+            )
+            .replace(
+                "127.0.0.1:50053",
+                &mesh
+                    .notifier
+                    .as_ref()
+                    .map(|p| p.addr.to_string())
+                    .unwrap_or_default(),
+            )
             .replace("127.0.0.1:9092", &mesh.broker.bootstrap_servers())
             .replace("order-events", &mesh.topic)
     };
@@ -60,7 +79,9 @@ async fn the_readme_walkthrough_runs_as_written() -> Result<()> {
             mesh.wait_for_notifications(2).await?;
         }
         // Commands that demonstrate an error (declined payment, bad input) end in `|| true`.
-        let output = sh(&swap(command)).await.with_context(|| format!("README command: {command}"))?;
+        let output = sh(&swap(command))
+            .await
+            .with_context(|| format!("README command: {command}"))?;
         transcript.push(output);
     }
 
@@ -73,7 +94,10 @@ async fn the_readme_walkthrough_runs_as_written() -> Result<()> {
         "CHANNEL_EMAIL",
         "CHANNEL_SMS",
     ] {
-        assert!(all.contains(expected), "the walkthrough shows {expected}:\n{all}");
+        assert!(
+            all.contains(expected),
+            "the walkthrough shows {expected}:\n{all}"
+        );
     }
     mesh.shutdown().await
 }
