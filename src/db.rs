@@ -6,9 +6,36 @@
 
 use std::{path::Path, str::FromStr, time::Duration};
 
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+
+/// Why a service's database could not be made ready.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("cannot open database {url}: {source}")]
+    Open { url: String, source: sqlx::Error },
+    #[error("cannot migrate database {url}: {source}")]
+    Migrate { url: String, source: MigrateError },
+}
+
+/// Opens the database at `url` and brings its schema up to date with `migrations` (each service's
+/// `sqlx::migrate!()`), before anything is served from it.
+pub async fn open(url: &str, migrations: &Migrator) -> Result<SqlitePool, DbError> {
+    let pool = connect(url).await.map_err(|source| DbError::Open {
+        url: url.to_owned(),
+        source,
+    })?;
+    migrations
+        .run(&pool)
+        .await
+        .map_err(|source| DbError::Migrate {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(pool)
+}
 
 /// Opens (creating if missing) the SQLite database at `url`, e.g. `sqlite://data/order.db` or
 /// `sqlite::memory:`.

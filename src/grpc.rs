@@ -8,7 +8,7 @@ use tonic::{
     Code, Status,
     transport::{Server, server::Router, server::TcpIncoming},
 };
-use tonic_health::server::HealthReporter;
+use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 /// How long in-flight calls may run after shutdown was asked for before they are cut off.
@@ -44,10 +44,12 @@ pub fn router(server: &mut Server) -> Result<(HealthReporter, Router), ServeErro
     Ok((reporter, router))
 }
 
-/// Serves `router` on `listener` until `shutdown` completes, then stops accepting and gives in-flight
+/// Serves `router` on `listener` until `shutdown` completes, then reports NOT_SERVING (for the whole
+/// server, the `""` service health checks ask about by default), stops accepting and gives in-flight
 /// calls `grace` to finish. The caller binds, so tests can pass a listener on port 0.
 pub async fn serve(
     router: Router,
+    health: HealthReporter,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
@@ -59,6 +61,9 @@ pub async fn serve(
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
         let _ = draining_tx.send(());
     };
     let serve = router.serve_with_incoming_shutdown(incoming, signal);

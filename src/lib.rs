@@ -12,6 +12,7 @@ pub mod kafka;
 pub mod money;
 pub mod paging;
 pub mod proto;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;

@@ -54,12 +54,7 @@ pub struct Config {
 impl Config {
     /// Defaults overlaid with the environment, as the runner uses it.
     pub fn from_env() -> Result<Self, clap::Error> {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: Config,
-        }
-        <Wrapper as clap::Parser>::try_parse_from(["notifier"]).map(|w| w.config)
+        ordermesh::service::config_from_env("notifier")
     }
 
     /// The consumer group of `channel`.

@@ -28,10 +28,8 @@ pub use consumer::{Outcome, Stats};
 /// Errors that stop the notifier.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot open the notifier database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("cannot migrate the notifier database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Database(#[from] ordermesh::db::DbError),
     #[error("Kafka at {brokers} (KAFKA_BROKERS): {source}")]
     Kafka {
         brokers: String,
@@ -67,8 +65,7 @@ pub async fn run_with_stats(
     if config.channels.is_empty() {
         return Err(RunError::NoChannel);
     }
-    let pool = ordermesh::db::connect(&config.database_url).await?;
-    sqlx::migrate!().run(&pool).await?;
+    let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
     let store = store::Store::new(pool);
     let kafka_error = |source| RunError::Kafka {
         brokers: config.kafka_brokers.clone(),
@@ -132,7 +129,7 @@ pub async fn run_with_stats(
             }
         }
     };
-    grpc::serve(router, listener, signal, config.drain_grace()).await?;
+    grpc::serve(router, health, listener, signal, config.drain_grace()).await?;
     // The server has stopped; wait for each consumer to finish its message and commit.
     stop.cancel();
     while let Some(joined) = consumers.join_next().await {

@@ -33,6 +33,7 @@ use crate::{
     error::OrderError,
     payment_client::{ChargeError, PaymentClient},
     publisher::EventPublisher,
+    request_lock::RequestLocks,
     store::{self, ItemRecord, OrderRow, Store},
     validate::{self, ValidOrder},
 };
@@ -42,6 +43,7 @@ pub(crate) struct OrderApi {
     store: Store,
     payments: PaymentClient,
     publisher: EventPublisher,
+    in_flight: RequestLocks,
 }
 
 impl OrderApi {
@@ -50,11 +52,15 @@ impl OrderApi {
             store,
             payments,
             publisher,
+            in_flight: RequestLocks::default(),
         }
     }
 
     async fn create(&self, req: CreateOrderRequest) -> Result<Order, OrderError> {
         let valid = validate::create_order(&req).map_err(OrderError::Invalid)?;
+        // A concurrent copy of this request (a client retrying too early) waits here, then finds
+        // the order as this call left it.
+        let _in_flight = self.in_flight.lock(&valid.request_id).await;
         let order = self.store.insert_or_get(&pending_row(&valid)).await?;
         if order.request_fingerprint != valid.fingerprint {
             return Err(OrderError::RequestIdReused {

@@ -46,12 +46,7 @@ pub struct Config {
 impl Config {
     /// Defaults overlaid with the environment, as the runner uses it.
     pub fn from_env() -> Result<Self, clap::Error> {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: Config,
-        }
-        <Wrapper as clap::Parser>::try_parse_from(["order"]).map(|w| w.config)
+        ordermesh::service::config_from_env("order")
     }
 
     pub(crate) fn payment_timeout(&self) -> Duration {

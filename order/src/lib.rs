@@ -12,6 +12,7 @@ mod config;
 mod error;
 mod payment_client;
 pub mod publisher;
+mod request_lock;
 mod store;
 mod validate;
 
@@ -26,10 +27,8 @@ pub use error::OrderError;
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot open the order database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("cannot migrate the order database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Database(#[from] ordermesh::db::DbError),
     #[error("ORDER_PAYMENT_URL {url:?} is not a URL: {source}")]
     PaymentUrl {
         url: String,
@@ -50,8 +49,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let pool = ordermesh::db::connect(&config.database_url).await?;
-    sqlx::migrate!().run(&pool).await?;
+    let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
     let payments =
         payment_client::PaymentClient::new(&config.payment_url, config.payment_timeout()).map_err(
             |source| RunError::PaymentUrl {
@@ -86,7 +84,7 @@ pub async fn run(
     health
         .set_serving::<OrderServiceServer<api::OrderApi>>()
         .await;
-    grpc::serve(router, listener, shutdown, config.drain_grace()).await?;
+    grpc::serve(router, health, listener, shutdown, config.drain_grace()).await?;
     // Flushing blocks until the broker answers: keep it off the async workers.
     let timeout = config.publish_timeout();
     match tokio::task::spawn_blocking(move || publisher.flush(timeout)).await {

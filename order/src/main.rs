@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
 use clap::Parser;
 use ordermesh::telemetry::LogFormat;
 
@@ -25,11 +24,13 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    ordermesh::telemetry::init(cli.log_format)?;
-    let listener = tokio::net::TcpListener::bind(cli.listen_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (ORDER_LISTEN_ADDR)", cli.listen_addr))?;
-    ordermesh_order::run(listener, cli.config, ordermesh::shutdown::signal()).await?;
-    Ok(())
+    let Cli {
+        listen_addr,
+        log_format,
+        config,
+    } = Cli::parse();
+    ordermesh::service::main(listen_addr, "ORDER_LISTEN_ADDR", log_format, |listener| {
+        ordermesh_order::run(listener, config, ordermesh::shutdown::signal())
+    })
+    .await
 }

@@ -21,12 +21,7 @@ pub struct Config {
 impl Config {
     /// Defaults overlaid with the environment, as the runner uses it.
     pub fn from_env() -> Result<Self, clap::Error> {
-        #[derive(clap::Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            config: Config,
-        }
-        <Wrapper as clap::Parser>::try_parse_from(["payment"]).map(|w| w.config)
+        ordermesh::service::config_from_env("payment")
     }
 
     pub(crate) fn drain_grace(&self) -> Duration {

@@ -22,10 +22,8 @@ pub use error::PaymentError;
 /// Errors that stop the service.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot open the payment database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error("cannot migrate the payment database: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Database(#[from] ordermesh::db::DbError),
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
 }
@@ -36,8 +34,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    let pool = ordermesh::db::connect(&config.database_url).await?;
-    sqlx::migrate!().run(&pool).await?;
+    let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
     let api = api::PaymentApi::new(store::Store::new(pool));
 
     let mut server = tonic::transport::Server::builder();
@@ -47,6 +44,6 @@ pub async fn run(
     health
         .set_serving::<PaymentServiceServer<api::PaymentApi>>()
         .await;
-    grpc::serve(router, listener, shutdown, config.drain_grace()).await?;
+    grpc::serve(router, health, listener, shutdown, config.drain_grace()).await?;
     Ok(())
 }

@@ -110,7 +110,15 @@ pub async fn spawn_mesh() -> Result<TestMesh> {
 }
 
 pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
-    let _ = ordermesh::telemetry::init(ordermesh::telemetry::LogFormat::Text);
+    // Logs go through the test harness, so they show only for a failing test (RUST_LOG to choose).
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(ordermesh::telemetry::DEFAULT_FILTER)
+            }),
+        )
+        .with_test_writer()
+        .try_init();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("order-events-{suffix}");
     let broker = EmbeddedBroker::start("127.0.0.1:0".parse()?, &[&topic], 3)?;

@@ -85,3 +85,41 @@ async fn payment_charges_once_per_idempotency_key() -> Result<()> {
     assert!(refused.message().contains("key-1"));
     mesh.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_of_one_request_make_one_order_one_charge_one_event() -> Result<()> {
+    // Arrange: a client that retries before its first call has answered, several times over.
+    let mesh = spawn_mesh().await?;
+    let client = mesh.order_client().await?;
+    let request = order_request("race-1", "tok_visa");
+
+    // Act
+    let calls = (0..8).map(|_| {
+        let mut client = client.clone();
+        let request = request.clone();
+        tokio::spawn(async move { client.create_order(request).await })
+    });
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await??.into_inner());
+    }
+
+    // Assert
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "every copy got the same order"
+    );
+    assert_eq!(answers[0].status(), OrderStatus::Paid);
+    let mut orders = mesh.order_client().await?;
+    assert_eq!(
+        orders
+            .list_orders(ListOrdersRequest::default())
+            .await?
+            .into_inner()
+            .orders
+            .len(),
+        1
+    );
+    assert_eq!(mesh.event_count().await?, 1, "one event");
+    mesh.shutdown().await
+}

@@ -14,5 +14,6 @@ mod failures;
 mod happy_path;
 mod idempotency;
 mod notifier_recovery;
+mod poison;
 mod readme;
 mod validation;
