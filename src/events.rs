@@ -47,14 +47,11 @@ static ORDER_PLACED: LazyLock<MessageDescriptor> = LazyLock::new(|| {
         .expect("OrderPlaced is in the built-in descriptor set")
 });
 
-/// Encodes OrderPlaced as proto3 JSON.
-pub fn encode_order_placed(event: &OrderPlaced) -> Vec<u8> {
-    let dynamic = DynamicMessage::decode(ORDER_PLACED.clone(), event.encode_to_vec().as_slice());
-    match dynamic {
-        Ok(dynamic) => serde_json::to_vec(&dynamic).unwrap_or_default(),
-        // Re-decoding bytes prost just encoded with the same schema cannot fail.
-        Err(_) => Vec::new(),
-    }
+/// Encodes OrderPlaced as proto3 JSON (through its binary form, which prost-reflect reads against
+/// the descriptor).
+pub fn encode_order_placed(event: &OrderPlaced) -> Result<Vec<u8>, EventError> {
+    let dynamic = DynamicMessage::decode(ORDER_PLACED.clone(), event.encode_to_vec().as_slice())?;
+    Ok(serde_json::to_vec(&dynamic)?)
 }
 
 /// Decodes proto3 JSON into OrderPlaced, ignoring unknown fields (so producers can add fields first)
@@ -182,7 +179,7 @@ mod tests {
 
     #[test]
     fn json_follows_the_proto3_mapping_and_round_trips() {
-        let json = encode_order_placed(&sample());
+        let json = encode_order_placed(&sample()).unwrap();
         let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(value["eventId"], "ev-1");
         assert_eq!(
@@ -215,7 +212,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_ignored() {
         let mut value: serde_json::Value =
-            serde_json::from_slice(&encode_order_placed(&sample())).unwrap();
+            serde_json::from_slice(&encode_order_placed(&sample()).unwrap()).unwrap();
         value["addedLater"] = serde_json::json!("x");
         assert_eq!(
             decode_order_placed(value.to_string().as_bytes()).unwrap(),

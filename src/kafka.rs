@@ -56,7 +56,8 @@ pub fn client_config(brokers: &str, client_id: &str) -> ClientConfig {
     config
         .set("bootstrap.servers", brokers)
         .set("client.id", client_id)
-        // Fail fast on an unknown broker address instead of retrying name resolution forever.
+        // Network requests time out after 10 s instead of librdkafka's 60 s, so an unreachable
+        // broker surfaces as an error while a caller is still waiting for it.
         .set("socket.timeout.ms", "10000");
     config
 }

@@ -20,6 +20,15 @@ pub struct Delivered {
     pub offset: i64,
 }
 
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot encode the event: {0}")]
+    Encode(#[from] ordermesh::events::EventError),
+    #[error("broker did not acknowledge the event: {0}")]
+    Kafka(#[from] KafkaError),
+}
+
 /// Publishes order events to one topic.
 #[derive(Clone)]
 pub struct EventPublisher {
@@ -56,8 +65,8 @@ impl EventPublisher {
     }
 
     /// Sends `event` and waits for the acknowledgement.
-    pub async fn publish(&self, event: &OrderPlaced) -> Result<Delivered, KafkaError> {
-        let payload = encode_order_placed(event);
+    pub async fn publish(&self, event: &OrderPlaced) -> Result<Delivered, PublishError> {
+        let payload = encode_order_placed(event)?;
         let record = FutureRecord::to(&self.topic)
             .key(event.order_id.as_bytes())
             .payload(&payload)
@@ -68,7 +77,7 @@ impl EventPublisher {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
-            Err((error, _)) => Err(error),
+            Err((error, _)) => Err(error.into()),
         }
     }
 

@@ -67,22 +67,18 @@ async fn main() -> anyhow::Result<()> {
     }
     order.payment_url = format!("http://{}", cli.payment_addr);
 
-    // Kept alive until the end of main: dropping it stops the broker.
-    let embedded = match &cli.kafka_brokers {
-        Some(_) => None,
-        None => Some(
-            kafka::EmbeddedBroker::start(
+    // `embedded` is kept until the end of main: dropping it stops the broker.
+    let (brokers, embedded) = match cli.kafka_brokers.clone() {
+        Some(brokers) => (brokers, None),
+        None => {
+            let broker = kafka::EmbeddedBroker::start(
                 cli.embedded_kafka_addr,
                 &[&order.events_topic],
                 kafka::DEFAULT_PARTITIONS,
             )
-            .context("cannot start the embedded Kafka broker (ORDERMESH_EMBEDDED_KAFKA_ADDR)")?,
-        ),
-    };
-    let brokers = match (&cli.kafka_brokers, &embedded) {
-        (Some(brokers), _) => brokers.clone(),
-        (None, Some(broker)) => broker.bootstrap_servers(),
-        (None, None) => unreachable!("a broker is started when none is configured"),
+            .context("cannot start the embedded Kafka broker (ORDERMESH_EMBEDDED_KAFKA_ADDR)")?;
+            (broker.bootstrap_servers(), Some(broker))
+        }
     };
     order.kafka_brokers = brokers.clone();
     notifier.kafka_brokers = brokers.clone();
