@@ -175,7 +175,7 @@ impl ChannelConsumer {
 
     /// Consumes until `stop` is cancelled, then finishes the message in hand, commits what was handled
     /// and leaves the group.
-    pub(crate) async fn run(self, stop: CancellationToken) -> KafkaResult<()> {
+    pub(crate) async fn run(self, stop: CancellationToken) {
         let channel = self.channel.as_str();
         tracing::info!(channel, "consumer started");
         loop {
@@ -189,7 +189,11 @@ impl ChannelConsumer {
                     if !self.process(&message, &stop).await {
                         break;
                     }
-                    self.consumer.store_offset_from_message(&message)?;
+                    if let Err(error) = self.consumer.store_offset_from_message(&message) {
+                        // The partition was taken away (a rebalance) while the message was being
+                        // handled. Its new owner gets it again and finds it already recorded.
+                        tracing::warn!(channel, %error, "offset not stored; the message will be redelivered");
+                    }
                 }
                 // librdkafka reconnects by itself; these are reports, not the end of the stream.
                 Err(error) => {
@@ -218,7 +222,6 @@ impl ChannelConsumer {
             }
         }
         tracing::info!(channel, "consumer stopped");
-        Ok(())
     }
 
     /// Handles `message`, retrying while the store is failing. Returns false if asked to stop before

@@ -45,7 +45,7 @@ pub enum RunError {
 pub type ChannelStats = HashMap<Channel, Arc<Stats>>;
 
 /// Runs the configured channel consumers and serves the notification API on `listener` until
-/// `shutdown` completes (or a consumer fails); then the consumers commit and leave their groups and
+/// `shutdown` completes; then the consumers commit and leave their groups and
 /// the server drains.
 pub async fn run(
     listener: TcpListener,
@@ -79,7 +79,7 @@ pub async fn run_with_stats(
     .await
     .map_err(kafka_error)?;
 
-    // One token stops everything: the shutdown signal cancels it, and so does a failing consumer.
+    // One token stops the consumers and the server alike.
     let stop = CancellationToken::new();
     let mut consumers = JoinSet::new();
     for &channel in &config.channels {
@@ -94,15 +94,7 @@ pub async fn run_with_stats(
             stats,
         )
         .map_err(|e| kafka_error(e.into()))?;
-        let stop = stop.clone();
-        consumers.spawn(async move {
-            let result = consumer.run(stop.clone()).await;
-            if let Err(error) = &result {
-                tracing::error!(channel = channel.as_str(), %error, "consumer failed, stopping the notifier");
-                stop.cancel();
-            }
-            result
-        });
+        consumers.spawn(consumer.run(stop.clone()));
     }
 
     let mut server = tonic::transport::Server::builder();
@@ -123,20 +115,16 @@ pub async fn run_with_stats(
     let signal = {
         let stop = stop.clone();
         async move {
-            tokio::select! {
-                _ = shutdown => stop.cancel(),
-                _ = stop.cancelled() => {}
-            }
+            shutdown.await;
+            stop.cancel();
         }
     };
     grpc::serve(router, health, listener, signal, config.drain_grace()).await?;
     // The server has stopped; wait for each consumer to finish its message and commit.
     stop.cancel();
     while let Some(joined) = consumers.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "consumer ended with an error"),
-            Err(error) => tracing::error!(%error, "consumer task panicked"),
+        if let Err(error) = joined {
+            tracing::error!(%error, "consumer task panicked");
         }
     }
     Ok(())

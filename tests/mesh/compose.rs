@@ -1,3 +1,5 @@
+//! The deployment files and the README's configuration table, read against the code.
+//!
 //! compose.yaml cannot be run here (no Docker engine), so it is kept honest by reading it against the
 //! code: every variable it sets is one a service reads, every published port is the port the service
 //! listens on, every binary it runs is built by the Dockerfile, and the topic it creates is the one
@@ -116,5 +118,33 @@ fn compose_matches_the_code() -> Result<()> {
     assert!(
         environment(&services["kafka"])["KAFKA_ADVERTISED_LISTENERS"].contains("127.0.0.1:9092")
     );
+    Ok(())
+}
+
+#[test]
+fn every_setting_the_code_reads_is_in_the_readme_table() -> Result<()> {
+    let readme = read("README.md")?;
+    let mut code = String::new();
+    for dir in [
+        "src",
+        "order/src",
+        "payment/src",
+        "notifier/src",
+        "runner/src",
+    ] {
+        code.push_str(&sources(dir)?);
+    }
+    let settings: Vec<&str> = code
+        .split("env = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(settings.len() >= 20, "found the settings: {settings:?}");
+    for setting in settings {
+        assert!(
+            readme.contains(&format!("| `{setting}` |")),
+            "README's configuration table has {setting}"
+        );
+    }
     Ok(())
 }

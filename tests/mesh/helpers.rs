@@ -33,6 +33,18 @@ use tonic::transport::Channel as GrpcChannel;
 /// arriving). Generous: it only bounds a failing test, a passing one does not wait for it.
 pub const EVENTUALLY: Duration = Duration::from_secs(60);
 
+/// Polls `check` until it holds, or fails naming `what` after [`EVENTUALLY`].
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while !check() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("not so after {EVENTUALLY:?}: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
 /// A service task and the means to stop it.
 pub struct Running {
     pub addr: SocketAddr,

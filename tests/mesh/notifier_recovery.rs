@@ -8,7 +8,9 @@ use futures::{StreamExt, TryStreamExt, stream};
 use ordermesh::proto::notification::v1::{Channel, Notification};
 use ordermesh_notifier::Channel as NotifierChannel;
 
-use crate::helpers::{EVENTUALLY, MeshOptions, TestMesh, order_request, spawn_mesh_with};
+use crate::helpers::{
+    EVENTUALLY, MeshOptions, TestMesh, eventually, order_request, spawn_mesh_with,
+};
 
 /// Places `count` orders (8 at a time) and returns their ids.
 async fn place_orders(mesh: &TestMesh, prefix: &str, count: usize) -> Result<Vec<String>> {
@@ -80,10 +82,14 @@ async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it
     mesh.start_notifier().await?;
 
     // Assert: both groups read from the beginning, each event handled once per channel.
-    let notifications = mesh.wait_for_notifications(40).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    mesh.wait_for_notifications(40).await?;
+    eventually("each channel counted 20 sent", || {
+        NotifierChannel::ALL
+            .iter()
+            .all(|c| mesh.notifier_stats[c].sent.load(Ordering::Relaxed) >= 20)
+    })
+    .await?;
     assert_exactly_once(&mesh.all_notifications().await?, &orders);
-    assert_eq!(notifications.len(), 40);
     for channel in NotifierChannel::ALL {
         assert_eq!(
             mesh.notifier_stats[&channel].sent.load(Ordering::Relaxed),
@@ -126,10 +132,13 @@ async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or
 
     // Assert: everything handled exactly once per channel across both runs; the second run was told
     // nothing it had already done (the graceful stop committed exactly what was handled).
-    let all = mesh.wait_for_notifications(ORDERS * 2).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    mesh.wait_for_notifications(ORDERS * 2).await?;
+    let rest = ORDERS * 2 - first_run.len();
+    eventually("the second run counted the rest as sent", || {
+        sent(&mesh) as usize >= rest
+    })
+    .await?;
     assert_exactly_once(&mesh.all_notifications().await?, &orders);
-    assert_eq!(all.len(), ORDERS * 2);
     assert_eq!(
         sent(&mesh) as usize,
         ORDERS * 2 - first_run.len(),
