@@ -66,13 +66,18 @@ pub async fn serve(
             .await;
         let _ = draining_tx.send(());
     };
-    let serve = router.serve_with_incoming_shutdown(incoming, signal);
-    tokio::pin!(serve);
+    // Completes `grace` after shutdown began; never, if it never does.
+    let grace_over = async move {
+        match draining_rx.await {
+            Ok(()) => tokio::time::sleep(grace).await,
+            Err(_) => std::future::pending().await,
+        }
+    };
     tokio::select! {
         // Normal path: tonic stopped accepting and every connection finished.
-        result = &mut serve => result?,
-        // Shutdown began and the grace period ran out first: stop waiting for slow calls.
-        _ = async { if draining_rx.await.is_ok() { tokio::time::sleep(grace).await } else { std::future::pending::<()>().await } } => {
+        result = router.serve_with_incoming_shutdown(incoming, signal) => result?,
+        // The grace period ran out first: stop waiting for slow calls (dropping them).
+        () = grace_over => {
             tracing::warn!(%addr, ?grace, "drain grace period over, dropping in-flight calls");
         }
     }
