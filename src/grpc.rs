@@ -6,10 +6,11 @@ use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tonic::{
     Code, Status,
-    transport::{Server, server::Router, server::TcpIncoming},
+    transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tower::layer::util::{Identity, Stack};
 
 /// How long in-flight calls may run after shutdown was asked for before they are cut off.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -25,11 +26,18 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
 }
 
-/// A server builder with the parts every ordermesh server has: the health service (its reporter is
-/// returned so the caller can say SERVING once it is really ready) and reflection v1 and v1alpha
-/// knowing our protos, the health proto and the `google.rpc` error details, so grpcurl needs no
-/// .proto files and shows BadRequest field violations as fields rather than bytes.
-pub fn router(server: &mut Server) -> Result<(HealthReporter, Router), ServeError> {
+/// The router of every ordermesh server: its layers are fixed here, so the type is too.
+pub type Router = tonic::transport::server::Router<Stack<crate::shed::ShedLayer, Identity>>;
+
+/// A router with the parts every ordermesh server has: load shedding beyond `max_concurrent` calls,
+/// the health service (its reporter is returned so the caller can say SERVING once it is really
+/// ready) and reflection v1 and v1alpha knowing our protos, the health proto and the `google.rpc`
+/// error details, so grpcurl needs no .proto files and shows BadRequest field violations as fields
+/// rather than bytes.
+pub fn router(max_concurrent: usize) -> Result<(HealthReporter, Router), ServeError> {
+    let mut server = Server::builder()
+        // Refuse calls beyond the limit at once (RESOURCE_EXHAUSTED) instead of queueing them.
+        .layer(crate::shed::ShedLayer::new(max_concurrent));
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -85,6 +93,29 @@ pub async fn serve(
     Ok(())
 }
 
+/// When the caller's deadline runs out, from the `grpc-timeout` it sent (measured from now, which in
+/// a handler is when the call arrived, give or take the time to route it). None without one or with
+/// one that does not parse.
+pub fn caller_deadline(metadata: &tonic::metadata::MetadataMap) -> Option<tokio::time::Instant> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    // At most 8 digits and a unit, per the gRPC HTTP/2 protocol.
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(tokio::time::Instant::now() + timeout)
+}
+
 /// An INVALID_ARGUMENT status whose message names every bad field and whose details carry the standard
 /// `google.rpc.BadRequest` field violations, so clients can point at the field programmatically.
 pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
@@ -98,4 +129,40 @@ pub fn invalid_argument(violations: Vec<FieldViolation>) -> Status {
         format!("invalid request: {message}"),
         ErrorDetails::with_bad_request(violations),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tonic::metadata::MetadataMap;
+
+    use super::caller_deadline;
+
+    #[tokio::test(start_paused = true)]
+    async fn grpc_timeout_becomes_a_deadline() {
+        let now = tokio::time::Instant::now();
+        for (value, expected) in [
+            ("250m", Some(Duration::from_millis(250))),
+            ("3S", Some(Duration::from_secs(3))),
+            ("2M", Some(Duration::from_secs(120))),
+            ("1H", Some(Duration::from_secs(3600))),
+            ("1500u", Some(Duration::from_micros(1500))),
+            ("99999999n", Some(Duration::from_nanos(99_999_999))),
+            ("123456789m", None),
+            ("m", None),
+            ("10x", None),
+            ("-5m", None),
+            ("", None),
+        ] {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("grpc-timeout", value.parse().unwrap());
+            assert_eq!(
+                caller_deadline(&metadata),
+                expected.map(|d| now + d),
+                "{value:?}"
+            );
+        }
+        assert_eq!(caller_deadline(&MetadataMap::new()), None);
+    }
 }

@@ -13,6 +13,7 @@ pub mod money;
 pub mod paging;
 pub mod proto;
 pub mod service;
+pub mod shed;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;

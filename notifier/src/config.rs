@@ -46,6 +46,10 @@ pub struct Config {
     #[arg(long, env = "NOTIFIER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
 
+    /// Most requests served at once; beyond it calls are refused with RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "NOTIFIER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
     #[arg(long, env = "NOTIFIER_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,

@@ -97,8 +97,7 @@ pub async fn run_with_stats(
         consumers.spawn(consumer.run(stop.clone()));
     }
 
-    let mut server = tonic::transport::Server::builder();
-    let (health, router) = grpc::router(&mut server)?;
+    let (health, router) = grpc::router(config.max_concurrent_requests as usize)?;
     let router = router.add_service(NotificationServiceServer::new(api::NotificationApi::new(
         store,
     )));

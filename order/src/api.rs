@@ -26,12 +26,12 @@ use ordermesh::{
     },
     timestamp,
 };
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tonic_types::FieldViolation;
 
 use crate::{
     error::OrderError,
-    payment_client::{ChargeError, PaymentClient},
+    payment_client::{ChargeCall, ChargeError, PaymentClient},
     publisher::EventPublisher,
     request_lock::RequestLocks,
     store::{self, ItemRecord, OrderRow, Store},
@@ -56,7 +56,11 @@ impl OrderApi {
         }
     }
 
-    async fn create(&self, req: CreateOrderRequest) -> Result<Order, OrderError> {
+    async fn create(
+        &self,
+        metadata: &MetadataMap,
+        req: CreateOrderRequest,
+    ) -> Result<Order, OrderError> {
         let valid = validate::create_order(&req).map_err(OrderError::Invalid)?;
         // A concurrent copy of this request (a client retrying too early) waits here, then finds
         // the order as this call left it.
@@ -68,7 +72,7 @@ impl OrderApi {
             });
         }
         let order = match order.status {
-            store::Status::PendingPayment => self.pay(order, &valid).await?,
+            store::Status::PendingPayment => self.pay(order, &valid, metadata).await?,
             store::Status::Paid => order,
             // The same answer as the first attempt got.
             store::Status::PaymentFailed => return Err(failure(order)),
@@ -79,16 +83,28 @@ impl OrderApi {
         Ok(to_proto(order))
     }
 
-    /// Charges a pending order and records the outcome.
-    async fn pay(&self, order: OrderRow, valid: &ValidOrder) -> Result<OrderRow, OrderError> {
+    /// Charges a pending order and records the outcome. The caller's deadline bounds the charge, and
+    /// its fault injection headers go on to payment.
+    async fn pay(
+        &self,
+        order: OrderRow,
+        valid: &ValidOrder,
+        metadata: &MetadataMap,
+    ) -> Result<OrderRow, OrderError> {
         let charge = ChargeRequest {
             idempotency_key: format!("order:{}", order.order_id),
             order_id: order.order_id.clone(),
             amount: Some(valid.total.clone()),
             payment_method_token: valid.payment_method_token.clone(),
         };
+        let call = ChargeCall::new(
+            charge,
+            ordermesh::grpc::caller_deadline(metadata),
+            forwarded(metadata),
+        );
+        let result = self.payments.charge(call).await;
         let now = timestamp::now_millis();
-        match self.payments.charge(charge).await {
+        match result {
             Ok(payment) => {
                 let event_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
                 Ok(self
@@ -115,6 +131,17 @@ impl OrderApi {
                     details: Box::new(tonic_types::StatusExt::get_error_details(&status)),
                 })
             }
+            Err(ChargeError::DeadlineExceeded(detail)) => {
+                tracing::warn!(order_id = %order.order_id, %detail, "payment deadline exceeded");
+                Err(OrderError::PaymentDeadline {
+                    order_id: order.order_id,
+                    detail,
+                })
+            }
+            Err(ChargeError::CircuitOpen(open)) => Err(OrderError::PaymentCircuitOpen {
+                order_id: order.order_id,
+                retry_after: open.retry_after,
+            }),
             Err(ChargeError::Unavailable(status)) => {
                 tracing::warn!(order_id = %order.order_id, code = ?status.code(), message = status.message(), "payment unavailable");
                 Err(OrderError::PaymentUnavailable {
@@ -161,7 +188,8 @@ impl OrderService for OrderApi {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        Ok(Response::new(self.create(request.into_inner()).await?))
+        let (metadata, _, request) = request.into_parts();
+        Ok(Response::new(self.create(&metadata, request).await?))
     }
 
     async fn get_order(
@@ -203,6 +231,20 @@ impl OrderService for OrderApi {
             next_page_token,
         }))
     }
+}
+
+/// Request metadata passed on to payment: the fault injection headers (`x-fault-*`), so a caller can
+/// make payment misbehave for one CreateOrder and watch what the order service does about it.
+fn forwarded(metadata: &MetadataMap) -> MetadataMap {
+    let mut out = MetadataMap::new();
+    for entry in metadata.iter() {
+        if let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry
+            && key.as_str().starts_with("x-fault-")
+        {
+            out.append(key.clone(), value.clone());
+        }
+    }
+    out
 }
 
 fn pending_row(valid: &ValidOrder) -> OrderRow {

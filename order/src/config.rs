@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::payment_client::{PaymentClientConfig, breaker::BreakerConfig};
+
 /// Order service settings. Flags and environment variables are listed in the README.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
@@ -21,9 +23,66 @@ pub struct Config {
     )]
     pub payment_url: String,
 
-    /// Deadline of each Charge call, in milliseconds.
-    #[arg(long, env = "ORDER_PAYMENT_TIMEOUT_MS", default_value_t = 3_000)]
+    /// Deadline of the whole Charge call, retries included, in milliseconds (a shorter deadline of
+    /// the CreateOrder caller wins).
+    #[arg(long, env = "ORDER_PAYMENT_TIMEOUT_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub payment_timeout_ms: u64,
+
+    /// Deadline of one Charge attempt, in milliseconds.
+    #[arg(long, env = "ORDER_PAYMENT_ATTEMPT_TIMEOUT_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub payment_attempt_timeout_ms: u64,
+
+    /// Time kept free before the caller's deadline to record the outcome and answer, in milliseconds.
+    #[arg(long, env = "ORDER_DEADLINE_MARGIN_MS", default_value_t = 50)]
+    pub deadline_margin_ms: u64,
+
+    /// Most Charge attempts per CreateOrder, the first included.
+    #[arg(long, env = "ORDER_PAYMENT_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub payment_max_attempts: u32,
+
+    /// First retry backoff, in milliseconds; it doubles per retry, plus up to 100% jitter.
+    #[arg(long, env = "ORDER_PAYMENT_BACKOFF_BASE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    pub payment_backoff_base_ms: u64,
+
+    /// Longest retry backoff, in milliseconds.
+    #[arg(long, env = "ORDER_PAYMENT_BACKOFF_MAX_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub payment_backoff_max_ms: u64,
+
+    /// Retries allowed as a percentage of Charge calls (over the last 10 s), beyond the minimum.
+    #[arg(long, env = "ORDER_PAYMENT_RETRY_BUDGET_PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub payment_retry_budget_percent: u32,
+
+    /// Retries per second always allowed, whatever the budget.
+    #[arg(long, env = "ORDER_PAYMENT_RETRY_MIN_PER_SEC", default_value_t = 10)]
+    pub payment_retry_min_per_sec: u32,
+
+    /// Breaker: how many of the latest Charge attempts the failure and slow-call rates cover.
+    #[arg(long, env = "ORDER_BREAKER_WINDOW", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub breaker_window: u32,
+
+    /// Breaker: no verdict on fewer attempts than this.
+    #[arg(long, env = "ORDER_BREAKER_MIN_CALLS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub breaker_min_calls: u32,
+
+    /// Breaker: open when at least this percentage of the window failed.
+    #[arg(long, env = "ORDER_BREAKER_FAILURE_RATE_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub breaker_failure_rate_percent: u32,
+
+    /// Breaker: an attempt slower than this, in milliseconds, is slow.
+    #[arg(long, env = "ORDER_BREAKER_SLOW_CALL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub breaker_slow_call_ms: u64,
+
+    /// Breaker: open when at least this percentage of the window was slow.
+    #[arg(long, env = "ORDER_BREAKER_SLOW_CALL_RATE_PERCENT", default_value_t = 80, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub breaker_slow_call_rate_percent: u32,
+
+    /// Breaker: how long it stays open before probing, in milliseconds.
+    #[arg(long, env = "ORDER_BREAKER_OPEN_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub breaker_open_ms: u64,
+
+    /// Breaker: probes let through when half-open; all must succeed to close it.
+    #[arg(long, env = "ORDER_BREAKER_HALF_OPEN_PROBES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub breaker_half_open_probes: u32,
 
     /// Kafka bootstrap servers (comma-separated host:port).
     #[arg(long, env = "KAFKA_BROKERS", default_value = ordermesh::kafka::DEFAULT_EMBEDDED_ADDR)]
@@ -38,6 +97,10 @@ pub struct Config {
     #[arg(long, env = "ORDER_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
 
+    /// Most requests served at once; beyond it calls are refused with RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "ORDER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
     #[arg(long, env = "ORDER_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
@@ -49,8 +112,29 @@ impl Config {
         ordermesh::service::config_from_env("order")
     }
 
-    pub(crate) fn payment_timeout(&self) -> Duration {
-        Duration::from_millis(self.payment_timeout_ms)
+    pub(crate) fn payment_client(&self) -> PaymentClientConfig {
+        let ms = Duration::from_millis;
+        let share = |percent: u32| f64::from(percent) / 100.0;
+        PaymentClientConfig {
+            url: self.payment_url.clone(),
+            timeout: ms(self.payment_timeout_ms),
+            attempt_timeout: ms(self.payment_attempt_timeout_ms),
+            deadline_margin: ms(self.deadline_margin_ms),
+            max_attempts: self.payment_max_attempts,
+            backoff_base: ms(self.payment_backoff_base_ms),
+            backoff_max: ms(self.payment_backoff_max_ms),
+            retry_budget_ratio: self.payment_retry_budget_percent as f32 / 100.0,
+            retry_min_per_sec: self.payment_retry_min_per_sec,
+            breaker: BreakerConfig {
+                window: self.breaker_window as usize,
+                min_calls: self.breaker_min_calls as usize,
+                failure_rate: share(self.breaker_failure_rate_percent),
+                slow_call: ms(self.breaker_slow_call_ms),
+                slow_call_rate: share(self.breaker_slow_call_rate_percent),
+                open_for: ms(self.breaker_open_ms),
+                half_open_probes: self.breaker_half_open_probes,
+            },
+        }
     }
 
     pub(crate) fn publish_timeout(&self) -> Duration {

@@ -1,7 +1,7 @@
 //! The order domain's one error type and its one mapping to gRPC status codes.
 
 use tonic::{Code, Status};
-use tonic_types::{FieldViolation, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 /// Everything an order call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,18 @@ pub enum OrderError {
         "payment service unavailable ({detail}); order {order_id} is waiting for payment, retry with the same request_id"
     )]
     PaymentUnavailable { order_id: String, detail: String },
+    #[error(
+        "payment service did not answer in time ({detail}); order {order_id} is waiting for payment, retry with the same request_id"
+    )]
+    PaymentDeadline { order_id: String, detail: String },
+    #[error(
+        "payment circuit is open after repeated payment failures, so payment was not called; order {order_id} is waiting for payment; payment will be tried again in {} ms, retry with the same request_id then",
+        retry_after.as_millis()
+    )]
+    PaymentCircuitOpen {
+        order_id: String,
+        retry_after: std::time::Duration,
+    },
     #[error(
         "order {order_id} is paid but its event could not be published ({detail}); retry with the same request_id"
     )]
@@ -50,6 +62,13 @@ impl From<OrderError> for Status {
             OrderError::PaymentUnavailable { .. } | OrderError::EventNotPublished { .. } => {
                 Status::unavailable(message)
             }
+            OrderError::PaymentDeadline { .. } => Status::deadline_exceeded(message),
+            // RetryInfo tells well-behaved clients when to come back.
+            OrderError::PaymentCircuitOpen { retry_after, .. } => Status::with_error_details(
+                Code::Unavailable,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             OrderError::NotFound(_) => Status::not_found(message),
             OrderError::Store(error) => {
                 tracing::error!(%error, "order store failed");

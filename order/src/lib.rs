@@ -10,7 +10,7 @@
 mod api;
 mod config;
 mod error;
-mod payment_client;
+pub mod payment_client;
 pub mod publisher;
 mod request_lock;
 mod store;
@@ -19,7 +19,9 @@ mod validate;
 use std::future::Future;
 
 use ordermesh::{grpc, kafka, proto::order::v1::order_service_server::OrderServiceServer};
-use tokio::net::TcpListener;
+use payment_client::breaker::BreakerState;
+use tokio::{net::TcpListener, sync::watch};
+use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use config::Config;
 pub use error::OrderError;
@@ -29,11 +31,10 @@ pub use error::OrderError;
 pub enum RunError {
     #[error(transparent)]
     Database(#[from] ordermesh::db::DbError),
-    #[error("ORDER_PAYMENT_URL {url:?} is not a URL: {source}")]
-    PaymentUrl {
-        url: String,
-        source: tonic::codegen::http::uri::InvalidUri,
-    },
+    #[error("invalid setting: {0}")]
+    Config(String),
+    #[error(transparent)]
+    PaymentClient(#[from] payment_client::ClientConfigError),
     #[error("Kafka at {brokers} (KAFKA_BROKERS): {source}")]
     Kafka {
         brokers: String,
@@ -43,6 +44,22 @@ pub enum RunError {
     Serve(#[from] grpc::ServeError),
 }
 
+/// The health entry of the payment dependency, as the order service sees it: SERVING while the
+/// payment circuit is closed, NOT_SERVING while it is open or half-open.
+pub const PAYMENT_HEALTH: &str = "payment";
+
+/// Mirrors the payment breaker's state into the health service, so a health `Watch` on
+/// [`PAYMENT_HEALTH`] sees the circuit open and close. Ends when the breaker is dropped.
+async fn report_breaker(mut states: watch::Receiver<BreakerState>, health: HealthReporter) {
+    while states.changed().await.is_ok() {
+        let status = match *states.borrow_and_update() {
+            BreakerState::Closed => ServingStatus::Serving,
+            BreakerState::Open { .. } | BreakerState::HalfOpen => ServingStatus::NotServing,
+        };
+        health.set_service_status(PAYMENT_HEALTH, status).await;
+    }
+}
+
 /// Serves the order API on `listener` until `shutdown` completes, then drains.
 pub async fn run(
     listener: TcpListener,
@@ -50,13 +67,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
-    let payments =
-        payment_client::PaymentClient::new(&config.payment_url, config.payment_timeout()).map_err(
-            |source| RunError::PaymentUrl {
-                url: config.payment_url.clone(),
-                source,
-            },
-        )?;
+    if config.breaker_min_calls > config.breaker_window {
+        return Err(RunError::Config(format!(
+            "ORDER_BREAKER_MIN_CALLS ({}) exceeds ORDER_BREAKER_WINDOW ({}): the breaker could never open",
+            config.breaker_min_calls, config.breaker_window
+        )));
+    }
+    let payments = payment_client::PaymentClient::new(&config.payment_client())?;
     let kafka_error = |source| RunError::Kafka {
         brokers: config.kafka_brokers.clone(),
         source,
@@ -74,10 +91,14 @@ pub async fn run(
         config.publish_timeout(),
     )
     .map_err(|e| kafka_error(e.into()))?;
+    let breaker_states = payments.breaker().subscribe();
     let api = api::OrderApi::new(store::Store::new(pool), payments, publisher.clone());
 
-    let mut server = tonic::transport::Server::builder();
-    let (health, router) = grpc::router(&mut server)?;
+    let (health, router) = grpc::router(config.max_concurrent_requests as usize)?;
+    health
+        .set_service_status(PAYMENT_HEALTH, ServingStatus::Serving)
+        .await;
+    tokio::spawn(report_breaker(breaker_states, health.clone()));
     let router = router.add_service(OrderServiceServer::new(api));
     // Ready: database migrated and the events topic exists. Payment is reached lazily per call, so its
     // absence shows as UNAVAILABLE answers, not as this service being down.

@@ -14,6 +14,7 @@ use tonic_types::FieldViolation;
 use crate::{
     decide::{APPROVED, DECLINED, Decision, decide},
     error::PaymentError,
+    fault::{self, FaultConfig},
     store::{PaymentRow, Store},
 };
 
@@ -25,11 +26,12 @@ const MAX_MINOR_UNITS: i64 = 1_000_000_000_000;
 #[derive(Debug, Clone)]
 pub(crate) struct PaymentApi {
     store: Store,
+    faults: FaultConfig,
 }
 
 impl PaymentApi {
-    pub(crate) fn new(store: Store) -> Self {
-        Self { store }
+    pub(crate) fn new(store: Store, faults: FaultConfig) -> Self {
+        Self { store, faults }
     }
 
     async fn charge(&self, req: ChargeRequest) -> Result<Payment, PaymentError> {
@@ -76,9 +78,16 @@ impl PaymentApi {
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
     async fn charge(&self, request: Request<ChargeRequest>) -> Result<Response<Payment>, Status> {
-        Ok(Response::new(
-            PaymentApi::charge(self, request.into_inner()).await?,
-        ))
+        let fault =
+            fault::for_call(&self.faults, request.metadata()).map_err(PaymentError::Invalid)?;
+        if let Some(fault) = &fault {
+            fault.before().await?;
+        }
+        let payment = PaymentApi::charge(self, request.into_inner()).await?;
+        if let Some(fault) = &fault {
+            fault.after()?;
+        }
+        Ok(Response::new(payment))
     }
 
     async fn get_payment(

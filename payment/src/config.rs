@@ -13,6 +13,30 @@ pub struct Config {
     )]
     pub database_url: String,
 
+    /// Whether fault injection (x-fault-* headers and the PAYMENT_FAULT_* settings) is on.
+    #[arg(long, env = "PAYMENT_FAULTS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub faults_enabled: bool,
+
+    /// Fault for every Charge: delay in milliseconds before doing anything.
+    #[arg(long, env = "PAYMENT_FAULT_DELAY_MS", default_value_t = 0)]
+    pub fault_delay_ms: u64,
+
+    /// Fault for every Charge: fail with this gRPC code (e.g. unavailable).
+    #[arg(long, env = "PAYMENT_FAULT_ABORT", value_parser = crate::fault::parse_code_arg)]
+    pub fault_abort: Option<tonic::Code>,
+
+    /// Fault for every Charge: abort before charging, or after the charge is stored.
+    #[arg(long, env = "PAYMENT_FAULT_STAGE", value_enum, default_value_t)]
+    pub fault_stage: crate::fault::Stage,
+
+    /// Fault for every Charge: percentage of calls it applies to.
+    #[arg(long, env = "PAYMENT_FAULT_PERCENT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub fault_percent: u32,
+
+    /// Most requests served at once; beyond it calls are refused with RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "PAYMENT_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
     #[arg(long, env = "PAYMENT_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
@@ -22,6 +46,16 @@ impl Config {
     /// Defaults overlaid with the environment, as the runner uses it.
     pub fn from_env() -> Result<Self, clap::Error> {
         ordermesh::service::config_from_env("payment")
+    }
+
+    pub(crate) fn faults(&self) -> crate::fault::FaultConfig {
+        crate::fault::FaultConfig {
+            enabled: self.faults_enabled,
+            delay: Duration::from_millis(self.fault_delay_ms),
+            abort: self.fault_abort,
+            stage: self.fault_stage,
+            percent: self.fault_percent,
+        }
     }
 
     pub(crate) fn drain_grace(&self) -> Duration {

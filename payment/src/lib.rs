@@ -9,6 +9,7 @@ mod api;
 mod config;
 mod decide;
 mod error;
+pub mod fault;
 mod store;
 
 use std::future::Future;
@@ -35,10 +36,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
-    let api = api::PaymentApi::new(store::Store::new(pool));
+    let api = api::PaymentApi::new(store::Store::new(pool), config.faults());
 
-    let mut server = tonic::transport::Server::builder();
-    let (health, router) = grpc::router(&mut server)?;
+    let (health, router) = grpc::router(config.max_concurrent_requests as usize)?;
     let router = router.add_service(PaymentServiceServer::new(api));
     // Ready: the database is open and migrated, so every call can be answered.
     health

@@ -91,6 +91,7 @@ async fn payment_down_is_unavailable_within_the_deadline_and_a_retry_resumes_the
     let mut mesh = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: false,
+        ..Default::default()
     })
     .await?;
     mesh.payment
@@ -151,6 +152,7 @@ async fn an_unknown_order_is_not_found() -> Result<()> {
     let mesh = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: false,
+        ..Default::default()
     })
     .await?;
     let missing = mesh

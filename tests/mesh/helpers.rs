@@ -96,16 +96,21 @@ pub struct TestMesh {
     pub notifier_stats: HashMap<Channel, Arc<Stats>>,
     email_group: String,
     sms_group: String,
+    payment_config: fn(&mut ordermesh_payment::Config),
     // Declared last so that, if a test fails early, it is dropped after everything above.
     pub dir: TempDir,
     pub broker: EmbeddedBroker,
 }
 
-/// What to start.
+/// What to start, and how to set it up beyond the test defaults.
 #[derive(Clone, Copy, Debug)]
 pub struct MeshOptions {
     pub payment: bool,
     pub notifier: bool,
+    /// Changes to the order service's settings.
+    pub order: fn(&mut ordermesh_order::Config),
+    /// Changes to the payment service's settings (also when it is started later).
+    pub payment_config: fn(&mut ordermesh_payment::Config),
 }
 
 impl Default for MeshOptions {
@@ -113,6 +118,8 @@ impl Default for MeshOptions {
         Self {
             payment: true,
             notifier: true,
+            order: |_| {},
+            payment_config: |_| {},
         }
     }
 }
@@ -138,22 +145,22 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
 
     // Without a payment service, order points at an address nobody listens on (yet).
     let (payment, payment_addr) = if options.payment {
-        let payment = spawn_payment(&dir, "127.0.0.1:0".parse()?).await?;
+        let payment = spawn_payment(&dir, "127.0.0.1:0".parse()?, options.payment_config).await?;
         let addr = payment.addr;
         (Some(payment), addr)
     } else {
         (None, unused_addr().await?)
     };
-    let payment_url = format!("http://{payment_addr}");
-    let config = ordermesh_order::Config {
+    let mut config = ordermesh_order::Config {
         database_url: sqlite_url(&dir, "order"),
-        payment_url,
+        payment_url: format!("http://{payment_addr}"),
         payment_timeout_ms: 2_000,
         kafka_brokers: broker.bootstrap_servers(),
         events_topic: topic.clone(),
-        publish_timeout_ms: 5_000,
         drain_grace_ms: 2_000,
+        ..ordermesh_order::Config::from_env()?
     };
+    (options.order)(&mut config);
     let order = Running::spawn("127.0.0.1:0".parse()?, |listener, stop| async move {
         ordermesh_order::run(listener, config, async move {
             let _ = stop.await;
@@ -173,6 +180,7 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
         notifier_stats: HashMap::new(),
         email_group: format!("notifier-email-{suffix}"),
         sms_group: format!("notifier-sms-{suffix}"),
+        payment_config: options.payment_config,
     };
     if options.notifier {
         mesh.start_notifier().await?;
@@ -180,11 +188,17 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
     Ok(mesh)
 }
 
-async fn spawn_payment(dir: &TempDir, addr: SocketAddr) -> Result<Running> {
-    let config = ordermesh_payment::Config {
+async fn spawn_payment(
+    dir: &TempDir,
+    addr: SocketAddr,
+    customize: fn(&mut ordermesh_payment::Config),
+) -> Result<Running> {
+    let mut config = ordermesh_payment::Config {
         database_url: sqlite_url(dir, "payment"),
         drain_grace_ms: 2_000,
+        ..ordermesh_payment::Config::from_env()?
     };
+    customize(&mut config);
     Running::spawn(addr, |listener, stop| async move {
         ordermesh_payment::run(listener, config, async move {
             let _ = stop.await;
@@ -211,6 +225,7 @@ impl TestMesh {
             // The smallest Kafka allows by default: a restarted notifier rejoins sooner.
             session_timeout_ms: 6_000,
             drain_grace_ms: 2_000,
+            ..ordermesh_notifier::Config::from_env()?
         };
         let stats: HashMap<Channel, Arc<Stats>> =
             Channel::ALL.iter().map(|c| (*c, Arc::default())).collect();
@@ -256,7 +271,8 @@ impl TestMesh {
         if self.payment.is_some() {
             bail!("payment already running");
         }
-        self.payment = Some(spawn_payment(&self.dir, self.payment_addr).await?);
+        self.payment =
+            Some(spawn_payment(&self.dir, self.payment_addr, self.payment_config).await?);
         Ok(())
     }
 

@@ -73,6 +73,7 @@ async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it
     let mut mesh = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: false,
+        ..Default::default()
     })
     .await?;
     let orders = place_orders(&mesh, "down", 20).await?;
@@ -108,6 +109,7 @@ async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or
     let mut mesh = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: false,
+        ..Default::default()
     })
     .await?;
     let orders = place_orders(&mesh, "backlog", ORDERS).await?;

@@ -24,6 +24,7 @@ async fn undecodable_and_foreign_messages_are_skipped_and_do_not_block_the_parti
     let mut mesh = spawn_mesh_with(MeshOptions {
         payment: false,
         notifier: false,
+        ..Default::default()
     })
     .await?;
     let producer: FutureProducer = ClientConfig::new()

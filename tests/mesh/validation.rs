@@ -146,6 +146,7 @@ async fn invalid_requests_are_refused_naming_the_field_and_change_nothing() -> R
     let mesh = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: false,
+        ..Default::default()
     })
     .await?;
     let mut orders = mesh.order_client().await?;
@@ -186,6 +187,7 @@ async fn bad_list_parameters_are_refused() -> Result<()> {
     let mesh = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: true,
+        ..Default::default()
     })
     .await?;
     for (request, field) in [
