@@ -51,12 +51,17 @@ pub const PAYMENT_HEALTH: &str = "payment";
 /// Mirrors the payment breaker's state into the health service, so a health `Watch` on
 /// [`PAYMENT_HEALTH`] sees the circuit open and close. Ends when the breaker is dropped.
 async fn report_breaker(mut states: watch::Receiver<BreakerState>, health: HealthReporter) {
+    let mut reported = ServingStatus::Serving;
     while states.changed().await.is_ok() {
         let status = match *states.borrow_and_update() {
             BreakerState::Closed => ServingStatus::Serving,
             BreakerState::Open { .. } | BreakerState::HalfOpen => ServingStatus::NotServing,
         };
-        health.set_service_status(PAYMENT_HEALTH, status).await;
+        // Open -> half-open is no news to a health watcher: only report changes.
+        if status != reported {
+            health.set_service_status(PAYMENT_HEALTH, status).await;
+            reported = status;
+        }
     }
 }
 

@@ -30,18 +30,21 @@ pub fn tool(name: &str) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Runs a command line through `sh -c`, failing with its output if it exits non-zero.
+/// Runs a command line through `sh -c`, failing with its output if it exits non-zero or runs for
+/// more than a minute (killed then).
 pub async fn sh(command: &str) -> Result<String> {
+    let run = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .kill_on_drop(true)
+        .output();
     let Output {
         status,
         stdout,
         stderr,
-    } = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .kill_on_drop(true)
-        .output()
+    } = tokio::time::timeout(std::time::Duration::from_secs(60), run)
         .await
+        .with_context(|| format!("`{command}` still running after 60 s"))?
         .with_context(|| format!("run {command}"))?;
     let stdout = String::from_utf8_lossy(&stdout).into_owned();
     if !status.success() {

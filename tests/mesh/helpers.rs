@@ -45,6 +45,45 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<(
     Ok(())
 }
 
+/// Ends the test process if a test runs far longer than any should, naming the test: a hang then
+/// fails the run within minutes instead of using up all of CI's time.
+pub struct Watchdog {
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    pub const LIMIT: Duration = Duration::from_secs(240);
+
+    pub fn start() -> Self {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("unnamed test")
+            .to_owned();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watching = done.clone();
+        std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            while !watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if started.elapsed() > Self::LIMIT {
+                    eprintln!(
+                        "{test} is still running after {:?}: it hangs; ending the test run",
+                        Self::LIMIT
+                    );
+                    std::process::exit(101);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Self { done }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A service task and the means to stop it.
 pub struct Running {
     pub addr: SocketAddr,
@@ -97,6 +136,7 @@ pub struct TestMesh {
     email_group: String,
     sms_group: String,
     payment_config: fn(&mut ordermesh_payment::Config),
+    _watchdog: Watchdog,
     // Declared last so that, if a test fails early, it is dropped after everything above.
     pub dir: TempDir,
     pub broker: EmbeddedBroker,
@@ -138,6 +178,7 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
         )
         .with_test_writer()
         .try_init();
+    let watchdog = Watchdog::start();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("order-events-{suffix}");
     let broker = EmbeddedBroker::start("127.0.0.1:0".parse()?, &[&topic], 3)?;
@@ -181,6 +222,7 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
         email_group: format!("notifier-email-{suffix}"),
         sms_group: format!("notifier-sms-{suffix}"),
         payment_config: options.payment_config,
+        _watchdog: watchdog,
     };
     if options.notifier {
         mesh.start_notifier().await?;
@@ -321,6 +363,17 @@ impl TestMesh {
                 .await?;
         pool.close().await;
         Ok(rows)
+    }
+
+    /// How many payments the payment service has stored for `order_id`, read from its database file.
+    pub async fn payments_for(&self, order_id: &str) -> Result<i64> {
+        let pool = ordermesh::db::connect(&sqlite_url(&self.dir, "payment")).await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments WHERE order_id = ?")
+            .bind(order_id)
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        Ok(count)
     }
 
     /// Polls until at least `count` notifications are recorded, or fails after [`EVENTUALLY`].

@@ -16,4 +16,5 @@ mod idempotency;
 mod notifier_recovery;
 mod poison;
 mod readme;
+mod sync_path;
 mod validation;

@@ -60,17 +60,34 @@ impl Service<ChargeCall> for ChargeService {
                 .insert(ATTEMPT_HEADER, MetadataValue::from(call.attempt));
             // Sent as `grpc-timeout`: payment stops working on a call nobody waits for any more.
             request.set_timeout(budget);
-            match tokio::time::timeout_at(deadline, client.charge(request)).await {
-                Ok(Ok(payment)) => Ok(payment.into_inner()),
-                Ok(Err(status)) => Err(status.into()),
-                // The local timer bounds the wait even if the server ignores grpc-timeout.
-                Err(_) => Err(Status::deadline_exceeded(format!(
+            let timed_out = || {
+                Status::deadline_exceeded(format!(
                     "payment service did not answer attempt {} within {} ms",
                     call.attempt,
                     budget.as_millis()
                 ))
-                .into()),
+            };
+            match tokio::time::timeout_at(deadline, client.charge(request)).await {
+                Ok(Ok(payment)) => Ok(payment.into_inner()),
+                // tonic's client enforces the same timeout and may fire first, as CANCELLED.
+                Ok(Err(status)) if is_local_timeout(&status) => Err(timed_out().into()),
+                Ok(Err(status)) => Err(status.into()),
+                // The local timer bounds the wait even if the server ignores grpc-timeout.
+                Err(_) => Err(timed_out().into()),
             }
         })
     }
+}
+
+/// Whether `status` is tonic's client giving up at the request's timeout (reported as CANCELLED with
+/// a `TimeoutExpired` source), as opposed to the server cancelling.
+fn is_local_timeout(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }

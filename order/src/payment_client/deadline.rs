@@ -138,8 +138,11 @@ mod tests {
 
     use super::*;
 
+    type Seen = Arc<Mutex<Vec<Option<Instant>>>>;
+
+    /// A service recording the deadline of each call it gets.
     fn recording() -> (
-        Arc<Mutex<Vec<Option<Instant>>>>,
+        Seen,
         impl Service<ChargeCall, Response = (), Error = BoxError> + Clone,
     ) {
         let seen = Arc::new(Mutex::new(Vec::new()));

@@ -141,12 +141,15 @@ mod tests {
         Arc::new(TpsBudget::new(Duration::from_secs(10), 100, 1.0))
     }
 
+    /// Attempt numbers and times of the calls a test service got.
+    type Calls = Arc<Mutex<Vec<(u32, Instant)>>>;
+
     /// A service failing with `code` for the first `failures` calls, recording when each came.
     fn flaky(
         failures: u32,
         code: Code,
     ) -> (
-        Arc<Mutex<Vec<(u32, Instant)>>>,
+        Calls,
         impl tower::Service<ChargeCall, Response = (), Error = BoxError, Future: Send> + Clone,
     ) {
         let calls = Arc::new(Mutex::new(Vec::new()));
