@@ -404,3 +404,77 @@ async fn beyond_the_concurrency_limit_calls_are_shed_none_hang_and_accepted_orde
     );
     mesh.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_can_be_configured_for_every_call_and_switched_off_entirely() -> Result<()> {
+    // Configured: every Charge fails with UNAVAILABLE, so CreateOrder does too, after its retries.
+    let faulty = spawn_mesh_with(MeshOptions {
+        notifier: false,
+        payment_config: |config| config.fault_abort = Some(Code::Unavailable),
+        ..Default::default()
+    })
+    .await?;
+    let error = create(&faulty, order_request("configured", "tok_visa"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    assert!(
+        error.message().contains("fault injected"),
+        "{}",
+        error.message()
+    );
+    faulty.shutdown().await?;
+
+    // Switched off: the headers are ignored and the order goes through.
+    let off = spawn_mesh_with(MeshOptions {
+        notifier: false,
+        payment_config: |config| config.faults_enabled = false,
+        ..Default::default()
+    })
+    .await?;
+    let order = create(
+        &off,
+        order_request("off", "tok_visa"),
+        &[("x-fault-abort", "unavailable")],
+    )
+    .await?;
+    assert_eq!(order.status(), OrderStatus::Paid);
+    off.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_lets_the_calls_in_flight_finish() -> Result<()> {
+    // Arrange: a CreateOrder that will take 1.5 s, in flight (its order row exists) when the stop comes.
+    let mesh = spawn_mesh_with(MeshOptions {
+        notifier: false,
+        order: |config| {
+            config.drain_grace_ms = 20_000;
+            config.payment_attempt_timeout_ms = 5_000;
+            config.payment_timeout_ms = 5_000;
+        },
+        ..Default::default()
+    })
+    .await?;
+    let mut client = mesh.order_client().await?;
+    let call = tokio::spawn(async move {
+        let mut request = Request::new(order_request("draining", "tok_visa"));
+        request.metadata_mut().insert("x-fault-delay-ms", tonic::metadata::MetadataValue::from_static("1500"));
+        client.create_order(request).await
+    });
+    let mut orders = mesh.order_client().await?;
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while orders.list_orders(ListOrdersRequest::default()).await?.into_inner().orders.is_empty() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the call never reached the order service");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Act: stop everything gracefully (order first, then payment).
+    mesh.shutdown().await?;
+
+    // Assert: the call in flight was allowed to finish.
+    let order = call.await??.into_inner();
+    assert_eq!(order.status(), OrderStatus::Paid);
+    Ok(())
+}
