@@ -13,6 +13,8 @@
 //! charged once; the event id is fixed when the order becomes PAID, so a re-published event is
 //! recognised by consumers.
 
+use std::time::Duration;
+
 use ordermesh::{
     paging::PageRequest,
     proto::{
@@ -32,7 +34,7 @@ use tonic_types::FieldViolation;
 use crate::{
     error::OrderError,
     payment_client::{ChargeCall, ChargeError, PaymentClient},
-    publisher::EventPublisher,
+    relay::Relay,
     request_lock::RequestLocks,
     store::{self, ItemRecord, OrderRow, Store},
     validate::{self, ValidOrder},
@@ -42,16 +44,24 @@ use crate::{
 pub(crate) struct OrderApi {
     store: Store,
     payments: PaymentClient,
-    publisher: EventPublisher,
+    relay: Relay,
+    /// How long CreateOrder waits for its event to be acknowledged before answering it is pending.
+    publish_wait: Duration,
     in_flight: RequestLocks,
 }
 
 impl OrderApi {
-    pub(crate) fn new(store: Store, payments: PaymentClient, publisher: EventPublisher) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        payments: PaymentClient,
+        relay: Relay,
+        publish_wait: Duration,
+    ) -> Self {
         Self {
             store,
             payments,
-            publisher,
+            relay,
+            publish_wait,
             in_flight: RequestLocks::default(),
         }
     }
@@ -77,9 +87,21 @@ impl OrderApi {
             // The same answer as the first attempt got.
             store::Status::PaymentFailed => return Err(failure(order)),
         };
-        if order.event_published_at_ms.is_none() {
-            self.publish(&order).await?;
+        if order.event_published_at_ms.is_some() {
+            return Ok(to_proto(order));
         }
+        // Paid, event in the outbox: wait a bounded time for the broker's acknowledgement. If it does
+        // not come, the order is still accepted and the event is reported pending; the relay
+        // delivers it later.
+        if self
+            .relay
+            .published(&order.order_id, &order.event_id, self.publish_wait)
+            .await
+        {
+            let published = self.store.get(&order.order_id).await?;
+            return Ok(to_proto(published.unwrap_or(order)));
+        }
+        tracing::warn!(order_id = %order.order_id, event_id = %order.event_id, "event not yet acknowledged; answering with it pending");
         Ok(to_proto(order))
     }
 
@@ -107,9 +129,13 @@ impl OrderApi {
         match result {
             Ok(payment) => {
                 let event_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
+                let encode = |paid: &OrderRow| {
+                    ordermesh::events::encode_order_placed(&order_placed(paid))
+                        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
+                };
                 Ok(self
                     .store
-                    .mark_paid(&order.order_id, &payment.payment_id, &event_id, now)
+                    .mark_paid(&order.order_id, &payment.payment_id, &event_id, now, encode)
                     .await?)
             }
             Err(ChargeError::Declined { payment_id, reason }) => {
@@ -147,35 +173,6 @@ impl OrderApi {
                 Err(OrderError::PaymentUnavailable {
                     order_id: order.order_id,
                     detail: format!("{:?}: {}", status.code(), status.message()),
-                })
-            }
-        }
-    }
-
-    /// Publishes a paid order's event and records the acknowledgement.
-    async fn publish(&self, order: &OrderRow) -> Result<(), OrderError> {
-        let event = OrderPlaced {
-            event_id: order.event_id.clone(),
-            order_id: order.order_id.clone(),
-            customer: Some(customer(order)),
-            items: items(order),
-            total: Some(total(order)),
-            placed_at: Some(timestamp::from_millis(order.updated_at_ms)),
-            payment_id: order.payment_id.clone(),
-        };
-        match self.publisher.publish(&event).await {
-            Ok(at) => {
-                tracing::info!(order_id = %order.order_id, event_id = %event.event_id, partition = at.partition, offset = at.offset, "OrderPlaced published");
-                Ok(self
-                    .store
-                    .mark_published(&order.order_id, timestamp::now_millis())
-                    .await?)
-            }
-            Err(error) => {
-                tracing::error!(order_id = %order.order_id, %error, "OrderPlaced not acknowledged");
-                Err(OrderError::EventNotPublished {
-                    order_id: order.order_id.clone(),
-                    detail: error.to_string(),
                 })
             }
         }
@@ -281,6 +278,19 @@ fn pending_row(valid: &ValidOrder) -> OrderRow {
     }
 }
 
+/// The OrderPlaced event of a paid order.
+fn order_placed(order: &OrderRow) -> OrderPlaced {
+    OrderPlaced {
+        event_id: order.event_id.clone(),
+        order_id: order.order_id.clone(),
+        customer: Some(customer(order)),
+        items: items(order),
+        total: Some(total(order)),
+        placed_at: Some(timestamp::from_millis(order.updated_at_ms)),
+        payment_id: order.payment_id.clone(),
+    }
+}
+
 /// The error a PAYMENT_FAILED order answers with, first time and every retry.
 fn failure(order: OrderRow) -> OrderError {
     OrderError::PaymentDeclined {
@@ -319,6 +329,8 @@ fn total(order: &OrderRow) -> Money {
 }
 
 fn to_proto(order: OrderRow) -> Order {
+    let event_pending =
+        order.status == store::Status::Paid && order.event_published_at_ms.is_none();
     let status = match order.status {
         store::Status::PendingPayment => OrderStatus::PendingPayment,
         store::Status::Paid => OrderStatus::Paid,
@@ -336,5 +348,6 @@ fn to_proto(order: OrderRow) -> Order {
         payment_id: order.payment_id,
         failure_reason: order.failure_reason,
         event_id: order.event_id,
+        event_pending,
     }
 }

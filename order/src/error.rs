@@ -37,10 +37,7 @@ pub enum OrderError {
         order_id: String,
         retry_after: std::time::Duration,
     },
-    #[error(
-        "order {order_id} is paid but its event could not be published ({detail}); retry with the same request_id"
-    )]
-    EventNotPublished { order_id: String, detail: String },
+
     #[error("no order with id {0:?}")]
     NotFound(String),
     #[error("order store failed: {0}")]
@@ -59,9 +56,7 @@ impl From<OrderError> for Status {
             OrderError::PaymentRefused { code, details, .. } => {
                 Status::with_error_details(code, message, *details)
             }
-            OrderError::PaymentUnavailable { .. } | OrderError::EventNotPublished { .. } => {
-                Status::unavailable(message)
-            }
+            OrderError::PaymentUnavailable { .. } => Status::unavailable(message),
             OrderError::PaymentDeadline { .. } => Status::deadline_exceeded(message),
             // RetryInfo tells well-behaved clients when to come back.
             OrderError::PaymentCircuitOpen { retry_after, .. } => Status::with_error_details(

@@ -3,7 +3,7 @@
 //!
 //! Layout: `config` is what the binary and the runner fill in; `validate` checks CreateOrder;
 //! `api` is the gRPC service and the CreateOrder state machine; `payment_client` is the synchronous
-//! hop; `publisher` the asynchronous one; `store` holds every SQL statement; `error` is the one error
+//! hop; `relay` publishes the outbox through `publisher`, the asynchronous one; `store` holds every SQL statement; `error` is the one error
 //! type, mapped to `tonic::Status` in one place.
 #![forbid(unsafe_code)]
 
@@ -12,6 +12,7 @@ mod config;
 mod error;
 pub mod payment_client;
 pub mod publisher;
+mod relay;
 mod request_lock;
 mod store;
 mod validate;
@@ -21,6 +22,7 @@ use std::future::Future;
 use ordermesh::{grpc, kafka, proto::order::v1::order_service_server::OrderServiceServer};
 use payment_client::breaker::BreakerState;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use config::Config;
@@ -97,7 +99,13 @@ pub async fn run(
     )
     .map_err(|e| kafka_error(e.into()))?;
     let breaker_states = payments.breaker().subscribe();
-    let api = api::OrderApi::new(store::Store::new(pool), payments, publisher.clone());
+    let store = store::Store::new(pool);
+    // The relay is the only publisher; it runs until the server has drained, so calls in flight
+    // still get their events acknowledged.
+    let relay = relay::Relay::new(store.clone());
+    let stop_relay = CancellationToken::new();
+    let relay_task = tokio::spawn(relay.clone().run(publisher.clone(), stop_relay.clone()));
+    let api = api::OrderApi::new(store, payments, relay, config.publish_timeout());
 
     let (health, router) = grpc::router(config.max_concurrent_requests as usize)?;
     health
@@ -111,6 +119,10 @@ pub async fn run(
         .set_serving::<OrderServiceServer<api::OrderApi>>()
         .await;
     grpc::serve(router, health, listener, shutdown, config.drain_grace()).await?;
+    stop_relay.cancel();
+    if let Err(error) = relay_task.await {
+        tracing::error!(%error, "outbox relay panicked");
+    }
     // Flushing blocks until the broker answers: keep it off the async workers.
     let timeout = config.publish_timeout();
     match tokio::task::spawn_blocking(move || publisher.flush(timeout)).await {

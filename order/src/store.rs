@@ -41,6 +41,15 @@ pub(crate) struct ItemRecord {
     pub(crate) unit_minor_units: i64,
 }
 
+/// An event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    pub(crate) seq: i64,
+    pub(crate) event_id: String,
+    pub(crate) order_id: String,
+    pub(crate) payload: Vec<u8>,
+}
+
 /// An order as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OrderRow {
@@ -101,16 +110,19 @@ impl Store {
             .await
     }
 
-    /// PENDING_PAYMENT -> PAID with the payment and a fresh event id, in one statement so only one
-    /// request can make the transition. Returns the order as it is afterwards.
+    /// PENDING_PAYMENT -> PAID with the payment, and the order's event into the outbox, in one
+    /// transaction: only one request can make the transition, and a paid order always has its event.
+    /// `event` builds the event from the paid order. Returns the order as it is afterwards.
     pub(crate) async fn mark_paid(
         &self,
         order_id: &str,
         payment_id: &str,
         event_id: &str,
         now_ms: i64,
+        event: impl FnOnce(&OrderRow) -> Result<Vec<u8>, sqlx::Error>,
     ) -> Result<OrderRow, sqlx::Error> {
-        sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
             "UPDATE orders SET status = 'PAID', payment_id = ?, event_id = ?, updated_at_ms = ?
              WHERE order_id = ? AND status = 'PENDING_PAYMENT'",
         )
@@ -118,10 +130,27 @@ impl Store {
         .bind(event_id)
         .bind(now_ms)
         .bind(order_id)
-        .execute(&self.pool)
-        .await?;
-        self.fetch_one("SELECT * FROM orders WHERE order_id = ?", order_id)
-            .await
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let order = sqlx::query("SELECT * FROM orders WHERE order_id = ?")
+            .bind(order_id)
+            .try_map(|row: SqliteRow| from_row(&row))
+            .fetch_one(&mut *tx)
+            .await?;
+        if changed == 1 {
+            sqlx::query(
+                "INSERT INTO outbox (event_id, order_id, payload, created_at_ms) VALUES (?, ?, ?, ?)",
+            )
+            .bind(event_id)
+            .bind(order_id)
+            .bind(event(&order)?)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(order)
     }
 
     /// PENDING_PAYMENT -> PAYMENT_FAILED with the reason. Returns the order as it is afterwards.
@@ -147,21 +176,61 @@ impl Store {
             .await
     }
 
-    /// Records that the broker acknowledged the order's event.
+    /// Up to `limit` outbox rows not yet published, oldest first.
+    pub(crate) async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT seq, event_id, order_id, payload FROM outbox
+             WHERE published_at_ms IS NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Records that the broker acknowledged an event, on the outbox row and on its order.
     pub(crate) async fn mark_published(
         &self,
-        order_id: &str,
+        event: &OutboxRow,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE outbox SET published_at_ms = ?, attempts = attempts + 1 WHERE seq = ?")
+            .bind(now_ms)
+            .bind(event.seq)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "UPDATE orders SET event_published_at_ms = ?
              WHERE order_id = ? AND event_published_at_ms IS NULL",
         )
         .bind(now_ms)
-        .bind(order_id)
-        .execute(&self.pool)
+        .bind(&event.order_id)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await
+    }
+
+    /// Records a failed publish attempt.
+    pub(crate) async fn mark_failed_attempt(
+        &self,
+        event: &OutboxRow,
+        error: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?")
+            .bind(error)
+            .bind(event.seq)
+            .execute(&self.pool)
+            .await?;
         Ok(())
+    }
+
+    /// How many events wait to be published.
+    pub(crate) async fn backlog(&self) -> Result<i64, sqlx::Error> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(count)
     }
 
     pub(crate) async fn get(&self, order_id: &str) -> Result<Option<OrderRow>, sqlx::Error> {

@@ -458,12 +458,21 @@ async fn a_graceful_stop_lets_the_calls_in_flight_finish() -> Result<()> {
     let mut client = mesh.order_client().await?;
     let call = tokio::spawn(async move {
         let mut request = Request::new(order_request("draining", "tok_visa"));
-        request.metadata_mut().insert("x-fault-delay-ms", tonic::metadata::MetadataValue::from_static("1500"));
+        request.metadata_mut().insert(
+            "x-fault-delay-ms",
+            tonic::metadata::MetadataValue::from_static("1500"),
+        );
         client.create_order(request).await
     });
     let mut orders = mesh.order_client().await?;
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    while orders.list_orders(ListOrdersRequest::default()).await?.into_inner().orders.is_empty() {
+    while orders
+        .list_orders(ListOrdersRequest::default())
+        .await?
+        .into_inner()
+        .orders
+        .is_empty()
+    {
         if tokio::time::Instant::now() > deadline {
             bail!("the call never reached the order service");
         }

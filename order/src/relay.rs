@@ -1,0 +1,168 @@
+//! The outbox relay: the one publisher of order events.
+//!
+//! CreateOrder never publishes itself. It writes the event into the outbox in the transaction that
+//! marks the order paid (so an order can never be paid without its event), wakes the relay, and waits
+//! a bounded time for the broker's acknowledgement. The relay publishes pending rows oldest first
+//! (idempotent producer, `acks=all`, keyed by order id) and marks them published. If the broker is
+//! down the rows wait, CreateOrder answers with the event pending, and the relay keeps trying with
+//! backoff; after a restart it starts with whatever is still pending.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::future::join_all;
+use ordermesh::{events, timestamp};
+use tokio::sync::{Notify, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    publisher::EventPublisher,
+    store::{OutboxRow, Store},
+};
+
+/// Rows published per round.
+const BATCH: i64 = 256;
+/// How often the relay looks at the outbox without being woken: a safety net, not the fast path.
+const POLL: Duration = Duration::from_secs(1);
+/// Longest wait between rounds while the broker keeps failing.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+type Waiters = Arc<Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>>;
+
+/// A handle on the relay: wake it, or wait for an event to be published.
+#[derive(Debug, Clone)]
+pub(crate) struct Relay {
+    store: Store,
+    wake: Arc<Notify>,
+    waiters: Waiters,
+}
+
+impl Relay {
+    pub(crate) fn new(store: Store) -> Self {
+        Self {
+            store,
+            wake: Arc::new(Notify::new()),
+            waiters: Waiters::default(),
+        }
+    }
+
+    /// Waits up to `timeout` for the event of `order_id` to be acknowledged by the broker. False if
+    /// it is still pending then (it stays in the outbox and is published later).
+    pub(crate) async fn published(
+        &self,
+        order_id: &str,
+        event_id: &str,
+        timeout: Duration,
+    ) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.lock().entry(event_id.to_owned()).or_default().push(tx);
+        self.wake.notify_one();
+        // It may have been published before we started listening.
+        if let Ok(Some(order)) = self.store.get(order_id).await
+            && order.event_published_at_ms.is_some()
+        {
+            return true;
+        }
+        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
+    }
+
+    /// Publishes pending events until `stop` is cancelled, finishing the round in hand.
+    pub(crate) async fn run(self, publisher: EventPublisher, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        if let Ok(backlog @ 1..) = self.store.backlog().await {
+            tracing::info!(
+                backlog,
+                "outbox has events to publish from before the start"
+            );
+        }
+        loop {
+            let batch = match self.store.pending_events(BATCH).await {
+                Ok(batch) => batch,
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the outbox");
+                    Vec::new()
+                }
+            };
+            let failed = if batch.is_empty() {
+                false
+            } else {
+                self.publish(&publisher, batch).await
+            };
+            let pause = if failed {
+                let pause = backoff;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                if let Ok(backlog) = self.store.backlog().await {
+                    tracing::warn!(
+                        backlog,
+                        retry_in_ms = pause.as_millis(),
+                        "outbox backlog: events waiting for the broker"
+                    );
+                }
+                pause
+            } else {
+                backoff = Duration::from_millis(100);
+                POLL
+            };
+            tokio::select! {
+                // Shutting down: the round in hand is done, the rest stays in the outbox.
+                _ = stop.cancelled() => break,
+                // New events (or someone waiting for one): go again now, unless the broker is
+                // failing, when the backoff applies.
+                _ = self.wake.notified(), if !failed => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+        tracing::info!("outbox relay stopped");
+    }
+
+    /// Publishes one round; true if any event failed.
+    async fn publish(&self, publisher: &EventPublisher, batch: Vec<OutboxRow>) -> bool {
+        // All sends start together and are acknowledged in order per partition (the producer is
+        // idempotent), which is the order per order id.
+        let sends = batch.iter().map(|row| async move {
+            let event = events::decode_order_placed(&row.payload).map_err(|e| e.to_string())?;
+            publisher.publish(&event).await.map_err(|e| e.to_string())
+        });
+        let results = join_all(sends).await;
+        let mut failed = false;
+        for (row, result) in batch.iter().zip(results) {
+            match result {
+                Ok(at) => {
+                    tracing::info!(order_id = %row.order_id, event_id = %row.event_id, partition = at.partition, offset = at.offset, "OrderPlaced published");
+                    if let Err(error) = self
+                        .store
+                        .mark_published(row, timestamp::now_millis())
+                        .await
+                    {
+                        // Published but not marked: it will be published again, with the same event
+                        // id, which consumers recognise.
+                        tracing::error!(%error, event_id = %row.event_id, "cannot mark event published");
+                    }
+                    for waiter in self.lock().remove(&row.event_id).unwrap_or_default() {
+                        let _ = waiter.send(());
+                    }
+                }
+                Err(error) => {
+                    failed = true;
+                    tracing::warn!(event_id = %row.event_id, %error, "OrderPlaced not acknowledged, will retry");
+                    let _ = self.store.mark_failed_attempt(row, &error).await;
+                }
+            }
+        }
+        // Waiters whose caller gave up are dropped here, so the map cannot grow during an outage.
+        self.lock().retain(|_, senders| {
+            senders.retain(|s| !s.is_closed());
+            !senders.is_empty()
+        });
+        failed
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<()>>>> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
