@@ -108,6 +108,30 @@ pub async fn ensure_topics(
     Ok(())
 }
 
+/// [`ensure_topics`], retried with backoff until it succeeds, in the background: a service can start
+/// (and accept work it keeps durably, as the order service's outbox does) while the broker is still
+/// down, and the topics appear once it is up. Each failure is logged with the setting to check.
+pub fn ensure_topics_in_background(
+    brokers: String,
+    topics: Vec<String>,
+    partitions: i32,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+            match ensure_topics(&brokers, &names, partitions).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%brokers, %error, retry_in_ms = backoff.as_millis(), "cannot make sure the topics exist yet (KAFKA_BROKERS)");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    })
+}
+
 /// An in-process Kafka-protocol broker (librdkafka's mock cluster) reachable at a stable address.
 /// Everything it holds is in memory and gone when it is dropped.
 pub struct EmbeddedBroker {

@@ -85,13 +85,13 @@ pub async fn run(
         brokers: config.kafka_brokers.clone(),
         source,
     };
-    kafka::ensure_topics(
-        &config.kafka_brokers,
-        &[&config.events_topic],
+    // The broker may be down now: orders are still taken (their events wait in the outbox), and the
+    // topic is made sure of as soon as the broker answers.
+    let topics = kafka::ensure_topics_in_background(
+        config.kafka_brokers.clone(),
+        vec![config.events_topic.clone()],
         kafka::DEFAULT_PARTITIONS,
-    )
-    .await
-    .map_err(kafka_error)?;
+    );
     let publisher = publisher::EventPublisher::new(
         &config.kafka_brokers,
         &config.events_topic,
@@ -113,13 +113,14 @@ pub async fn run(
         .await;
     tokio::spawn(report_breaker(breaker_states, health.clone()));
     let router = router.add_service(OrderServiceServer::new(api));
-    // Ready: database migrated and the events topic exists. Payment is reached lazily per call, so its
+    // Ready: database migrated. Payment is reached lazily per call, so its
     // absence shows as UNAVAILABLE answers, not as this service being down.
     health
         .set_serving::<OrderServiceServer<api::OrderApi>>()
         .await;
     grpc::serve(router, health, listener, shutdown, config.drain_grace()).await?;
     stop_relay.cancel();
+    topics.abort();
     if let Err(error) = relay_task.await {
         tracing::error!(%error, "outbox relay panicked");
     }

@@ -65,7 +65,7 @@ async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() ->
     let mesh = spawn_mesh().await?;
     let payment = mesh.payment.as_ref().context("payment")?.addr;
     let notifier = mesh.notifier.as_ref().context("notifier")?.addr;
-    let order = mesh.order.addr;
+    let order = mesh.order_addr()?;
 
     for (addr, service) in [
         (order, "ordermesh.order.v1.OrderService"),

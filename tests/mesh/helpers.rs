@@ -107,7 +107,35 @@ impl Running {
         let (stop, stopped) = oneshot::channel();
         let future = run(listener, stopped);
         let task = tokio::spawn(async move { future.await.map_err(anyhow::Error::from) });
-        Ok(Self { addr, stop, task })
+        let running = Self { addr, stop, task };
+        running.wait_serving().await?;
+        Ok(running)
+    }
+
+    /// Waits until the service says SERVING, failing with its own error if it stopped instead.
+    async fn wait_serving(&self) -> Result<()> {
+        use tonic_health::pb::{
+            HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+        };
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        loop {
+            if self.task.is_finished() {
+                bail!("service at {} stopped while starting", self.addr);
+            }
+            let channel = tonic::transport::Endpoint::from_shared(self.url())?
+                .connect()
+                .await;
+            if let Ok(mut health) = channel.map(HealthClient::new)
+                && let Ok(answer) = health.check(HealthCheckRequest::default()).await
+                && answer.into_inner().status() == ServingStatus::Serving
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("service at {} not SERVING after {EVENTUALLY:?}", self.addr);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Asks the service to shut down gracefully and waits until it has.
@@ -129,7 +157,8 @@ pub struct TestMesh {
     pub payment: Option<Running>,
     /// Where order looks for payment, whether or not payment runs.
     pub payment_addr: SocketAddr,
-    pub order: Running,
+    order: Option<Running>,
+    order_config: ordermesh_order::Config,
     pub notifier: Option<Running>,
     /// Outcome counters of the current notifier run, per channel.
     pub notifier_stats: HashMap<Channel, Arc<Stats>>,
@@ -202,13 +231,7 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
         ..ordermesh_order::Config::from_env()?
     };
     (options.order)(&mut config);
-    let order = Running::spawn("127.0.0.1:0".parse()?, |listener, stop| async move {
-        ordermesh_order::run(listener, config, async move {
-            let _ = stop.await;
-        })
-        .await
-    })
-    .await?;
+    let order = spawn_order(config.clone()).await?;
 
     let mut mesh = TestMesh {
         broker,
@@ -216,7 +239,8 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
         dir,
         payment,
         payment_addr,
-        order,
+        order: Some(order),
+        order_config: config,
         notifier: None,
         notifier_stats: HashMap::new(),
         email_group: format!("notifier-email-{suffix}"),
@@ -228,6 +252,16 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
         mesh.start_notifier().await?;
     }
     Ok(mesh)
+}
+
+async fn spawn_order(config: ordermesh_order::Config) -> Result<Running> {
+    Running::spawn("127.0.0.1:0".parse()?, |listener, stop| async move {
+        ordermesh_order::run(listener, config, async move {
+            let _ = stop.await;
+        })
+        .await
+    })
+    .await
 }
 
 async fn spawn_payment(
@@ -294,7 +328,9 @@ impl TestMesh {
         if self.notifier.is_some() {
             self.stop_notifier().await?;
         }
-        self.order.stop().await?;
+        if let Some(order) = self.order.take() {
+            order.stop().await?;
+        }
         if let Some(payment) = self.payment.take() {
             payment.stop().await?;
         }
@@ -318,8 +354,23 @@ impl TestMesh {
         Ok(())
     }
 
+    /// Where the order service listens (a new port after each restart).
+    pub fn order_addr(&self) -> Result<SocketAddr> {
+        Ok(self.order.as_ref().context("order not running")?.addr)
+    }
+
+    /// Stops the order service gracefully and starts it again on the same database, as a restarted
+    /// process would.
+    pub async fn restart_order(&mut self) -> Result<()> {
+        if let Some(order) = self.order.take() {
+            order.stop().await?;
+        }
+        self.order = Some(spawn_order(self.order_config.clone()).await?);
+        Ok(())
+    }
+
     pub async fn order_client(&self) -> Result<OrderServiceClient<GrpcChannel>> {
-        Ok(OrderServiceClient::connect(self.order.url()).await?)
+        Ok(OrderServiceClient::connect(format!("http://{}", self.order_addr()?)).await?)
     }
 
     pub async fn payment_client(&self) -> Result<PaymentServiceClient<GrpcChannel>> {

@@ -14,6 +14,7 @@ mod failures;
 mod happy_path;
 mod idempotency;
 mod notifier_recovery;
+mod outbox;
 mod poison;
 mod readme;
 mod sync_path;

@@ -49,9 +49,10 @@ async fn the_readme_walkthrough_runs_as_written() -> Result<()> {
         return Ok(());
     };
     let mesh = spawn_mesh().await?;
+    let order = mesh.order_addr()?.to_string();
     let swap = |command: &str| {
         command
-            .replace("127.0.0.1:50051", &mesh.order.addr.to_string())
+            .replace("127.0.0.1:50051", &order)
             .replace(
                 "127.0.0.1:50052",
                 &mesh

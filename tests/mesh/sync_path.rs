@@ -222,9 +222,10 @@ async fn the_breaker_opens_when_payment_is_gone_fails_fast_and_closes_when_it_is
         ..Default::default()
     })
     .await?;
-    let channel = tonic::transport::Endpoint::from_shared(mesh.order.url())?
-        .connect()
-        .await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.order_addr()?))?
+            .connect()
+            .await?;
     let mut payment_health = HealthClient::new(channel)
         .watch(HealthCheckRequest {
             service: ordermesh_order::PAYMENT_HEALTH.into(),
@@ -360,9 +361,10 @@ async fn beyond_the_concurrency_limit_calls_are_shed_none_hang_and_accepted_orde
         .collect();
     // Health answers while the server is saturated.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let channel = tonic::transport::Endpoint::from_shared(mesh.order.url())?
-        .connect()
-        .await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", mesh.order_addr()?))?
+            .connect()
+            .await?;
     let health = HealthClient::new(channel)
         .check(HealthCheckRequest::default())
         .await?

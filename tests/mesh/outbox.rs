@@ -1,0 +1,118 @@
+//! The dual write, closed: an order and its event are stored together, and the event reaches Kafka
+//! once, whatever the broker or the order service was doing. Every scenario ends by counting:
+//! orders = events = emails = SMS.
+
+use std::collections::HashSet;
+
+use anyhow::{Result, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use ordermesh::proto::order::v1::{GetOrderRequest, Order, OrderStatus};
+use rdkafka::Message;
+
+use crate::helpers::{MeshOptions, TestMesh, order_request, spawn_mesh_with};
+
+async fn place(mesh: &TestMesh, prefix: &str, count: usize) -> Result<Vec<Order>> {
+    let client = mesh.order_client().await?;
+    stream::iter(0..count)
+        .map(|i| {
+            let mut client = client.clone();
+            async move {
+                let order = client
+                    .create_order(order_request(&format!("{prefix}-{i}"), "tok_visa"))
+                    .await?;
+                Ok::<_, anyhow::Error>(order.into_inner())
+            }
+        })
+        .buffer_unordered(4)
+        .try_collect()
+        .await
+}
+
+/// Orders = events on the topic (each event id once) = emails = SMS.
+async fn assert_all_delivered_once(mesh: &TestMesh, orders: &[Order]) -> Result<()> {
+    let messages = mesh.read_events(orders.len()).await?;
+    assert_eq!(
+        mesh.event_count().await?,
+        orders.len() as i64,
+        "no event twice"
+    );
+    let event_ids: HashSet<String> = messages
+        .iter()
+        .map(|m| {
+            ordermesh::events::decode_order_placed(m.payload().unwrap_or_default())
+                .map(|e| e.event_id)
+        })
+        .collect::<Result<_, _>>()?;
+    let expected: HashSet<String> = orders.iter().map(|o| o.event_id.clone()).collect();
+    assert_eq!(event_ids, expected, "each order's own event");
+    let notifications = mesh.wait_for_notifications(orders.len() * 2).await?;
+    assert_eq!(
+        notifications.len(),
+        orders.len() * 2,
+        "one email and one SMS per order"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_follow_once()
+-> Result<()> {
+    // Arrange: CreateOrder waits at most 1 s for the broker.
+    let mesh = spawn_mesh_with(MeshOptions {
+        order: |config| config.publish_timeout_ms = 1_000,
+        ..Default::default()
+    })
+    .await?;
+    mesh.broker.cluster().broker_down(1)?;
+
+    // Act: orders while the broker is down.
+    let orders = place(&mesh, "down", 6).await?;
+
+    // Assert: accepted and paid, events reported pending, nothing on the topic yet.
+    for order in &orders {
+        assert_eq!(order.status(), OrderStatus::Paid);
+        assert!(order.event_pending, "{order:?}");
+    }
+
+    // Act: the broker comes back.
+    mesh.broker.cluster().broker_up(1)?;
+
+    // Assert: the relay delivers every event once, the orders say so, and both channels notify once.
+    assert_all_delivered_once(&mesh, &orders).await?;
+    let mut client = mesh.order_client().await?;
+    for order in &orders {
+        let now = client
+            .get_order(GetOrderRequest {
+                order_id: order.order_id.clone(),
+            })
+            .await?
+            .into_inner();
+        assert!(!now.event_pending, "{now:?}");
+    }
+    mesh.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_still_pending_when_the_order_service_stops_are_published_once_after_it_restarts()
+-> Result<()> {
+    // Arrange: orders accepted while the broker is down, then the order service stops.
+    let mut mesh = spawn_mesh_with(MeshOptions {
+        order: |config| config.publish_timeout_ms = 500,
+        ..Default::default()
+    })
+    .await?;
+    mesh.broker.cluster().broker_down(1)?;
+    let orders = place(&mesh, "restart", 5).await?;
+    ensure!(
+        orders.iter().all(|o| o.event_pending),
+        "events were pending before the restart"
+    );
+
+    // Act: a new order service on the same database; the broker comes back.
+    mesh.restart_order().await?;
+    mesh.broker.cluster().broker_up(1)?;
+
+    // Assert
+    assert_all_delivered_once(&mesh, &orders).await?;
+    mesh.shutdown().await
+}
