@@ -92,8 +92,9 @@ pub struct Config {
     #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC)]
     pub events_topic: String,
 
-    /// How long CreateOrder waits for the broker to acknowledge an event, in milliseconds
-    /// (librdkafka's message.timeout.ms: retries included).
+    /// How long CreateOrder waits for the broker to acknowledge its event, in milliseconds, before
+    /// answering with the event pending (the outbox relay keeps trying). Also the producer's
+    /// message.timeout.ms, after which the relay retries the event.
     #[arg(long, env = "ORDER_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
 
