@@ -416,6 +416,27 @@ impl TestMesh {
         Ok(rows)
     }
 
+    /// Places `count` valid orders, 8 at a time, with request ids `{prefix}-{i}`.
+    pub async fn place_orders(
+        &self,
+        prefix: &str,
+        count: usize,
+    ) -> Result<Vec<ordermesh::proto::order::v1::Order>> {
+        use futures::{StreamExt, TryStreamExt};
+        let client = self.order_client().await?;
+        futures::stream::iter(0..count)
+            .map(|i| {
+                let mut client = client.clone();
+                async move {
+                    let request = order_request(&format!("{prefix}-{i}"), "tok_visa");
+                    Ok::<_, anyhow::Error>(client.create_order(request).await?.into_inner())
+                }
+            })
+            .buffer_unordered(8)
+            .try_collect()
+            .await
+    }
+
     /// How many payments the payment service has stored for `order_id`, read from its database file.
     pub async fn payments_for(&self, order_id: &str) -> Result<i64> {
         let pool = ordermesh::db::connect(&sqlite_url(&self.dir, "payment")).await?;

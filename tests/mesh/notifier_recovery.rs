@@ -4,30 +4,14 @@
 use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
 use anyhow::{Result, ensure};
-use futures::{StreamExt, TryStreamExt, stream};
+
 use ordermesh::proto::notification::v1::{Channel, Notification};
 use ordermesh_notifier::Channel as NotifierChannel;
 
-use crate::helpers::{
-    EVENTUALLY, MeshOptions, TestMesh, eventually, order_request, spawn_mesh_with,
-};
+use crate::helpers::{EVENTUALLY, MeshOptions, TestMesh, eventually, spawn_mesh_with};
 
-/// Places `count` orders (8 at a time) and returns their ids.
-async fn place_orders(mesh: &TestMesh, prefix: &str, count: usize) -> Result<Vec<String>> {
-    let client = mesh.order_client().await?;
-    stream::iter(0..count)
-        .map(|i| {
-            let mut client = client.clone();
-            async move {
-                let order = client
-                    .create_order(order_request(&format!("{prefix}-{i}"), "tok_visa"))
-                    .await?;
-                Ok::<_, anyhow::Error>(order.into_inner().order_id)
-            }
-        })
-        .buffer_unordered(8)
-        .try_collect()
-        .await
+fn order_ids(orders: Vec<ordermesh::proto::order::v1::Order>) -> Vec<String> {
+    orders.into_iter().map(|o| o.order_id).collect()
 }
 
 /// Asserts every order has exactly one notification per channel and nothing else is there.
@@ -76,7 +60,7 @@ async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it
         ..Default::default()
     })
     .await?;
-    let orders = place_orders(&mesh, "down", 20).await?;
+    let orders = order_ids(mesh.place_orders("down", 20).await?);
     assert_eq!(mesh.event_count().await?, 20);
 
     // Act: the notifier starts with consumer groups that have never existed.
@@ -112,7 +96,7 @@ async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or
         ..Default::default()
     })
     .await?;
-    let orders = place_orders(&mesh, "backlog", ORDERS).await?;
+    let orders = order_ids(mesh.place_orders("backlog", ORDERS).await?);
 
     // Act: start it, stop it gracefully once it is part-way through, start it again.
     mesh.start_notifier().await?;

@@ -5,28 +5,11 @@
 use std::collections::HashSet;
 
 use anyhow::{Result, ensure};
-use futures::{StreamExt, TryStreamExt, stream};
+
 use ordermesh::proto::order::v1::{GetOrderRequest, Order, OrderStatus};
 use rdkafka::Message;
 
-use crate::helpers::{MeshOptions, TestMesh, order_request, spawn_mesh_with};
-
-async fn place(mesh: &TestMesh, prefix: &str, count: usize) -> Result<Vec<Order>> {
-    let client = mesh.order_client().await?;
-    stream::iter(0..count)
-        .map(|i| {
-            let mut client = client.clone();
-            async move {
-                let order = client
-                    .create_order(order_request(&format!("{prefix}-{i}"), "tok_visa"))
-                    .await?;
-                Ok::<_, anyhow::Error>(order.into_inner())
-            }
-        })
-        .buffer_unordered(4)
-        .try_collect()
-        .await
-}
+use crate::helpers::{MeshOptions, TestMesh, spawn_mesh_with};
 
 /// Orders = events on the topic (each event id once) = emails = SMS.
 async fn assert_all_delivered_once(mesh: &TestMesh, orders: &[Order]) -> Result<()> {
@@ -66,7 +49,7 @@ async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_fo
     mesh.broker.cluster().broker_down(1)?;
 
     // Act: orders while the broker is down.
-    let orders = place(&mesh, "down", 6).await?;
+    let orders = mesh.place_orders("down", 6).await?;
 
     // Assert: accepted and paid, events reported pending, nothing on the topic yet.
     for order in &orders {
@@ -102,7 +85,7 @@ async fn events_still_pending_when_the_order_service_stops_are_published_once_af
     })
     .await?;
     mesh.broker.cluster().broker_down(1)?;
-    let orders = place(&mesh, "restart", 5).await?;
+    let orders = mesh.place_orders("restart", 5).await?;
     ensure!(
         orders.iter().all(|o| o.event_pending),
         "events were pending before the restart"
