@@ -30,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     channel::Channel,
+    config::Config,
+    dead_letter::DeadLetters,
     store::{NotificationRow, Store},
 };
 
@@ -40,8 +42,18 @@ pub enum Outcome {
     Sent,
     /// Already sent for this event and channel: a redelivery.
     Duplicate,
-    /// Not something this channel can act on (undecodable, another event type, no recipient).
+    /// Not for this consumer (another event type).
     Skipped,
+    /// Never actionable (undecodable, no recipient): parked on the channel's dead-letter topic.
+    DeadLettered,
+}
+
+/// What the step decided about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Done(Outcome),
+    /// To be parked on the dead-letter topic, with the reason.
+    Poison(String),
 }
 
 /// Counts of outcomes per channel, for tests and operators.
@@ -50,6 +62,7 @@ pub struct Stats {
     pub sent: AtomicU64,
     pub duplicates: AtomicU64,
     pub skipped: AtomicU64,
+    pub dead_lettered: AtomicU64,
 }
 
 impl Stats {
@@ -58,6 +71,7 @@ impl Stats {
             Outcome::Sent => &self.sent,
             Outcome::Duplicate => &self.duplicates,
             Outcome::Skipped => &self.skipped,
+            Outcome::DeadLettered => &self.dead_lettered,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -78,23 +92,22 @@ pub(crate) async fn handle(
     payload: Option<&[u8]>,
     ce_type: &str,
     source: Source,
-) -> Result<Outcome, sqlx::Error> {
+) -> Result<Verdict, sqlx::Error> {
     // Events without a type header are assumed to be OrderPlaced; other types are for other consumers.
     if !ce_type.is_empty() && ce_type != events::ORDER_PLACED_TYPE {
         tracing::debug!(ce_type, ?source, "not an OrderPlaced event, skipped");
-        return Ok(Outcome::Skipped);
+        return Ok(Verdict::Done(Outcome::Skipped));
     }
     let event = match events::decode_order_placed(payload.unwrap_or_default()) {
         Ok(event) => event,
-        Err(error) => {
-            // A poison message must not block the partition. It stays in the topic for inspection.
-            tracing::error!(%error, channel = channel.as_str(), ?source, "undecodable event skipped");
-            return Ok(Outcome::Skipped);
-        }
+        // A poison message must not block the partition: it is parked, and the consumer goes on.
+        Err(error) => return Ok(Verdict::Poison(error.to_string())),
     };
     let Some(recipient) = channel.recipient(&event) else {
-        tracing::warn!(channel = channel.as_str(), order_id = %event.order_id, "event has no recipient for this channel");
-        return Ok(Outcome::Skipped);
+        return Ok(Verdict::Poison(format!(
+            "event has no {} recipient",
+            channel.as_str().to_lowercase()
+        )));
     };
     let claim = NotificationRow {
         seq: 0,
@@ -114,39 +127,41 @@ pub(crate) async fn handle(
     let record = store.claim(&claim).await?;
     if record.status == "SENT" {
         tracing::info!(channel = channel.as_str(), event_id = %event.event_id, "duplicate delivery, already notified");
-        return Ok(Outcome::Duplicate);
+        return Ok(Verdict::Done(Outcome::Duplicate));
     }
     // PENDING: new, or left by a run that stopped between recording and confirming; send (again).
     channel.send(&record.recipient, &event).await;
     store
         .mark_sent(&record.notification_id, timestamp::now_millis())
         .await?;
-    Ok(Outcome::Sent)
+    Ok(Verdict::Done(Outcome::Sent))
 }
 
 /// A channel's consumer: subscribed, and looping until cancelled.
 pub(crate) struct ChannelConsumer {
     consumer: StreamConsumer,
     channel: Channel,
+    events_topic: String,
     store: Store,
+    dead_letters: DeadLetters,
     stats: Arc<Stats>,
 }
 
 impl ChannelConsumer {
+    /// A consumer of `config.events_topic` in `channel`'s group.
     pub(crate) fn new(
-        brokers: &str,
-        group: &str,
-        topic: &str,
+        config: &Config,
         channel: Channel,
-        session_timeout: Duration,
         store: Store,
+        dead_letters: DeadLetters,
         stats: Arc<Stats>,
     ) -> KafkaResult<Self> {
+        let session_timeout = config.session_timeout();
         let consumer: StreamConsumer = ordermesh::kafka::client_config(
-            brokers,
+            &config.kafka_brokers,
             &format!("ordermesh-notifier-{}", channel.as_str().to_lowercase()),
         )
-        .set("group.id", group)
+        .set("group.id", config.group(channel))
         // See the module comment: offsets are stored by us, after handling.
         .set("enable.auto.offset.store", "false")
         // Stored offsets are committed every second and once more on shutdown.
@@ -164,11 +179,13 @@ impl ChannelConsumer {
             (session_timeout / 4).as_millis().to_string(),
         )
         .create()?;
-        consumer.subscribe(&[topic])?;
+        consumer.subscribe(&[&config.events_topic])?;
         Ok(Self {
             consumer,
             channel,
+            events_topic: config.events_topic.clone(),
             store,
+            dead_letters,
             stats,
         })
     }
@@ -238,7 +255,7 @@ impl ChannelConsumer {
                 partition: message.partition(),
                 offset: message.offset(),
             };
-            match handle(
+            let step = match handle(
                 &self.store,
                 self.channel,
                 message.payload(),
@@ -247,12 +264,28 @@ impl ChannelConsumer {
             )
             .await
             {
+                Ok(Verdict::Done(outcome)) => Ok(outcome),
+                Ok(Verdict::Poison(reason)) => {
+                    let parked = self
+                        .dead_letters
+                        .park(&self.events_topic, self.channel, message, &reason)
+                        .await;
+                    parked.map(|()| {
+                        tracing::error!(channel = self.channel.as_str(), topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "message parked on the dead-letter topic");
+                        Outcome::DeadLettered
+                    })
+                    .map_err(|e| format!("cannot park the message on the dead-letter topic: {e}"))
+                }
+                Err(error) => Err(format!("cannot record the notification: {error}")),
+            };
+            match step {
                 Ok(outcome) => {
                     self.stats.count(outcome);
                     return true;
                 }
+                // The message stays in hand (its offset is not stored) until this works.
                 Err(error) => {
-                    tracing::error!(channel = self.channel.as_str(), %error, ?backoff, "cannot record notification, retrying");
+                    tracing::error!(channel = self.channel.as_str(), %error, ?backoff, "retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return false,
                         _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),

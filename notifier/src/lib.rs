@@ -10,6 +10,7 @@ mod api;
 mod channel;
 mod config;
 mod consumer;
+pub mod dead_letter;
 mod store;
 
 use std::{collections::HashMap, future::Future, sync::Arc};
@@ -71,13 +72,21 @@ pub async fn run_with_stats(
         brokers: config.kafka_brokers.clone(),
         source,
     };
-    kafka::ensure_topics(
-        &config.kafka_brokers,
-        &[&config.events_topic],
+    // The consumers wait for the topics if the broker is not up yet.
+    let mut topics = vec![config.events_topic.clone()];
+    topics.extend(
+        config
+            .channels
+            .iter()
+            .map(|c| dead_letter::topic(&config.events_topic, *c)),
+    );
+    let ensured = kafka::ensure_topics_in_background(
+        config.kafka_brokers.clone(),
+        topics,
         kafka::DEFAULT_PARTITIONS,
-    )
-    .await
-    .map_err(kafka_error)?;
+    );
+    let dead_letters =
+        dead_letter::DeadLetters::new(&config.kafka_brokers).map_err(|e| kafka_error(e.into()))?;
 
     // One token stops the consumers and the server alike.
     let stop = CancellationToken::new();
@@ -85,12 +94,10 @@ pub async fn run_with_stats(
     for &channel in &config.channels {
         let stats = stats.entry(channel).or_default().clone();
         let consumer = consumer::ChannelConsumer::new(
-            &config.kafka_brokers,
-            config.group(channel),
-            &config.events_topic,
+            &config,
             channel,
-            config.session_timeout(),
             store.clone(),
+            dead_letters.clone(),
             stats,
         )
         .map_err(|e| kafka_error(e.into()))?;
@@ -121,6 +128,7 @@ pub async fn run_with_stats(
     grpc::serve(router, health, listener, signal, config.drain_grace()).await?;
     // The server has stopped; wait for each consumer to finish its message and commit.
     stop.cancel();
+    ensured.abort();
     while let Some(joined) = consumers.join_next().await {
         if let Err(error) = joined {
             tracing::error!(%error, "consumer task panicked");

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use ordermesh::{kafka, telemetry::LogFormat};
+use ordermesh_notifier::{Channel, dead_letter};
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
@@ -71,9 +72,13 @@ async fn main() -> anyhow::Result<()> {
     let (brokers, embedded) = match cli.kafka_brokers.clone() {
         Some(brokers) => (brokers, None),
         None => {
+            // The mock cluster cannot create topics on request, so every topic is made here.
+            let mut topics = vec![order.events_topic.clone()];
+            topics.extend(Channel::ALL.map(|c| dead_letter::topic(&order.events_topic, c)));
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             let broker = kafka::EmbeddedBroker::start(
                 cli.embedded_kafka_addr,
-                &[&order.events_topic],
+                &topics,
                 kafka::DEFAULT_PARTITIONS,
             )
             .context("cannot start the embedded Kafka broker (ORDERMESH_EMBEDDED_KAFKA_ADDR)")?;

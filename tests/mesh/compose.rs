@@ -47,18 +47,20 @@ fn compose_matches_the_code() -> Result<()> {
     let shared = sources("src")?;
     let default_topic = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC;
 
-    // The topic the one-shot job creates is the services' default.
-    let init: Vec<&str> = services["kafka-init"]["command"]
-        .as_sequence()
-        .context("kafka-init command")?
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    let topic_at = init
-        .iter()
-        .position(|a| *a == "--topic")
-        .context("--topic")?;
-    assert_eq!(init[topic_at + 1], default_topic);
+    // The topics the one-shot job creates are the services' defaults.
+    let init = services["kafka-init"]["command"][0]
+        .as_str()
+        .context("kafka-init command")?;
+    for topic in [
+        default_topic.to_owned(),
+        ordermesh_notifier::dead_letter::topic(default_topic, ordermesh_notifier::Channel::Email),
+        ordermesh_notifier::dead_letter::topic(default_topic, ordermesh_notifier::Channel::Sms),
+    ] {
+        let creates = init
+            .split_whitespace()
+            .any(|word| word.trim_end_matches(';') == topic);
+        assert!(creates, "kafka-init creates {topic}: {init}");
+    }
 
     for (name, dir, port) in [
         ("payment", "payment/src", 50052),

@@ -210,7 +210,13 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
     let watchdog = Watchdog::start();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
     let topic = format!("order-events-{suffix}");
-    let broker = EmbeddedBroker::start("127.0.0.1:0".parse()?, &[&topic], 3)?;
+    let dead_letter_topics =
+        Channel::ALL.map(|c| ordermesh_notifier::dead_letter::topic(&topic, c));
+    let broker = EmbeddedBroker::start(
+        "127.0.0.1:0".parse()?,
+        &[&topic, &dead_letter_topics[0], &dead_letter_topics[1]],
+        3,
+    )?;
     let dir = tempfile::tempdir()?;
 
     // Without a payment service, order points at an address nobody listens on (yet).
@@ -483,11 +489,16 @@ impl TestMesh {
         .await?
     }
 
-    /// Reads `count` messages from the start of the topic with a brand-new consumer.
+    /// Reads `count` messages from the start of the events topic with a brand-new consumer.
     pub async fn read_events(&self, count: usize) -> Result<Vec<OwnedMessage>> {
+        self.read_topic(&self.topic, count).await
+    }
+
+    /// Reads `count` messages from the start of `topic` with a brand-new consumer.
+    pub async fn read_topic(&self, topic: &str, count: usize) -> Result<Vec<OwnedMessage>> {
         let consumer: StreamConsumer =
             fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
-        consumer.subscribe(&[&self.topic])?;
+        consumer.subscribe(&[topic])?;
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + EVENTUALLY;
         while out.len() < count {

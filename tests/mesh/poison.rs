@@ -1,5 +1,6 @@
-//! Whatever is on the topic, the notifier neither panics nor stops: messages it cannot read are
-//! logged and passed over, and the events behind them are still handled.
+//! Whatever is on the topic, the notifier neither panics nor stops: messages it can never act on are
+//! parked on its dead-letter topics with the reason, events of other types are passed over, and the
+//! events behind them are still handled.
 
 use std::{sync::atomic::Ordering, time::Duration};
 
@@ -10,15 +11,15 @@ use ordermesh::{
 };
 use ordermesh_notifier::Channel;
 use rdkafka::{
-    ClientConfig,
+    ClientConfig, Message,
     producer::{FutureProducer, FutureRecord},
 };
 
-use crate::helpers::{EVENTUALLY, MeshOptions, order_request, spawn_mesh_with};
+use crate::helpers::{EVENTUALLY, MeshOptions, header, order_request, spawn_mesh_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn undecodable_and_foreign_messages_are_skipped_and_do_not_block_the_partition() -> Result<()>
-{
+async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the_partition()
+-> Result<()> {
     // Arrange: garbage, half-events and another event type on partition 0, then a valid OrderPlaced
     // behind them on the same partition.
     let mut mesh = spawn_mesh_with(MeshOptions {
@@ -74,8 +75,8 @@ async fn undecodable_and_foreign_messages_are_skipped_and_do_not_block_the_parti
     // Act
     mesh.start_notifier().await?;
 
-    // Assert: each channel got past every bad message to the valid one, counting each bad one as
-    // skipped.
+    // Assert: each channel got past every bad message to the valid one, parking each unusable one on
+    // its dead-letter topic and skipping the foreign one.
     let deadline = tokio::time::Instant::now() + EVENTUALLY;
     while Channel::ALL
         .iter()
@@ -92,12 +93,52 @@ async fn undecodable_and_foreign_messages_are_skipped_and_do_not_block_the_parti
         assert_eq!(stats.sent.load(Ordering::Relaxed), 1, "{channel:?}");
         assert_eq!(
             stats.skipped.load(Ordering::Relaxed),
-            bad.len() as u64,
+            1,
+            "{channel:?}: the foreign event"
+        );
+        assert_eq!(
+            stats.dead_lettered.load(Ordering::Relaxed),
+            bad.len() as u64 - 1,
             "{channel:?}"
         );
     }
     let notifications = mesh.all_notifications().await?;
     assert_eq!(notifications.len(), 2);
     assert!(notifications.iter().all(|n| n.event_id == valid.event_id));
+
+    // Each dead-letter topic holds the unusable messages as they were, with why and where from.
+    for channel in Channel::ALL {
+        let topic = ordermesh_notifier::dead_letter::topic(&mesh.topic, channel);
+        let parked = mesh.read_topic(&topic, bad.len() - 1).await?;
+        let mut offsets = Vec::new();
+        for message in &parked {
+            assert_eq!(message.key(), Some(&b"same-partition"[..]));
+            assert!(
+                header(message, "dlq_error").is_some_and(|e| !e.is_empty()),
+                "{channel:?}"
+            );
+            assert_eq!(
+                header(message, "dlq_original_topic").as_deref(),
+                Some(mesh.topic.as_str())
+            );
+            assert_eq!(
+                header(message, "dlq_original_partition").as_deref(),
+                Some("0")
+            );
+            assert!(header(message, "dlq_first_failure_time").is_some_and(|t| t.ends_with('Z')));
+            assert_eq!(header(message, "dlq_attempts").as_deref(), Some("1"));
+            assert_eq!(
+                header(message, "dlq_channel").as_deref(),
+                Some(channel.as_str().to_lowercase().as_str())
+            );
+            offsets.push(header(message, "dlq_original_offset").unwrap_or_default());
+        }
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            ["0", "1", "2", "3", "4", "5"],
+            "{channel:?}: every unusable message, once"
+        );
+    }
     mesh.shutdown().await
 }
