@@ -95,12 +95,18 @@ impl CloudEventHeaders {
             .as_ref()
             .map(crate::timestamp::to_millis)
             .unwrap_or_default();
+        Self::order_placed_parts(&event.event_id, &event.order_id, millis)
+    }
+
+    /// Attributes of an OrderPlaced event from the fields they are made of, for a publisher that
+    /// holds the encoded event and should not decode it again.
+    pub fn order_placed_parts(event_id: &str, order_id: &str, placed_at_ms: i64) -> Self {
         Self {
-            id: event.event_id.clone(),
+            id: event_id.to_owned(),
             r#type: ORDER_PLACED_TYPE.to_owned(),
             source: ORDER_SOURCE.to_owned(),
-            time: crate::timestamp::rfc3339(millis),
-            subject: event.order_id.clone(),
+            time: crate::timestamp::rfc3339(placed_at_ms),
+            subject: order_id.to_owned(),
         }
     }
 

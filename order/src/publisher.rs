@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use ordermesh::{
-    events::{CloudEventHeaders, encode_order_placed},
-    proto::events::v1::OrderPlaced,
-};
+use ordermesh::events::CloudEventHeaders;
 use rdkafka::{
     error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
@@ -18,15 +15,6 @@ use rdkafka::{
 pub struct Delivered {
     pub partition: i32,
     pub offset: i64,
-}
-
-/// Why an event was not published.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("cannot encode the event: {0}")]
-    Encode(#[from] ordermesh::events::EventError),
-    #[error("broker did not acknowledge the event: {0}")]
-    Kafka(#[from] KafkaError),
 }
 
 /// Publishes order events to one topic.
@@ -64,20 +52,25 @@ impl EventPublisher {
         })
     }
 
-    /// Sends `event` and waits for the acknowledgement.
-    pub async fn publish(&self, event: &OrderPlaced) -> Result<Delivered, PublishError> {
-        let payload = encode_order_placed(event)?;
+    /// Sends an encoded event keyed by its order id, with its CloudEvents headers, and waits for
+    /// the acknowledgement.
+    pub async fn publish(
+        &self,
+        order_id: &str,
+        payload: &[u8],
+        headers: &CloudEventHeaders,
+    ) -> Result<Delivered, KafkaError> {
         let record = FutureRecord::to(&self.topic)
-            .key(event.order_id.as_bytes())
-            .payload(&payload)
-            .headers(CloudEventHeaders::order_placed(event).to_kafka());
+            .key(order_id.as_bytes())
+            .payload(payload)
+            .headers(headers.to_kafka());
         // Timeout::Never only concerns a full local queue; message.timeout.ms bounds the delivery.
         match self.producer.send(record, Timeout::Never).await {
             Ok(delivery) => Ok(Delivered {
                 partition: delivery.partition,
                 offset: delivery.offset,
             }),
-            Err((error, _)) => Err(error.into()),
+            Err((error, _)) => Err(error),
         }
     }
 

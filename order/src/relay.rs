@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::future::join_all;
-use ordermesh::{events, timestamp};
+use ordermesh::{events::CloudEventHeaders, timestamp};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -123,8 +123,15 @@ impl Relay {
         // All sends start together and are acknowledged in order per partition (the producer is
         // idempotent), which is the order per order id.
         let sends = batch.iter().map(|row| async move {
-            let event = events::decode_order_placed(&row.payload).map_err(|e| e.to_string())?;
-            publisher.publish(&event).await.map_err(|e| e.to_string())
+            let headers = CloudEventHeaders::order_placed_parts(
+                &row.event_id,
+                &row.order_id,
+                row.created_at_ms,
+            );
+            publisher
+                .publish(&row.order_id, &row.payload, &headers)
+                .await
+                .map_err(|e| e.to_string())
         });
         let results = join_all(sends).await;
         let mut failed = false;

@@ -48,6 +48,8 @@ pub(crate) struct OutboxRow {
     pub(crate) event_id: String,
     pub(crate) order_id: String,
     pub(crate) payload: Vec<u8>,
+    /// When the order was paid: the event's `placedAt` and `ce_time`.
+    pub(crate) created_at_ms: i64,
 }
 
 /// An order as stored.
@@ -179,7 +181,7 @@ impl Store {
     /// Up to `limit` outbox rows not yet published, oldest first.
     pub(crate) async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT seq, event_id, order_id, payload FROM outbox
+            "SELECT seq, event_id, order_id, payload, created_at_ms FROM outbox
              WHERE published_at_ms IS NULL ORDER BY seq LIMIT ?",
         )
         .bind(limit)
