@@ -58,7 +58,8 @@ impl DeadLetters {
     }
 
     /// Copies `message` to `channel`'s dead-letter topic with the reason, and waits for the
-    /// acknowledgement.
+    /// acknowledgement. A message read from a dead-letter topic (a replay that failed again) keeps
+    /// its origin and first failure time, and its attempt count goes up.
     pub(crate) async fn park(
         &self,
         events_topic: &str,
@@ -66,26 +67,40 @@ impl DeadLetters {
         message: &BorrowedMessage<'_>,
         reason: &str,
     ) -> Result<(), KafkaError> {
+        let earlier = DeadLetterHeaders::read(message);
         let mut headers = OwnedHeaders::new();
         if let Some(original) = message.headers() {
-            for header in original.iter() {
+            // The message's own headers travel on; the dead-letter ones are written afresh below.
+            for header in original.iter().filter(|h| !h.key.starts_with("dlq_")) {
                 headers = headers.insert(header);
             }
         }
-        let (partition, offset) = (
-            message.partition().to_string(),
-            message.offset().to_string(),
-        );
         let now = timestamp::rfc3339(timestamp::now_millis());
+        let (topic_from, partition, offset, first_failure, attempts) = match earlier {
+            Some(earlier) => (
+                earlier.original_topic,
+                earlier.original_partition,
+                earlier.original_offset,
+                earlier.first_failure_time,
+                (earlier.attempts + 1).to_string(),
+            ),
+            None => (
+                message.topic().to_owned(),
+                message.partition().to_string(),
+                message.offset().to_string(),
+                now,
+                "1".to_owned(),
+            ),
+        };
         let channel_name = channel.as_str().to_lowercase();
         for (key, value) in [
             ("dlq_error", reason),
             ("dlq_channel", channel_name.as_str()),
-            ("dlq_original_topic", message.topic()),
+            ("dlq_original_topic", topic_from.as_str()),
             ("dlq_original_partition", partition.as_str()),
             ("dlq_original_offset", offset.as_str()),
-            ("dlq_first_failure_time", now.as_str()),
-            ("dlq_attempts", "1"),
+            ("dlq_first_failure_time", first_failure.as_str()),
+            ("dlq_attempts", attempts.as_str()),
         ] {
             headers = headers.insert(Header {
                 key,
@@ -104,5 +119,38 @@ impl DeadLetters {
             .await
             .map(|_| ())
             .map_err(|(error, _)| error)
+    }
+}
+
+/// The dead-letter headers of a parked message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeadLetterHeaders {
+    pub(crate) original_topic: String,
+    pub(crate) original_partition: String,
+    pub(crate) original_offset: String,
+    pub(crate) first_failure_time: String,
+    pub(crate) attempts: u32,
+}
+
+impl DeadLetterHeaders {
+    /// The headers of `message` if it was parked by a notifier (it has `dlq_original_topic`).
+    pub(crate) fn read(message: &BorrowedMessage<'_>) -> Option<Self> {
+        let headers = message.headers()?;
+        let get = |key: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == key)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        Some(Self {
+            original_topic: get("dlq_original_topic")?,
+            original_partition: get("dlq_original_partition").unwrap_or_default(),
+            original_offset: get("dlq_original_offset").unwrap_or_default(),
+            first_failure_time: get("dlq_first_failure_time").unwrap_or_default(),
+            attempts: get("dlq_attempts")
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(1),
+        })
     }
 }

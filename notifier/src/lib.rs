@@ -11,6 +11,7 @@ mod channel;
 mod config;
 mod consumer;
 pub mod dead_letter;
+mod replay;
 mod store;
 
 use std::{collections::HashMap, future::Future, sync::Arc};
@@ -25,6 +26,7 @@ use tonic_health::ServingStatus;
 pub use channel::Channel;
 pub use config::Config;
 pub use consumer::{Outcome, Stats};
+pub use replay::{ReplayReport, replay_dead_letters};
 
 /// Errors that stop the notifier.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,8 @@ pub enum RunError {
         brokers: String,
         source: kafka::BrokerError,
     },
+    #[error("replay of dead letters failed: {0}")]
+    Replay(String),
     #[error("no channel configured (NOTIFIER_CHANNELS): give email, sms or both")]
     NoChannel,
     #[error(transparent)]

@@ -1,9 +1,11 @@
-//! The notifier service binary: settings, logging, bind, serve until SIGINT/SIGTERM.
+//! The notifier service binary: settings, logging, bind, serve until SIGINT/SIGTERM; or, with
+//! `replay-dead-letters`, replay a channel's dead letters and exit.
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ordermesh::telemetry::LogFormat;
+use ordermesh_notifier::Channel;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,15 +22,38 @@ struct Cli {
     log_format: LogFormat,
     #[command(flatten)]
     config: ordermesh_notifier::Config,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Handles a channel's dead-lettered messages again (after the cause is fixed), parks what still
+    /// fails, prints what happened and exits. The notifier may keep running meanwhile.
+    ReplayDeadLetters {
+        #[arg(long, value_enum)]
+        channel: Channel,
+    },
 }
 
 #[tokio::main]
+#[allow(clippy::print_stdout)]
 async fn main() -> anyhow::Result<()> {
     let Cli {
         listen_addr,
         log_format,
         config,
+        command,
     } = Cli::parse();
+    if let Some(Command::ReplayDeadLetters { channel }) = command {
+        ordermesh::telemetry::init(log_format)?;
+        let report = ordermesh_notifier::replay_dead_letters(&config, channel).await?;
+        println!(
+            "replayed {}: {} sent, {} already sent, {} skipped, {} parked again",
+            report.replayed, report.sent, report.duplicates, report.skipped, report.parked_again
+        );
+        return Ok(());
+    }
     ordermesh::service::main(
         listen_addr,
         "NOTIFIER_LISTEN_ADDR",

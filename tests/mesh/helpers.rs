@@ -297,18 +297,7 @@ impl TestMesh {
         if self.notifier.is_some() {
             bail!("notifier already running");
         }
-        let config = ordermesh_notifier::Config {
-            database_url: sqlite_url(&self.dir, "notifier"),
-            kafka_brokers: self.broker.bootstrap_servers(),
-            events_topic: self.topic.clone(),
-            channels: vec![Channel::Email, Channel::Sms],
-            email_group: self.email_group.clone(),
-            sms_group: self.sms_group.clone(),
-            // The smallest Kafka allows by default: a restarted notifier rejoins sooner.
-            session_timeout_ms: 6_000,
-            drain_grace_ms: 2_000,
-            ..ordermesh_notifier::Config::from_env()?
-        };
+        let config = self.notifier_config()?;
         let stats: HashMap<Channel, Arc<Stats>> =
             Channel::ALL.iter().map(|c| (*c, Arc::default())).collect();
         self.notifier_stats = stats.clone();
@@ -341,6 +330,22 @@ impl TestMesh {
             payment.stop().await?;
         }
         Ok(())
+    }
+
+    /// The notifier's settings in this mesh (both channels).
+    pub fn notifier_config(&self) -> Result<ordermesh_notifier::Config> {
+        Ok(ordermesh_notifier::Config {
+            database_url: sqlite_url(&self.dir, "notifier"),
+            kafka_brokers: self.broker.bootstrap_servers(),
+            events_topic: self.topic.clone(),
+            channels: vec![Channel::Email, Channel::Sms],
+            email_group: self.email_group.clone(),
+            sms_group: self.sms_group.clone(),
+            // The smallest Kafka allows by default: a restarted notifier rejoins sooner.
+            session_timeout_ms: 6_000,
+            drain_grace_ms: 2_000,
+            ..ordermesh_notifier::Config::from_env()?
+        })
     }
 
     pub async fn stop_notifier(&mut self) -> Result<()> {

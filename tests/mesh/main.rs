@@ -17,5 +17,6 @@ mod notifier_recovery;
 mod outbox;
 mod poison;
 mod readme;
+mod replay;
 mod sync_path;
 mod validation;

@@ -1,0 +1,200 @@
+//! Replaying a channel's dead letters once the cause is fixed (a notifier bug, a recipient
+//! corrected upstream, later: a mail server that was down for too long).
+//!
+//! Every message parked on the channel's dead-letter topic up to now is handled again by the same
+//! step the consumer uses, against the same database: what now works is notified (or recognised as
+//! already notified), what still fails is parked again with its attempt count raised and its origin
+//! kept. Progress is committed under the group `{channel group}-replay`, so a second replay starts
+//! where the first stopped. Messages parked during a replay wait for the next one, so a replay
+//! always ends.
+
+use std::{collections::HashMap, time::Duration};
+
+use ordermesh::events;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer, StreamConsumer},
+    error::KafkaError,
+};
+
+use crate::{
+    RunError,
+    channel::Channel,
+    config::Config,
+    consumer::{Outcome, Source, Verdict, handle},
+    dead_letter::{self, DeadLetterHeaders, DeadLetters},
+    store::Store,
+};
+
+/// How long to wait for the next parked message before giving up on the broker.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Parked messages handled again.
+    pub replayed: u64,
+    pub sent: u64,
+    pub duplicates: u64,
+    pub skipped: u64,
+    /// Still failing, parked again.
+    pub parked_again: u64,
+}
+
+/// Replays `channel`'s dead letters (see the module comment).
+pub async fn replay_dead_letters(
+    config: &Config,
+    channel: Channel,
+) -> Result<ReplayReport, RunError> {
+    let kafka_error = |source: KafkaError| RunError::Kafka {
+        brokers: config.kafka_brokers.clone(),
+        source: source.into(),
+    };
+    let store = Store::new(ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?);
+    let dead_letters = DeadLetters::new(&config.kafka_brokers).map_err(kafka_error)?;
+    let topic = dead_letter::topic(&config.events_topic, channel);
+    let group = format!("{}-replay", config.group(channel));
+    let consumer: StreamConsumer =
+        ordermesh::kafka::client_config(&config.kafka_brokers, "ordermesh-notifier-replay")
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .map_err(kafka_error)?;
+
+    // Where each partition starts (the group's committed offset, else the beginning) and where it
+    // ends now. Partitions are assigned directly: no group join to wait for, commits still count.
+    let (consumer, ranges) = tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || -> Result<_, KafkaError> {
+            let ranges = partition_ranges(&consumer, &topic)?;
+            let mut assignment = TopicPartitionList::new();
+            for (&partition, &(start, _)) in &ranges {
+                assignment.add_partition_offset(&topic, partition, Offset::Offset(start))?;
+            }
+            consumer.assign(&assignment)?;
+            Ok((consumer, ranges))
+        }
+    })
+    .await
+    .map_err(|e| RunError::Kafka {
+        brokers: config.kafka_brokers.clone(),
+        source: ordermesh::kafka::BrokerError::Task(e.to_string()),
+    })?
+    .map_err(kafka_error)?;
+
+    let mut remaining: HashMap<i32, i64> = ranges
+        .into_iter()
+        .filter(|(_, (start, end))| start < end)
+        .map(|(p, (_, end))| (p, end))
+        .collect();
+    let mut report = ReplayReport::default();
+    tracing::info!(%topic, %group, partitions_with_work = remaining.len(), "replaying dead letters");
+    while !remaining.is_empty() {
+        let message = tokio::time::timeout(WAIT, consumer.recv())
+            .await
+            .map_err(|_| RunError::Replay(format!("no message from {topic} within {WAIT:?}")))?
+            .map_err(kafka_error)?;
+        let partition = message.partition();
+        let Some(&end) = remaining.get(&partition) else {
+            continue;
+        };
+        if message.offset() >= end {
+            // Parked after the replay began: for the next replay.
+            remaining.remove(&partition);
+            continue;
+        }
+        let ce_type = message
+            .headers()
+            .map(|h| events::CloudEventHeaders::from_kafka(h).r#type)
+            .unwrap_or_default();
+        let origin = DeadLetterHeaders::read(&message);
+        let source = Source {
+            topic: origin
+                .as_ref()
+                .map(|o| o.original_topic.clone())
+                .unwrap_or_else(|| config.events_topic.clone()),
+            partition: origin
+                .as_ref()
+                .and_then(|o| o.original_partition.parse().ok())
+                .unwrap_or(-1),
+            offset: origin
+                .as_ref()
+                .and_then(|o| o.original_offset.parse().ok())
+                .unwrap_or(-1),
+        };
+        let verdict = handle(&store, channel, message.payload(), &ce_type, source)
+            .await
+            .map_err(|e| RunError::Replay(format!("cannot record a notification: {e}")))?;
+        match verdict {
+            Verdict::Done(Outcome::Sent) => report.sent += 1,
+            Verdict::Done(Outcome::Duplicate) => report.duplicates += 1,
+            Verdict::Done(Outcome::Skipped) | Verdict::Done(Outcome::DeadLettered) => {
+                report.skipped += 1
+            }
+            Verdict::Poison(reason) => {
+                dead_letters
+                    .park(&config.events_topic, channel, &message, &reason)
+                    .await
+                    .map_err(kafka_error)?;
+                report.parked_again += 1;
+            }
+        }
+        report.replayed += 1;
+        consumer
+            .store_offset_from_message(&message)
+            .map_err(kafka_error)?;
+        if message.offset() + 1 >= end {
+            remaining.remove(&partition);
+        }
+    }
+    // Commit what was replayed; the commit and the close block until the broker answers.
+    let committed = tokio::task::spawn_blocking(move || {
+        let committed = consumer.commit_consumer_state(CommitMode::Sync);
+        drop(consumer);
+        committed
+    })
+    .await;
+    match committed {
+        Ok(Ok(()))
+        | Ok(Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset))) => {}
+        Ok(Err(error)) => return Err(kafka_error(error)),
+        Err(error) => return Err(RunError::Replay(error.to_string())),
+    }
+    tracing::info!(?report, "dead letters replayed");
+    Ok(report)
+}
+
+/// For each partition of `topic`: the offset to start from (the group's committed offset, else the
+/// low watermark) and the high watermark now.
+fn partition_ranges(
+    consumer: &impl Consumer,
+    topic: &str,
+) -> Result<HashMap<i32, (i64, i64)>, KafkaError> {
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut wanted = TopicPartitionList::new();
+    for &partition in &partitions {
+        wanted.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(wanted, timeout)?;
+    let mut ranges = HashMap::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        let start = match committed
+            .find_partition(topic, partition)
+            .map(|e| e.offset())
+        {
+            Some(Offset::Offset(offset)) => offset.max(low),
+            _ => low,
+        };
+        ranges.insert(partition, (start, high));
+    }
+    Ok(ranges)
+}
