@@ -137,6 +137,23 @@ pub(crate) async fn handle(
     Ok(Verdict::Done(Outcome::Sent))
 }
 
+/// Commits the offsets stored so far and closes `consumer` (leaving its group). Both block until the
+/// broker answers, so they run on a blocking thread, and the consumer is dropped there too. Having
+/// nothing stored since the last commit is not an error.
+pub(crate) async fn commit_and_close(consumer: StreamConsumer) -> Result<(), String> {
+    let committed = tokio::task::spawn_blocking(move || {
+        let committed = consumer.commit_consumer_state(CommitMode::Sync);
+        drop(consumer);
+        committed
+    })
+    .await;
+    match committed {
+        Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(format!("the commit did not run: {error}")),
+    }
+}
+
 /// A channel's consumer: subscribed, and looping until cancelled.
 pub(crate) struct ChannelConsumer {
     consumer: StreamConsumer,
@@ -219,24 +236,8 @@ impl ChannelConsumer {
                 }
             }
         }
-        // Committing synchronously and closing (leaving the group) both block until the broker
-        // answers, so they run on a blocking thread, and the consumer is dropped there too.
-        let consumer = self.consumer;
-        let committed = tokio::task::spawn_blocking(move || {
-            let committed = consumer.commit_consumer_state(CommitMode::Sync);
-            drop(consumer);
-            committed
-        })
-        .await;
-        match committed {
-            // Nothing stored since the last commit.
-            Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(channel, %error, "final offset commit failed; the broker will redeliver")
-            }
-            Err(error) => {
-                tracing::warn!(channel, %error, "final offset commit did not run; the broker will redeliver")
-            }
+        if let Err(error) = commit_and_close(self.consumer).await {
+            tracing::warn!(channel, %error, "final offset commit failed; the broker will redeliver");
         }
         tracing::info!(channel, "consumer stopped");
     }

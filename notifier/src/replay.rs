@@ -13,7 +13,7 @@ use std::{collections::HashMap, time::Duration};
 use ordermesh::events;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{Consumer, StreamConsumer},
     error::KafkaError,
 };
 
@@ -21,7 +21,7 @@ use crate::{
     RunError,
     channel::Channel,
     config::Config,
-    consumer::{Outcome, Source, Verdict, handle},
+    consumer::{Outcome, Source, Verdict, commit_and_close, handle},
     dead_letter::{self, DeadLetterHeaders, DeadLetters},
     store::Store,
 };
@@ -149,19 +149,9 @@ pub async fn replay_dead_letters(
             remaining.remove(&partition);
         }
     }
-    // Commit what was replayed; the commit and the close block until the broker answers.
-    let committed = tokio::task::spawn_blocking(move || {
-        let committed = consumer.commit_consumer_state(CommitMode::Sync);
-        drop(consumer);
-        committed
-    })
-    .await;
-    match committed {
-        Ok(Ok(()))
-        | Ok(Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset))) => {}
-        Ok(Err(error)) => return Err(kafka_error(error)),
-        Err(error) => return Err(RunError::Replay(error.to_string())),
-    }
+    commit_and_close(consumer)
+        .await
+        .map_err(|e| RunError::Replay(format!("cannot commit the replay: {e}")))?;
     tracing::info!(?report, "dead letters replayed");
     Ok(report)
 }
