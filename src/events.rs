@@ -77,6 +77,9 @@ pub fn decode_order_placed(json: &[u8]) -> Result<OrderPlaced, EventError> {
     Ok(event)
 }
 
+/// The Kafka header holding the CloudEvents type.
+pub const TYPE_HEADER: &str = "ce_type";
+
 /// CloudEvents attributes carried in headers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CloudEventHeaders {
@@ -115,7 +118,7 @@ impl CloudEventHeaders {
         OwnedHeaders::new_with_capacity(7)
             .insert(header("ce_specversion", SPEC_VERSION))
             .insert(header("ce_id", &self.id))
-            .insert(header("ce_type", &self.r#type))
+            .insert(header(TYPE_HEADER, &self.r#type))
             .insert(header("ce_source", &self.source))
             .insert(header("ce_time", &self.time))
             .insert(header("ce_subject", &self.subject))
@@ -132,7 +135,7 @@ impl CloudEventHeaders {
                 .unwrap_or_default();
             match header.key {
                 "ce_id" => out.id = value,
-                "ce_type" => out.r#type = value,
+                TYPE_HEADER => out.r#type = value,
                 "ce_source" => out.source = value,
                 "ce_time" => out.time = value,
                 "ce_subject" => out.subject = value,

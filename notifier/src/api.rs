@@ -77,6 +77,7 @@ fn to_proto(row: NotificationRow) -> Notification {
     let status = match row.status.as_str() {
         "PENDING" => pb::NotificationStatus::Pending,
         "SENT" => pb::NotificationStatus::Sent,
+        "RETRYING" => pb::NotificationStatus::Retrying,
         "FAILED" => pb::NotificationStatus::Failed,
         _ => pb::NotificationStatus::Unspecified,
     };
@@ -93,5 +94,7 @@ fn to_proto(row: NotificationRow) -> Notification {
         source_topic: row.source_topic,
         source_partition: row.source_partition,
         source_offset: row.source_offset,
+        last_error: row.last_error.unwrap_or_default(),
+        next_attempt_at: row.next_attempt_at_ms.map(timestamp::from_millis),
     }
 }

@@ -1,7 +1,4 @@
-//! The channels a customer is notified on, and what "sending" on each means.
-//!
-//! Sending records and logs the message: it stands where an SMTP server or an SMS gateway will be
-//! called, so the quick start needs neither.
+//! The channels a customer is notified on. How each sends is in `delivery`.
 
 use ordermesh::proto::{events::v1::OrderPlaced, notification::v1 as pb};
 
@@ -54,20 +51,5 @@ impl Channel {
             Channel::Sms => &customer.phone,
         };
         (!to.is_empty()).then(|| to.clone())
-    }
-
-    /// Sends the notification for `event`. Today: a log line.
-    pub(crate) async fn send(self, recipient: &str, event: &OrderPlaced) {
-        let total = event.total.clone().unwrap_or_default();
-        tracing::info!(
-            channel = self.as_str(),
-            recipient,
-            order_id = %event.order_id,
-            event_id = %event.event_id,
-            "notification sent: order {} confirmed, total {} {} (minor units)",
-            event.order_id,
-            total.minor_units,
-            total.currency_code,
-        );
     }
 }

@@ -46,6 +46,44 @@ pub struct Config {
     #[arg(long, env = "NOTIFIER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
 
+    /// SMTP server for email, e.g. `smtp://mail.internal:25`, `smtps://user:pass@smtp.example.com`
+    /// or `smtp://host:587?tls=required`. Unset: emails are recorded and logged, not sent.
+    #[arg(long, env = "NOTIFIER_SMTP_URL")]
+    pub smtp_url: Option<String>,
+
+    /// Sender of the emails.
+    #[arg(
+        long,
+        env = "NOTIFIER_EMAIL_FROM",
+        default_value = "ordermesh <orders@ordermesh.example>"
+    )]
+    pub email_from: String,
+
+    /// SMS gateway webhook: each SMS is a JSON POST `{"to", "body", "reference"}` with an
+    /// `Idempotency-Key` header. Unset: SMS are recorded and logged, not sent.
+    #[arg(long, env = "NOTIFIER_SMS_WEBHOOK_URL")]
+    pub sms_webhook_url: Option<String>,
+
+    /// Bearer token for the SMS gateway, if it wants one.
+    #[arg(long, env = "NOTIFIER_SMS_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub sms_webhook_token: Option<String>,
+
+    /// Time limit of one send (connect included), in milliseconds.
+    #[arg(long, env = "NOTIFIER_SEND_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub send_timeout_ms: u64,
+
+    /// Sends tried per notification before it is parked on the dead-letter topic (1 = no retry).
+    #[arg(long, env = "NOTIFIER_SEND_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub send_attempts: u32,
+
+    /// Wait before the first retry, in milliseconds; doubled after each failure, with jitter.
+    #[arg(long, env = "NOTIFIER_RETRY_BACKOFF_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_backoff_ms: u64,
+
+    /// Longest wait between two retries, in milliseconds.
+    #[arg(long, env = "NOTIFIER_RETRY_MAX_BACKOFF_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retry_max_backoff_ms: u64,
+
     /// Most requests served at once; beyond it calls are refused with RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "NOTIFIER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
@@ -73,7 +111,66 @@ impl Config {
         Duration::from_millis(self.session_timeout_ms)
     }
 
+    pub(crate) fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+
+    /// When to retry a notification after its `failures`-th failed send.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            attempts: self.send_attempts,
+            backoff: Duration::from_millis(self.retry_backoff_ms),
+            max_backoff: Duration::from_millis(self.retry_max_backoff_ms.max(self.retry_backoff_ms)),
+        }
+    }
+
     pub(crate) fn drain_grace(&self) -> Duration {
         Duration::from_millis(self.drain_grace_ms)
+    }
+}
+
+/// How often and how soon a failed send is tried again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RetryPolicy {
+    /// Sends in all, the first included.
+    pub(crate) attempts: u32,
+    pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait after the `failures`-th failed send: `backoff * 2^(failures-1)` capped at
+    /// `max_backoff`, then "equal jitter" (between half and all of it) so notifications that failed
+    /// together, when a server went down, do not all come back at the same instant.
+    pub(crate) fn delay(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(20);
+        let full = self
+            .backoff
+            .saturating_mul(1 << exponent)
+            .min(self.max_backoff);
+        let half = full / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_within_jitter_and_stops_at_the_cap() {
+        let policy = RetryPolicy {
+            attempts: 8,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1_000),
+        };
+        for _ in 0..100 {
+            let first = policy.delay(1);
+            assert!((Duration::from_millis(50)..=Duration::from_millis(100)).contains(&first));
+            let third = policy.delay(3);
+            assert!((Duration::from_millis(200)..=Duration::from_millis(400)).contains(&third));
+            let late = policy.delay(30);
+            assert!((Duration::from_millis(500)..=Duration::from_millis(1_000)).contains(&late));
+        }
     }
 }

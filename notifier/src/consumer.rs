@@ -1,12 +1,18 @@
 //! One consumer per channel, each in its own consumer group, at least once:
 //!
 //! 1. take a message;
-//! 2. record the notification (unique per event and channel) and send it, unless a record says it
-//!    was already sent: redelivery after a crash or rebalance is recognised by event id;
-//! 3. only then store the message's offset, which the auto-commit timer and the final commit send
+//! 2. record the notification (unique per event and channel, keeping the message) and send it,
+//!    unless a record says it was already handled: redelivery after a crash or rebalance is
+//!    recognised by event id;
+//! 3. if the send failed and may work later, record when to retry (the retry loop in `retry` takes
+//!    it from there); if it can never work, park the message on the dead-letter topic;
+//! 4. only then store the message's offset, which the auto-commit timer and the final commit send
 //!    to the broker.
 //!
-//! `enable.auto.offset.store=false` is what makes step 3 true: with librdkafka's default, an offset is
+//! Step 3 is what keeps a mail server outage from blocking the partition: the message is durably
+//! in the database, so the consumer moves on to the next one.
+//!
+//! `enable.auto.offset.store=false` is what makes step 4 true: with librdkafka's default, an offset is
 //! stored as soon as a message is handed to the application, so a consumer stopped with fetched but
 //! unhandled messages commits past them and they are never notified. A new group starts from the
 //! earliest offset, because the default (`latest`) silently skips every event published before the
@@ -18,20 +24,19 @@ use std::sync::{
 };
 use std::time::Duration;
 
-use ordermesh::{events, timestamp};
+use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
 use rdkafka::{
-    Message,
     consumer::{CommitMode, Consumer, StreamConsumer},
     error::{KafkaError, KafkaResult},
-    message::BorrowedMessage,
     types::RDKafkaErrorCode,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     channel::Channel,
-    config::Config,
-    dead_letter::DeadLetters,
+    config::{Config, RetryPolicy},
+    dead_letter::{DeadLetterHeaders, DeadLetters, Letter},
+    delivery::{SendError, Sender},
     store::{NotificationRow, Store},
 };
 
@@ -40,20 +45,40 @@ use crate::{
 pub enum Outcome {
     /// Recorded and sent now.
     Sent,
-    /// Already sent for this event and channel: a redelivery.
+    /// Already sent, scheduled for retry or parked for this event and channel: a redelivery.
     Duplicate,
     /// Not for this consumer (another event type).
     Skipped,
-    /// Never actionable (undecodable, no recipient): parked on the channel's dead-letter topic.
+    /// The send failed and will be tried again later.
+    Retrying,
+    /// Never actionable (undecodable, no recipient, refused for good) or out of attempts: parked on
+    /// the channel's dead-letter topic.
     DeadLettered,
 }
 
-/// What the step decided about one message.
+/// Where a message is handled from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Read from the events topic: a failed send is retried per the policy.
+    Live,
+    /// Read from the dead-letter topic by a replay: parked notifications get one more send, and
+    /// what fails is parked again.
+    Replay,
+}
+
+/// What a step decided about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Verdict {
     Done(Outcome),
-    /// To be parked on the dead-letter topic, with the reason.
-    Poison(String),
+    /// To be parked on the dead-letter topic.
+    Park {
+        reason: String,
+        /// Attempts made since the message was last read from a dead-letter topic (or ever).
+        attempts: u32,
+        first_failure_ms: i64,
+        /// The notification to mark FAILED once parked, if one was recorded.
+        notification: Option<(String, i32)>,
+    },
 }
 
 /// Counts of outcomes per channel, for tests and operators.
@@ -62,79 +87,231 @@ pub struct Stats {
     pub sent: AtomicU64,
     pub duplicates: AtomicU64,
     pub skipped: AtomicU64,
+    pub retrying: AtomicU64,
     pub dead_lettered: AtomicU64,
 }
 
 impl Stats {
-    fn count(&self, outcome: Outcome) {
+    pub(crate) fn count(&self, outcome: Outcome) {
         let counter = match outcome {
             Outcome::Sent => &self.sent,
             Outcome::Duplicate => &self.duplicates,
             Outcome::Skipped => &self.skipped,
+            Outcome::Retrying => &self.retrying,
             Outcome::DeadLettered => &self.dead_lettered,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// Where a message was read from.
-#[derive(Debug, Clone)]
-pub(crate) struct Source {
-    pub(crate) topic: String,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
+/// Why a message could not be handled now; the message stays in hand and is tried again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandleError {
+    #[error("cannot record the notification: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("cannot park the message on the dead-letter topic: {0}")]
+    Park(#[from] KafkaError),
 }
 
-/// Handles one message for one channel: the step the consumer loop repeats, callable on its own.
-pub(crate) async fn handle(
-    store: &Store,
-    channel: Channel,
-    payload: Option<&[u8]>,
-    ce_type: &str,
-    source: Source,
-) -> Result<Verdict, sqlx::Error> {
-    // Events without a type header are assumed to be OrderPlaced; other types are for other consumers.
-    if !ce_type.is_empty() && ce_type != events::ORDER_PLACED_TYPE {
-        tracing::debug!(ce_type, ?source, "not an OrderPlaced event, skipped");
-        return Ok(Verdict::Done(Outcome::Skipped));
+/// Everything one channel needs to handle a message, shared by the consumer, the retry loop and
+/// the replay.
+#[derive(Debug, Clone)]
+pub(crate) struct Handler {
+    pub(crate) channel: Channel,
+    pub(crate) store: Store,
+    pub(crate) sender: Sender,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) dead_letters: DeadLetters,
+    pub(crate) events_topic: String,
+}
+
+impl Handler {
+    pub(crate) fn new(
+        config: &Config,
+        channel: Channel,
+        store: Store,
+        sender: Sender,
+        dead_letters: DeadLetters,
+    ) -> Self {
+        Self {
+            channel,
+            store,
+            sender,
+            policy: config.retry_policy(),
+            dead_letters,
+            events_topic: config.events_topic.clone(),
+        }
     }
-    let event = match events::decode_order_placed(payload.unwrap_or_default()) {
-        Ok(event) => event,
-        // A poison message must not block the partition: it is parked, and the consumer goes on.
-        Err(error) => return Ok(Verdict::Poison(error.to_string())),
-    };
-    let Some(recipient) = channel.recipient(&event) else {
-        return Ok(Verdict::Poison(format!(
-            "event has no {} recipient",
-            channel.as_str().to_lowercase()
-        )));
-    };
-    let claim = NotificationRow {
-        seq: 0,
-        notification_id: format!("ntf_{}", uuid::Uuid::now_v7().simple()),
-        event_id: event.event_id.clone(),
-        order_id: event.order_id.clone(),
-        channel,
-        recipient,
-        status: "PENDING".into(),
-        attempts: 0,
-        created_at_ms: timestamp::now_millis(),
-        sent_at_ms: None,
-        source_topic: source.topic,
-        source_partition: source.partition,
-        source_offset: source.offset,
-    };
-    let record = store.claim(&claim).await?;
-    if record.status == "SENT" {
-        tracing::info!(channel = channel.as_str(), event_id = %event.event_id, "duplicate delivery, already notified");
-        return Ok(Verdict::Done(Outcome::Duplicate));
+
+    /// Handles `letter` and carries out the verdict: the step the consumer loop repeats.
+    pub(crate) async fn process(&self, letter: &Letter, mode: Mode) -> Result<Outcome, HandleError> {
+        let verdict = self.decide(letter, mode).await?;
+        self.settle(verdict, letter).await
     }
-    // PENDING: new, or left by a run that stopped between recording and confirming; send (again).
-    channel.send(&record.recipient, &event).await;
-    store
-        .mark_sent(&record.notification_id, timestamp::now_millis())
-        .await?;
-    Ok(Verdict::Done(Outcome::Sent))
+
+    /// Decides what `letter` needs and does it, short of parking.
+    pub(crate) async fn decide(&self, letter: &Letter, mode: Mode) -> Result<Verdict, sqlx::Error> {
+        let channel = self.channel;
+        // Events without a type header are assumed to be OrderPlaced; other types are for other
+        // consumers.
+        let ce_type = letter.header(events::TYPE_HEADER).unwrap_or_default();
+        if !ce_type.is_empty() && ce_type != events::ORDER_PLACED_TYPE {
+            tracing::debug!(ce_type, topic = %letter.topic, offset = letter.offset, "not an OrderPlaced event, skipped");
+            return Ok(Verdict::Done(Outcome::Skipped));
+        }
+        let now = timestamp::now_millis();
+        let poison = |reason: String| Verdict::Park {
+            reason,
+            attempts: 1,
+            first_failure_ms: now,
+            notification: None,
+        };
+        let event = match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default()) {
+            Ok(event) => event,
+            // A poison message must not block the partition: it is parked, and the consumer goes on.
+            Err(error) => return Ok(poison(error.to_string())),
+        };
+        let Some(recipient) = channel.recipient(&event) else {
+            return Ok(poison(format!(
+                "event has no {} recipient",
+                channel.as_str().to_lowercase()
+            )));
+        };
+        // A replayed letter is recorded under its original position, not the dead-letter one.
+        let (source_topic, source_partition, source_offset) = match DeadLetterHeaders::read(letter) {
+            Some(origin) => (
+                origin.original_topic,
+                origin.original_partition.parse().unwrap_or(-1),
+                origin.original_offset.parse().unwrap_or(-1),
+            ),
+            None => (letter.topic.clone(), letter.partition, letter.offset),
+        };
+        let claim = NotificationRow {
+            seq: 0,
+            notification_id: format!("ntf_{}", uuid::Uuid::now_v7().simple()),
+            event_id: event.event_id.clone(),
+            order_id: event.order_id.clone(),
+            channel,
+            recipient,
+            status: "PENDING".into(),
+            attempts: 0,
+            created_at_ms: now,
+            sent_at_ms: None,
+            source_topic,
+            source_partition,
+            source_offset,
+            last_error: None,
+            first_failure_at_ms: None,
+            next_attempt_at_ms: None,
+        };
+        let record = self.store.claim(&claim, letter).await?;
+        let event_id = &event.event_id;
+        match (record.status.as_str(), mode) {
+            ("SENT", _) => {
+                tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already notified");
+                Ok(Verdict::Done(Outcome::Duplicate))
+            }
+            ("RETRYING", _) => {
+                tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already waiting for a retry");
+                Ok(Verdict::Done(Outcome::Duplicate))
+            }
+            ("FAILED", Mode::Live) => {
+                tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already parked on the dead-letter topic");
+                Ok(Verdict::Done(Outcome::Duplicate))
+            }
+            // PENDING: new, or left by a run that stopped between recording and confirming; send
+            // (again). FAILED in a replay: the cause is said to be fixed; one more send.
+            _ => self.attempt(&record, &event, mode == Mode::Live).await,
+        }
+    }
+
+    /// Sends `row`'s notification once and records the result. A transient failure is scheduled
+    /// for retry when `may_retry` and attempts remain; otherwise the verdict is to park.
+    pub(crate) async fn attempt(
+        &self,
+        row: &NotificationRow,
+        event: &OrderPlaced,
+        may_retry: bool,
+    ) -> Result<Verdict, sqlx::Error> {
+        let attempts = row.attempts + 1;
+        let failure = match self.sender.send(self.channel, &row.recipient, event).await {
+            Ok(()) => {
+                self.store
+                    .mark_sent(&row.notification_id, timestamp::now_millis())
+                    .await?;
+                return Ok(Verdict::Done(Outcome::Sent));
+            }
+            Err(failure) => failure,
+        };
+        let now = timestamp::now_millis();
+        let first_failure_ms = row.first_failure_at_ms.unwrap_or(now);
+        match failure {
+            SendError::Transient(error) if may_retry && (attempts as u32) < self.policy.attempts => {
+                let delay = self.policy.delay(attempts as u32);
+                tracing::warn!(
+                    channel = self.channel.as_str(),
+                    event_id = %event.event_id,
+                    attempts,
+                    retry_in = ?delay,
+                    %error,
+                    "send failed, will retry"
+                );
+                let next = now.saturating_add(delay.as_millis() as i64);
+                self.store
+                    .schedule_retry(&row.notification_id, attempts, &error, now, next)
+                    .await?;
+                Ok(Verdict::Done(Outcome::Retrying))
+            }
+            SendError::Transient(error) | SendError::Permanent(error) => {
+                // Attempts in this round: all of them live; one in a replay.
+                let round = if may_retry { attempts as u32 } else { 1 };
+                Ok(Verdict::Park {
+                    reason: error,
+                    attempts: round,
+                    first_failure_ms,
+                    notification: Some((row.notification_id.clone(), attempts)),
+                })
+            }
+        }
+    }
+
+    /// Carries out `verdict` for `letter`: parks it if so decided, and records that it was.
+    pub(crate) async fn settle(&self, verdict: Verdict, letter: &Letter) -> Result<Outcome, HandleError> {
+        let (reason, attempts, first_failure_ms, notification) = match verdict {
+            Verdict::Done(outcome) => return Ok(outcome),
+            Verdict::Park {
+                reason,
+                attempts,
+                first_failure_ms,
+                notification,
+            } => (reason, attempts, first_failure_ms, notification),
+        };
+        self.dead_letters
+            .park(
+                &self.events_topic,
+                self.channel,
+                letter,
+                &reason,
+                attempts,
+                first_failure_ms,
+            )
+            .await?;
+        tracing::error!(
+            channel = self.channel.as_str(),
+            topic = %letter.topic,
+            partition = letter.partition,
+            offset = letter.offset,
+            attempts,
+            %reason,
+            "message parked on the dead-letter topic"
+        );
+        if let Some((notification_id, total)) = notification {
+            self.store
+                .mark_failed(&notification_id, total, &reason, timestamp::now_millis())
+                .await?;
+        }
+        Ok(Outcome::DeadLettered)
+    }
 }
 
 /// Commits the offsets stored so far and closes `consumer` (leaving its group). Both block until the
@@ -157,22 +334,14 @@ pub(crate) async fn commit_and_close(consumer: StreamConsumer) -> Result<(), Str
 /// A channel's consumer: subscribed, and looping until cancelled.
 pub(crate) struct ChannelConsumer {
     consumer: StreamConsumer,
-    channel: Channel,
-    events_topic: String,
-    store: Store,
-    dead_letters: DeadLetters,
+    handler: Handler,
     stats: Arc<Stats>,
 }
 
 impl ChannelConsumer {
-    /// A consumer of `config.events_topic` in `channel`'s group.
-    pub(crate) fn new(
-        config: &Config,
-        channel: Channel,
-        store: Store,
-        dead_letters: DeadLetters,
-        stats: Arc<Stats>,
-    ) -> KafkaResult<Self> {
+    /// A consumer of `config.events_topic` in the group of `handler`'s channel.
+    pub(crate) fn new(config: &Config, handler: Handler, stats: Arc<Stats>) -> KafkaResult<Self> {
+        let channel = handler.channel;
         let session_timeout = config.session_timeout();
         let consumer: StreamConsumer = ordermesh::kafka::client_config(
             &config.kafka_brokers,
@@ -199,10 +368,7 @@ impl ChannelConsumer {
         consumer.subscribe(&[&config.events_topic])?;
         Ok(Self {
             consumer,
-            channel,
-            events_topic: config.events_topic.clone(),
-            store,
-            dead_letters,
+            handler,
             stats,
         })
     }
@@ -210,8 +376,8 @@ impl ChannelConsumer {
     /// Consumes until `stop` is cancelled, then finishes the message in hand, commits what was handled
     /// and leaves the group.
     pub(crate) async fn run(self, stop: CancellationToken) {
-        let channel = self.channel.as_str();
-        tracing::info!(channel, "consumer started");
+        let channel = self.handler.channel.as_str();
+        tracing::info!(channel, sender = %self.handler.sender.describe(), "consumer started");
         loop {
             let message = tokio::select! {
                 // Only between messages: a message once taken is always finished.
@@ -220,7 +386,8 @@ impl ChannelConsumer {
             };
             match message {
                 Ok(message) => {
-                    if !self.process(&message, &stop).await {
+                    let letter = Letter::from_message(&message);
+                    if !self.process(&letter, &stop).await {
                         break;
                     }
                     if let Err(error) = self.consumer.store_offset_from_message(&message) {
@@ -242,51 +409,20 @@ impl ChannelConsumer {
         tracing::info!(channel, "consumer stopped");
     }
 
-    /// Handles `message`, retrying while the store is failing. Returns false if asked to stop before
-    /// the message was handled (its offset is then not stored, so it is redelivered).
-    async fn process(&self, message: &BorrowedMessage<'_>, stop: &CancellationToken) -> bool {
-        let ce_type = message
-            .headers()
-            .map(|h| events::CloudEventHeaders::from_kafka(h).r#type)
-            .unwrap_or_default();
+    /// Handles `letter`, retrying while the database or the dead-letter topic is failing. Returns
+    /// false if asked to stop before the message was handled (its offset is then not stored, so it
+    /// is redelivered).
+    async fn process(&self, letter: &Letter, stop: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let source = Source {
-                topic: message.topic().to_owned(),
-                partition: message.partition(),
-                offset: message.offset(),
-            };
-            let step = match handle(
-                &self.store,
-                self.channel,
-                message.payload(),
-                &ce_type,
-                source,
-            )
-            .await
-            {
-                Ok(Verdict::Done(outcome)) => Ok(outcome),
-                Ok(Verdict::Poison(reason)) => {
-                    let parked = self
-                        .dead_letters
-                        .park(&self.events_topic, self.channel, message, &reason)
-                        .await;
-                    parked.map(|()| {
-                        tracing::error!(channel = self.channel.as_str(), topic = message.topic(), partition = message.partition(), offset = message.offset(), %reason, "message parked on the dead-letter topic");
-                        Outcome::DeadLettered
-                    })
-                    .map_err(|e| format!("cannot park the message on the dead-letter topic: {e}"))
-                }
-                Err(error) => Err(format!("cannot record the notification: {error}")),
-            };
-            match step {
+            match self.handler.process(letter, Mode::Live).await {
                 Ok(outcome) => {
                     self.stats.count(outcome);
                     return true;
                 }
                 // The message stays in hand (its offset is not stored) until this works.
                 Err(error) => {
-                    tracing::error!(channel = self.channel.as_str(), %error, ?backoff, "retrying");
+                    tracing::error!(channel = self.handler.channel.as_str(), %error, ?backoff, "retrying");
                     tokio::select! {
                         _ = stop.cancelled() => return false,
                         _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),

@@ -10,8 +10,8 @@
 //! | `dlq_error` | why it could not be handled |
 //! | `dlq_channel` | `email` or `sms` |
 //! | `dlq_original_topic`, `dlq_original_partition`, `dlq_original_offset` | where it was read |
-//! | `dlq_first_failure_time` | RFC 3339, when it was parked |
-//! | `dlq_attempts` | how many times handling was tried |
+//! | `dlq_first_failure_time` | RFC 3339, when handling first failed |
+//! | `dlq_attempts` | how many times sending (or handling) was tried, replays included |
 
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use ordermesh::timestamp;
 use rdkafka::{
     Message,
     error::KafkaError,
-    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
+    message::{Header, Headers, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
     util::Timeout,
 };
@@ -57,39 +57,42 @@ impl DeadLetters {
         Ok(Self { producer })
     }
 
-    /// Copies `message` to `channel`'s dead-letter topic with the reason, and waits for the
-    /// acknowledgement. A message read from a dead-letter topic (a replay that failed again) keeps
-    /// its origin and first failure time, and its attempt count goes up.
+    /// Copies `letter` to `channel`'s dead-letter topic with the reason, and waits for the
+    /// acknowledgement. `attempts` sends were tried, the first failing at `first_failure_ms`. A
+    /// letter read from a dead-letter topic (a replay that failed again) keeps its origin and first
+    /// failure time, and its attempts add to the earlier ones.
     pub(crate) async fn park(
         &self,
         events_topic: &str,
         channel: Channel,
-        message: &BorrowedMessage<'_>,
+        letter: &Letter,
         reason: &str,
+        attempts: u32,
+        first_failure_ms: i64,
     ) -> Result<(), KafkaError> {
-        let earlier = DeadLetterHeaders::read(message);
+        let earlier = DeadLetterHeaders::read(letter);
         let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            // The message's own headers travel on; the dead-letter ones are written afresh below.
-            for header in original.iter().filter(|h| !h.key.starts_with("dlq_")) {
-                headers = headers.insert(header);
-            }
+        // The message's own headers travel on; the dead-letter ones are written afresh below.
+        for (key, value) in letter.headers.iter().filter(|(k, _)| !k.starts_with("dlq_")) {
+            headers = headers.insert(Header {
+                key: key.as_str(),
+                value: value.as_deref(),
+            });
         }
-        let now = timestamp::rfc3339(timestamp::now_millis());
         let (topic_from, partition, offset, first_failure, attempts) = match earlier {
             Some(earlier) => (
                 earlier.original_topic,
                 earlier.original_partition,
                 earlier.original_offset,
                 earlier.first_failure_time,
-                (earlier.attempts + 1).to_string(),
+                (earlier.attempts + attempts).to_string(),
             ),
             None => (
-                message.topic().to_owned(),
-                message.partition().to_string(),
-                message.offset().to_string(),
-                now,
-                "1".to_owned(),
+                letter.topic.clone(),
+                letter.partition.to_string(),
+                letter.offset.to_string(),
+                timestamp::rfc3339(first_failure_ms),
+                attempts.to_string(),
             ),
         };
         let channel_name = channel.as_str().to_lowercase();
@@ -109,9 +112,9 @@ impl DeadLetters {
         }
         let topic = topic(events_topic, channel);
         let mut record = FutureRecord::to(&topic)
-            .payload(message.payload().unwrap_or_default())
+            .payload(letter.payload.as_deref().unwrap_or_default())
             .headers(headers);
-        if let Some(key) = message.key() {
+        if let Some(key) = &letter.key {
             record = record.key(key);
         }
         self.producer
@@ -119,6 +122,77 @@ impl DeadLetters {
             .await
             .map(|_| ())
             .map_err(|(error, _)| error)
+    }
+}
+
+/// A Kafka message as read, owned: what the notifier keeps to retry a send later and to park it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Letter {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) payload: Option<Vec<u8>>,
+    /// In order, as on the message; values are bytes (Kafka headers need not be text).
+    pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl Letter {
+    pub(crate) fn from_message(message: &impl Message) -> Self {
+        let headers = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            headers,
+        }
+    }
+
+    /// A letter as stored by [`Letter::headers_json`] and the columns beside it.
+    pub(crate) fn from_parts(
+        topic: String,
+        partition: i32,
+        offset: i64,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+        headers_json: Option<&str>,
+    ) -> Result<Self, serde_json::Error> {
+        let headers = match headers_json {
+            Some(json) => serde_json::from_str(json)?,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            topic,
+            partition,
+            offset,
+            key,
+            payload,
+            headers,
+        })
+    }
+
+    /// The headers as JSON, for the database.
+    pub(crate) fn headers_json(&self) -> String {
+        // A Vec of (String, Option<Vec<u8>>) always serialises.
+        serde_json::to_string(&self.headers).unwrap_or_else(|_| "[]".to_owned())
+    }
+
+    /// The value of header `key` as text, if present.
+    pub(crate) fn header(&self, key: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 }
 
@@ -133,16 +207,9 @@ pub(crate) struct DeadLetterHeaders {
 }
 
 impl DeadLetterHeaders {
-    /// The headers of `message` if it was parked by a notifier (it has `dlq_original_topic`).
-    pub(crate) fn read(message: &BorrowedMessage<'_>) -> Option<Self> {
-        let headers = message.headers()?;
-        let get = |key: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == key)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
+    /// The headers of `letter` if it was parked by a notifier (it has `dlq_original_topic`).
+    pub(crate) fn read(letter: &Letter) -> Option<Self> {
+        let get = |key: &str| letter.header(key);
         Some(Self {
             original_topic: get("dlq_original_topic")?,
             original_partition: get("dlq_original_partition").unwrap_or_default(),
@@ -152,5 +219,36 @@ impl DeadLetterHeaders {
                 .and_then(|a| a.parse().ok())
                 .unwrap_or(1),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_letter_survives_the_database_round_trip() {
+        let letter = Letter {
+            topic: "orders.placed".into(),
+            partition: 2,
+            offset: 41,
+            key: Some(b"ord_1".to_vec()),
+            payload: Some(b"{}".to_vec()),
+            headers: vec![
+                ("ce_type".into(), Some(b"x".to_vec())),
+                ("binary".into(), Some(vec![0, 159, 255])),
+                ("empty".into(), None),
+            ],
+        };
+        let back = Letter::from_parts(
+            letter.topic.clone(),
+            letter.partition,
+            letter.offset,
+            letter.key.clone(),
+            letter.payload.clone(),
+            Some(&letter.headers_json()),
+        )
+        .expect("stored headers parse");
+        assert_eq!(back, letter);
     }
 }

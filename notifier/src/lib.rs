@@ -1,9 +1,11 @@
 //! The notifier: an email consumer and an SMS consumer of OrderPlaced events, each in its own consumer
 //! group so each channel reads every event on its own, plus a gRPC API listing what was sent.
 //!
-//! Layout: `config` is what the binary and the runner fill in; `channel` is what sending means per
-//! channel; `consumer` is the at-least-once loop and its step, `handle`; `store` holds every SQL
-//! statement; `api` serves ListNotifications.
+//! Layout: `config` is what the binary and the runner fill in; `channel` names the channels;
+//! `delivery` sends (SMTP, SMS webhook, or log only); `consumer` is the at-least-once loop and its
+//! step, `Handler`; `retry` sends failed notifications again; `dead_letter` parks what cannot be
+//! sent and `replay` brings it back; `store` holds every SQL statement; `api` serves
+//! ListNotifications.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -11,7 +13,9 @@ mod channel;
 mod config;
 mod consumer;
 pub mod dead_letter;
+mod delivery;
 mod replay;
+mod retry;
 mod store;
 
 use std::{collections::HashMap, future::Future, sync::Arc};
@@ -26,6 +30,7 @@ use tonic_health::ServingStatus;
 pub use channel::Channel;
 pub use config::Config;
 pub use consumer::{Outcome, Stats};
+pub use delivery::DeliveryConfigError;
 pub use replay::{ReplayReport, replay_dead_letters};
 
 /// Errors that stop the notifier.
@@ -40,6 +45,8 @@ pub enum RunError {
     },
     #[error("replay of dead letters failed: {0}")]
     Replay(String),
+    #[error(transparent)]
+    Delivery(#[from] DeliveryConfigError),
     #[error("no channel configured (NOTIFIER_CHANNELS): give email, sms or both")]
     NoChannel,
     #[error(transparent)]
@@ -97,14 +104,17 @@ pub async fn run_with_stats(
     let mut consumers = JoinSet::new();
     for &channel in &config.channels {
         let stats = stats.entry(channel).or_default().clone();
-        let consumer = consumer::ChannelConsumer::new(
+        let handler = consumer::Handler::new(
             &config,
             channel,
             store.clone(),
+            delivery::Sender::new(channel, &config)?,
             dead_letters.clone(),
-            stats,
-        )
-        .map_err(|e| kafka_error(e.into()))?;
+        );
+        // Each channel: a consumer of new events, and a loop sending failed ones again.
+        consumers.spawn(retry::run(handler.clone(), stats.clone(), stop.clone()));
+        let consumer = consumer::ChannelConsumer::new(&config, handler, stats)
+            .map_err(|e| kafka_error(e.into()))?;
         consumers.spawn(consumer.run(stop.clone()));
     }
 

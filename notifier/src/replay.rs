@@ -1,5 +1,5 @@
-//! Replaying a channel's dead letters once the cause is fixed (a notifier bug, a recipient
-//! corrected upstream, later: a mail server that was down for too long).
+//! Replaying a channel's dead letters once the cause is fixed (a mail server that was down for longer
+//! than the retries lasted, a gateway that refused our requests, a notifier bug).
 //!
 //! Every message parked on the channel's dead-letter topic up to now is handled again by the same
 //! step the consumer uses, against the same database: what now works is notified (or recognised as
@@ -10,7 +10,6 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use ordermesh::events;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{Consumer, StreamConsumer},
@@ -21,8 +20,9 @@ use crate::{
     RunError,
     channel::Channel,
     config::Config,
-    consumer::{Outcome, Source, Verdict, commit_and_close, handle},
-    dead_letter::{self, DeadLetterHeaders, DeadLetters},
+    consumer::{Handler, Mode, Outcome, commit_and_close},
+    dead_letter::{self, DeadLetters, Letter},
+    delivery::Sender,
     store::Store,
 };
 
@@ -52,6 +52,13 @@ pub async fn replay_dead_letters(
     };
     let store = Store::new(ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?);
     let dead_letters = DeadLetters::new(&config.kafka_brokers).map_err(kafka_error)?;
+    let handler = Handler::new(
+        config,
+        channel,
+        store,
+        Sender::new(channel, config)?,
+        dead_letters,
+    );
     let topic = dead_letter::topic(&config.events_topic, channel);
     let group = format!("{}-replay", config.group(channel));
     let consumer: StreamConsumer =
@@ -105,41 +112,15 @@ pub async fn replay_dead_letters(
             remaining.remove(&partition);
             continue;
         }
-        let ce_type = message
-            .headers()
-            .map(|h| events::CloudEventHeaders::from_kafka(h).r#type)
-            .unwrap_or_default();
-        let origin = DeadLetterHeaders::read(&message);
-        let source = Source {
-            topic: origin
-                .as_ref()
-                .map(|o| o.original_topic.clone())
-                .unwrap_or_else(|| config.events_topic.clone()),
-            partition: origin
-                .as_ref()
-                .and_then(|o| o.original_partition.parse().ok())
-                .unwrap_or(-1),
-            offset: origin
-                .as_ref()
-                .and_then(|o| o.original_offset.parse().ok())
-                .unwrap_or(-1),
-        };
-        let verdict = handle(&store, channel, message.payload(), &ce_type, source)
-            .await
-            .map_err(|e| RunError::Replay(format!("cannot record a notification: {e}")))?;
-        match verdict {
-            Verdict::Done(Outcome::Sent) => report.sent += 1,
-            Verdict::Done(Outcome::Duplicate) => report.duplicates += 1,
-            Verdict::Done(Outcome::Skipped) | Verdict::Done(Outcome::DeadLettered) => {
-                report.skipped += 1
-            }
-            Verdict::Poison(reason) => {
-                dead_letters
-                    .park(&config.events_topic, channel, &message, &reason)
-                    .await
-                    .map_err(kafka_error)?;
-                report.parked_again += 1;
-            }
+        let letter = Letter::from_message(&message);
+        match handler.process(&letter, Mode::Replay).await {
+            Ok(Outcome::Sent) => report.sent += 1,
+            Ok(Outcome::Duplicate) => report.duplicates += 1,
+            Ok(Outcome::Skipped) => report.skipped += 1,
+            Ok(Outcome::DeadLettered) => report.parked_again += 1,
+            // A replay sends once and does not schedule retries.
+            Ok(Outcome::Retrying) => report.parked_again += 1,
+            Err(error) => return Err(RunError::Replay(error.to_string())),
         }
         report.replayed += 1;
         consumer

@@ -2,7 +2,7 @@
 
 use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
 
-use crate::channel::Channel;
+use crate::{channel::Channel, dead_letter::Letter};
 
 /// A notification as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub(crate) struct NotificationRow {
     pub(crate) order_id: String,
     pub(crate) channel: Channel,
     pub(crate) recipient: String,
-    /// `PENDING`, `SENT` or `FAILED`.
+    /// `PENDING`, `RETRYING`, `SENT` or `FAILED` (parked on the dead-letter topic).
     pub(crate) status: String,
     pub(crate) attempts: i32,
     pub(crate) created_at_ms: i64,
@@ -21,6 +21,9 @@ pub(crate) struct NotificationRow {
     pub(crate) source_topic: String,
     pub(crate) source_partition: i32,
     pub(crate) source_offset: i64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) first_failure_at_ms: Option<i64>,
+    pub(crate) next_attempt_at_ms: Option<i64>,
 }
 
 /// Filters of a listing.
@@ -40,16 +43,19 @@ impl Store {
         Self { pool }
     }
 
-    /// Records a PENDING notification for (event, channel) unless one exists, and returns whichever
-    /// row holds that key now: a redelivered event finds the first one.
+    /// Records a PENDING notification for (event, channel), keeping `letter` (the message as read)
+    /// for retries and parking, unless one exists; returns whichever row holds that key now: a
+    /// redelivered event finds the first one.
     pub(crate) async fn claim(
         &self,
         new: &NotificationRow,
+        letter: &Letter,
     ) -> Result<NotificationRow, sqlx::Error> {
         sqlx::query(
             "INSERT INTO notifications (notification_id, event_id, order_id, channel, recipient,
-                 status, attempts, created_at_ms, source_topic, source_partition, source_offset)
-             VALUES (?, ?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?)
+                 status, attempts, created_at_ms, source_topic, source_partition, source_offset,
+                 message_key, message_payload, message_headers)
+             VALUES (?, ?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (event_id, channel) DO NOTHING",
         )
         .bind(&new.notification_id)
@@ -61,6 +67,9 @@ impl Store {
         .bind(&new.source_topic)
         .bind(new.source_partition)
         .bind(new.source_offset)
+        .bind(&letter.key)
+        .bind(&letter.payload)
+        .bind(letter.headers_json())
         .execute(&self.pool)
         .await?;
         sqlx::query("SELECT * FROM notifications WHERE event_id = ? AND channel = ?")
@@ -71,14 +80,16 @@ impl Store {
             .await
     }
 
-    /// Marks a notification sent, counting the attempt.
+    /// Marks a notification sent, counting the attempt, and lets go of the message it kept.
     pub(crate) async fn mark_sent(
         &self,
         notification_id: &str,
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE notifications SET status = 'SENT', attempts = attempts + 1, sent_at_ms = ?
+            "UPDATE notifications SET status = 'SENT', attempts = attempts + 1, sent_at_ms = ?,
+                 next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
+                 message_headers = NULL
              WHERE notification_id = ?",
         )
         .bind(now_ms)
@@ -86,6 +97,117 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// Records the `attempts`-th failed send and when to try again.
+    pub(crate) async fn schedule_retry(
+        &self,
+        notification_id: &str,
+        attempts: i32,
+        error: &str,
+        now_ms: i64,
+        next_attempt_at_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE notifications SET status = 'RETRYING', attempts = ?, last_error = ?,
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, ?), next_attempt_at_ms = ?
+             WHERE notification_id = ?",
+        )
+        .bind(attempts)
+        .bind(error)
+        .bind(now_ms)
+        .bind(next_attempt_at_ms)
+        .bind(notification_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records that a notification was parked on the dead-letter topic after `attempts` sends; the
+    /// dead-letter topic holds the message from now on.
+    pub(crate) async fn mark_failed(
+        &self,
+        notification_id: &str,
+        attempts: i32,
+        error: &str,
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE notifications SET status = 'FAILED', attempts = ?, last_error = ?,
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, ?), next_attempt_at_ms = NULL,
+                 message_key = NULL, message_payload = NULL, message_headers = NULL
+             WHERE notification_id = ?",
+        )
+        .bind(attempts)
+        .bind(error)
+        .bind(now_ms)
+        .bind(notification_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Up to `limit` of `channel`'s retries due at `now_ms`, soonest first, with their messages.
+    pub(crate) async fn due_retries(
+        &self,
+        channel: Channel,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<(NotificationRow, Letter)>, sqlx::Error> {
+        sqlx::query(
+            "SELECT * FROM notifications
+             WHERE status = 'RETRYING' AND channel = ? AND next_attempt_at_ms <= ?
+             ORDER BY next_attempt_at_ms LIMIT ?",
+        )
+        .bind(channel.as_str())
+        .bind(now_ms)
+        .bind(limit)
+        .try_map(|row: SqliteRow| {
+            let letter = Letter::from_parts(
+                row.try_get("source_topic")?,
+                row.try_get("source_partition")?,
+                row.try_get("source_offset")?,
+                row.try_get("message_key")?,
+                row.try_get("message_payload")?,
+                row.try_get::<Option<String>, _>("message_headers")?.as_deref(),
+            )
+            .map_err(|e| sqlx::Error::Decode(e.into()))?;
+            Ok((from_row(&row)?, letter))
+        })
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// When `channel`'s next retry is due, if any is waiting.
+    pub(crate) async fn next_retry_at(&self, channel: Channel) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT MIN(next_attempt_at_ms) FROM notifications
+             WHERE status = 'RETRYING' AND channel = ?",
+        )
+        .bind(channel.as_str())
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Takes a due retry for `lease_until_ms` by moving its due time, if nobody else moved it since
+    /// it was read as due at `seen_due_ms`: with several notifier replicas on one database, one of
+    /// them sends it. A holder that dies leaves it due again when the lease ends.
+    pub(crate) async fn lease_retry(
+        &self,
+        notification_id: &str,
+        seen_due_ms: i64,
+        lease_until_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE notifications SET next_attempt_at_ms = ?
+             WHERE notification_id = ? AND status = 'RETRYING' AND next_attempt_at_ms = ?",
+        )
+        .bind(lease_until_ms)
+        .bind(notification_id)
+        .bind(seen_due_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Up to `limit` notifications matching `filter` with `seq` greater than `after`, oldest first.
@@ -129,5 +251,8 @@ fn from_row(row: &SqliteRow) -> Result<NotificationRow, sqlx::Error> {
         source_topic: row.try_get("source_topic")?,
         source_partition: row.try_get("source_partition")?,
         source_offset: row.try_get("source_offset")?,
+        last_error: row.try_get("last_error")?,
+        first_failure_at_ms: row.try_get("first_failure_at_ms")?,
+        next_attempt_at_ms: row.try_get("next_attempt_at_ms")?,
     })
 }

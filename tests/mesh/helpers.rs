@@ -45,6 +45,26 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<(
     Ok(())
 }
 
+/// Polls the async `check` until it answers true, or fails naming `what` (and the last error, if
+/// the check failed) after [`EVENTUALLY`].
+pub async fn eventually_async<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        let last = check().await;
+        if matches!(last, Ok(true)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("not so after {EVENTUALLY:?}: {what} (last check: {last:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Ends the test process if a test runs far longer than any should, naming the test: a hang then
 /// fails the run within minutes instead of using up all of CI's time.
 pub struct Watchdog {
@@ -165,6 +185,8 @@ pub struct TestMesh {
     email_group: String,
     sms_group: String,
     payment_config: fn(&mut ordermesh_payment::Config),
+    /// Changes to the notifier's settings, applied at each (re)start: where to send, retry timing.
+    pub notifier_settings: Arc<dyn Fn(&mut ordermesh_notifier::Config) + Send + Sync>,
     _watchdog: Watchdog,
     // Declared last so that, if a test fails early, it is dropped after everything above.
     pub dir: TempDir,
@@ -252,6 +274,7 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
         email_group: format!("notifier-email-{suffix}"),
         sms_group: format!("notifier-sms-{suffix}"),
         payment_config: options.payment_config,
+        notifier_settings: Arc::new(|_| {}),
         _watchdog: watchdog,
     };
     if options.notifier {
@@ -334,7 +357,7 @@ impl TestMesh {
 
     /// The notifier's settings in this mesh (both channels).
     pub fn notifier_config(&self) -> Result<ordermesh_notifier::Config> {
-        Ok(ordermesh_notifier::Config {
+        let mut config = ordermesh_notifier::Config {
             database_url: sqlite_url(&self.dir, "notifier"),
             kafka_brokers: self.broker.bootstrap_servers(),
             events_topic: self.topic.clone(),
@@ -345,7 +368,9 @@ impl TestMesh {
             session_timeout_ms: 6_000,
             drain_grace_ms: 2_000,
             ..ordermesh_notifier::Config::from_env()?
-        })
+        };
+        (self.notifier_settings)(&mut config);
+        Ok(config)
     }
 
     pub async fn stop_notifier(&mut self) -> Result<()> {

@@ -10,6 +10,7 @@ mod helpers;
 
 mod black_box;
 mod compose;
+mod delivery;
 mod failures;
 mod happy_path;
 mod idempotency;
@@ -18,5 +19,6 @@ mod outbox;
 mod poison;
 mod readme;
 mod replay;
+mod servers;
 mod sync_path;
 mod validation;

@@ -1,0 +1,294 @@
+//! How a notification leaves the notifier: an email over SMTP, an SMS as an HTTP POST to a gateway
+//! (the webhook shape SMS providers use), or, when neither is configured, a log line and the record
+//! in the database, so the quick start needs no mail server.
+//!
+//! Every send has a time limit, and every failure says whether trying again can help: a refused
+//! recipient or a rejected request is permanent (straight to the dead-letter topic), a server that is
+//! down, slow or overloaded is transient (retried later, see `retry`).
+//!
+//! Sends are at least once: a notifier stopped after the server accepted a message and before the
+//! database recorded it sends it again. Both channels therefore carry a stable per-event identity the
+//! receiving side can deduplicate on: the email's `Message-ID` and the SMS request's
+//! `Idempotency-Key`.
+
+use std::time::Duration;
+
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
+    message::{Mailbox, header::ContentType},
+};
+use ordermesh::proto::events::v1::OrderPlaced;
+
+use crate::{channel::Channel, config::Config};
+
+/// Why a send failed, and whether another attempt can succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SendError {
+    /// The server is unreachable, timed out or asked to try later.
+    #[error("{0}")]
+    Transient(String),
+    /// The server refused this message for good (bad recipient, rejected request).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// A delivery setting that cannot work; reported at startup, not at the first send.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryConfigError {
+    #[error("NOTIFIER_SMTP_URL {url:?} is not a usable SMTP URL (smtp://host:port, smtps://…): {reason}")]
+    SmtpUrl { url: String, reason: String },
+    #[error("NOTIFIER_EMAIL_FROM {from:?} is not a mailbox (\"Name <address>\" or an address): {reason}")]
+    From { from: String, reason: String },
+    #[error("NOTIFIER_SMS_WEBHOOK_URL {url:?} is not an http(s) URL: {reason}")]
+    WebhookUrl { url: String, reason: String },
+    #[error("cannot build the HTTP client for the SMS webhook: {0}")]
+    HttpClient(String),
+}
+
+/// Sends one channel's notifications.
+#[derive(Clone)]
+pub(crate) struct Sender {
+    how: How,
+    timeout: Duration,
+}
+
+#[derive(Clone)]
+enum How {
+    /// Record and log only.
+    Log,
+    Smtp {
+        transport: AsyncSmtpTransport<Tokio1Executor>,
+        from: Mailbox,
+    },
+    Webhook {
+        client: reqwest::Client,
+        url: reqwest::Url,
+        token: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("how", &self.describe())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The JSON body POSTed to the SMS gateway.
+#[derive(Debug, serde::Serialize)]
+struct SmsRequest<'a> {
+    to: &'a str,
+    body: &'a str,
+    /// The event the message is about, for the gateway's records and our support.
+    reference: &'a str,
+}
+
+impl Sender {
+    /// The sender `config` asks for on `channel`.
+    pub(crate) fn new(channel: Channel, config: &Config) -> Result<Self, DeliveryConfigError> {
+        let timeout = config.send_timeout();
+        let how = match channel {
+            Channel::Email => match config.smtp_url.as_deref().filter(|u| !u.is_empty()) {
+                None => How::Log,
+                Some(url) => {
+                    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                        .map_err(|e| DeliveryConfigError::SmtpUrl {
+                            url: url.to_owned(),
+                            reason: e.to_string(),
+                        })?
+                        // Bounds connecting and every SMTP command, not just the whole send.
+                        .timeout(Some(timeout))
+                        .build();
+                    let from = config.email_from.parse().map_err(|e: lettre::address::AddressError| {
+                        DeliveryConfigError::From {
+                            from: config.email_from.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    How::Smtp { transport, from }
+                }
+            },
+            Channel::Sms => match config.sms_webhook_url.as_deref().filter(|u| !u.is_empty()) {
+                None => How::Log,
+                Some(url) => {
+                    let parsed = reqwest::Url::parse(url)
+                        .map_err(|e| e.to_string())
+                        .and_then(|u| match u.scheme() {
+                            "http" | "https" => Ok(u),
+                            other => Err(format!("scheme {other:?}")),
+                        })
+                        .map_err(|reason| DeliveryConfigError::WebhookUrl {
+                            url: url.to_owned(),
+                            reason,
+                        })?;
+                    let client = reqwest::Client::builder()
+                        .connect_timeout(timeout)
+                        .timeout(timeout)
+                        .build()
+                        .map_err(|e| DeliveryConfigError::HttpClient(e.to_string()))?;
+                    How::Webhook {
+                        client,
+                        url: parsed,
+                        token: config.sms_webhook_token.clone().filter(|t| !t.is_empty()),
+                    }
+                }
+            },
+        };
+        Ok(Self { how, timeout })
+    }
+
+    /// The time limit of one send.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Where messages go, for the startup log (no credentials).
+    pub(crate) fn describe(&self) -> String {
+        match &self.how {
+            How::Log => "log only (no server configured)".to_owned(),
+            How::Smtp { .. } => "SMTP".to_owned(),
+            How::Webhook { url, .. } => format!("webhook {}", url.as_str()),
+        }
+    }
+
+    /// Sends the notification for `event` to `recipient`, within the send timeout.
+    pub(crate) async fn send(
+        &self,
+        channel: Channel,
+        recipient: &str,
+        event: &OrderPlaced,
+    ) -> Result<(), SendError> {
+        let text = message_text(event);
+        let sending = async {
+            match &self.how {
+                How::Log => {
+                    tracing::info!(
+                        channel = channel.as_str(),
+                        recipient,
+                        order_id = %event.order_id,
+                        event_id = %event.event_id,
+                        "notification recorded (no server configured): {text}"
+                    );
+                    Ok(())
+                }
+                How::Smtp { transport, from } => {
+                    send_email(transport, from, recipient, event, text).await
+                }
+                How::Webhook { client, url, token } => {
+                    send_sms(client, url, token.as_deref(), recipient, event, &text).await
+                }
+            }
+        };
+        // The transports have their own timeouts; this one also bounds what they do not cover
+        // (DNS, a pooled connection's wait).
+        match tokio::time::timeout(self.timeout, sending).await {
+            Ok(sent) => sent,
+            Err(_) => Err(SendError::Transient(format!(
+                "no answer within the send timeout ({:?})",
+                self.timeout
+            ))),
+        }
+    }
+}
+
+/// The text of the notification, the same on both channels.
+fn message_text(event: &OrderPlaced) -> String {
+    let total = event.total.clone().unwrap_or_default();
+    format!(
+        "Your order {} is confirmed. Total: {}.",
+        event.order_id,
+        ordermesh::money::formatted(total.minor_units, &total.currency_code)
+    )
+}
+
+async fn send_email(
+    transport: &AsyncSmtpTransport<Tokio1Executor>,
+    from: &Mailbox,
+    recipient: &str,
+    event: &OrderPlaced,
+    text: String,
+) -> Result<(), SendError> {
+    let to: Mailbox = recipient.parse().map_err(|e| {
+        SendError::Permanent(format!("recipient {recipient:?} is not an email address: {e}"))
+    })?;
+    let email = lettre::Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(format!("Order {} confirmed", event.order_id))
+        // Stable per event: a resend after a crash is the same message to the receiving side.
+        .message_id(Some(format!("<{}.email@ordermesh>", event.event_id)))
+        .header(ContentType::TEXT_PLAIN)
+        .body(text)
+        .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
+    match transport.send(email).await {
+        Ok(_) => Ok(()),
+        // 5xx: the server will never take this message (unknown mailbox, policy).
+        Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP server refused: {e}"))),
+        // 4xx, connection refused or reset, timeouts: worth another try.
+        Err(e) => Err(SendError::Transient(format!("SMTP: {e}"))),
+    }
+}
+
+async fn send_sms(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    token: Option<&str>,
+    recipient: &str,
+    event: &OrderPlaced,
+    text: &str,
+) -> Result<(), SendError> {
+    let mut request = client
+        .post(url.clone())
+        // Stable per event: a gateway that deduplicates sends a resend after a crash only once.
+        .header("Idempotency-Key", format!("{}.sms", event.event_id))
+        .json(&SmsRequest {
+            to: recipient,
+            body: text,
+            reference: &event.event_id,
+        });
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| SendError::Transient(format!("SMS gateway unreachable: {e}")))?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = response.text().await.unwrap_or_default();
+    let body: String = body.chars().take(200).collect();
+    let message = format!("SMS gateway answered {status}: {body}");
+    // Timeouts, "too early", rate limits and server errors pass; other 4xx mean this request is
+    // wrong and will stay wrong.
+    if status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429) {
+        Err(SendError::Transient(message))
+    } else {
+        Err(SendError::Permanent(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ordermesh::proto::types::v1::Money;
+
+    #[test]
+    fn text_shows_the_total_in_major_units() {
+        let event = OrderPlaced {
+            order_id: "ord_1".into(),
+            total: Some(Money {
+                currency_code: "EUR".into(),
+                minor_units: 12_305,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            message_text(&event),
+            "Your order ord_1 is confirmed. Total: 123.05 EUR."
+        );
+    }
+}

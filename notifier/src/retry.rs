@@ -1,0 +1,87 @@
+//! The retry loop of a channel: sends again the notifications whose send failed, when their backoff
+//! is over, until they are sent or out of attempts (then parked on the dead-letter topic).
+//!
+//! Retries live in the notifier's database rather than in retry topics: the consumer has already
+//! stored the failed message there before moving its offset, so nothing is lost when the notifier
+//! stops, and the partition never waits for a mail server. The loop wakes when the soonest retry is
+//! due (or every [`POLL`] at most, to see retries another replica scheduled), and takes each due
+//! retry with a lease, so replicas sharing a database do not send the same one twice.
+
+use std::{sync::Arc, time::Duration};
+
+use ordermesh::{events, timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{Handler, HandleError, Outcome, Stats, Verdict};
+
+/// Longest sleep between two looks at the retry schedule.
+const POLL: Duration = Duration::from_secs(1);
+/// Retries taken per look.
+const BATCH: i64 = 64;
+
+/// Runs `handler`'s channel's retries until `stop` is cancelled. A send under way is finished first.
+pub(crate) async fn run(handler: Handler, stats: Arc<Stats>, stop: CancellationToken) {
+    let channel = handler.channel.as_str();
+    loop {
+        let wait = match due_round(&handler, &stats).await {
+            Ok(wait) => wait,
+            Err(error) => {
+                // The leases run out and the retries become due again.
+                tracing::error!(channel, %error, "retry round failed");
+                POLL
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::info!(channel, "retry loop stopped");
+}
+
+/// Sends every retry due now; returns how long to sleep before the next look.
+async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleError> {
+    let store = &handler.store;
+    loop {
+        let now = timestamp::now_millis();
+        let due = store.due_retries(handler.channel, now, BATCH).await?;
+        let full = due.len() as i64 == BATCH;
+        for (row, letter) in due {
+            // Long enough for a send that times out, and then some.
+            let lease = handler.sender.timeout() * 2 + Duration::from_secs(1);
+            let seen_due = row.next_attempt_at_ms.unwrap_or(now);
+            let until = now.saturating_add(lease.as_millis() as i64);
+            if !store
+                .lease_retry(&row.notification_id, seen_due, until)
+                .await?
+            {
+                continue; // Another replica took it.
+            }
+            let verdict =
+                match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default()) {
+                    Ok(event) => handler.attempt(&row, &event, true).await?,
+                    // It decoded when it was first handled; a row damaged since is parked as is.
+                    Err(error) => Verdict::Park {
+                        reason: format!("stored message no longer decodes: {error}"),
+                        attempts: row.attempts as u32,
+                        first_failure_ms: row.first_failure_at_ms.unwrap_or(now),
+                        notification: Some((row.notification_id.clone(), row.attempts)),
+                    },
+                };
+            let outcome = handler.settle(verdict, &letter).await?;
+            if outcome == Outcome::Sent {
+                tracing::info!(channel = handler.channel.as_str(), event_id = %row.event_id, attempts = row.attempts + 1, "sent on retry");
+            }
+            stats.count(outcome);
+        }
+        if !full {
+            break;
+        }
+    }
+    let now = timestamp::now_millis();
+    let wait = match store.next_retry_at(handler.channel).await? {
+        Some(next) => Duration::from_millis(next.saturating_sub(now).max(0) as u64).min(POLL),
+        None => POLL,
+    };
+    Ok(wait)
+}
