@@ -1,0 +1,203 @@
+//! The notifier as a real process, killed with SIGKILL in the middle of a backlog: restarted, it
+//! notifies every event once per channel (one record each), and the SMS gateway sees each SMS at
+//! most twice, the second time only for the one in flight at the kill, under the same
+//! Idempotency-Key so the gateway can drop it. Run against the embedded broker and against tansu.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Result;
+use ordermesh::{
+    events::{CloudEventHeaders, encode_order_placed},
+    proto::{
+        events::v1::OrderPlaced,
+        order::v1::Customer,
+        types::v1::Money,
+    },
+};
+use ordermesh_testkit::{Broker, Process, Tansu, eventually, unused_addr};
+use rdkafka::{
+    ClientConfig,
+    producer::{FutureProducer, FutureRecord},
+    util::Timeout,
+};
+use tempfile::TempDir;
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
+
+const EVENTS: usize = 120;
+
+/// An SMS gateway that takes 20 ms per SMS, so the backlog takes seconds and a kill lands in it.
+#[derive(Clone, Default)]
+struct SlowGateway {
+    /// Idempotency-Key of every request, in arrival order.
+    keys: Arc<Mutex<Vec<String>>>,
+}
+
+impl Respond for SlowGateway {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let key = request
+            .headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        self.keys.lock().unwrap().push(key);
+        ResponseTemplate::new(202).set_delay(Duration::from_millis(20))
+    }
+}
+
+async fn publish_events(broker: &Broker, topic: &str) -> Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .create()?;
+    for i in 0..EVENTS {
+        let event = OrderPlaced {
+            event_id: format!("evt_crash_{i}"),
+            order_id: format!("ord_crash_{i}"),
+            customer: Some(Customer {
+                email: "ada@example.com".into(),
+                phone: "+14155550100".into(),
+            }),
+            total: Some(Money {
+                currency_code: "EUR".into(),
+                minor_units: 2_500,
+            }),
+            ..Default::default()
+        };
+        let payload = encode_order_placed(&event)?;
+        let headers = CloudEventHeaders::order_placed(&event).to_kafka();
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(&event.order_id)
+                    .payload(&payload)
+                    .headers(headers),
+                Timeout::After(Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+    Ok(())
+}
+
+/// SENT records per channel in the notifier's database.
+async fn sent_counts(dir: &Path) -> Result<HashMap<String, i64>> {
+    let pool = ordermesh::db::connect(&format!("sqlite://{}", dir.join("notifier.db").display())).await?;
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT channel, COUNT(*) FROM notifications WHERE status = 'SENT' GROUP BY channel",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_default();
+    pool.close().await;
+    Ok(rows.into_iter().collect())
+}
+
+async fn start_notifier(
+    dir: &Path,
+    addr: SocketAddr,
+    broker: &Broker,
+    topic: &str,
+    gateway: &str,
+) -> Result<Process> {
+    let mut notifier = Process::spawn(
+        "notifier",
+        Path::new(env!("CARGO_BIN_EXE_notifier")),
+        &[],
+        &[
+            ("NOTIFIER_LISTEN_ADDR", addr.to_string()),
+            ("NOTIFIER_DATABASE_URL", format!("sqlite://{}", dir.join("notifier.db").display())),
+            ("KAFKA_BROKERS", broker.bootstrap_servers()),
+            ("ORDER_EVENTS_TOPIC", topic.to_owned()),
+            ("NOTIFIER_EMAIL_GROUP", format!("{topic}-email")),
+            ("NOTIFIER_SMS_GROUP", format!("{topic}-sms")),
+            ("NOTIFIER_SMS_WEBHOOK_URL", gateway.to_owned()),
+            // The killed member never leaves its group: the group waits this long for it.
+            ("NOTIFIER_SESSION_TIMEOUT_MS", "6000".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ],
+        dir.join("notifier.log"),
+    )?;
+    notifier.wait_serving(addr).await?;
+    Ok(notifier)
+}
+
+async fn scenario(dir: TempDir, broker: Broker, topic: &str) -> Result<()> {
+    eprintln!("running against: {}", broker.name());
+    publish_events(&broker, topic).await?;
+    let server = MockServer::start().await;
+    let gateway = SlowGateway::default();
+    Mock::given(matchers::method("POST"))
+        .and(matchers::path("/sms"))
+        .respond_with(gateway.clone())
+        .mount(&server)
+        .await;
+    let gateway_url = format!("{}/sms", server.uri());
+
+    let addr = unused_addr().await?;
+    let notifier = start_notifier(dir.path(), addr, &broker, topic, &gateway_url).await?;
+    eventually("the notifier part way through the SMS backlog", || async {
+        Ok(sent_counts(dir.path()).await?.get("SMS").copied().unwrap_or(0) >= 20)
+    })
+    .await?;
+    notifier.kill().await?;
+    let at_kill = sent_counts(dir.path()).await?;
+    let sms_at_kill = at_kill.get("SMS").copied().unwrap_or(0);
+    assert!(
+        (sms_at_kill as usize) < EVENTS,
+        "the kill came after the backlog was done ({at_kill:?}): not mid-batch"
+    );
+
+    let notifier = start_notifier(dir.path(), addr, &broker, topic, &gateway_url).await?;
+    eventually("every event notified on both channels", || async {
+        let counts = sent_counts(dir.path()).await?;
+        Ok(counts.get("EMAIL") == Some(&(EVENTS as i64)) && counts.get("SMS") == Some(&(EVENTS as i64)))
+    })
+    .await?;
+    notifier.kill().await?;
+
+    // One record per event and channel (the unique key holds them to that) ...
+    let counts = sent_counts(dir.path()).await?;
+    assert_eq!(counts.get("EMAIL"), Some(&(EVENTS as i64)));
+    assert_eq!(counts.get("SMS"), Some(&(EVENTS as i64)));
+    // ... every SMS reached the gateway, and a resend is at most the one in flight at the kill,
+    // with the same Idempotency-Key.
+    let keys = gateway.keys.lock().unwrap().clone();
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    for key in &keys {
+        *per_key.entry(key.as_str()).or_default() += 1;
+    }
+    assert_eq!(per_key.len(), EVENTS, "every SMS sent");
+    let resent: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(resent.len() <= 1 && resent.iter().all(|(_, n)| **n == 2), "resent: {resent:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_backlog_notifies_each_event_once_after_restart_embedded() -> Result<()> {
+    let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
+    let dead_letters = [
+        ordermesh_notifier::dead_letter::topic(&topic, ordermesh_notifier::Channel::Email),
+        ordermesh_notifier::dead_letter::topic(&topic, ordermesh_notifier::Channel::Sms),
+    ];
+    let broker = Broker::embedded(&[&topic, &dead_letters[0], &dead_letters[1]], 3)?;
+    scenario(tempfile::tempdir()?, broker, &topic).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_mid_backlog_notifies_each_event_once_after_restart_tansu() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(tansu) = Tansu::start_in(dir.path()).await? else {
+        return Ok(());
+    };
+    let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
+    ordermesh::kafka::ensure_topics(&tansu.addr.to_string(), &[topic.as_str()], 3).await?;
+    scenario(dir, Broker::Tansu(tansu), &topic).await
+}

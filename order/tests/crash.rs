@@ -1,0 +1,154 @@
+//! The order service as a real process, killed with SIGKILL while its orders' events are stored but
+//! not yet published (the broker is down): restarted, it publishes every event exactly once. Run
+//! against the embedded broker and against tansu, a broker nobody here wrote.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::HashSet, net::SocketAddr, path::Path};
+
+use anyhow::{Result, ensure};
+use ordermesh::proto::{
+    order::v1::{
+        CreateOrderRequest, Customer, GetOrderRequest, LineItem, Order,
+        order_service_client::OrderServiceClient,
+    },
+    types::v1::Money,
+};
+use ordermesh_testkit::{Broker, Process, Tansu, eventually, unused_addr};
+use tempfile::TempDir;
+
+fn order_request(request_id: &str) -> CreateOrderRequest {
+    CreateOrderRequest {
+        request_id: request_id.into(),
+        customer: Some(Customer {
+            email: "ada@example.com".into(),
+            phone: "+14155550100".into(),
+        }),
+        items: vec![LineItem {
+            sku: "SKU-1".into(),
+            quantity: 2,
+            unit_price: Some(Money {
+                currency_code: "EUR".into(),
+                minor_units: 1_250,
+            }),
+        }],
+        payment_method_token: "tok_visa".into(),
+    }
+}
+
+/// The order binary on `addr`, with its database in `dir`.
+async fn start_order(
+    dir: &Path,
+    addr: SocketAddr,
+    payment: SocketAddr,
+    broker: &Broker,
+    topic: &str,
+) -> Result<Process> {
+    let mut order = Process::spawn(
+        "order",
+        Path::new(env!("CARGO_BIN_EXE_order")),
+        &[],
+        &[
+            ("ORDER_LISTEN_ADDR", addr.to_string()),
+            ("ORDER_DATABASE_URL", format!("sqlite://{}", dir.join("order.db").display())),
+            ("ORDER_PAYMENT_URL", format!("http://{payment}")),
+            ("KAFKA_BROKERS", broker.bootstrap_servers()),
+            ("ORDER_EVENTS_TOPIC", topic.to_owned()),
+            // CreateOrder gives up waiting for the broker quickly and reports the event pending.
+            ("ORDER_PUBLISH_TIMEOUT_MS", "300".to_owned()),
+            ("RUST_LOG", "info".to_owned()),
+        ],
+        dir.join("order.log"),
+    )?;
+    order.wait_serving(addr).await?;
+    Ok(order)
+}
+
+async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
+    eprintln!("running against: {}", broker.name());
+    // Payment runs in this process (it is not what is killed here).
+    let payment_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let payment_addr = payment_listener.local_addr()?;
+    let payment_config = ordermesh_payment::Config {
+        database_url: format!("sqlite://{}", dir.path().join("payment.db").display()),
+        ..ordermesh_payment::Config::from_env()?
+    };
+    let payment = tokio::spawn(ordermesh_payment::run(
+        payment_listener,
+        payment_config,
+        std::future::pending(),
+    ));
+
+    let order_addr = unused_addr().await?;
+    let order = start_order(dir.path(), order_addr, payment_addr, &broker, topic).await?;
+    let mut client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
+    // One order while all is well: the topic exists and the pipeline works.
+    let first = client.create_order(order_request("crash-first")).await?.into_inner();
+    eventually("the first event on the topic", || async {
+        Ok(broker.message_count(topic).await? == 1)
+    })
+    .await?;
+
+    // Broker down: orders are accepted, their events stay in the outbox.
+    broker.down().await?;
+    let mut orders: Vec<Order> = vec![first];
+    for i in 0..10 {
+        let order = client.create_order(order_request(&format!("crash-{i}"))).await?.into_inner();
+        ensure!(order.event_pending, "event published with the broker down? {order:?}");
+        orders.push(order);
+    }
+
+    // SIGKILL: no shutdown, no final flush.
+    order.kill().await?;
+    broker.up().await?;
+    let _order = start_order(dir.path(), order_addr, payment_addr, &broker, topic).await?;
+    let client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
+
+    // Every order's event is published: the orders say so...
+    eventually("no order's event pending", || {
+        let mut client = client.clone();
+        let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
+        async move {
+            for order_id in ids {
+                let now = client.get_order(GetOrderRequest { order_id }).await?.into_inner();
+                if now.event_pending {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    })
+    .await?;
+    // ... and the topic holds each exactly once.
+    let messages = broker.read(topic, orders.len()).await?;
+    assert_eq!(broker.message_count(topic).await?, orders.len() as i64, "no event twice");
+    let on_topic: HashSet<String> = messages
+        .iter()
+        .map(|m| {
+            use rdkafka::Message;
+            ordermesh::events::decode_order_placed(m.payload().unwrap_or_default())
+                .unwrap()
+                .event_id
+        })
+        .collect();
+    let expected: HashSet<String> = orders.iter().map(|o| o.event_id.clone()).collect();
+    assert_eq!(on_topic, expected);
+    payment.abort();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_events_unpublished_publishes_each_once_after_restart_embedded() -> Result<()> {
+    let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
+    let broker = Broker::embedded(&[&topic], 3)?;
+    scenario(tempfile::tempdir()?, broker, &topic).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_with_events_unpublished_publishes_each_once_after_restart_tansu() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(tansu) = Tansu::start_in(dir.path()).await? else {
+        return Ok(());
+    };
+    let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
+    scenario(dir, Broker::Tansu(tansu), &topic).await
+}

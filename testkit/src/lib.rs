@@ -1,0 +1,342 @@
+//! Test support shared by the ordermesh suites: the Kafka-protocol broker a test runs against (the
+//! embedded mock cluster, or `tansu`, an independent broker nobody here wrote), service binaries run
+//! as real processes so a test can SIGKILL them, and the waits they need.
+//!
+//! Tools from outside the Rust toolchain (tansu) are found on PATH or in `~/.cargo/bin`. Without
+//! them a local run says so and skips; under CI=true (where `.ci/run` installs them) a missing tool
+//! fails.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use ordermesh::kafka::EmbeddedBroker;
+use rdkafka::{
+    ClientConfig,
+    consumer::{BaseConsumer, Consumer, StreamConsumer},
+    message::OwnedMessage,
+};
+use tokio::process::{Child, Command};
+
+/// Upper bound for anything that happens asynchronously. It only bounds a failing test.
+pub const EVENTUALLY: Duration = Duration::from_secs(60);
+
+/// The path of tool `name`, None to skip (locally), or an error (in CI).
+pub fn tool(name: &str) -> Result<Option<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect())
+        .unwrap_or_default();
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(Path::new(&home).join(".cargo/bin"));
+    }
+    match dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+        Some(path) => Ok(Some(path)),
+        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            bail!("{name} is not installed, and CI=true requires it (.ci/run installs it)")
+        }
+        None => {
+            eprintln!("SKIPPED: {name} is not installed (run .ci/run, or install it, to run this test)");
+            Ok(None)
+        }
+    }
+}
+
+/// A loopback address nobody listens on now (bound, read and released).
+pub async fn unused_addr() -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(listener.local_addr()?)
+}
+
+/// Polls the async `check` until it answers true, or fails naming `what` after [`EVENTUALLY`].
+pub async fn eventually<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    loop {
+        let last = check().await;
+        if matches!(last, Ok(true)) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("not so after {EVENTUALLY:?}: {what} (last check: {last:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the gRPC server at `addr` answers its health check with SERVING.
+pub async fn is_serving(addr: SocketAddr) -> bool {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
+        return false;
+    };
+    let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).connect().await else {
+        return false;
+    };
+    HealthClient::new(channel)
+        .check(HealthCheckRequest::default())
+        .await
+        .is_ok_and(|a| a.into_inner().status() == ServingStatus::Serving)
+}
+
+/// A child process with its output in a log file, killed when dropped.
+#[derive(Debug)]
+pub struct Process {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `args` and `envs`, its stdout and stderr appended to `log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+        log: PathBuf,
+    ) -> Result<Self> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start {name} ({})", program.display()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    /// Fails with the process's log if it has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}); its log:\n{}", self.name, self.log_text());
+        }
+        Ok(())
+    }
+
+    /// Waits until the gRPC server at `addr` is SERVING, failing if the process exits first.
+    pub async fn wait_serving(&mut self, addr: SocketAddr) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        loop {
+            self.check_running()?;
+            if is_serving(addr).await {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{} not SERVING at {addr} after {EVENTUALLY:?}; its log:\n{}", self.name, self.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything. Waits until it is gone.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The broker a test runs against.
+pub enum Broker {
+    /// librdkafka's mock cluster behind a stable address (what `cargo run` uses).
+    Embedded(EmbeddedBroker),
+    /// tansu, an independent Kafka-compatible broker, on SQLite storage.
+    Tansu(Tansu),
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Broker {
+    /// An embedded broker with `topics` (the mock cluster cannot create topics on request).
+    pub fn embedded(topics: &[&str], partitions: i32) -> Result<Self> {
+        Ok(Self::Embedded(EmbeddedBroker::start(
+            "127.0.0.1:0".parse()?,
+            topics,
+            partitions,
+        )?))
+    }
+
+    /// What the tests print, so a log says which broker a test proved something against.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Broker::Embedded(_) => "embedded broker (librdkafka mock cluster)",
+            Broker::Tansu(_) => "tansu 0.6 (independent Kafka-compatible broker, SQLite storage)",
+        }
+    }
+
+    pub fn bootstrap_servers(&self) -> String {
+        match self {
+            Broker::Embedded(broker) => broker.bootstrap_servers(),
+            Broker::Tansu(tansu) => tansu.addr.to_string(),
+        }
+    }
+
+    /// Makes the broker unreachable; [`Broker::up`] brings it back with what it had stored.
+    pub async fn down(&mut self) -> Result<()> {
+        match self {
+            Broker::Embedded(broker) => Ok(broker.cluster().broker_down(1)?),
+            Broker::Tansu(tansu) => tansu.stop().await,
+        }
+    }
+
+    pub async fn up(&mut self) -> Result<()> {
+        match self {
+            Broker::Embedded(broker) => Ok(broker.cluster().broker_up(1)?),
+            Broker::Tansu(tansu) => tansu.start().await,
+        }
+    }
+
+    /// The first `count` messages of `topic`, read from the beginning by a new consumer group.
+    pub async fn read(&self, topic: &str, count: usize) -> Result<Vec<OwnedMessage>> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap_servers())
+            .set("group.id", format!("ordermesh-testkit-read-{}", std::process::id()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()?;
+        consumer.subscribe(&[topic])?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        while out.len() < count {
+            let message = tokio::time::timeout_at(deadline, consumer.recv())
+                .await
+                .with_context(|| format!("read {} of {count} messages from {topic}", out.len()))??;
+            out.push(message.detach());
+        }
+        Ok(out)
+    }
+
+    /// Messages on `topic` now: the sum of its partitions' high watermarks (none are deleted here).
+    pub async fn message_count(&self, topic: &str) -> Result<i64> {
+        let brokers = self.bootstrap_servers();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || -> Result<i64> {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "ordermesh-testkit-count")
+                .create()?;
+            let timeout = Duration::from_secs(10);
+            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+            let mut total = 0;
+            for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+                let (low, high) = consumer.fetch_watermarks(&topic, partition.id(), timeout)?;
+                total += high - low;
+            }
+            Ok(total)
+        })
+        .await?
+    }
+}
+
+/// A tansu broker process on a fixed loopback port and a SQLite file, so it can be stopped and
+/// started again with its topics, messages and committed offsets.
+#[derive(Debug)]
+pub struct Tansu {
+    pub addr: SocketAddr,
+    program: PathBuf,
+    storage: PathBuf,
+    log: PathBuf,
+    process: Option<Process>,
+}
+
+impl Tansu {
+    /// Starts tansu with its storage in `dir`, or None to skip where tansu is not installed
+    /// (locally; in CI a missing tansu is an error).
+    pub async fn start_in(dir: &Path) -> Result<Option<Self>> {
+        let Some(program) = tool("tansu")? else {
+            return Ok(None);
+        };
+        let mut tansu = Self {
+            addr: unused_addr().await?,
+            program,
+            storage: dir.join("tansu.db"),
+            log: dir.join("tansu.log"),
+            process: None,
+        };
+        tansu.start().await?;
+        Ok(Some(tansu))
+    }
+
+    /// Starts the process (again) and waits until it answers Kafka metadata requests.
+    pub async fn start(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            bail!("tansu already running");
+        }
+        let listener = format!("tcp://{}", self.addr);
+        let args = vec![
+            "broker".to_owned(),
+            "--listener-url".to_owned(),
+            listener.clone(),
+            "--advertised-listener-url".to_owned(),
+            listener,
+            "--storage-engine".to_owned(),
+            format!("sqlite://{}", self.storage.display()),
+        ];
+        let mut process = Process::spawn("tansu", &self.program, &args, &[], self.log.clone())?;
+        let brokers = self.addr.to_string();
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        loop {
+            process.check_running()?;
+            let brokers = brokers.clone();
+            let answered = tokio::task::spawn_blocking(move || {
+                let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+                    .set("bootstrap.servers", &brokers)
+                    .create();
+                consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+            })
+            .await?;
+            if answered {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("tansu not answering at {} after {EVENTUALLY:?}; its log:\n{}", self.addr, process.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Kills the broker process (SIGKILL: what it stored so far is all it keeps).
+    pub async fn stop(&mut self) -> Result<()> {
+        match self.process.take() {
+            Some(process) => process.kill().await,
+            None => bail!("tansu not running"),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
