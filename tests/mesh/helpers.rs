@@ -6,7 +6,6 @@ use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time
 
 use anyhow::{Context, Result, bail};
 use ordermesh::{
-    kafka::EmbeddedBroker,
     proto::{
         notification::v1::{
             ListNotificationsRequest, Notification,
@@ -20,6 +19,7 @@ use ordermesh::{
     },
 };
 use ordermesh_notifier::{Channel, Stats};
+use ordermesh_testkit::{Broker, Tansu};
 use rdkafka::{
     ClientConfig, Message,
     consumer::{BaseConsumer, Consumer, StreamConsumer},
@@ -190,7 +190,8 @@ pub struct TestMesh {
     _watchdog: Watchdog,
     // Declared last so that, if a test fails early, it is dropped after everything above.
     pub dir: TempDir,
-    pub broker: EmbeddedBroker,
+    /// The embedded broker, or tansu for the tests that prove behaviour against an independent one.
+    pub broker: Broker,
 }
 
 /// What to start, and how to set it up beyond the test defaults.
@@ -202,6 +203,8 @@ pub struct MeshOptions {
     pub order: fn(&mut ordermesh_order::Config),
     /// Changes to the payment service's settings (also when it is started later).
     pub payment_config: fn(&mut ordermesh_payment::Config),
+    /// Run against tansu instead of the embedded broker (see [`spawn_mesh_on_tansu`]).
+    pub tansu: bool,
 }
 
 impl Default for MeshOptions {
@@ -211,6 +214,7 @@ impl Default for MeshOptions {
             notifier: true,
             order: |_| {},
             payment_config: |_| {},
+            tansu: false,
         }
     }
 }
@@ -220,6 +224,23 @@ pub async fn spawn_mesh() -> Result<TestMesh> {
 }
 
 pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
+    assert!(!options.tansu, "use spawn_mesh_on_tansu");
+    spawn_mesh_inner(options)
+        .await?
+        .context("the embedded broker is always there")
+}
+
+/// A mesh on tansu, an independent Kafka-compatible broker on SQLite storage; None (the test then
+/// skips) where tansu is not installed and CI is not set.
+pub async fn spawn_mesh_on_tansu(options: MeshOptions) -> Result<Option<TestMesh>> {
+    spawn_mesh_inner(MeshOptions {
+        tansu: true,
+        ..options
+    })
+    .await
+}
+
+async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
     // Logs go through the test harness, so they show only for a failing test (RUST_LOG to choose).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -234,12 +255,19 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
     let topic = format!("order-events-{suffix}");
     let dead_letter_topics =
         Channel::ALL.map(|c| ordermesh_notifier::dead_letter::topic(&topic, c));
-    let broker = EmbeddedBroker::start(
-        "127.0.0.1:0".parse()?,
-        &[&topic, &dead_letter_topics[0], &dead_letter_topics[1]],
-        3,
-    )?;
+    let topics = [&topic, &dead_letter_topics[0], &dead_letter_topics[1]].map(String::as_str);
     let dir = tempfile::tempdir()?;
+    let broker = if options.tansu {
+        let Some(tansu) = Tansu::start_in(dir.path()).await? else {
+            return Ok(None);
+        };
+        // The services would create them too; created here so the test can read them at once.
+        ordermesh::kafka::ensure_topics(&tansu.addr.to_string(), &topics, 3).await?;
+        Broker::Tansu(tansu)
+    } else {
+        Broker::embedded(&topics, 3)?
+    };
+    eprintln!("broker: {}", broker.name());
 
     // Without a payment service, order points at an address nobody listens on (yet).
     let (payment, payment_addr) = if options.payment {
@@ -280,7 +308,7 @@ pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
     if options.notifier {
         mesh.start_notifier().await?;
     }
-    Ok(mesh)
+    Ok(Some(mesh))
 }
 
 async fn spawn_order(config: ordermesh_order::Config) -> Result<Running> {

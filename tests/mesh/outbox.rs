@@ -9,7 +9,7 @@ use anyhow::{Result, ensure};
 use ordermesh::proto::order::v1::{GetOrderRequest, Order, OrderStatus};
 use rdkafka::Message;
 
-use crate::helpers::{MeshOptions, TestMesh, spawn_mesh_with};
+use crate::helpers::{MeshOptions, TestMesh, spawn_mesh_on_tansu, spawn_mesh_with};
 
 /// Orders = events on the topic (each event id once) = emails = SMS.
 async fn assert_all_delivered_once(mesh: &TestMesh, orders: &[Order]) -> Result<()> {
@@ -37,16 +37,33 @@ async fn assert_all_delivered_once(mesh: &TestMesh, orders: &[Order]) -> Result<
     Ok(())
 }
 
+/// CreateOrder waits at most 1 s for the broker.
+const WAIT_FOR_BROKER: MeshOptions = MeshOptions {
+    payment: true,
+    notifier: true,
+    order: |config| config.publish_timeout_ms = 1_000,
+    payment_config: |_| {},
+    tansu: false,
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_follow_once()
 -> Result<()> {
-    // Arrange: CreateOrder waits at most 1 s for the broker.
-    let mesh = spawn_mesh_with(MeshOptions {
-        order: |config| config.publish_timeout_ms = 1_000,
-        ..Default::default()
-    })
-    .await?;
-    mesh.broker.cluster().broker_down(1)?;
+    broker_down_while_ordering(spawn_mesh_with(WAIT_FOR_BROKER).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_placed_while_tansu_is_down_are_accepted_and_their_events_follow_once()
+-> Result<()> {
+    match spawn_mesh_on_tansu(WAIT_FOR_BROKER).await? {
+        Some(mesh) => broker_down_while_ordering(mesh).await,
+        None => Ok(()),
+    }
+}
+
+async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
+    // Arrange: the broker goes down (tansu: the process is killed).
+    mesh.broker.down().await?;
 
     // Act: orders while the broker is down.
     let orders = mesh.place_orders("down", 6).await?;
@@ -57,8 +74,8 @@ async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_fo
         assert!(order.event_pending, "{order:?}");
     }
 
-    // Act: the broker comes back.
-    mesh.broker.cluster().broker_up(1)?;
+    // Act: the broker comes back (tansu: restarted on its SQLite storage).
+    mesh.broker.up().await?;
 
     // Assert: the relay delivers every event once, the orders say so, and both channels notify once.
     assert_all_delivered_once(&mesh, &orders).await?;
@@ -84,7 +101,7 @@ async fn events_still_pending_when_the_order_service_stops_are_published_once_af
         ..Default::default()
     })
     .await?;
-    mesh.broker.cluster().broker_down(1)?;
+    mesh.broker.down().await?;
     let orders = mesh.place_orders("restart", 5).await?;
     ensure!(
         orders.iter().all(|o| o.event_pending),
@@ -93,9 +110,40 @@ async fn events_still_pending_when_the_order_service_stops_are_published_once_af
 
     // Act: a new order service on the same database; the broker comes back.
     mesh.restart_order().await?;
-    mesh.broker.cluster().broker_up(1)?;
+    mesh.broker.up().await?;
 
     // Assert
+    assert_all_delivered_once(&mesh, &orders).await?;
+    mesh.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_while_notifiers_consume_loses_and_repeats_nothing() -> Result<()> {
+    broker_restart_while_consuming(spawn_mesh_with(WAIT_FOR_BROKER).await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tansu_restart_while_notifiers_consume_loses_and_repeats_nothing() -> Result<()> {
+    match spawn_mesh_on_tansu(WAIT_FOR_BROKER).await? {
+        Some(mesh) => broker_restart_while_consuming(mesh).await,
+        None => Ok(()),
+    }
+}
+
+/// Orders flow, the broker goes away while the notifiers are working through them, more orders
+/// arrive meanwhile, the broker comes back: every order is published and notified once per channel.
+/// On tansu the restart is a real one: a new process on the same SQLite storage, which keeps the
+/// topics, the messages and the groups' committed offsets.
+async fn broker_restart_while_consuming(mut mesh: TestMesh) -> Result<()> {
+    let mut orders = mesh.place_orders("before", 20).await?;
+    // Some notified, the rest still to come: the notifiers are mid-stream.
+    mesh.wait_for_notifications(2).await?;
+    mesh.broker.down().await?;
+    let during = mesh.place_orders("during", 5).await?;
+    ensure!(during.iter().all(|o| o.event_pending), "published with the broker down?");
+    orders.extend(during);
+    mesh.broker.up().await?;
+
     assert_all_delivered_once(&mesh, &orders).await?;
     mesh.shutdown().await
 }
