@@ -34,7 +34,10 @@ pub fn formatted(minor_units: i64, code: &str) -> String {
         (minor_units / scale).unsigned_abs(),
         (minor_units % scale).unsigned_abs(),
     );
-    format!("{sign}{major}.{minor:0width$} {code}", width = digits as usize)
+    format!(
+        "{sign}{major}.{minor:0width$} {code}",
+        width = digits as usize
+    )
 }
 
 #[cfg(test)]

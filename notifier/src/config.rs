@@ -120,7 +120,9 @@ impl Config {
         RetryPolicy {
             attempts: self.send_attempts,
             backoff: Duration::from_millis(self.retry_backoff_ms),
-            max_backoff: Duration::from_millis(self.retry_max_backoff_ms.max(self.retry_backoff_ms)),
+            max_backoff: Duration::from_millis(
+                self.retry_max_backoff_ms.max(self.retry_backoff_ms),
+            ),
         }
     }
 

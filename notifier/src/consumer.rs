@@ -144,7 +144,11 @@ impl Handler {
     }
 
     /// Handles `letter` and carries out the verdict: the step the consumer loop repeats.
-    pub(crate) async fn process(&self, letter: &Letter, mode: Mode) -> Result<Outcome, HandleError> {
+    pub(crate) async fn process(
+        &self,
+        letter: &Letter,
+        mode: Mode,
+    ) -> Result<Outcome, HandleError> {
         let verdict = self.decide(letter, mode).await?;
         self.settle(verdict, letter).await
     }
@@ -166,7 +170,8 @@ impl Handler {
             first_failure_ms: now,
             notification: None,
         };
-        let event = match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default()) {
+        let event = match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default())
+        {
             Ok(event) => event,
             // A poison message must not block the partition: it is parked, and the consumer goes on.
             Err(error) => return Ok(poison(error.to_string())),
@@ -178,7 +183,8 @@ impl Handler {
             )));
         };
         // A replayed letter is recorded under its original position, not the dead-letter one.
-        let (source_topic, source_partition, source_offset) = match DeadLetterHeaders::read(letter) {
+        let (source_topic, source_partition, source_offset) = match DeadLetterHeaders::read(letter)
+        {
             Some(origin) => (
                 origin.original_topic,
                 origin.original_partition.parse().unwrap_or(-1),
@@ -246,7 +252,9 @@ impl Handler {
         let now = timestamp::now_millis();
         let first_failure_ms = row.first_failure_at_ms.unwrap_or(now);
         match failure {
-            SendError::Transient(error) if may_retry && (attempts as u32) < self.policy.attempts => {
+            SendError::Transient(error)
+                if may_retry && (attempts as u32) < self.policy.attempts =>
+            {
                 let delay = self.policy.delay(attempts as u32);
                 tracing::warn!(
                     channel = self.channel.as_str(),
@@ -276,7 +284,11 @@ impl Handler {
     }
 
     /// Carries out `verdict` for `letter`: parks it if so decided, and records that it was.
-    pub(crate) async fn settle(&self, verdict: Verdict, letter: &Letter) -> Result<Outcome, HandleError> {
+    pub(crate) async fn settle(
+        &self,
+        verdict: Verdict,
+        letter: &Letter,
+    ) -> Result<Outcome, HandleError> {
         let (reason, attempts, first_failure_ms, notification) = match verdict {
             Verdict::Done(outcome) => return Ok(outcome),
             Verdict::Park {

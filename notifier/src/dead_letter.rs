@@ -73,7 +73,11 @@ impl DeadLetters {
         let earlier = DeadLetterHeaders::read(letter);
         let mut headers = OwnedHeaders::new();
         // The message's own headers travel on; the dead-letter ones are written afresh below.
-        for (key, value) in letter.headers.iter().filter(|(k, _)| !k.starts_with("dlq_")) {
+        for (key, value) in letter
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("dlq_"))
+        {
             headers = headers.insert(Header {
                 key: key.as_str(),
                 value: value.as_deref(),

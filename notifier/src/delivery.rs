@@ -35,9 +35,13 @@ pub(crate) enum SendError {
 /// A delivery setting that cannot work; reported at startup, not at the first send.
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryConfigError {
-    #[error("NOTIFIER_SMTP_URL {url:?} is not a usable SMTP URL (smtp://host:port, smtps://…): {reason}")]
+    #[error(
+        "NOTIFIER_SMTP_URL {url:?} is not a usable SMTP URL (smtp://host:port, smtps://…): {reason}"
+    )]
     SmtpUrl { url: String, reason: String },
-    #[error("NOTIFIER_EMAIL_FROM {from:?} is not a mailbox (\"Name <address>\" or an address): {reason}")]
+    #[error(
+        "NOTIFIER_EMAIL_FROM {from:?} is not a mailbox (\"Name <address>\" or an address): {reason}"
+    )]
     From { from: String, reason: String },
     #[error("NOTIFIER_SMS_WEBHOOK_URL {url:?} is not an http(s) URL: {reason}")]
     WebhookUrl { url: String, reason: String },
@@ -89,53 +93,54 @@ impl Sender {
     /// The sender `config` asks for on `channel`.
     pub(crate) fn new(channel: Channel, config: &Config) -> Result<Self, DeliveryConfigError> {
         let timeout = config.send_timeout();
-        let how = match channel {
-            Channel::Email => match config.smtp_url.as_deref().filter(|u| !u.is_empty()) {
-                None => How::Log,
-                Some(url) => {
-                    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-                        .map_err(|e| DeliveryConfigError::SmtpUrl {
-                            url: url.to_owned(),
-                            reason: e.to_string(),
-                        })?
-                        // Bounds connecting and every SMTP command, not just the whole send.
-                        .timeout(Some(timeout))
-                        .build();
-                    let from = config.email_from.parse().map_err(|e: lettre::address::AddressError| {
-                        DeliveryConfigError::From {
-                            from: config.email_from.clone(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                    How::Smtp { transport, from }
-                }
-            },
-            Channel::Sms => match config.sms_webhook_url.as_deref().filter(|u| !u.is_empty()) {
-                None => How::Log,
-                Some(url) => {
-                    let parsed = reqwest::Url::parse(url)
-                        .map_err(|e| e.to_string())
-                        .and_then(|u| match u.scheme() {
-                            "http" | "https" => Ok(u),
-                            other => Err(format!("scheme {other:?}")),
-                        })
-                        .map_err(|reason| DeliveryConfigError::WebhookUrl {
-                            url: url.to_owned(),
-                            reason,
-                        })?;
-                    let client = reqwest::Client::builder()
-                        .connect_timeout(timeout)
-                        .timeout(timeout)
-                        .build()
-                        .map_err(|e| DeliveryConfigError::HttpClient(e.to_string()))?;
-                    How::Webhook {
-                        client,
-                        url: parsed,
-                        token: config.sms_webhook_token.clone().filter(|t| !t.is_empty()),
+        let how =
+            match channel {
+                Channel::Email => match config.smtp_url.as_deref().filter(|u| !u.is_empty()) {
+                    None => How::Log,
+                    Some(url) => {
+                        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                            .map_err(|e| DeliveryConfigError::SmtpUrl {
+                                url: url.to_owned(),
+                                reason: e.to_string(),
+                            })?
+                            // Bounds connecting and every SMTP command, not just the whole send.
+                            .timeout(Some(timeout))
+                            .build();
+                        let from = config.email_from.parse().map_err(
+                            |e: lettre::address::AddressError| DeliveryConfigError::From {
+                                from: config.email_from.clone(),
+                                reason: e.to_string(),
+                            },
+                        )?;
+                        How::Smtp { transport, from }
                     }
-                }
-            },
-        };
+                },
+                Channel::Sms => match config.sms_webhook_url.as_deref().filter(|u| !u.is_empty()) {
+                    None => How::Log,
+                    Some(url) => {
+                        let parsed = reqwest::Url::parse(url)
+                            .map_err(|e| e.to_string())
+                            .and_then(|u| match u.scheme() {
+                                "http" | "https" => Ok(u),
+                                other => Err(format!("scheme {other:?}")),
+                            })
+                            .map_err(|reason| DeliveryConfigError::WebhookUrl {
+                                url: url.to_owned(),
+                                reason,
+                            })?;
+                        let client = reqwest::Client::builder()
+                            .connect_timeout(timeout)
+                            .timeout(timeout)
+                            .build()
+                            .map_err(|e| DeliveryConfigError::HttpClient(e.to_string()))?;
+                        How::Webhook {
+                            client,
+                            url: parsed,
+                            token: config.sms_webhook_token.clone().filter(|t| !t.is_empty()),
+                        }
+                    }
+                },
+            };
         Ok(Self { how, timeout })
     }
 
@@ -211,7 +216,9 @@ async fn send_email(
     text: String,
 ) -> Result<(), SendError> {
     let to: Mailbox = recipient.parse().map_err(|e| {
-        SendError::Permanent(format!("recipient {recipient:?} is not an email address: {e}"))
+        SendError::Permanent(format!(
+            "recipient {recipient:?} is not an email address: {e}"
+        ))
     })?;
     let email = lettre::Message::builder()
         .from(from.clone())
@@ -225,7 +232,9 @@ async fn send_email(
     match transport.send(email).await {
         Ok(_) => Ok(()),
         // 5xx: the server will never take this message (unknown mailbox, policy).
-        Err(e) if e.is_permanent() => Err(SendError::Permanent(format!("SMTP server refused: {e}"))),
+        Err(e) if e.is_permanent() => {
+            Err(SendError::Permanent(format!("SMTP server refused: {e}")))
+        }
         // 4xx, connection refused or reset, timeouts: worth another try.
         Err(e) => Err(SendError::Transient(format!("SMTP: {e}"))),
     }

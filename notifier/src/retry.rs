@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use ordermesh::{events, timestamp};
 use tokio_util::sync::CancellationToken;
 
-use crate::consumer::{Handler, HandleError, Outcome, Stats, Verdict};
+use crate::consumer::{HandleError, Handler, Outcome, Stats, Verdict};
 
 /// Longest sleep between two looks at the retry schedule.
 const POLL: Duration = Duration::from_secs(1);

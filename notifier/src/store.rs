@@ -169,7 +169,8 @@ impl Store {
                 row.try_get("source_offset")?,
                 row.try_get("message_key")?,
                 row.try_get("message_payload")?,
-                row.try_get::<Option<String>, _>("message_headers")?.as_deref(),
+                row.try_get::<Option<String>, _>("message_headers")?
+                    .as_deref(),
             )
             .map_err(|e| sqlx::Error::Decode(e.into()))?;
             Ok((from_row(&row)?, letter))

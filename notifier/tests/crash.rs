@@ -15,11 +15,7 @@ use std::{
 use anyhow::Result;
 use ordermesh::{
     events::{CloudEventHeaders, encode_order_placed},
-    proto::{
-        events::v1::OrderPlaced,
-        order::v1::Customer,
-        types::v1::Money,
-    },
+    proto::{events::v1::OrderPlaced, order::v1::Customer, types::v1::Money},
 };
 use ordermesh_testkit::{Broker, Process, Tansu, eventually, unused_addr};
 use rdkafka::{
@@ -89,7 +85,8 @@ async fn publish_events(broker: &Broker, topic: &str) -> Result<()> {
 
 /// SENT records per channel in the notifier's database.
 async fn sent_counts(dir: &Path) -> Result<HashMap<String, i64>> {
-    let pool = ordermesh::db::connect(&format!("sqlite://{}", dir.join("notifier.db").display())).await?;
+    let pool =
+        ordermesh::db::connect(&format!("sqlite://{}", dir.join("notifier.db").display())).await?;
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT channel, COUNT(*) FROM notifications WHERE status = 'SENT' GROUP BY channel",
     )
@@ -113,7 +110,10 @@ async fn start_notifier(
         &[],
         &[
             ("NOTIFIER_LISTEN_ADDR", addr.to_string()),
-            ("NOTIFIER_DATABASE_URL", format!("sqlite://{}", dir.join("notifier.db").display())),
+            (
+                "NOTIFIER_DATABASE_URL",
+                format!("sqlite://{}", dir.join("notifier.db").display()),
+            ),
             ("KAFKA_BROKERS", broker.bootstrap_servers()),
             ("ORDER_EVENTS_TOPIC", topic.to_owned()),
             ("NOTIFIER_EMAIL_GROUP", format!("{topic}-email")),
@@ -144,7 +144,12 @@ async fn scenario(dir: TempDir, broker: Broker, topic: &str) -> Result<()> {
     let addr = unused_addr().await?;
     let notifier = start_notifier(dir.path(), addr, &broker, topic, &gateway_url).await?;
     eventually("the notifier part way through the SMS backlog", || async {
-        Ok(sent_counts(dir.path()).await?.get("SMS").copied().unwrap_or(0) >= 20)
+        Ok(sent_counts(dir.path())
+            .await?
+            .get("SMS")
+            .copied()
+            .unwrap_or(0)
+            >= 20)
     })
     .await?;
     notifier.kill().await?;
@@ -158,7 +163,8 @@ async fn scenario(dir: TempDir, broker: Broker, topic: &str) -> Result<()> {
     let notifier = start_notifier(dir.path(), addr, &broker, topic, &gateway_url).await?;
     eventually("every event notified on both channels", || async {
         let counts = sent_counts(dir.path()).await?;
-        Ok(counts.get("EMAIL") == Some(&(EVENTS as i64)) && counts.get("SMS") == Some(&(EVENTS as i64)))
+        Ok(counts.get("EMAIL") == Some(&(EVENTS as i64))
+            && counts.get("SMS") == Some(&(EVENTS as i64)))
     })
     .await?;
     notifier.kill().await?;
@@ -176,7 +182,10 @@ async fn scenario(dir: TempDir, broker: Broker, topic: &str) -> Result<()> {
     }
     assert_eq!(per_key.len(), EVENTS, "every SMS sent");
     let resent: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(resent.len() <= 1 && resent.iter().all(|(_, n)| **n == 2), "resent: {resent:?}");
+    assert!(
+        resent.len() <= 1 && resent.iter().all(|(_, n)| **n == 2),
+        "resent: {resent:?}"
+    );
     Ok(())
 }
 
@@ -199,5 +208,5 @@ async fn killed_mid_backlog_notifies_each_event_once_after_restart_tansu() -> Re
     };
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
     ordermesh::kafka::ensure_topics(&tansu.addr.to_string(), &[topic.as_str()], 3).await?;
-    scenario(dir, Broker::Tansu(tansu), &topic).await
+    scenario(dir, Broker::Tansu(Box::new(tansu)), &topic).await
 }

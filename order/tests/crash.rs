@@ -49,7 +49,10 @@ async fn start_order(
         &[],
         &[
             ("ORDER_LISTEN_ADDR", addr.to_string()),
-            ("ORDER_DATABASE_URL", format!("sqlite://{}", dir.join("order.db").display())),
+            (
+                "ORDER_DATABASE_URL",
+                format!("sqlite://{}", dir.join("order.db").display()),
+            ),
             ("ORDER_PAYMENT_URL", format!("http://{payment}")),
             ("KAFKA_BROKERS", broker.bootstrap_servers()),
             ("ORDER_EVENTS_TOPIC", topic.to_owned()),
@@ -82,7 +85,10 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
     let order = start_order(dir.path(), order_addr, payment_addr, &broker, topic).await?;
     let mut client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
     // One order while all is well: the topic exists and the pipeline works.
-    let first = client.create_order(order_request("crash-first")).await?.into_inner();
+    let first = client
+        .create_order(order_request("crash-first"))
+        .await?
+        .into_inner();
     eventually("the first event on the topic", || async {
         Ok(broker.message_count(topic).await? == 1)
     })
@@ -92,8 +98,14 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
     broker.down().await?;
     let mut orders: Vec<Order> = vec![first];
     for i in 0..10 {
-        let order = client.create_order(order_request(&format!("crash-{i}"))).await?.into_inner();
-        ensure!(order.event_pending, "event published with the broker down? {order:?}");
+        let order = client
+            .create_order(order_request(&format!("crash-{i}")))
+            .await?
+            .into_inner();
+        ensure!(
+            order.event_pending,
+            "event published with the broker down? {order:?}"
+        );
         orders.push(order);
     }
 
@@ -109,7 +121,10 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
         let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
         async move {
             for order_id in ids {
-                let now = client.get_order(GetOrderRequest { order_id }).await?.into_inner();
+                let now = client
+                    .get_order(GetOrderRequest { order_id })
+                    .await?
+                    .into_inner();
                 if now.event_pending {
                     return Ok(false);
                 }
@@ -120,7 +135,11 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
     .await?;
     // ... and the topic holds each exactly once.
     let messages = broker.read(topic, orders.len()).await?;
-    assert_eq!(broker.message_count(topic).await?, orders.len() as i64, "no event twice");
+    assert_eq!(
+        broker.message_count(topic).await?,
+        orders.len() as i64,
+        "no event twice"
+    );
     let on_topic: HashSet<String> = messages
         .iter()
         .map(|m| {
@@ -150,5 +169,5 @@ async fn killed_with_events_unpublished_publishes_each_once_after_restart_tansu(
         return Ok(());
     };
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
-    scenario(dir, Broker::Tansu(tansu), &topic).await
+    scenario(dir, Broker::Tansu(Box::new(tansu)), &topic).await
 }

@@ -40,7 +40,9 @@ pub fn tool(name: &str) -> Result<Option<PathBuf>> {
             bail!("{name} is not installed, and CI=true requires it (.ci/run installs it)")
         }
         None => {
-            eprintln!("SKIPPED: {name} is not installed (run .ci/run, or install it, to run this test)");
+            eprintln!(
+                "SKIPPED: {name} is not installed (run .ci/run, or install it, to run this test)"
+            );
             Ok(None)
         }
     }
@@ -79,7 +81,11 @@ pub async fn is_serving(addr: SocketAddr) -> bool {
     let Ok(endpoint) = tonic::transport::Endpoint::from_shared(format!("http://{addr}")) else {
         return false;
     };
-    let Ok(channel) = endpoint.connect_timeout(Duration::from_secs(1)).connect().await else {
+    let Ok(channel) = endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .connect()
+        .await
+    else {
         return false;
     };
     HealthClient::new(channel)
@@ -128,7 +134,11 @@ impl Process {
     /// Fails with the process's log if it has exited.
     pub fn check_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
-            bail!("{} exited ({status}); its log:\n{}", self.name, self.log_text());
+            bail!(
+                "{} exited ({status}); its log:\n{}",
+                self.name,
+                self.log_text()
+            );
         }
         Ok(())
     }
@@ -142,7 +152,11 @@ impl Process {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("{} not SERVING at {addr} after {EVENTUALLY:?}; its log:\n{}", self.name, self.log_text());
+                bail!(
+                    "{} not SERVING at {addr} after {EVENTUALLY:?}; its log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -168,7 +182,7 @@ pub enum Broker {
     /// librdkafka's mock cluster behind a stable address (what `cargo run` uses).
     Embedded(EmbeddedBroker),
     /// tansu, an independent Kafka-compatible broker, on SQLite storage.
-    Tansu(Tansu),
+    Tansu(Box<Tansu>),
 }
 
 impl std::fmt::Debug for Broker {
@@ -221,7 +235,10 @@ impl Broker {
     pub async fn read(&self, topic: &str, count: usize) -> Result<Vec<OwnedMessage>> {
         let consumer: StreamConsumer = ClientConfig::new()
             .set("bootstrap.servers", self.bootstrap_servers())
-            .set("group.id", format!("ordermesh-testkit-read-{}", std::process::id()))
+            .set(
+                "group.id",
+                format!("ordermesh-testkit-read-{}", std::process::id()),
+            )
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()?;
@@ -231,7 +248,9 @@ impl Broker {
         while out.len() < count {
             let message = tokio::time::timeout_at(deadline, consumer.recv())
                 .await
-                .with_context(|| format!("read {} of {count} messages from {topic}", out.len()))??;
+                .with_context(|| {
+                    format!("read {} of {count} messages from {topic}", out.len())
+                })??;
             out.push(message.detach());
         }
         Ok(out)
@@ -320,7 +339,11 @@ impl Tansu {
                 break;
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("tansu not answering at {} after {EVENTUALLY:?}; its log:\n{}", self.addr, process.log_text());
+                bail!(
+                    "tansu not answering at {} after {EVENTUALLY:?}; its log:\n{}",
+                    self.addr,
+                    process.log_text()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -109,6 +109,18 @@ fn compose_matches_the_code() -> Result<()> {
             "{name} publishes its port"
         );
     }
+    // The notifier's mail server is a service of the file, listening where the URL says.
+    let smtp_url = &environment(&services["notifier"])["NOTIFIER_SMTP_URL"];
+    let (host, port) = smtp_url
+        .trim_start_matches("smtp://")
+        .split_once(':')
+        .context("NOTIFIER_SMTP_URL is smtp://host:port")?;
+    assert!(services[host].is_mapping(), "{host} is a compose service");
+    assert_eq!(port, "1025", "Mailpit takes SMTP on 1025");
+    assert!(
+        services["notifier"]["depends_on"][host].is_mapping(),
+        "the notifier starts after {host}"
+    );
     // Host clients reach Kafka where the README says.
     let kafka_ports: Vec<&str> = services["kafka"]["ports"]
         .as_sequence()

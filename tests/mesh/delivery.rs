@@ -10,7 +10,9 @@ use ordermesh::proto::notification::v1::{Notification, NotificationStatus};
 use ordermesh_notifier::{Channel, ReplayReport, dead_letter, replay_dead_letters};
 
 use crate::{
-    helpers::{MeshOptions, TestMesh, eventually, eventually_async, header, spawn_mesh_with, unused_addr},
+    helpers::{
+        MeshOptions, TestMesh, eventually, eventually_async, header, spawn_mesh_with, unused_addr,
+    },
     servers::{SMS_TOKEN, SmsGateway, SmtpServer, read_maildir, smtp_available},
 };
 
@@ -80,10 +82,21 @@ fn assert_each_delivered_once(
         .map(|id| format!("<{id}.email@ordermesh>"))
         .collect();
     expected.sort();
-    ensure!(email_ids == expected, "emails {email_ids:?}, expected one per event {expected:?}");
+    ensure!(
+        email_ids == expected,
+        "emails {email_ids:?}, expected one per event {expected:?}"
+    );
     for email in &emails {
-        ensure!(email.to.contains("ada@example.com"), "email to {:?}", email.to);
-        ensure!(email.subject.starts_with("Order ord_"), "subject {:?}", email.subject);
+        ensure!(
+            email.to.contains("ada@example.com"),
+            "email to {:?}",
+            email.to
+        );
+        ensure!(
+            email.subject.starts_with("Order ord_"),
+            "subject {:?}",
+            email.subject
+        );
         ensure!(email.body.contains("is confirmed"), "body {:?}", email.body);
     }
     let sms = gateway.accepted();
@@ -91,10 +104,17 @@ fn assert_each_delivered_once(
     references.sort();
     let mut expected: Vec<String> = events.keys().cloned().collect();
     expected.sort();
-    ensure!(references == expected, "SMS {references:?}, expected one per event {expected:?}");
+    ensure!(
+        references == expected,
+        "SMS {references:?}, expected one per event {expected:?}"
+    );
     for one in &sms {
         ensure!(one.to == "+14155550100", "SMS to {:?}", one.to);
-        ensure!(one.idempotency_key == format!("{}.sms", one.reference), "key {:?}", one.idempotency_key);
+        ensure!(
+            one.idempotency_key == format!("{}.sms", one.reference),
+            "key {:?}",
+            one.idempotency_key
+        );
     }
     Ok(())
 }
@@ -122,7 +142,11 @@ async fn emails_and_sms_reach_real_servers_once_per_order() -> Result<()> {
     assert_eq!(events.len(), orders.len(), "one event per order");
     assert_each_delivered_once(&smtp.maildir, &gateway, &events)?;
     let sent = mesh.all_notifications_offline().await?;
-    assert_eq!(sent.len(), 10, "one SENT record per event and channel: {sent:?}");
+    assert_eq!(
+        sent.len(),
+        10,
+        "one SENT record per event and channel: {sent:?}"
+    );
     smtp.stop().await?;
     mesh.shutdown().await
 }
@@ -144,16 +168,19 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
 
     // Every event was taken off the partition and is waiting for a retry: the consumer moved on
     // past each failure, and each notification has already been tried more than once.
-    eventually_async("all 8 notifications retrying, each tried twice or more", || async {
-        let all = mesh.all_notifications().await?;
-        Ok(all.len() == 8
-            && all.iter().all(|n| {
-                n.status() == NotificationStatus::Retrying
-                    && n.attempts >= 2
-                    && n.next_attempt_at.is_some()
-                    && !n.last_error.is_empty()
-            }))
-    })
+    eventually_async(
+        "all 8 notifications retrying, each tried twice or more",
+        || async {
+            let all = mesh.all_notifications().await?;
+            Ok(all.len() == 8
+                && all.iter().all(|n| {
+                    n.status() == NotificationStatus::Retrying
+                        && n.attempts >= 2
+                        && n.next_attempt_at.is_some()
+                        && !n.last_error.is_empty()
+                }))
+        },
+    )
     .await?;
     let all = mesh.all_notifications().await?;
     let email_error = &all.iter().find(|n| n.channel == 1).unwrap().last_error;
@@ -161,7 +188,10 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
     let sms_error = &all.iter().find(|n| n.channel == 2).unwrap().last_error;
     assert!(sms_error.contains("503"), "{sms_error}");
     assert!(gateway.accepted().is_empty());
-    assert!(gateway.requests().await >= 8, "each SMS was tried twice or more");
+    assert!(
+        gateway.requests().await >= 8,
+        "each SMS was tried twice or more"
+    );
 
     // Act 2: both come back.
     let smtp = SmtpServer::start(smtp_addr, &mesh.dir.path().join("mail")).await?;
@@ -247,7 +277,10 @@ async fn out_of_retries_is_dead_lettered_with_why_and_replay_delivers_once() -> 
         sent: 2,
         ..Default::default()
     };
-    assert_eq!(replay_dead_letters(&config, Channel::Email).await?, sent_two);
+    assert_eq!(
+        replay_dead_letters(&config, Channel::Email).await?,
+        sent_two
+    );
     assert_eq!(replay_dead_letters(&config, Channel::Sms).await?, sent_two);
     // A second replay has nothing left to do.
     assert_eq!(
@@ -258,7 +291,11 @@ async fn out_of_retries_is_dead_lettered_with_why_and_replay_delivers_once() -> 
     mesh.stop_notifier().await?;
     assert_each_delivered_once(&smtp.maildir, &gateway, &events)?;
     let sent = mesh.all_notifications_offline().await?;
-    assert_eq!(sent.len(), 4, "one SENT record per event and channel: {sent:?}");
+    assert_eq!(
+        sent.len(),
+        4,
+        "one SENT record per event and channel: {sent:?}"
+    );
     smtp.stop().await?;
     mesh.shutdown().await
 }

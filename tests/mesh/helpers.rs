@@ -5,18 +5,14 @@
 use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use ordermesh::{
-    proto::{
-        notification::v1::{
-            ListNotificationsRequest, Notification,
-            notification_service_client::NotificationServiceClient,
-        },
-        order::v1::{
-            CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient,
-        },
-        payment::v1::payment_service_client::PaymentServiceClient,
-        types::v1::Money,
+use ordermesh::proto::{
+    notification::v1::{
+        ListNotificationsRequest, Notification,
+        notification_service_client::NotificationServiceClient,
     },
+    order::v1::{CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient},
+    payment::v1::payment_service_client::PaymentServiceClient,
+    types::v1::Money,
 };
 use ordermesh_notifier::{Channel, Stats};
 use ordermesh_testkit::{Broker, Tansu};
@@ -263,7 +259,7 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
         };
         // The services would create them too; created here so the test can read them at once.
         ordermesh::kafka::ensure_topics(&tansu.addr.to_string(), &topics, 3).await?;
-        Broker::Tansu(tansu)
+        Broker::Tansu(Box::new(tansu))
     } else {
         Broker::embedded(&topics, 3)?
     };

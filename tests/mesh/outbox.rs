@@ -53,8 +53,8 @@ async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_fo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_placed_while_tansu_is_down_are_accepted_and_their_events_follow_once()
--> Result<()> {
+async fn orders_placed_while_tansu_is_down_are_accepted_and_their_events_follow_once() -> Result<()>
+{
     match spawn_mesh_on_tansu(WAIT_FOR_BROKER).await? {
         Some(mesh) => broker_down_while_ordering(mesh).await,
         None => Ok(()),
@@ -140,7 +140,10 @@ async fn broker_restart_while_consuming(mut mesh: TestMesh) -> Result<()> {
     mesh.wait_for_notifications(2).await?;
     mesh.broker.down().await?;
     let during = mesh.place_orders("during", 5).await?;
-    ensure!(during.iter().all(|o| o.event_pending), "published with the broker down?");
+    ensure!(
+        during.iter().all(|o| o.event_pending),
+        "published with the broker down?"
+    );
     orders.extend(during);
     mesh.broker.up().await?;
 

@@ -7,12 +7,12 @@
 
 use std::{
     net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU16, Ordering},
     },
-    path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
 
@@ -128,7 +128,8 @@ pub fn read_maildir(maildir: &Path) -> Result<Vec<Email>> {
             head.lines()
                 .find_map(|line| {
                     let (key, value) = line.split_once(':')?;
-                    key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+                    key.eq_ignore_ascii_case(name)
+                        .then(|| value.trim().to_owned())
                 })
                 .unwrap_or_default()
         };
@@ -176,7 +177,11 @@ impl Respond for Responder {
         {
             self.accepted.lock().unwrap().push(sms);
         }
-        ResponseTemplate::new(status).set_body_string(if status < 300 { "queued" } else { "gateway says no" })
+        ResponseTemplate::new(status).set_body_string(if status < 300 {
+            "queued"
+        } else {
+            "gateway says no"
+        })
     }
 }
 
@@ -186,13 +191,21 @@ fn parse_sms(request: &Request) -> Option<Sms> {
     let body = request.body_json::<serde_json::Value>().ok()?;
     let text = |key: &str| body.get(key)?.as_str().map(str::to_owned);
     let sms = Sms {
-        idempotency_key: request.headers.get("idempotency-key")?.to_str().ok()?.to_owned(),
+        idempotency_key: request
+            .headers
+            .get("idempotency-key")?
+            .to_str()
+            .ok()?
+            .to_owned(),
         to: text("to")?,
         body: text("body")?,
         reference: text("reference")?,
     };
-    (sms.to.starts_with('+') && sms.to.len() > 6 && !sms.body.is_empty() && !sms.reference.is_empty())
-        .then_some(sms)
+    (sms.to.starts_with('+')
+        && sms.to.len() > 6
+        && !sms.body.is_empty()
+        && !sms.reference.is_empty())
+    .then_some(sms)
 }
 
 impl SmsGateway {
@@ -203,7 +216,10 @@ impl SmsGateway {
         responder.status.store(202, Ordering::SeqCst);
         Mock::given(matchers::method("POST"))
             .and(matchers::path("/sms"))
-            .and(matchers::header("authorization", format!("Bearer {SMS_TOKEN}").as_str()))
+            .and(matchers::header(
+                "authorization",
+                format!("Bearer {SMS_TOKEN}").as_str(),
+            ))
             .and(|request: &Request| parse_sms(request).is_some())
             .respond_with(responder.clone())
             .mount(&server)
@@ -227,6 +243,10 @@ impl SmsGateway {
 
     /// How many requests reached the gateway, answered or not.
     pub async fn requests(&self) -> usize {
-        self.server.received_requests().await.unwrap_or_default().len()
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .len()
     }
 }
