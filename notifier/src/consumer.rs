@@ -225,9 +225,29 @@ impl Handler {
                 tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already parked on the dead-letter topic");
                 Ok(Verdict::Done(Outcome::Duplicate))
             }
-            // PENDING: new, or left by a run that stopped between recording and confirming; send
-            // (again). FAILED in a replay: the cause is said to be fixed; one more send.
-            _ => self.attempt(&record, &event, mode == Mode::Live).await,
+            // Recorded just now by this claim: send.
+            ("PENDING", _) if record.notification_id == claim.notification_id => {
+                self.attempt(&record, &event, mode == Mode::Live).await
+            }
+            // Recorded earlier and not settled: another replica may be sending it now (its
+            // partition moved here in a rebalance), or a notifier stopped mid-send. Sending now
+            // could send twice; the retry loop sends it once that claim has had time to finish,
+            // unless it is SENT by then.
+            ("PENDING", _) => {
+                let due = record
+                    .created_at_ms
+                    .saturating_add(self.sender.claim_lease().as_millis() as i64);
+                if self
+                    .store
+                    .hand_over_pending(&record.notification_id, due)
+                    .await?
+                {
+                    tracing::info!(channel = channel.as_str(), %event_id, "redelivered while unsettled; handed to the retry loop");
+                }
+                Ok(Verdict::Done(Outcome::Duplicate))
+            }
+            // FAILED in a replay: the cause is said to be fixed; one more send.
+            _ => self.attempt(&record, &event, false).await,
         }
     }
 
@@ -442,5 +462,123 @@ impl ChannelConsumer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ordermesh::{events::CloudEventHeaders, proto::order::v1::Customer};
+
+    async fn handler() -> Handler {
+        let mut config = Config::from_env().expect("defaults parse");
+        config.database_url = "sqlite::memory:".into();
+        let store = Store::new(
+            ordermesh::db::open(&config.database_url, &sqlx::migrate!())
+                .await
+                .expect("in-memory database"),
+        );
+        // Creating a producer does not connect; nothing here is parked.
+        let dead_letters = DeadLetters::new("127.0.0.1:1").expect("producer");
+        let sender = Sender::new(Channel::Email, &config).expect("log-only sender");
+        Handler::new(&config, Channel::Email, store, sender, dead_letters)
+    }
+
+    fn letter() -> Letter {
+        let event = OrderPlaced {
+            event_id: "evt_1".into(),
+            order_id: "ord_1".into(),
+            customer: Some(Customer {
+                email: "ada@example.com".into(),
+                phone: "+14155550100".into(),
+            }),
+            ..Default::default()
+        };
+        let headers = CloudEventHeaders::order_placed(&event);
+        Letter {
+            topic: "order-events".into(),
+            partition: 0,
+            offset: 7,
+            key: Some(b"ord_1".to_vec()),
+            payload: Some(events::encode_order_placed(&event).expect("encodes")),
+            headers: vec![(
+                events::TYPE_HEADER.to_owned(),
+                Some(headers.r#type.into_bytes()),
+            )],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again() {
+        let handler = handler().await;
+        let letter = letter();
+        // Another consumer (a replica that lost the partition in a rebalance, or a notifier killed
+        // mid-send) claimed the event and has not settled it.
+        let now = timestamp::now_millis();
+        let theirs = NotificationRow {
+            seq: 0,
+            notification_id: "ntf_theirs".into(),
+            event_id: "evt_1".into(),
+            order_id: "ord_1".into(),
+            channel: Channel::Email,
+            recipient: "ada@example.com".into(),
+            status: "PENDING".into(),
+            attempts: 0,
+            created_at_ms: now,
+            sent_at_ms: None,
+            source_topic: "order-events".into(),
+            source_partition: 0,
+            source_offset: 7,
+            last_error: None,
+            first_failure_at_ms: None,
+            next_attempt_at_ms: None,
+        };
+        handler.store.claim(&theirs, &letter).await.expect("claim");
+
+        // The redelivery does not send; it schedules a check once their claim could have ended.
+        let verdict = handler.decide(&letter, Mode::Live).await.expect("decide");
+        assert_eq!(verdict, Verdict::Done(Outcome::Duplicate));
+        let lease = handler.sender.claim_lease().as_millis() as i64;
+        let row = handler.store.claim(&theirs, &letter).await.expect("read");
+        assert_eq!(row.status, "RETRYING");
+        assert_eq!(row.next_attempt_at_ms, Some(now + lease));
+        assert!(
+            handler
+                .store
+                .due_retries(Channel::Email, now + lease - 1, 10)
+                .await
+                .expect("due")
+                .is_empty(),
+            "not due while their send may still be under way"
+        );
+
+        // They finish: nothing is left to retry.
+        handler
+            .store
+            .mark_sent("ntf_theirs", now)
+            .await
+            .expect("sent");
+        assert!(
+            handler
+                .store
+                .due_retries(Channel::Email, now + lease + 1, 10)
+                .await
+                .expect("due")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate() {
+        let handler = handler().await;
+        let letter = letter();
+        assert_eq!(
+            handler.decide(&letter, Mode::Live).await.expect("decide"),
+            Verdict::Done(Outcome::Sent)
+        );
+        assert_eq!(
+            handler.decide(&letter, Mode::Live).await.expect("decide"),
+            Verdict::Done(Outcome::Duplicate)
+        );
     }
 }

@@ -144,9 +144,10 @@ impl Sender {
         Ok(Self { how, timeout })
     }
 
-    /// The time limit of one send.
-    pub(crate) fn timeout(&self) -> Duration {
-        self.timeout
+    /// How long a claimed send may still be under way: a send that times out, and then some. Past
+    /// it, a notification nobody confirmed is sent again.
+    pub(crate) fn claim_lease(&self) -> Duration {
+        self.timeout * 2 + Duration::from_secs(1)
     }
 
     /// Where messages go, for the startup log (no credentials).

@@ -47,8 +47,7 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
         let due = store.due_retries(handler.channel, now, BATCH).await?;
         let full = due.len() as i64 == BATCH;
         for (row, letter) in due {
-            // Long enough for a send that times out, and then some.
-            let lease = handler.sender.timeout() * 2 + Duration::from_secs(1);
+            let lease = handler.sender.claim_lease();
             let seen_due = row.next_attempt_at_ms.unwrap_or(now);
             let until = now.saturating_add(lease.as_millis() as i64);
             if !store

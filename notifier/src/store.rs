@@ -147,6 +147,27 @@ impl Store {
         Ok(())
     }
 
+    /// Hands a PENDING notification found by a redelivery to the retry loop, due at `due_at_ms`,
+    /// unless it was settled meanwhile. PENDING means another consumer may be sending it right now
+    /// (its partition moved to us in a rebalance) or a notifier stopped mid-send; either way the
+    /// outcome is not known yet, so it is not sent again before its claim could have finished.
+    pub(crate) async fn hand_over_pending(
+        &self,
+        notification_id: &str,
+        due_at_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE notifications SET status = 'RETRYING', next_attempt_at_ms = ?,
+                 last_error = 'send interrupted or under way elsewhere; checking again'
+             WHERE notification_id = ? AND status = 'PENDING'",
+        )
+        .bind(due_at_ms)
+        .bind(notification_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Up to `limit` of `channel`'s retries due at `now_ms`, soonest first, with their messages.
     pub(crate) async fn due_retries(
         &self,

@@ -119,6 +119,9 @@ async fn start_notifier(
             ("NOTIFIER_EMAIL_GROUP", format!("{topic}-email")),
             ("NOTIFIER_SMS_GROUP", format!("{topic}-sms")),
             ("NOTIFIER_SMS_WEBHOOK_URL", gateway.to_owned()),
+            // The SMS in flight at the kill is sent again once its claim could have finished:
+            // twice this, plus a second.
+            ("NOTIFIER_SEND_TIMEOUT_MS", "2000".to_owned()),
             // The killed member never leaves its group: the group waits this long for it.
             ("NOTIFIER_SESSION_TIMEOUT_MS", "6000".to_owned()),
             ("RUST_LOG", "info".to_owned()),

@@ -62,24 +62,45 @@ where
 }
 
 /// Ends the test process if a test runs far longer than any should, naming the test: a hang then
-/// fails the run within minutes instead of using up all of CI's time.
+/// fails the run within minutes instead of using up all of CI's time. Also when a test fails and
+/// its cleanup hangs: services dropped mid-flight can leave librdkafka waiting in a blocking close
+/// for a broker that is gone, and the test runtime waits for those threads.
 pub struct Watchdog {
-    done: Arc<std::sync::atomic::AtomicBool>,
+    /// 0 running, 1 finished cleanly, 2 dropped without finishing (the test failed).
+    state: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl Watchdog {
     pub const LIMIT: Duration = Duration::from_secs(240);
+    /// How long a failed test's cleanup may take.
+    const CLEANUP: Duration = Duration::from_secs(30);
 
     pub fn start() -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
         let test = std::thread::current()
             .name()
             .unwrap_or("unnamed test")
             .to_owned();
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let watching = done.clone();
+        let state = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let watching = state.clone();
         std::thread::spawn(move || {
             let started = std::time::Instant::now();
-            while !watching.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut failed_at = None;
+            loop {
+                match watching.load(Relaxed) {
+                    1 => return,
+                    2 => {
+                        let since = *failed_at.get_or_insert_with(std::time::Instant::now);
+                        if since.elapsed() > Self::CLEANUP {
+                            eprintln!(
+                                "{test} failed and its cleanup still hangs after {:?}; ending the test run",
+                                Self::CLEANUP
+                            );
+                            std::process::exit(101);
+                        }
+                    }
+                    _ => {}
+                }
                 if started.elapsed() > Self::LIMIT {
                     eprintln!(
                         "{test} is still running after {:?}: it hangs; ending the test run",
@@ -90,13 +111,24 @@ impl Watchdog {
                 std::thread::sleep(Duration::from_millis(500));
             }
         });
-        Self { done }
+        Self { state }
+    }
+
+    /// The test ended cleanly: stop watching.
+    pub fn finish(&self) {
+        self.state.store(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Not finished: the test failed; keep watching its cleanup.
+        let _ = self.state.compare_exchange(
+            0,
+            2,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }
 
@@ -108,7 +140,8 @@ pub struct Running {
 }
 
 impl Running {
-    async fn spawn<F, E>(
+    /// Runs a service on a listener bound to `addr` until [`Running::stop`], once it is SERVING.
+    pub async fn spawn<F, E>(
         addr: SocketAddr,
         run: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
     ) -> Result<Self>
@@ -376,6 +409,7 @@ impl TestMesh {
         if let Some(payment) = self.payment.take() {
             payment.stop().await?;
         }
+        self._watchdog.finish();
         Ok(())
     }
 

@@ -8,7 +8,10 @@ use anyhow::{Result, ensure};
 use ordermesh::proto::notification::v1::{Channel, Notification};
 use ordermesh_notifier::Channel as NotifierChannel;
 
-use crate::helpers::{EVENTUALLY, MeshOptions, TestMesh, eventually, spawn_mesh_with};
+use crate::{
+    helpers::{EVENTUALLY, MeshOptions, Running, TestMesh, eventually, spawn_mesh_with},
+    servers::{SMS_TOKEN, SmsGateway},
+};
 
 fn order_ids(orders: Vec<ordermesh::proto::order::v1::Order>) -> Vec<String> {
     orders.into_iter().map(|o| o.order_id).collect()
@@ -131,5 +134,85 @@ async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or
         "second run sent only the rest"
     );
     assert_eq!(duplicates(&mesh), 0, "no redelivery after a graceful stop");
+    mesh.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_mid_backlog_moves_partitions_without_loss_or_a_second_send() -> Result<()> {
+    // Arrange: a backlog of SMS to a gateway taking 30 ms each (about 12 s for one replica), and a
+    // notifier part-way through it.
+    const ORDERS: usize = 400;
+    let gateway = SmsGateway::start_slow(Duration::from_millis(30)).await;
+    let mut mesh = spawn_mesh_with(MeshOptions {
+        payment: true,
+        notifier: false,
+        ..Default::default()
+    })
+    .await?;
+    let url = gateway.url();
+    mesh.notifier_settings = std::sync::Arc::new(move |config| {
+        config.sms_webhook_url = Some(url.clone());
+        config.sms_webhook_token = Some(SMS_TOKEN.into());
+        config.send_timeout_ms = 2_000;
+    });
+    let orders = order_ids(mesh.place_orders("rebalance", ORDERS).await?);
+    mesh.start_notifier().await?;
+    let sms_sent = |stats: &HashMap<NotifierChannel, std::sync::Arc<ordermesh_notifier::Stats>>| {
+        stats[&NotifierChannel::Sms].sent.load(Ordering::Relaxed)
+    };
+    eventually("the first replica part-way through", || {
+        sms_sent(&mesh.notifier_stats) >= 20
+    })
+    .await?;
+
+    // Act: a second replica joins the same groups with the same database (the groups rebalance,
+    // moving partitions away from the first while it sends), then the first leaves (they
+    // rebalance again, giving its partitions to the second).
+    let config = mesh.notifier_config()?;
+    let second_stats: HashMap<NotifierChannel, std::sync::Arc<ordermesh_notifier::Stats>> =
+        NotifierChannel::ALL
+            .iter()
+            .map(|c| (*c, Default::default()))
+            .collect();
+    let stats = second_stats.clone();
+    let second = Running::spawn("127.0.0.1:0".parse()?, |listener, stop| async move {
+        let stop = async move {
+            let _ = stop.await;
+        };
+        ordermesh_notifier::run_with_stats(listener, config, stop, stats).await
+    })
+    .await?;
+    eventually("the second replica has SMS partitions and sends", || {
+        sms_sent(&second_stats) > 0
+    })
+    .await?;
+    ensure!(
+        (sms_sent(&mesh.notifier_stats) as usize) < ORDERS,
+        "the first replica finished before the rebalance; the test did not test one"
+    );
+    mesh.stop_notifier().await?;
+
+    // Assert: every order notified once per channel, and the gateway took each SMS exactly once:
+    // a message redelivered to the second replica while the first was still sending it was not
+    // sent again.
+    eventually("every SMS at the gateway", || {
+        gateway.accepted().len() >= ORDERS
+    })
+    .await?;
+    second.stop().await?;
+    let records = mesh.all_notifications_offline().await?;
+    for channel in ["EMAIL", "SMS"] {
+        let count = records.iter().filter(|(_, c)| c == channel).count();
+        assert_eq!(
+            count,
+            orders.len(),
+            "one SENT record per order on {channel}"
+        );
+    }
+    let accepted = gateway.accepted();
+    let distinct: std::collections::HashSet<&str> =
+        accepted.iter().map(|s| s.reference.as_str()).collect();
+    assert_eq!(distinct.len(), ORDERS, "every SMS sent");
+    assert_eq!(accepted.len(), ORDERS, "no SMS sent twice");
     mesh.shutdown().await
 }

@@ -167,6 +167,8 @@ pub struct Sms {
 struct Responder {
     status: Arc<AtomicU16>,
     accepted: Arc<Mutex<Vec<Sms>>>,
+    /// How long each answer takes.
+    delay: Duration,
 }
 
 impl Respond for Responder {
@@ -211,8 +213,16 @@ fn parse_sms(request: &Request) -> Option<Sms> {
 impl SmsGateway {
     /// A gateway that accepts every valid SMS.
     pub async fn start() -> Self {
+        Self::start_slow(Duration::ZERO).await
+    }
+
+    /// A gateway that accepts every valid SMS, taking `delay` over each.
+    pub async fn start_slow(delay: Duration) -> Self {
         let server = MockServer::start().await;
-        let responder = Responder::default();
+        let responder = Responder {
+            delay,
+            ..Default::default()
+        };
         responder.status.store(202, Ordering::SeqCst);
         Mock::given(matchers::method("POST"))
             .and(matchers::path("/sms"))
