@@ -111,11 +111,25 @@ impl Process {
         envs: &[(&str, String)],
         log: PathBuf,
     ) -> Result<Self> {
+        let dir = log.parent().unwrap_or(Path::new(".")).to_owned();
+        Self::spawn_in(&dir, name, program, args, envs, log)
+    }
+
+    /// [`Process::spawn`] with `dir` as the working directory.
+    pub fn spawn_in(
+        dir: &Path,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        envs: &[(&str, String)],
+        log: PathBuf,
+    ) -> Result<Self> {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)?;
         let child = Command::new(program)
+            .current_dir(dir)
             .args(args)
             .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
@@ -165,6 +179,23 @@ impl Process {
     /// SIGKILL: the process gets no chance to finish anything. Waits until it is gone.
     pub async fn kill(mut self) -> Result<()> {
         self.child.kill().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, then waits for the process to exit (SIGKILL after 10 s).
+    pub async fn terminate(mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            self.child.kill().await?;
+        }
         Ok(())
     }
 
@@ -278,13 +309,17 @@ impl Broker {
     }
 }
 
+/// The SQLite file tansu keeps its topics, messages and group offsets in.
+const STORAGE_FILE: &str = "tansu.db";
+
 /// A tansu broker process on a fixed loopback port and a SQLite file, so it can be stopped and
 /// started again with its topics, messages and committed offsets.
 #[derive(Debug)]
 pub struct Tansu {
     pub addr: SocketAddr,
     program: PathBuf,
-    storage: PathBuf,
+    /// Working directory, holding the storage file.
+    dir: PathBuf,
     log: PathBuf,
     process: Option<Process>,
 }
@@ -299,8 +334,12 @@ impl Tansu {
         let mut tansu = Self {
             addr: unused_addr().await?,
             program,
-            storage: dir.join("tansu.db"),
-            log: dir.join("tansu.log"),
+            dir: dir.to_owned(),
+            // ORDERMESH_TANSU_LOG_DIR keeps the broker's log where a failed test cannot remove it.
+            log: std::env::var_os("ORDERMESH_TANSU_LOG_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| dir.to_owned())
+                .join(format!("tansu-{}.log", std::process::id())),
             process: None,
         };
         tansu.start().await?;
@@ -319,10 +358,18 @@ impl Tansu {
             listener.clone(),
             "--advertised-listener-url".to_owned(),
             listener,
+            // tansu reads the file part of a sqlite:// URL relative to its working directory.
             "--storage-engine".to_owned(),
-            format!("sqlite://{}", self.storage.display()),
+            format!("sqlite://{STORAGE_FILE}"),
         ];
-        let mut process = Process::spawn("tansu", &self.program, &args, &[], self.log.clone())?;
+        let mut process = Process::spawn_in(
+            &self.dir,
+            "tansu",
+            &self.program,
+            &args,
+            &[],
+            self.log.clone(),
+        )?;
         let brokers = self.addr.to_string();
         let deadline = tokio::time::Instant::now() + EVENTUALLY;
         loop {
@@ -351,12 +398,12 @@ impl Tansu {
         Ok(())
     }
 
-    /// Kills the broker process (SIGKILL: what it stored so far is all it keeps).
+    /// Stops the broker process: SIGTERM, as an operator restarting it would, then waits for it.
     pub async fn stop(&mut self) -> Result<()> {
-        match self.process.take() {
-            Some(process) => process.kill().await,
-            None => bail!("tansu not running"),
-        }
+        let Some(process) = self.process.take() else {
+            bail!("tansu not running");
+        };
+        process.terminate().await
     }
 
     pub fn log_text(&self) -> String {

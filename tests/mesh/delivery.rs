@@ -11,7 +11,8 @@ use ordermesh_notifier::{Channel, ReplayReport, dead_letter, replay_dead_letters
 
 use crate::{
     helpers::{
-        MeshOptions, TestMesh, eventually, eventually_async, header, spawn_mesh_with, unused_addr,
+        MeshOptions, TestMesh, eventually, eventually_async, header, spawn_mesh_on_tansu,
+        spawn_mesh_with, unused_addr,
     },
     servers::{SMS_TOKEN, SmsGateway, SmtpServer, read_maildir, smtp_available},
 };
@@ -23,11 +24,21 @@ async fn mesh_delivering_to(
     gateway: &SmsGateway,
     attempts: u32,
 ) -> Result<TestMesh> {
-    let mut mesh = spawn_mesh_with(MeshOptions {
+    let mesh = spawn_mesh_with(MeshOptions {
         notifier: false,
         ..Default::default()
     })
     .await?;
+    Ok(delivering_to(mesh, smtp, gateway, attempts))
+}
+
+/// `mesh` with its notifier (not started yet) set up as in [`mesh_delivering_to`].
+fn delivering_to(
+    mut mesh: TestMesh,
+    smtp: std::net::SocketAddr,
+    gateway: &SmsGateway,
+    attempts: u32,
+) -> TestMesh {
     let (smtp_url, sms_url) = (format!("smtp://{smtp}"), gateway.url());
     mesh.notifier_settings = Arc::new(move |config| {
         config.smtp_url = Some(smtp_url.clone());
@@ -38,7 +49,7 @@ async fn mesh_delivering_to(
         config.retry_backoff_ms = 50;
         config.retry_max_backoff_ms = 400;
     });
-    Ok(mesh)
+    mesh
 }
 
 /// Event id of every event on the mesh's topic, with its partition and offset.
@@ -214,11 +225,36 @@ async fn out_of_retries_is_dead_lettered_with_why_and_replay_delivers_once() -> 
     if !smtp_available().await? {
         return Ok(());
     }
+    let mesh = spawn_mesh_with(MeshOptions {
+        notifier: false,
+        ..Default::default()
+    })
+    .await?;
+    dead_letter_and_replay(mesh).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_retries_on_tansu_is_dead_lettered_with_why_and_replay_delivers_once() -> Result<()>
+{
+    if !smtp_available().await? {
+        return Ok(());
+    }
+    let options = MeshOptions {
+        notifier: false,
+        ..Default::default()
+    };
+    match spawn_mesh_on_tansu(options).await? {
+        Some(mesh) => dead_letter_and_replay(mesh).await,
+        None => Ok(()),
+    }
+}
+
+async fn dead_letter_and_replay(mesh: TestMesh) -> Result<()> {
     // Arrange: SMTP down for longer than 3 attempts; a gateway refusing the requests for good (422).
     let gateway = SmsGateway::start().await;
     gateway.answer(422);
     let smtp_addr = unused_addr().await?;
-    let mut mesh = mesh_delivering_to(smtp_addr, &gateway, 3).await?;
+    let mut mesh = delivering_to(mesh, smtp_addr, &gateway, 3);
     mesh.start_notifier().await?;
 
     let orders = mesh.place_orders("dlq", 2).await?;

@@ -588,12 +588,23 @@ impl TestMesh {
             fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
         consumer.subscribe(&[topic])?;
         let mut out = Vec::new();
+        let mut last_error = None;
         let deadline = tokio::time::Instant::now() + EVENTUALLY;
         while out.len() < count {
-            let message = tokio::time::timeout_at(deadline, consumer.recv())
+            let received = tokio::time::timeout_at(deadline, consumer.recv())
                 .await
-                .with_context(|| format!("read {} of {count} events", out.len()))??;
-            out.push(message.detach());
+                .with_context(|| {
+                    format!(
+                        "read {} of {count} events (last error: {last_error:?})",
+                        out.len()
+                    )
+                })?;
+            match received {
+                Ok(message) => out.push(message.detach()),
+                // librdkafka reports connection trouble (a broker just restarted) through the
+                // stream and carries on; so does the reader.
+                Err(error) => last_error = Some(error),
+            }
         }
         Ok(out)
     }

@@ -179,7 +179,11 @@ impl Respond for Responder {
         {
             self.accepted.lock().unwrap().push(sms);
         }
-        let body = if status < 300 { "queued" } else { "gateway says no" };
+        let body = if status < 300 {
+            "queued"
+        } else {
+            "gateway says no"
+        };
         ResponseTemplate::new(status)
             .set_body_string(body)
             .set_delay(self.delay)
