@@ -398,6 +398,23 @@ impl TestMesh {
         Ok(())
     }
 
+    /// Stops the order service gracefully (see [`TestMesh::start_order`]).
+    pub async fn stop_order(&mut self) -> Result<()> {
+        match self.order.take() {
+            Some(order) => order.stop().await,
+            None => bail!("order not running"),
+        }
+    }
+
+    /// Starts the order service again on its database.
+    pub async fn start_order(&mut self) -> Result<()> {
+        if self.order.is_some() {
+            bail!("order already running");
+        }
+        self.order = Some(spawn_order(self.order_config.clone()).await?);
+        Ok(())
+    }
+
     /// Stops every service gracefully, then the broker.
     pub async fn shutdown(mut self) -> Result<()> {
         if self.notifier.is_some() {

@@ -9,6 +9,8 @@ use anyhow::{Result, ensure};
 use ordermesh::proto::order::v1::{GetOrderRequest, Order, OrderStatus};
 use rdkafka::Message;
 
+use ordermesh_testkit::Broker;
+
 use crate::helpers::{MeshOptions, TestMesh, spawn_mesh_on_tansu, spawn_mesh_with};
 
 /// Orders = events on the topic (each event id once) = emails = SMS.
@@ -52,17 +54,8 @@ async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_fo
     broker_down_while_ordering(spawn_mesh_with(WAIT_FOR_BROKER).await?).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_placed_while_tansu_is_down_are_accepted_and_their_events_follow_once() -> Result<()>
-{
-    match spawn_mesh_on_tansu(WAIT_FOR_BROKER).await? {
-        Some(mesh) => broker_down_while_ordering(mesh).await,
-        None => Ok(()),
-    }
-}
-
 async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
-    // Arrange: the broker goes down (tansu: the process is killed).
+    // Arrange: the broker stops answering.
     mesh.broker.down().await?;
 
     // Act: orders while the broker is down.
@@ -74,7 +67,7 @@ async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
         assert!(order.event_pending, "{order:?}");
     }
 
-    // Act: the broker comes back (tansu: restarted on its SQLite storage).
+    // Act: the broker comes back.
     mesh.broker.up().await?;
 
     // Assert: the relay delivers every event once, the orders say so, and both channels notify once.
@@ -135,18 +128,33 @@ async fn a_tansu_restart_while_notifiers_consume_loses_and_repeats_nothing() -> 
 /// restart is a real one: a new process on the same SQLite storage, which keeps the topics, the
 /// messages and the groups' committed offsets.
 ///
-/// The order service is restarted after the broker, so that its producer is a new one. Found here:
-/// tansu 0.6.0 panics in its storage task ("more or less than one row", idempotent_message_check)
-/// when an idempotent producer from before its restart produces again, after which it answers
-/// nothing at all. Events that wait in the outbox while the broker is down are covered by
-/// `orders_placed_while_tansu_is_down_...`, where the producer has no id from before.
+/// Found with tansu 0.6.0: once an idempotent producer's request has timed out (librdkafka then
+/// bumps the producer epoch) or the producer outlives a broker restart, its next produce makes
+/// tansu panic in its storage task ("more or less than one row", `idempotent_message_check`), and
+/// from then on tansu answers nothing. So on tansu no producer is active across the restart: the
+/// order service is stopped before it and started after it, and orders placed while the broker is
+/// away are tested on the embedded broker only.
 async fn broker_restart_while_consuming(mut mesh: TestMesh) -> Result<()> {
+    let tansu = matches!(mesh.broker, Broker::Tansu(_));
     let mut orders = mesh.place_orders("before", 20).await?;
     // Some notified, the rest still to come: the notifiers are mid-stream.
     mesh.wait_for_notifications(2).await?;
+    if tansu {
+        mesh.stop_order().await?;
+    }
     mesh.broker.down().await?;
+    if !tansu {
+        let during = mesh.place_orders("during", 5).await?;
+        ensure!(
+            during.iter().all(|o| o.event_pending),
+            "published with the broker down?"
+        );
+        orders.extend(during);
+    }
     mesh.broker.up().await?;
-    mesh.restart_order().await?;
+    if tansu {
+        mesh.start_order().await?;
+    }
     orders.extend(mesh.place_orders("after", 5).await?);
 
     assert_all_delivered_once(&mesh, &orders).await?;
