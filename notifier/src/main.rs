@@ -34,6 +34,9 @@ enum Command {
         #[arg(long, value_enum)]
         channel: Channel,
     },
+    /// Exits 0 if the service on --listen-addr answers SERVING to a health check (what a container
+    /// health check runs), 1 otherwise.
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -45,6 +48,10 @@ async fn main() -> anyhow::Result<()> {
         config,
         command,
     } = Cli::parse();
+    if let Some(Command::Healthcheck) = command {
+        return ordermesh::service::health_check(listen_addr, std::time::Duration::from_secs(3))
+            .await;
+    }
     if let Some(Command::ReplayDeadLetters { channel }) = command {
         ordermesh::telemetry::init(log_format)?;
         let report = ordermesh_notifier::replay_dead_letters(&config, channel).await?;

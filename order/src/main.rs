@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use ordermesh::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -18,8 +18,17 @@ struct Cli {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     config: ordermesh_order::Config,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Exits 0 if the service on --listen-addr answers SERVING to a health check (what a container
+    /// health check runs), 1 otherwise.
+    Healthcheck,
 }
 
 #[tokio::main]
@@ -27,8 +36,13 @@ async fn main() -> anyhow::Result<()> {
     let Cli {
         listen_addr,
         log_format,
+        command,
         config,
     } = Cli::parse();
+    if let Some(Command::Healthcheck) = command {
+        return ordermesh::service::health_check(listen_addr, std::time::Duration::from_secs(3))
+            .await;
+    }
     ordermesh::service::main(listen_addr, "ORDER_LISTEN_ADDR", log_format, |listener| {
         ordermesh_order::run(listener, config, ordermesh::shutdown::signal())
     })

@@ -80,6 +80,19 @@ fn compose_matches_the_code() -> Result<()> {
             "{binary} is a binary of {name}"
         );
 
+        // The health check runs the service's own binary, with a subcommand it has.
+        let check: Vec<&str> = service["healthcheck"]["test"]
+            .as_sequence()
+            .context("healthcheck")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(check, ["CMD", binary, "healthcheck"], "{name} health check");
+        assert!(
+            read(&format!("{name}/src/main.rs"))?.contains("    Healthcheck,"),
+            "{binary} has a healthcheck subcommand"
+        );
+
         let env = environment(service);
         assert!(!env.is_empty(), "{name} has an environment");
         for (key, value) in &env {
