@@ -285,20 +285,128 @@ async fn send_sms(
 mod tests {
     use super::*;
     use ordermesh::proto::types::v1::Money;
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
 
-    #[test]
-    fn text_shows_the_total_in_major_units() {
-        let event = OrderPlaced {
+    fn event() -> OrderPlaced {
+        OrderPlaced {
+            event_id: "evt_1".into(),
             order_id: "ord_1".into(),
             total: Some(Money {
                 currency_code: "EUR".into(),
                 minor_units: 12_305,
             }),
             ..Default::default()
-        };
+        }
+    }
+
+    fn config() -> Config {
+        let mut config = Config::from_env().expect("defaults parse");
+        config.send_timeout_ms = 500;
+        config
+    }
+
+    #[test]
+    fn text_shows_the_total_in_major_units() {
         assert_eq!(
-            message_text(&event),
+            message_text(&event()),
             "Your order ord_1 is confirmed. Total: 123.05 EUR."
         );
+    }
+
+    /// What the SMS sender makes of a gateway answering `status` (after `delay`).
+    async fn sms_outcome(status: u16, delay: Duration) -> Result<(), SendError> {
+        let gateway = MockServer::start().await;
+        Mock::given(matchers::method("POST"))
+            .and(matchers::path("/sms"))
+            .and(matchers::header("authorization", "Bearer s3cret"))
+            .and(matchers::header("idempotency-key", "evt_1.sms"))
+            .and(matchers::body_json(serde_json::json!({
+                "to": "+14155550100",
+                "body": "Your order ord_1 is confirmed. Total: 123.05 EUR.",
+                "reference": "evt_1",
+            })))
+            .respond_with(ResponseTemplate::new(status).set_delay(delay))
+            .mount(&gateway)
+            .await;
+        let mut config = config();
+        config.sms_webhook_url = Some(format!("{}/sms", gateway.uri()));
+        config.sms_webhook_token = Some("s3cret".into());
+        let sender = Sender::new(Channel::Sms, &config).expect("sender");
+        sender.send(Channel::Sms, "+14155550100", &event()).await
+    }
+
+    #[tokio::test]
+    async fn gateway_answers_are_classified_by_whether_a_retry_can_help() {
+        let fast = Duration::ZERO;
+        assert_eq!(sms_outcome(202, fast).await, Ok(()));
+        for status in [500, 503, 408, 429] {
+            assert!(
+                matches!(
+                    sms_outcome(status, fast).await,
+                    Err(SendError::Transient(_))
+                ),
+                "{status} is worth a retry"
+            );
+        }
+        for status in [400, 401, 422] {
+            assert!(
+                matches!(
+                    sms_outcome(status, fast).await,
+                    Err(SendError::Permanent(_))
+                ),
+                "{status} will not change"
+            );
+        }
+        // Slower than the send timeout (500 ms): transient.
+        assert!(matches!(
+            sms_outcome(202, Duration::from_secs(2)).await,
+            Err(SendError::Transient(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_smtp_server_that_is_not_there_is_transient_and_a_bad_address_permanent() {
+        let unused = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind")
+            .local_addr()
+            .expect("addr");
+        let mut config = config();
+        config.smtp_url = Some(format!("smtp://{unused}"));
+        let sender = Sender::new(Channel::Email, &config).expect("sender");
+        assert!(matches!(
+            sender
+                .send(Channel::Email, "ada@example.com", &event())
+                .await,
+            Err(SendError::Transient(_))
+        ));
+        assert!(matches!(
+            sender
+                .send(Channel::Email, "not an address", &event())
+                .await,
+            Err(SendError::Permanent(_))
+        ));
+    }
+
+    #[test]
+    fn unusable_settings_are_refused_at_startup_naming_the_setting() {
+        let mut config = config();
+        config.smtp_url = Some("http://mail.example.com".into());
+        let error = Sender::new(Channel::Email, &config).expect_err("not smtp");
+        assert!(error.to_string().contains("NOTIFIER_SMTP_URL"), "{error}");
+
+        let mut config = self::config();
+        config.sms_webhook_url = Some("ftp://gateway".into());
+        let error = Sender::new(Channel::Sms, &config).expect_err("not http");
+        assert!(
+            error.to_string().contains("NOTIFIER_SMS_WEBHOOK_URL"),
+            "{error}"
+        );
+
+        // Unset or empty: record and log.
+        let mut config = self::config();
+        config.smtp_url = Some(String::new());
+        let sender = Sender::new(Channel::Email, &config).expect("log only");
+        assert!(sender.describe().starts_with("log only"));
     }
 }
