@@ -2,7 +2,7 @@
 //! files) and kcat reading the topic. Without the tools a local run says so and skips; under CI=true
 //! (where `.ci/run` installs them) a missing tool fails.
 
-use std::{path::PathBuf, process::Output};
+use std::process::Output;
 
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
@@ -10,25 +10,7 @@ use tokio::process::Command;
 use crate::helpers::spawn_mesh;
 
 /// The tool's path, None to skip (locally), or an error (in CI).
-pub fn tool(name: &str) -> Result<Option<PathBuf>> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|path| path.is_file())
-    });
-    match found {
-        Some(path) => Ok(Some(path)),
-        None if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            bail!("{name} is not installed, and CI=true requires it (.ci/run installs it)")
-        }
-        None => {
-            eprintln!(
-                "SKIPPED: {name} is not installed (run .ci/run, or install it, to run this test)"
-            );
-            Ok(None)
-        }
-    }
-}
+pub use ordermesh_testkit::tool;
 
 /// Runs a command line through `sh -c`, failing with its output if it exits non-zero or runs for
 /// more than a minute (killed then).

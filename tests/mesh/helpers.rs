@@ -15,7 +15,9 @@ use ordermesh::proto::{
     types::v1::Money,
 };
 use ordermesh_notifier::{Channel, Stats};
+// Shared with the crates' own process tests.
 use ordermesh_testkit::{Broker, Tansu};
+pub use ordermesh_testkit::{eventually as eventually_async, unused_addr};
 use rdkafka::{
     ClientConfig, Message,
     consumer::{BaseConsumer, Consumer, StreamConsumer},
@@ -39,26 +41,6 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
-}
-
-/// Polls the async `check` until it answers true, or fails naming `what` (and the last error, if
-/// the check failed) after [`EVENTUALLY`].
-pub async fn eventually_async<F, Fut>(what: &str, mut check: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    loop {
-        let last = check().await;
-        if matches!(last, Ok(true)) {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("not so after {EVENTUALLY:?}: {what} (last check: {last:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Ends the test process if a test runs far longer than any should, naming the test: a hang then
@@ -639,11 +621,6 @@ fn fresh_consumer_config(brokers: &str) -> ClientConfig {
 
 pub fn sqlite_url(dir: &TempDir, name: &str) -> String {
     format!("sqlite://{}/{name}.db", dir.path().display())
-}
-
-/// An address with nothing listening on it (bound, then released).
-pub async fn unused_addr() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0").await?.local_addr()?)
 }
 
 /// A valid CreateOrder request: 2 x 19.99 USD, paid with `token`.
