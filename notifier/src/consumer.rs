@@ -183,8 +183,7 @@ impl Handler {
             )));
         };
         // A replayed letter is recorded under its original position, not the dead-letter one.
-        let (source_topic, source_partition, source_offset) = match DeadLetterHeaders::read(letter)
-        {
+        let source = match DeadLetterHeaders::read(letter) {
             Some(origin) => (
                 origin.original_topic,
                 origin.original_partition.parse().unwrap_or(-1),
@@ -192,24 +191,15 @@ impl Handler {
             ),
             None => (letter.topic.clone(), letter.partition, letter.offset),
         };
-        let claim = NotificationRow {
-            seq: 0,
-            notification_id: format!("ntf_{}", uuid::Uuid::now_v7().simple()),
-            event_id: event.event_id.clone(),
-            order_id: event.order_id.clone(),
+        let claim = NotificationRow::pending(
+            format!("ntf_{}", uuid::Uuid::now_v7().simple()),
+            &event.event_id,
+            &event.order_id,
             channel,
             recipient,
-            status: "PENDING".into(),
-            attempts: 0,
-            created_at_ms: now,
-            sent_at_ms: None,
-            source_topic,
-            source_partition,
-            source_offset,
-            last_error: None,
-            first_failure_at_ms: None,
-            next_attempt_at_ms: None,
-        };
+            source,
+            now,
+        );
         let record = self.store.claim(&claim, letter).await?;
         let event_id = &event.event_id;
         match (record.status.as_str(), mode) {
@@ -515,24 +505,15 @@ mod tests {
         // Another consumer (a replica that lost the partition in a rebalance, or a notifier killed
         // mid-send) claimed the event and has not settled it.
         let now = timestamp::now_millis();
-        let theirs = NotificationRow {
-            seq: 0,
-            notification_id: "ntf_theirs".into(),
-            event_id: "evt_1".into(),
-            order_id: "ord_1".into(),
-            channel: Channel::Email,
-            recipient: "ada@example.com".into(),
-            status: "PENDING".into(),
-            attempts: 0,
-            created_at_ms: now,
-            sent_at_ms: None,
-            source_topic: "order-events".into(),
-            source_partition: 0,
-            source_offset: 7,
-            last_error: None,
-            first_failure_at_ms: None,
-            next_attempt_at_ms: None,
-        };
+        let theirs = NotificationRow::pending(
+            "ntf_theirs".into(),
+            "evt_1",
+            "ord_1",
+            Channel::Email,
+            "ada@example.com".into(),
+            ("order-events".into(), 0, 7),
+            now,
+        );
         handler.store.claim(&theirs, &letter).await.expect("claim");
 
         // The redelivery does not send; it schedules a check once their claim could have ended.

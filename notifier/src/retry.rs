@@ -42,12 +42,12 @@ pub(crate) async fn run(handler: Handler, stats: Arc<Stats>, stop: CancellationT
 /// Sends every retry due now; returns how long to sleep before the next look.
 async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleError> {
     let store = &handler.store;
+    let lease = handler.sender.claim_lease();
     loop {
         let now = timestamp::now_millis();
         let due = store.due_retries(handler.channel, now, BATCH).await?;
         let full = due.len() as i64 == BATCH;
         for (row, letter) in due {
-            let lease = handler.sender.claim_lease();
             let seen_due = row.next_attempt_at_ms.unwrap_or(now);
             let until = now.saturating_add(lease.as_millis() as i64);
             if !store

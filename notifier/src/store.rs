@@ -26,6 +26,38 @@ pub(crate) struct NotificationRow {
     pub(crate) next_attempt_at_ms: Option<i64>,
 }
 
+impl NotificationRow {
+    /// A new PENDING notification of `event_id` on `channel`, read at `source`, recorded at `now_ms`.
+    pub(crate) fn pending(
+        notification_id: String,
+        event_id: &str,
+        order_id: &str,
+        channel: Channel,
+        recipient: String,
+        (source_topic, source_partition, source_offset): (String, i32, i64),
+        now_ms: i64,
+    ) -> Self {
+        Self {
+            seq: 0,
+            notification_id,
+            event_id: event_id.to_owned(),
+            order_id: order_id.to_owned(),
+            channel,
+            recipient,
+            status: "PENDING".into(),
+            attempts: 0,
+            created_at_ms: now_ms,
+            sent_at_ms: None,
+            source_topic,
+            source_partition,
+            source_offset,
+            last_error: None,
+            first_failure_at_ms: None,
+            next_attempt_at_ms: None,
+        }
+    }
+}
+
 /// Filters of a listing.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Filter {

@@ -159,15 +159,26 @@ impl Process {
 
     /// Waits until the gRPC server at `addr` is SERVING, failing if the process exits first.
     pub async fn wait_serving(&mut self, addr: SocketAddr) -> Result<()> {
+        self.wait_for(&format!("SERVING at {addr}"), || is_serving(addr))
+            .await
+    }
+
+    /// Polls `check` until it holds, failing with the process's log if the process exits first or
+    /// `what` is not so after [`EVENTUALLY`].
+    pub async fn wait_for<F, Fut>(&mut self, what: &str, mut check: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
         let deadline = tokio::time::Instant::now() + EVENTUALLY;
         loop {
             self.check_running()?;
-            if is_serving(addr).await {
+            if check().await {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "{} not SERVING at {addr} after {EVENTUALLY:?}; its log:\n{}",
+                    "{}: not {what} after {EVENTUALLY:?}; its log:\n{}",
                     self.name,
                     self.log_text()
                 );
@@ -371,29 +382,22 @@ impl Tansu {
             self.log.clone(),
         )?;
         let brokers = self.addr.to_string();
-        let deadline = tokio::time::Instant::now() + EVENTUALLY;
-        loop {
-            process.check_running()?;
-            let brokers = brokers.clone();
-            let answered = tokio::task::spawn_blocking(move || {
-                let consumer: Result<BaseConsumer, _> = ClientConfig::new()
-                    .set("bootstrap.servers", &brokers)
-                    .create();
-                consumer.is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+        process
+            .wait_for(&format!("answering Kafka metadata at {brokers}"), || {
+                let brokers = brokers.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        let consumer: Result<BaseConsumer, _> = ClientConfig::new()
+                            .set("bootstrap.servers", &brokers)
+                            .create();
+                        consumer
+                            .is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
+                    })
+                    .await
+                    .unwrap_or(false)
+                }
             })
             .await?;
-            if answered {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!(
-                    "tansu not answering at {} after {EVENTUALLY:?}; its log:\n{}",
-                    self.addr,
-                    process.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         self.process = Some(process);
         Ok(())
     }
