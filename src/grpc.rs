@@ -12,6 +12,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use tower::layer::util::{Identity, Stack};
 
+use crate::{metrics::Metrics, rpc_telemetry::RpcTelemetryLayer};
+
 /// How long in-flight calls may run after shutdown was asked for before they are cut off.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
@@ -27,17 +29,25 @@ pub enum ServeError {
 }
 
 /// The router of every ordermesh server: its layers are fixed here, so the type is too.
-pub type Router = tonic::transport::server::Router<Stack<crate::shed::ShedLayer, Identity>>;
+pub type Router = tonic::transport::server::Router<
+    Stack<crate::shed::ShedLayer, Stack<RpcTelemetryLayer, Identity>>,
+>;
 
-/// A router with the parts every ordermesh server has: load shedding beyond `max_concurrent` calls,
-/// the health service (its reporter is returned so the caller can say SERVING once it is really
+/// A router with the parts every ordermesh server has: a span and duration metrics for every call,
+/// load shedding beyond `max_concurrent` calls, the health service (its reporter is returned so the caller can say SERVING once it is really
 /// ready) and reflection v1 and v1alpha knowing our protos, the health proto and the `google.rpc`
 /// error details, so grpcurl needs no .proto files and shows BadRequest field violations as fields
 /// rather than bytes.
-pub fn router(max_concurrent: usize) -> Result<(HealthReporter, Router), ServeError> {
+pub fn router(
+    max_concurrent: usize,
+    metrics: &Metrics,
+) -> Result<(HealthReporter, Router), ServeError> {
     let mut server = Server::builder()
+        // Outermost, so every call is traced and measured, shed ones included: continue the
+        // caller's trace, record the span and `rpc.server.call.duration` by status code.
+        .layer(RpcTelemetryLayer::server(metrics.meter()))
         // Refuse calls beyond the limit at once (RESOURCE_EXHAUSTED) instead of queueing them.
-        .layer(crate::shed::ShedLayer::new(max_concurrent));
+        .layer(crate::shed::ShedLayer::new(max_concurrent).counting(metrics.meter()));
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()

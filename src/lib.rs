@@ -5,15 +5,19 @@
 //! all three services need in the same shape, so it is written once here.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod db;
 pub mod events;
 pub mod grpc;
 pub mod kafka;
+pub mod metrics;
 pub mod money;
 pub mod paging;
 pub mod proto;
+pub mod rpc_telemetry;
 pub mod service;
 pub mod shed;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;
+pub mod trace_context;

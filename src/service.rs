@@ -3,9 +3,59 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::{self, LogFormat};
+use crate::{
+    metrics::Metrics,
+    telemetry::{self, LogFormat},
+};
+
+/// The sockets a service serves on, bound by its caller: gRPC, and optionally the admin HTTP port
+/// (metrics). A bare listener converts into one without an admin port.
+#[derive(Debug)]
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub admin: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(grpc: TcpListener) -> Self {
+        Self { grpc, admin: None }
+    }
+}
+
+/// A running admin HTTP server (see [`crate::admin`]); nothing if there was no admin listener.
+#[derive(Debug)]
+pub struct Admin {
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Admin {
+    /// Serves `metrics` on `listener`, if there is one, until [`Admin::stop`].
+    pub fn start(listener: Option<TcpListener>, metrics: &Metrics) -> Self {
+        let stop = CancellationToken::new();
+        let task = listener.map(|listener| {
+            let metrics = metrics.clone();
+            let stopped = stop.clone().cancelled_owned();
+            tokio::spawn(async move {
+                if let Err(error) = crate::admin::serve(listener, metrics, stopped).await {
+                    tracing::error!(%error, "admin HTTP server failed");
+                }
+            })
+        });
+        Self { stop, task }
+    }
+
+    /// Stops serving and waits until it has.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(task) = self.task {
+            let _ = task.await;
+        }
+    }
+}
 
 /// A service's settings from their defaults and the environment alone (no command line): how the
 /// runner configures the services it hosts, so they read the same variables as their binaries.
@@ -17,24 +67,38 @@ where
     T::from_arg_matches(&command.try_get_matches_from([name])?)
 }
 
-/// The body of a service's `main`: install logging, bind `listen_addr` (naming `setting` if that
-/// fails), and hand the listener to `serve`, which runs until SIGINT/SIGTERM.
+/// An address to bind and the setting it comes from, for the error message if binding fails.
+pub type Address<'a> = (SocketAddr, &'a str);
+
+/// The body of a service's `main`: install logging and tracing for `service`, bind the gRPC and
+/// admin addresses (naming the setting if that fails), and hand the listeners to `serve`, which
+/// runs until SIGINT/SIGTERM; then flush the spans not yet exported.
 pub async fn main<F, E>(
-    listen_addr: SocketAddr,
-    setting: &str,
+    service: &str,
+    grpc: Address<'_>,
+    admin: Address<'_>,
     log_format: LogFormat,
-    serve: impl FnOnce(TcpListener) -> F,
+    serve: impl FnOnce(Listeners) -> F,
 ) -> anyhow::Result<()>
 where
     F: Future<Output = Result<(), E>>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    telemetry::init(log_format)?;
-    let listener = TcpListener::bind(listen_addr)
+    let telemetry = telemetry::init(log_format, service)?;
+    let listeners = Listeners {
+        grpc: bind(grpc).await?,
+        admin: Some(bind(admin).await?),
+    };
+    let served = serve(listeners).await;
+    telemetry.shutdown();
+    Ok(served?)
+}
+
+/// Binds `address`, naming its setting if that fails.
+pub async fn bind((addr, setting): Address<'_>) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen on {listen_addr} ({setting})"))?;
-    serve(listener).await?;
-    Ok(())
+        .with_context(|| format!("cannot listen on {addr} ({setting})"))
 }
 
 /// Asks the gRPC server listening on `listen_addr` whether it is SERVING (the standard health
@@ -83,7 +147,7 @@ mod tests {
     async fn health_check_passes_only_for_a_serving_server() {
         let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let (health, router) = crate::grpc::router(8).expect("router");
+        let (health, router) = crate::grpc::router(8, &Metrics::local("test")).expect("router");
         health.set_service_status("", ServingStatus::Serving).await;
         let reporter = health.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

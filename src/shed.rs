@@ -18,6 +18,7 @@ use std::{
 };
 
 use http::{Request, Response};
+use opentelemetry::metrics::{Counter, Meter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
@@ -29,6 +30,7 @@ const EXEMPT: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
     limit: usize,
+    shed: Option<Counter<u64>>,
 }
 
 impl ShedLayer {
@@ -38,7 +40,19 @@ impl ShedLayer {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
+            shed: None,
         }
+    }
+
+    /// Counts refused calls in `ordermesh.requests.shed`.
+    pub fn counting(mut self, meter: &Meter) -> Self {
+        self.shed = Some(
+            meter
+                .u64_counter("ordermesh.requests.shed")
+                .with_description("gRPC calls refused with RESOURCE_EXHAUSTED because the server was at its concurrency limit")
+                .build(),
+        );
+        self
     }
 }
 
@@ -50,6 +64,7 @@ impl<S> Layer<S> for ShedLayer {
             inner,
             permits: self.permits.clone(),
             limit: self.limit,
+            shed: self.shed.clone(),
         }
     }
 }
@@ -60,6 +75,7 @@ pub struct Shed<S> {
     inner: S,
     permits: Arc<Semaphore>,
     limit: usize,
+    shed: Option<Counter<u64>>,
 }
 
 impl<S, B> Service<Request<B>> for Shed<S>
@@ -89,6 +105,9 @@ where
             },
             Err(_) => {
                 tracing::debug!(path, limit = self.limit, "shedding call");
+                if let Some(shed) = &self.shed {
+                    shed.add(1, &[]);
+                }
                 let status = Status::resource_exhausted(format!(
                     "server busy: {} calls in progress, the most it serves at once; retry with backoff",
                     self.limit

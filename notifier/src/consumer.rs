@@ -22,21 +22,24 @@ use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use opentelemetry::metrics::Meter;
 use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
 use rdkafka::{
-    consumer::{CommitMode, Consumer, StreamConsumer},
+    consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer},
     error::{KafkaError, KafkaResult},
     types::RDKafkaErrorCode,
 };
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     channel::Channel,
     config::{Config, RetryPolicy},
     dead_letter::{DeadLetterHeaders, DeadLetters, Letter},
     delivery::{SendError, Sender},
+    metrics::{ChannelMetrics, LagContext, STATISTICS_INTERVAL},
     store::{NotificationRow, Store},
 };
 
@@ -54,6 +57,19 @@ pub enum Outcome {
     /// Never actionable (undecodable, no recipient, refused for good) or out of attempts: parked on
     /// the channel's dead-letter topic.
     DeadLettered,
+}
+
+impl Outcome {
+    /// The outcome as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Skipped => "skipped",
+            Outcome::Retrying => "retrying",
+            Outcome::DeadLettered => "dead_lettered",
+        }
+    }
 }
 
 /// Where a message is handled from.
@@ -123,6 +139,9 @@ pub(crate) struct Handler {
     pub(crate) policy: RetryPolicy,
     pub(crate) dead_letters: DeadLetters,
     pub(crate) events_topic: String,
+    /// The channel's consumer group.
+    pub(crate) group: String,
+    pub(crate) metrics: ChannelMetrics,
 }
 
 impl Handler {
@@ -132,7 +151,9 @@ impl Handler {
         store: Store,
         sender: Sender,
         dead_letters: DeadLetters,
+        meter: &Meter,
     ) -> Self {
+        let group = config.group(channel);
         Self {
             channel,
             store,
@@ -140,7 +161,36 @@ impl Handler {
             policy: config.retry_policy(),
             dead_letters,
             events_topic: config.events_topic.clone(),
+            metrics: ChannelMetrics::new(meter, channel, &group, &config.events_topic),
+            group: group.to_owned(),
         }
+    }
+
+    /// The span of handling `letter`: a consumer span per the OpenTelemetry messaging conventions,
+    /// child of the producer span whose context the message carries. A child rather than a link:
+    /// each event has exactly one producer and is handled once per group, so the trace of an order
+    /// reads as one tree from CreateOrder to both notifications (links are for batches, where one
+    /// span handles messages of many traces).
+    pub(crate) fn process_span(&self, letter: &Letter, attempt: u32) -> tracing::Span {
+        let span = tracing::info_span!(
+            "kafka_process",
+            otel.name = %format!("process {}", letter.topic),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %letter.topic,
+            messaging.consumer.group.name = %self.group,
+            messaging.destination.partition.id = letter.partition,
+            messaging.kafka.offset = letter.offset,
+            messaging.message.id = letter.header("ce_id").unwrap_or_default(),
+            ordermesh.channel = self.channel.as_str(),
+            ordermesh.attempt = attempt,
+            ordermesh.outcome = tracing::field::Empty,
+        );
+        ordermesh::trace_context::set_parent(&span, letter.trace_context());
+        span
     }
 
     /// Handles `letter` and carries out the verdict: the step the consumer loop repeats.
@@ -339,7 +389,9 @@ impl Handler {
 /// Commits the offsets stored so far and closes `consumer` (leaving its group). Both block until the
 /// broker answers, so they run on a blocking thread, and the consumer is dropped there too. Having
 /// nothing stored since the last commit is not an error.
-pub(crate) async fn commit_and_close(consumer: StreamConsumer) -> Result<(), String> {
+pub(crate) async fn commit_and_close<C: ConsumerContext + 'static>(
+    consumer: StreamConsumer<C>,
+) -> Result<(), String> {
     let committed = tokio::task::spawn_blocking(move || {
         let committed = consumer.commit_consumer_state(CommitMode::Sync);
         drop(consumer);
@@ -355,17 +407,22 @@ pub(crate) async fn commit_and_close(consumer: StreamConsumer) -> Result<(), Str
 
 /// A channel's consumer: subscribed, and looping until cancelled.
 pub(crate) struct ChannelConsumer {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<LagContext>,
     handler: Handler,
     stats: Arc<Stats>,
 }
 
 impl ChannelConsumer {
     /// A consumer of `config.events_topic` in the group of `handler`'s channel.
-    pub(crate) fn new(config: &Config, handler: Handler, stats: Arc<Stats>) -> KafkaResult<Self> {
+    pub(crate) fn new(
+        config: &Config,
+        handler: Handler,
+        stats: Arc<Stats>,
+        meter: &Meter,
+    ) -> KafkaResult<Self> {
         let channel = handler.channel;
         let session_timeout = config.session_timeout();
-        let consumer: StreamConsumer = ordermesh::kafka::client_config(
+        let consumer: StreamConsumer<LagContext> = ordermesh::kafka::client_config(
             &config.kafka_brokers,
             &format!("ordermesh-notifier-{}", channel.as_str().to_lowercase()),
         )
@@ -386,7 +443,12 @@ impl ChannelConsumer {
             "heartbeat.interval.ms",
             (session_timeout / 4).as_millis().to_string(),
         )
-        .create()?;
+        // Statistics (the lag metric) come from librdkafka on this interval.
+        .set(
+            "statistics.interval.ms",
+            STATISTICS_INTERVAL.as_millis().to_string(),
+        )
+        .create_with_context(LagContext::new(meter, &handler.group))?;
         consumer.subscribe(&[&config.events_topic])?;
         Ok(Self {
             consumer,
@@ -409,7 +471,8 @@ impl ChannelConsumer {
             match message {
                 Ok(message) => {
                     let letter = Letter::from_message(&message);
-                    if !self.process(&letter, &stop).await {
+                    let span = self.handler.process_span(&letter, 1);
+                    if !self.process(&letter, &stop).instrument(span).await {
                         break;
                     }
                     if let Err(error) = self.consumer.store_offset_from_message(&message) {
@@ -436,10 +499,15 @@ impl ChannelConsumer {
     /// is redelivered).
     async fn process(&self, letter: &Letter, stop: &CancellationToken) -> bool {
         let mut backoff = Duration::from_millis(100);
+        let started = Instant::now();
         loop {
             match self.handler.process(letter, Mode::Live).await {
                 Ok(outcome) => {
+                    tracing::Span::current().record("ordermesh.outcome", outcome.as_str());
                     self.stats.count(outcome);
+                    self.handler
+                        .metrics
+                        .outcome(outcome, Some(started.elapsed()));
                     return true;
                 }
                 // The message stays in hand (its offset is not stored) until this works.
@@ -471,7 +539,8 @@ mod tests {
         // Creating a producer does not connect; nothing here is parked.
         let dead_letters = DeadLetters::new("127.0.0.1:1").expect("producer");
         let sender = Sender::new(Channel::Email, &config).expect("log-only sender");
-        Handler::new(&config, Channel::Email, store, sender, dead_letters)
+        let meter = opentelemetry::global::meter("test");
+        Handler::new(&config, Channel::Email, store, sender, dead_letters, &meter)
     }
 
     fn letter() -> Letter {

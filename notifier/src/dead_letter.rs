@@ -190,6 +190,14 @@ impl Letter {
         serde_json::to_string(&self.headers).unwrap_or_else(|_| "[]".to_owned())
     }
 
+    /// The trace context the message carries (`traceparent`, `tracestate`), if any.
+    pub(crate) fn trace_context(&self) -> opentelemetry::Context {
+        ordermesh::trace_context::from_headers(self.headers.iter().filter_map(|(k, v)| {
+            let value = std::str::from_utf8(v.as_deref()?).ok()?;
+            Some((k.as_str(), value))
+        }))
+    }
+
     /// The value of header `key` as text, if present.
     pub(crate) fn header(&self, key: &str) -> Option<String> {
         self.headers

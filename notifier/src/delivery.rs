@@ -18,6 +18,7 @@ use lettre::{
     message::{Mailbox, header::ContentType},
 };
 use ordermesh::proto::events::v1::OrderPlaced;
+use tracing::Instrument;
 
 use crate::{channel::Channel, config::Config};
 
@@ -187,16 +188,45 @@ impl Sender {
                 }
             }
         };
+        // A client span per send, named and attributed like an RPC to the mail server or gateway.
+        let span = tracing::info_span!(
+            "notification_send",
+            otel.name = %format!("send {}", channel.as_str().to_lowercase()),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            ordermesh.channel = channel.as_str(),
+            ordermesh.event_id = %event.event_id,
+            error.type = tracing::field::Empty,
+        );
         // The transports have their own timeouts; this one also bounds what they do not cover
         // (DNS, a pooled connection's wait).
-        match tokio::time::timeout(self.timeout, sending).await {
+        let sent = match tokio::time::timeout(self.timeout, sending.instrument(span.clone())).await
+        {
             Ok(sent) => sent,
             Err(_) => Err(SendError::Transient(format!(
                 "no answer within the send timeout ({:?})",
                 self.timeout
             ))),
+        };
+        if let Err(error) = &sent {
+            span.record("otel.status_code", "ERROR");
+            span.record(
+                "error.type",
+                match error {
+                    SendError::Transient(_) => "transient",
+                    SendError::Permanent(_) => "permanent",
+                },
+            );
         }
+        sent
     }
+}
+
+/// The current span's trace context as HTTP headers.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    ordermesh::trace_context::inject_http(&tracing::Span::current(), &mut headers);
+    headers
 }
 
 /// The text of the notification, the same on both channels.
@@ -253,6 +283,8 @@ async fn send_sms(
         .post(url.clone())
         // Stable per event: a gateway that deduplicates sends a resend after a crash only once.
         .header("Idempotency-Key", format!("{}.sms", event.event_id))
+        // The gateway can join the trace: the send span's context in W3C headers.
+        .headers(trace_headers())
         .json(&SmsRequest {
             to: recipient,
             body: text,

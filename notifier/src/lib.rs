@@ -14,6 +14,7 @@ mod config;
 mod consumer;
 pub mod dead_letter;
 mod delivery;
+mod metrics;
 mod replay;
 mod retry;
 mod store;
@@ -21,9 +22,12 @@ mod store;
 use std::{collections::HashMap, future::Future, sync::Arc};
 
 use ordermesh::{
-    grpc, kafka, proto::notification::v1::notification_service_server::NotificationServiceServer,
+    grpc, kafka,
+    metrics::Metrics,
+    proto::notification::v1::notification_service_server::NotificationServiceServer,
+    service::{Admin, Listeners},
 };
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -51,25 +55,27 @@ pub enum RunError {
     NoChannel,
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
+    #[error(transparent)]
+    Telemetry(#[from] ordermesh::telemetry::TelemetryError),
 }
 
 /// Outcome counters per channel, shared with whoever started the notifier.
 pub type ChannelStats = HashMap<Channel, Arc<Stats>>;
 
-/// Runs the configured channel consumers and serves the notification API on `listener` until
-/// `shutdown` completes; then the consumers commit and leave their groups and
-/// the server drains.
+/// Runs the configured channel consumers and serves the notification API on `listeners` (gRPC,
+/// and metrics on the admin port if given) until `shutdown` completes; then the consumers commit
+/// and leave their groups and the server drains.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
-    run_with_stats(listener, config, shutdown, ChannelStats::new()).await
+    run_with_stats(listeners, config, shutdown, ChannelStats::new()).await
 }
 
 /// [`run`], counting outcomes into `stats` (entries are added for channels that lack one).
 pub async fn run_with_stats(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
     mut stats: ChannelStats,
@@ -77,6 +83,12 @@ pub async fn run_with_stats(
     if config.channels.is_empty() {
         return Err(RunError::NoChannel);
     }
+    let Listeners {
+        grpc: listener,
+        admin,
+    } = listeners.into();
+    let metrics = Metrics::new("notifier")?;
+    let admin = Admin::start(admin, &metrics);
     let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
     let store = store::Store::new(pool);
     let kafka_error = |source| RunError::Kafka {
@@ -110,15 +122,16 @@ pub async fn run_with_stats(
             store.clone(),
             delivery::Sender::new(channel, &config)?,
             dead_letters.clone(),
+            metrics.meter(),
         );
         // Each channel: a consumer of new events, and a loop sending failed ones again.
         consumers.spawn(retry::run(handler.clone(), stats.clone(), stop.clone()));
-        let consumer = consumer::ChannelConsumer::new(&config, handler, stats)
+        let consumer = consumer::ChannelConsumer::new(&config, handler, stats, metrics.meter())
             .map_err(|e| kafka_error(e.into()))?;
         consumers.spawn(consumer.run(stop.clone()));
     }
 
-    let (health, router) = grpc::router(config.max_concurrent_requests as usize)?;
+    let (health, router) = grpc::router(config.max_concurrent_requests as usize, &metrics)?;
     let router = router.add_service(NotificationServiceServer::new(api::NotificationApi::new(
         store,
     )));
@@ -148,5 +161,7 @@ pub async fn run_with_stats(
             tracing::error!(%error, "consumer task panicked");
         }
     }
+    admin.stop().await;
+    metrics.shutdown();
     Ok(())
 }

@@ -17,6 +17,9 @@ struct Cli {
     /// Address to serve gRPC on.
     #[arg(long, env = "NOTIFIER_LISTEN_ADDR", default_value = "127.0.0.1:50053")]
     listen_addr: SocketAddr,
+    /// Address of the admin HTTP server: Prometheus metrics on /metrics.
+    #[arg(long, env = "NOTIFIER_ADMIN_ADDR", default_value = "127.0.0.1:9463")]
+    admin_addr: SocketAddr,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
@@ -44,6 +47,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let Cli {
         listen_addr,
+        admin_addr,
         log_format,
         config,
         command,
@@ -53,8 +57,9 @@ async fn main() -> anyhow::Result<()> {
             .await;
     }
     if let Some(Command::ReplayDeadLetters { channel }) = command {
-        ordermesh::telemetry::init(log_format)?;
+        let telemetry = ordermesh::telemetry::init(log_format, "notifier-replay")?;
         let report = ordermesh_notifier::replay_dead_letters(&config, channel).await?;
+        telemetry.shutdown();
         println!(
             "replayed {}: {} sent, {} already sent, {} skipped, {} parked again",
             report.replayed, report.sent, report.duplicates, report.skipped, report.parked_again
@@ -62,10 +67,11 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     ordermesh::service::main(
-        listen_addr,
-        "NOTIFIER_LISTEN_ADDR",
+        "notifier",
+        (listen_addr, "NOTIFIER_LISTEN_ADDR"),
+        (admin_addr, "NOTIFIER_ADMIN_ADDR"),
         log_format,
-        |listener| ordermesh_notifier::run(listener, config, ordermesh::shutdown::signal()),
+        |listeners| ordermesh_notifier::run(listeners, config, ordermesh::shutdown::signal()),
     )
     .await
 }

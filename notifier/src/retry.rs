@@ -11,6 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use ordermesh::{events, timestamp};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::consumer::{HandleError, Handler, Outcome, Stats, Verdict};
 
@@ -56,9 +57,16 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
             {
                 continue; // Another replica took it.
             }
+            // The retry continues the event's trace: the stored message keeps its headers.
+            let span = handler.process_span(&letter, row.attempts as u32 + 1);
             let verdict =
                 match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default()) {
-                    Ok(event) => handler.attempt(&row, &event, true).await?,
+                    Ok(event) => {
+                        handler
+                            .attempt(&row, &event, true)
+                            .instrument(span.clone())
+                            .await?
+                    }
                     // It decoded when it was first handled; a row damaged since is parked as is.
                     Err(error) => Verdict::Park {
                         reason: format!("stored message no longer decodes: {error}"),
@@ -67,7 +75,12 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
                         notification: Some((row.notification_id.clone(), row.attempts)),
                     },
                 };
-            let outcome = handler.settle(verdict, &letter).await?;
+            let outcome = handler
+                .settle(verdict, &letter)
+                .instrument(span.clone())
+                .await?;
+            span.record("ordermesh.outcome", outcome.as_str());
+            handler.metrics.outcome(outcome, None);
             if outcome == Outcome::Sent {
                 tracing::info!(channel = handler.channel.as_str(), event_id = %row.event_id, attempts = row.attempts + 1, "sent on retry");
             }

@@ -26,7 +26,7 @@ use ordermesh::{
         payment::v1::ChargeRequest,
         types::v1::Money,
     },
-    timestamp,
+    timestamp, trace_context,
 };
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tonic_types::FieldViolation;
@@ -36,7 +36,7 @@ use crate::{
     payment_client::{ChargeCall, ChargeError, PaymentClient},
     relay::Relay,
     request_lock::RequestLocks,
-    store::{self, ItemRecord, OrderRow, Store},
+    store::{self, ItemRecord, OrderRow, Paid, Store},
     validate::{self, ValidOrder},
 };
 
@@ -133,10 +133,17 @@ impl OrderApi {
                     ordermesh::events::encode_order_placed(&order_placed(paid))
                         .map_err(|e| sqlx::Error::Encode(Box::new(e)))
                 };
-                Ok(self
-                    .store
-                    .mark_paid(&order.order_id, &payment.payment_id, &event_id, now, encode)
-                    .await?)
+                // The relay publishes later, from its own task: the event carries this call's trace
+                // context with it, through the outbox row.
+                let trace =
+                    trace_context::to_json(&trace_context::headers_of(&tracing::Span::current()));
+                let paid = Paid {
+                    payment_id: &payment.payment_id,
+                    event_id: &event_id,
+                    trace_context: trace.as_deref(),
+                    now_ms: now,
+                };
+                Ok(self.store.mark_paid(&order.order_id, paid, encode).await?)
             }
             Err(ChargeError::Declined { payment_id, reason }) => {
                 let order = self

@@ -19,9 +19,14 @@ mod validate;
 
 use std::future::Future;
 
-use ordermesh::{grpc, kafka, proto::order::v1::order_service_server::OrderServiceServer};
+use ordermesh::{
+    grpc, kafka,
+    metrics::Metrics,
+    proto::order::v1::order_service_server::OrderServiceServer,
+    service::{Admin, Listeners},
+};
 use payment_client::breaker::BreakerState;
-use tokio::{net::TcpListener, sync::watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
@@ -44,6 +49,8 @@ pub enum RunError {
     },
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
+    #[error(transparent)]
+    Telemetry(#[from] ordermesh::telemetry::TelemetryError),
 }
 
 /// The health entry of the payment dependency, as the order service sees it: SERVING while the
@@ -67,12 +74,19 @@ async fn report_breaker(mut states: watch::Receiver<BreakerState>, health: Healt
     }
 }
 
-/// Serves the order API on `listener` until `shutdown` completes, then drains.
+/// Serves the order API on `listeners` (gRPC, and metrics on the admin port if given) until
+/// `shutdown` completes, then drains.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let Listeners {
+        grpc: listener,
+        admin,
+    } = listeners.into();
+    let metrics = Metrics::new("order")?;
+    let admin = Admin::start(admin, &metrics);
     let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
     if config.breaker_min_calls > config.breaker_window {
         return Err(RunError::Config(format!(
@@ -80,7 +94,7 @@ pub async fn run(
             config.breaker_min_calls, config.breaker_window
         )));
     }
-    let payments = payment_client::PaymentClient::new(&config.payment_client())?;
+    let payments = payment_client::PaymentClient::new(&config.payment_client(), metrics.meter())?;
     let kafka_error = |source| RunError::Kafka {
         brokers: config.kafka_brokers.clone(),
         source,
@@ -96,18 +110,19 @@ pub async fn run(
         &config.kafka_brokers,
         &config.events_topic,
         config.publish_timeout(),
+        metrics.meter(),
     )
     .map_err(|e| kafka_error(e.into()))?;
     let breaker_states = payments.breaker().subscribe();
     let store = store::Store::new(pool);
     // The relay is the only publisher; it runs until the server has drained, so calls in flight
     // still get their events acknowledged.
-    let relay = relay::Relay::new(store.clone());
+    let relay = relay::Relay::new(store.clone(), metrics.meter());
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(relay.clone().run(publisher.clone(), stop_relay.clone()));
     let api = api::OrderApi::new(store, payments, relay, config.publish_timeout());
 
-    let (health, router) = grpc::router(config.max_concurrent_requests as usize)?;
+    let (health, router) = grpc::router(config.max_concurrent_requests as usize, &metrics)?;
     health
         .set_service_status(PAYMENT_HEALTH, ServingStatus::Serving)
         .await;
@@ -131,5 +146,7 @@ pub async fn run(
         Ok(Err(error)) => tracing::warn!(%error, "events still queued at shutdown"),
         Err(error) => tracing::warn!(%error, "flush at shutdown did not run"),
     }
+    admin.stop().await;
+    metrics.shutdown();
     Ok(())
 }

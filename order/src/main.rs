@@ -15,6 +15,9 @@ struct Cli {
     /// Address to serve gRPC on.
     #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
     listen_addr: SocketAddr,
+    /// Address of the admin HTTP server: Prometheus metrics on /metrics.
+    #[arg(long, env = "ORDER_ADMIN_ADDR", default_value = "127.0.0.1:9461")]
+    admin_addr: SocketAddr,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
@@ -35,6 +38,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let Cli {
         listen_addr,
+        admin_addr,
         log_format,
         command,
         config,
@@ -43,8 +47,12 @@ async fn main() -> anyhow::Result<()> {
         return ordermesh::service::health_check(listen_addr, std::time::Duration::from_secs(3))
             .await;
     }
-    ordermesh::service::main(listen_addr, "ORDER_LISTEN_ADDR", log_format, |listener| {
-        ordermesh_order::run(listener, config, ordermesh::shutdown::signal())
-    })
+    ordermesh::service::main(
+        "order",
+        (listen_addr, "ORDER_LISTEN_ADDR"),
+        (admin_addr, "ORDER_ADMIN_ADDR"),
+        log_format,
+        |listeners| ordermesh_order::run(listeners, config, ordermesh::shutdown::signal()),
+    )
     .await
 }

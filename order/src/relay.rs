@@ -10,11 +10,12 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use futures::future::join_all;
-use ordermesh::{events::CloudEventHeaders, timestamp};
+use opentelemetry::metrics::{Gauge, Meter};
+use ordermesh::{events::CloudEventHeaders, timestamp, trace_context};
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -38,14 +39,33 @@ pub(crate) struct Relay {
     store: Store,
     wake: Arc<Notify>,
     waiters: Waiters,
+    backlog: Gauge<i64>,
 }
 
 impl Relay {
-    pub(crate) fn new(store: Store) -> Self {
+    pub(crate) fn new(store: Store, meter: &Meter) -> Self {
         Self {
             store,
             wake: Arc::new(Notify::new()),
             waiters: Waiters::default(),
+            backlog: meter
+                .i64_gauge("ordermesh.outbox.backlog")
+                .with_description("Events in the outbox not yet acknowledged by Kafka (measured at most every second)")
+                .build(),
+        }
+    }
+
+    /// Records the outbox backlog; returns it.
+    async fn measure_backlog(&self) -> Option<i64> {
+        match self.store.backlog().await {
+            Ok(backlog) => {
+                self.backlog.record(backlog, &[]);
+                Some(backlog)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot count the outbox backlog");
+                None
+            }
         }
     }
 
@@ -72,12 +92,13 @@ impl Relay {
     /// Publishes pending events until `stop` is cancelled, finishing the round in hand.
     pub(crate) async fn run(self, publisher: EventPublisher, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        if let Ok(backlog @ 1..) = self.store.backlog().await {
+        if let Some(backlog @ 1..) = self.measure_backlog().await {
             tracing::info!(
                 backlog,
                 "outbox has events to publish from before the start"
             );
         }
+        let mut measured = Instant::now();
         loop {
             let batch = match self.store.pending_events(BATCH).await {
                 Ok(batch) => batch,
@@ -91,10 +112,17 @@ impl Relay {
             } else {
                 self.publish(&publisher, batch).await
             };
+            // The gauge is kept fresh without a COUNT per event under load.
+            let backlog = if failed || measured.elapsed() >= POLL {
+                measured = Instant::now();
+                self.measure_backlog().await
+            } else {
+                None
+            };
             let pause = if failed {
                 let pause = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                if let Ok(backlog) = self.store.backlog().await {
+                if let Some(backlog) = backlog {
                     tracing::warn!(
                         backlog,
                         retry_in_ms = pause.as_millis(),
@@ -128,8 +156,11 @@ impl Relay {
                 &row.order_id,
                 row.created_at_ms,
             );
+            let stored = trace_context::from_json(row.trace_context.as_deref());
+            let parent =
+                trace_context::from_headers(stored.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             publisher
-                .publish(&row.order_id, &row.payload, &headers)
+                .publish(&row.order_id, &row.payload, &headers, parent)
                 .await
                 .map_err(|e| e.to_string())
         });

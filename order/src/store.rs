@@ -50,6 +50,17 @@ pub(crate) struct OutboxRow {
     pub(crate) payload: Vec<u8>,
     /// When the order was paid: the event's `placedAt` and `ce_time`.
     pub(crate) created_at_ms: i64,
+    /// The trace context of the call that paid the order, as JSON (see `ordermesh::trace_context`).
+    pub(crate) trace_context: Option<String>,
+}
+
+/// What marking an order paid records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Paid<'a> {
+    pub(crate) payment_id: &'a str,
+    pub(crate) event_id: &'a str,
+    pub(crate) trace_context: Option<&'a str>,
+    pub(crate) now_ms: i64,
 }
 
 /// An order as stored.
@@ -118,11 +129,15 @@ impl Store {
     pub(crate) async fn mark_paid(
         &self,
         order_id: &str,
-        payment_id: &str,
-        event_id: &str,
-        now_ms: i64,
+        paid: Paid<'_>,
         event: impl FnOnce(&OrderRow) -> Result<Vec<u8>, sqlx::Error>,
     ) -> Result<OrderRow, sqlx::Error> {
+        let Paid {
+            payment_id,
+            event_id,
+            trace_context,
+            now_ms,
+        } = paid;
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
             "UPDATE orders SET status = 'PAID', payment_id = ?, event_id = ?, updated_at_ms = ?
@@ -142,12 +157,14 @@ impl Store {
             .await?;
         if changed == 1 {
             sqlx::query(
-                "INSERT INTO outbox (event_id, order_id, payload, created_at_ms) VALUES (?, ?, ?, ?)",
+                "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context)
+                 VALUES (?, ?, ?, ?, ?)",
             )
             .bind(event_id)
             .bind(order_id)
             .bind(event(&order)?)
             .bind(now_ms)
+            .bind(trace_context)
             .execute(&mut *tx)
             .await?;
         }
@@ -181,7 +198,7 @@ impl Store {
     /// Up to `limit` outbox rows not yet published, oldest first.
     pub(crate) async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
         sqlx::query_as(
-            "SELECT seq, event_id, order_id, payload, created_at_ms FROM outbox
+            "SELECT seq, event_id, order_id, payload, created_at_ms, trace_context FROM outbox
              WHERE published_at_ms IS NULL ORDER BY seq LIMIT ?",
         )
         .bind(limit)

@@ -14,8 +14,12 @@ mod store;
 
 use std::future::Future;
 
-use ordermesh::{grpc, proto::payment::v1::payment_service_server::PaymentServiceServer};
-use tokio::net::TcpListener;
+use ordermesh::{
+    grpc,
+    metrics::Metrics,
+    proto::payment::v1::payment_service_server::PaymentServiceServer,
+    service::{Admin, Listeners},
+};
 
 pub use config::Config;
 pub use error::PaymentError;
@@ -27,23 +31,34 @@ pub enum RunError {
     Database(#[from] ordermesh::db::DbError),
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
+    #[error(transparent)]
+    Telemetry(#[from] ordermesh::telemetry::TelemetryError),
 }
 
-/// Serves the payment API on `listener` until `shutdown` completes, then drains.
+/// Serves the payment API on `listeners` (gRPC, and metrics on the admin port if given) until
+/// `shutdown` completes, then drains.
 pub async fn run(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    let Listeners {
+        grpc: listener,
+        admin,
+    } = listeners.into();
+    let metrics = Metrics::new("payment")?;
+    let admin = Admin::start(admin, &metrics);
     let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
     let api = api::PaymentApi::new(store::Store::new(pool), config.faults());
 
-    let (health, router) = grpc::router(config.max_concurrent_requests as usize)?;
+    let (health, router) = grpc::router(config.max_concurrent_requests as usize, &metrics)?;
     let router = router.add_service(PaymentServiceServer::new(api));
     // Ready: the database is open and migrated, so every call can be answered.
     health
         .set_serving::<PaymentServiceServer<api::PaymentApi>>()
         .await;
     grpc::serve(router, health, listener, shutdown, config.drain_grace()).await?;
+    admin.stop().await;
+    metrics.shutdown();
     Ok(())
 }

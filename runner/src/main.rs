@@ -6,9 +6,13 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use ordermesh::{kafka, telemetry::LogFormat};
+use ordermesh::{
+    kafka,
+    service::{Listeners, bind},
+    telemetry::LogFormat,
+};
 use ordermesh_notifier::{Channel, dead_letter};
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,6 +53,15 @@ struct Cli {
     order_addr: SocketAddr,
     #[arg(long, env = "NOTIFIER_LISTEN_ADDR", default_value = "127.0.0.1:50053")]
     notifier_addr: SocketAddr,
+    /// Metrics (admin HTTP) of the payment service.
+    #[arg(long, env = "PAYMENT_ADMIN_ADDR", default_value = "127.0.0.1:9462")]
+    payment_admin_addr: SocketAddr,
+    /// Metrics (admin HTTP) of the order service.
+    #[arg(long, env = "ORDER_ADMIN_ADDR", default_value = "127.0.0.1:9461")]
+    order_admin_addr: SocketAddr,
+    /// Metrics (admin HTTP) of the notifier.
+    #[arg(long, env = "NOTIFIER_ADMIN_ADDR", default_value = "127.0.0.1:9463")]
+    notifier_admin_addr: SocketAddr,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
@@ -57,7 +70,9 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    ordermesh::telemetry::init(cli.log_format)?;
+    // One process, one tracer: spans of all three services are reported as `ordermesh` unless
+    // OTEL_SERVICE_NAME says otherwise (each service's metrics keep their own name and port).
+    let telemetry = ordermesh::telemetry::init(cli.log_format, "ordermesh")?;
     let mut payment = ordermesh_payment::Config::from_env()?;
     let mut order = ordermesh_order::Config::from_env()?;
     let mut notifier = ordermesh_notifier::Config::from_env()?;
@@ -93,28 +108,37 @@ async fn main() -> anyhow::Result<()> {
     let wants = |s| cli.services.contains(&s);
     // Bind everything first, so a busy port fails the start instead of one service later.
     if wants(Service::Payment) {
-        let listener = bind(cli.payment_addr, "PAYMENT_LISTEN_ADDR").await?;
+        let listeners = Listeners {
+            grpc: bind((cli.payment_addr, "PAYMENT_LISTEN_ADDR")).await?,
+            admin: Some(bind((cli.payment_admin_addr, "PAYMENT_ADMIN_ADDR")).await?),
+        };
         let stop = stop.clone();
         services.spawn(async move {
-            ordermesh_payment::run(listener, payment, stop.cancelled_owned())
+            ordermesh_payment::run(listeners, payment, stop.cancelled_owned())
                 .await
                 .context("payment")
         });
     }
     if wants(Service::Order) {
-        let listener = bind(cli.order_addr, "ORDER_LISTEN_ADDR").await?;
+        let listeners = Listeners {
+            grpc: bind((cli.order_addr, "ORDER_LISTEN_ADDR")).await?,
+            admin: Some(bind((cli.order_admin_addr, "ORDER_ADMIN_ADDR")).await?),
+        };
         let stop = stop.clone();
         services.spawn(async move {
-            ordermesh_order::run(listener, order, stop.cancelled_owned())
+            ordermesh_order::run(listeners, order, stop.cancelled_owned())
                 .await
                 .context("order")
         });
     }
     if wants(Service::Notifier) {
-        let listener = bind(cli.notifier_addr, "NOTIFIER_LISTEN_ADDR").await?;
+        let listeners = Listeners {
+            grpc: bind((cli.notifier_addr, "NOTIFIER_LISTEN_ADDR")).await?,
+            admin: Some(bind((cli.notifier_admin_addr, "NOTIFIER_ADMIN_ADDR")).await?),
+        };
         let stop = stop.clone();
         services.spawn(async move {
-            ordermesh_notifier::run(listener, notifier, stop.cancelled_owned())
+            ordermesh_notifier::run(listeners, notifier, stop.cancelled_owned())
                 .await
                 .context("notifier")
         });
@@ -135,13 +159,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     drop(embedded);
+    telemetry.shutdown();
     result
-}
-
-async fn bind(addr: SocketAddr, setting: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({setting})"))
 }
 
 fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
@@ -159,13 +178,18 @@ fn print_banner(cli: &Cli, brokers: &str, embedded: bool) {
     println!();
     println!("ordermesh is up");
     println!("  kafka     {brokers} ({kind})");
-    for (service, addr) in [
-        (Service::Order, cli.order_addr),
-        (Service::Payment, cli.payment_addr),
-        (Service::Notifier, cli.notifier_addr),
+    for (service, addr, admin) in [
+        (Service::Order, cli.order_addr, cli.order_admin_addr),
+        (Service::Payment, cli.payment_addr, cli.payment_admin_addr),
+        (
+            Service::Notifier,
+            cli.notifier_addr,
+            cli.notifier_admin_addr,
+        ),
     ] {
         if cli.services.contains(&service) {
-            println!("  {:<9} {addr}", format!("{service:?}").to_lowercase());
+            let name = format!("{service:?}").to_lowercase();
+            println!("  {name:<9} {addr}  (metrics: http://{admin}/metrics)");
         }
     }
     println!();

@@ -1,9 +1,10 @@
 //! The deployment files and the README's configuration table, read against the code.
 //!
 //! compose.yaml cannot be run here (no Docker engine), so it is kept honest by reading it against the
-//! code: every variable it sets is one a service reads, every published port is the port the service
-//! listens on, every binary it runs is built by the Dockerfile, and the topic it creates is the one
-//! the services use.
+//! code: every variable it sets is one a service reads, every published port is a port the service
+//! listens on (gRPC and admin, on all interfaces), every binary it runs is built by the Dockerfile,
+//! the topic it creates is the one the services use, and the traces go to a collector of the file
+//! that takes OTLP over gRPC.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -26,6 +27,28 @@ fn sources(dir: &str) -> Result<String> {
         }
     }
     Ok(out)
+}
+
+/// A service's `ports` (or `expose`) entries, as written.
+fn strings(list: &Value) -> Vec<&str> {
+    list.as_sequence()
+        .map(|s| s.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+/// Asserts that `addr` (`host:port`) takes connections from outside the container on `port`: a
+/// published port arrives on the container's network interface, never on its loopback.
+fn assert_reachable(name: &str, key: &str, addr: &str, port: u16) {
+    let (host, bound) = addr.rsplit_once(':').unwrap_or((addr, ""));
+    assert_eq!(
+        bound,
+        port.to_string(),
+        "{name}: {key}={addr} is on port {port}"
+    );
+    assert!(
+        host == "0.0.0.0" || host == "[::]",
+        "{name}: {key}={addr} binds all interfaces, or its published port reaches nothing"
+    );
 }
 
 fn environment(service: &Value) -> BTreeMap<String, String> {
@@ -62,13 +85,16 @@ fn compose_matches_the_code() -> Result<()> {
         assert!(creates, "kafka-init creates {topic}: {init}");
     }
 
-    for (name, dir, port) in [
-        ("payment", "payment/src", 50052),
-        ("order", "order/src", 50051),
-        ("notifier", "notifier/src", 50053),
+    // The OpenTelemetry settings are read by name in src/telemetry.rs, not by clap.
+    let telemetry = read("src/telemetry.rs")?;
+    for (name, dir, port, admin_port) in [
+        ("payment", "payment/src", 50052, 9462),
+        ("order", "order/src", 50051, 9461),
+        ("notifier", "notifier/src", 50053, 9463),
     ] {
         let service = &services[name];
         let code = sources(dir)? + &shared;
+        let prefix = name.to_uppercase();
 
         let binary = service["command"][0].as_str().context("command")?;
         assert!(
@@ -96,32 +122,106 @@ fn compose_matches_the_code() -> Result<()> {
         let env = environment(service);
         assert!(!env.is_empty(), "{name} has an environment");
         for (key, value) in &env {
+            let clap_setting = code.contains(&format!("env = \"{key}\""));
+            let otel_setting =
+                key.starts_with("OTEL_") && telemetry.contains(&format!("\"{key}\""));
             assert!(
-                code.contains(&format!("env = \"{key}\"")),
-                "{name} reads {key}"
+                clap_setting || otel_setting,
+                "{name} reads {key}: no `env = \"{key}\"` in {dir} or src/ \
+                 (nor, for an OTEL_ variable, \"{key}\" in src/telemetry.rs)"
             );
             if key == "ORDER_EVENTS_TOPIC" {
                 assert_eq!(value, default_topic);
             }
-            if key.ends_with("_LISTEN_ADDR") {
-                assert!(
-                    value.ends_with(&format!(":{port}")),
-                    "{name} listens on {port}: {value}"
-                );
+        }
+
+        // gRPC and admin (metrics) are published, each on the port its address says, and nothing
+        // else is.
+        let listen_key = format!("{prefix}_LISTEN_ADDR");
+        let admin_key = format!("{prefix}_ADMIN_ADDR");
+        for (key, port) in [(&listen_key, port), (&admin_key, admin_port)] {
+            let addr = env.get(key).with_context(|| format!("{name} sets {key}"))?;
+            assert_reachable(name, key, addr, port);
+        }
+        let mut ports = strings(&service["ports"]);
+        ports.sort_unstable();
+        let mut expected = [
+            format!("{port}:{port}"),
+            format!("{admin_port}:{admin_port}"),
+        ];
+        expected.sort_unstable();
+        assert_eq!(
+            ports, expected,
+            "{name} publishes its gRPC port {port} and its admin port {admin_port}, and only those"
+        );
+
+        // Traces go to a collector of this file over OTLP/gRPC (the only protocol the code has),
+        // one that is up before the service and takes OTLP/gRPC on the port the endpoint names.
+        assert_eq!(
+            env.get("OTEL_SERVICE_NAME").map(String::as_str),
+            Some(name),
+            "{name}'s spans are named for it in Jaeger"
+        );
+        let endpoint = env
+            .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .with_context(|| format!("{name} sets OTEL_EXPORTER_OTLP_ENDPOINT"))?;
+        let (host, otlp_port) = endpoint
+            .strip_prefix("http://")
+            .and_then(|rest| rest.trim_end_matches('/').split_once(':'))
+            .with_context(|| format!("{name}: {endpoint} is http://host:port"))?;
+        assert_eq!(
+            otlp_port, "4317",
+            "{name}: {endpoint} is OTLP/gRPC's 4317 (4318 is OTLP/HTTP, which the code lacks)"
+        );
+        let collector = &services[host];
+        assert!(
+            collector.is_mapping(),
+            "{name}: the OTLP host {host} is a compose service"
+        );
+        let image = collector["image"].as_str().unwrap_or_default();
+        let takes_otlp_grpc = strings(&collector["expose"]).contains(&"4317")
+            || strings(&collector["ports"])
+                .iter()
+                .any(|p| p.rsplit(':').next() == Some("4317"))
+            || image.starts_with("jaegertracing/jaeger:")
+            || image.starts_with("otel/opentelemetry-collector");
+        assert!(
+            takes_otlp_grpc,
+            "{host} takes OTLP/gRPC on 4317 (exposed, published, or implied by its image {image:?})"
+        );
+        assert!(
+            service["depends_on"][host].is_mapping(),
+            "{name} starts after {host}"
+        );
+        if image.starts_with("jaegertracing/") {
+            assert_eq!(
+                env.get("OTEL_METRICS_EXPORTER").map(String::as_str),
+                Some("none"),
+                "{name}: Jaeger takes traces only and refuses OTLP metrics (scrape the admin port)"
+            );
+        }
+    }
+    // Jaeger's UI is where the README sends the reader.
+    let jaeger_ports = strings(&services["jaeger"]["ports"]);
+    assert!(
+        jaeger_ports.contains(&"16686:16686"),
+        "Jaeger's UI is published on 16686: {jaeger_ports:?}"
+    );
+    // Two services cannot publish the same host port: compose would fail to start the second.
+    let mut host_ports = Vec::new();
+    for service in services.as_mapping().context("services")?.values() {
+        for published in strings(&service["ports"]) {
+            // HOST:CONTAINER or IP:HOST:CONTAINER; a lone CONTAINER port gets a random host port.
+            let parts: Vec<&str> = published.split(':').collect();
+            if parts.len() >= 2 {
+                host_ports.push(parts[parts.len() - 2]);
             }
         }
-        let ports: Vec<&str> = service["ports"]
-            .as_sequence()
-            .context("ports")?
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
-        assert_eq!(
-            ports,
-            [format!("{port}:{port}")],
-            "{name} publishes its port"
-        );
     }
+    host_ports.sort_unstable();
+    let mut unique = host_ports.clone();
+    unique.dedup();
+    assert_eq!(unique, host_ports, "each host port is published once");
     // The notifier's mail server is a service of the file, listening where the URL says.
     let smtp_url = &environment(&services["notifier"])["NOTIFIER_SMTP_URL"];
     let (host, port) = smtp_url
@@ -167,11 +267,46 @@ fn every_setting_the_code_reads_is_in_the_readme_table() -> Result<()> {
         .filter_map(|rest| rest.split('"').next())
         .collect();
     assert!(settings.len() >= 20, "found the settings: {settings:?}");
-    for setting in settings {
+
+    // The OpenTelemetry variables are not clap settings: src/telemetry.rs names them as strings.
+    let telemetry = read("src/telemetry.rs")?;
+    let otel = otel_names(&telemetry);
+    assert!(
+        otel.contains(&"OTEL_EXPORTER_OTLP_ENDPOINT"),
+        "found the OpenTelemetry variables in src/telemetry.rs: {otel:?}"
+    );
+
+    for setting in settings.iter().chain(&otel) {
         assert!(
             readme.contains(&format!("| `{setting}` |")),
             "README's configuration table has {setting}"
         );
     }
+    // And the other way round for those: a row for a variable nobody reads would mislead.
+    for row in readme.lines().filter_map(|l| l.strip_prefix("| `OTEL_")) {
+        let name = format!("OTEL_{}", row.split('`').next().unwrap_or_default());
+        assert!(
+            otel.contains(&name.as_str()),
+            "README documents {name}, which src/telemetry.rs does not name"
+        );
+    }
     Ok(())
+}
+
+/// The quoted `"OTEL_[A-Z_]+"` strings of a source file.
+fn otel_names(source: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("\"OTEL_") {
+        let after = &rest[start + 1..];
+        let Some(end) = after.find('"') else { break };
+        let name = &after[..end];
+        if name.len() > "OTEL_".len() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+            names.push(name);
+        }
+        rest = &after[end + 1..];
+    }
+    names.sort_unstable();
+    names.dedup();
+    names
 }

@@ -14,6 +14,7 @@ use ordermesh::proto::{
     payment::v1::payment_service_client::PaymentServiceClient,
     types::v1::Money,
 };
+use ordermesh::service::Listeners;
 use ordermesh_notifier::{Channel, Stats};
 // Shared with the crates' own process tests.
 use ordermesh_testkit::{Broker, Tansu};
@@ -117,28 +118,41 @@ impl Drop for Watchdog {
 /// A service task and the means to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin HTTP port (metrics).
+    pub admin: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<()>>,
 }
 
 impl Running {
-    /// Runs a service on a listener bound to `addr` until [`Running::stop`], once it is SERVING.
+    /// Runs a service on a listener bound to `addr` (and an admin port on loopback) until
+    /// [`Running::stop`], once it is SERVING.
     pub async fn spawn<F, E>(
         addr: SocketAddr,
-        run: impl FnOnce(TcpListener, oneshot::Receiver<()>) -> F,
+        run: impl FnOnce(Listeners, oneshot::Receiver<()>) -> F,
     ) -> Result<Self>
     where
         F: Future<Output = Result<(), E>> + Send + 'static,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let listener = TcpListener::bind(addr)
+        let grpc = TcpListener::bind(addr)
             .await
             .with_context(|| format!("bind {addr}"))?;
-        let addr = listener.local_addr()?;
+        let admin = TcpListener::bind("127.0.0.1:0").await?;
+        let (addr, admin_addr) = (grpc.local_addr()?, admin.local_addr()?);
         let (stop, stopped) = oneshot::channel();
-        let future = run(listener, stopped);
+        let listeners = Listeners {
+            grpc,
+            admin: Some(admin),
+        };
+        let future = run(listeners, stopped);
         let task = tokio::spawn(async move { future.await.map_err(anyhow::Error::from) });
-        let running = Self { addr, stop, task };
+        let running = Self {
+            addr,
+            admin: admin_addr,
+            stop,
+            task,
+        };
         running.wait_serving().await?;
         Ok(running)
     }
@@ -177,6 +191,62 @@ impl Running {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The service's metrics, as Prometheus scrapes them.
+    pub async fn scrape(&self) -> Result<Metrics> {
+        let response = reqwest::get(format!("http://{}/metrics", self.admin)).await?;
+        anyhow::ensure!(
+            response.status().is_success(),
+            "scrape: {}",
+            response.status()
+        );
+        Ok(Metrics(response.text().await?))
+    }
+}
+
+/// A scrape in the Prometheus text format.
+#[derive(Debug)]
+pub struct Metrics(pub String);
+
+impl Metrics {
+    /// Whether there is a sample of `name` whose labels include `labels`.
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.samples(name, labels).next().is_some()
+    }
+
+    /// The sum of the samples of `name` whose labels include `labels` (0 if there is none).
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples(name, labels).sum()
+    }
+
+    /// The values of the samples of `name` whose labels include `labels`.
+    fn samples<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = f64> + 'a {
+        self.0
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.rsplit_once(' '))
+            .filter_map(move |(series, value)| {
+                let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+                if metric != name {
+                    return None;
+                }
+                let found: Vec<(&str, &str)> = rest
+                    .trim_end_matches('}')
+                    .split("\",")
+                    .filter_map(|pair| pair.split_once("=\""))
+                    .map(|(k, v)| (k.trim_start_matches(','), v.trim_end_matches('"')))
+                    .collect();
+                labels
+                    .iter()
+                    .all(|wanted| found.contains(wanted))
+                    .then(|| value.parse::<f64>().ok())
+                    .flatten()
+            })
     }
 }
 
@@ -323,8 +393,8 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
 }
 
 async fn spawn_order(config: ordermesh_order::Config) -> Result<Running> {
-    Running::spawn("127.0.0.1:0".parse()?, |listener, stop| async move {
-        ordermesh_order::run(listener, config, async move {
+    Running::spawn("127.0.0.1:0".parse()?, |listeners, stop| async move {
+        ordermesh_order::run(listeners, config, async move {
             let _ = stop.await;
         })
         .await
@@ -343,8 +413,8 @@ async fn spawn_payment(
         ..ordermesh_payment::Config::from_env()?
     };
     customize(&mut config);
-    Running::spawn(addr, |listener, stop| async move {
-        ordermesh_payment::run(listener, config, async move {
+    Running::spawn(addr, |listeners, stop| async move {
+        ordermesh_payment::run(listeners, config, async move {
             let _ = stop.await;
         })
         .await
@@ -364,9 +434,9 @@ impl TestMesh {
             Channel::ALL.iter().map(|c| (*c, Arc::default())).collect();
         self.notifier_stats = stats.clone();
         self.notifier = Some(
-            Running::spawn("127.0.0.1:0".parse()?, |listener, stop| async move {
+            Running::spawn("127.0.0.1:0".parse()?, |listeners, stop| async move {
                 ordermesh_notifier::run_with_stats(
-                    listener,
+                    listeners,
                     config,
                     async move {
                         let _ = stop.await;
@@ -449,7 +519,11 @@ impl TestMesh {
 
     /// Where the order service listens (a new port after each restart).
     pub fn order_addr(&self) -> Result<SocketAddr> {
-        Ok(self.order.as_ref().context("order not running")?.addr)
+        Ok(self.order()?.addr)
+    }
+
+    pub fn order(&self) -> Result<&Running> {
+        self.order.as_ref().context("order not running")
     }
 
     /// Stops the order service gracefully and starts it again on the same database, as a restarted

@@ -14,6 +14,7 @@ mod delivery;
 mod failures;
 mod happy_path;
 mod idempotency;
+mod metrics;
 mod notifier_recovery;
 mod outbox;
 mod poison;

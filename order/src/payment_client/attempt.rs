@@ -9,6 +9,7 @@ use std::{
 };
 
 use ordermesh::proto::payment::v1::{Payment, payment_service_client::PaymentServiceClient};
+use ordermesh::rpc_telemetry::RpcTelemetry;
 use tokio::time::Instant;
 use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
 use tower::{BoxError, Service};
@@ -19,15 +20,19 @@ use super::ChargeCall;
 /// fault injection that should hit only the first attempts.
 pub const ATTEMPT_HEADER: &str = "ordermesh-attempt";
 
+/// The channel to payment: every attempt is a client span, carries the trace context, and is
+/// measured in `rpc.client.call.duration`.
+pub type PaymentChannel = RpcTelemetry<Channel>;
+
 /// Makes one Charge call, bounded by the per-attempt timeout and the call's deadline.
 #[derive(Debug, Clone)]
 pub struct ChargeService {
-    client: PaymentServiceClient<Channel>,
+    client: PaymentServiceClient<PaymentChannel>,
     attempt_timeout: Duration,
 }
 
 impl ChargeService {
-    pub fn new(client: PaymentServiceClient<Channel>, attempt_timeout: Duration) -> Self {
+    pub fn new(client: PaymentServiceClient<PaymentChannel>, attempt_timeout: Duration) -> Self {
         Self {
             client,
             attempt_timeout,

@@ -18,16 +18,18 @@ pub mod retry;
 
 use std::{sync::Arc, time::Duration};
 
+use opentelemetry::{KeyValue, metrics::Meter};
 use ordermesh::proto::payment::v1::{
     ChargeRequest, Payment, payment_service_client::PaymentServiceClient,
 };
+use ordermesh::rpc_telemetry::RpcTelemetryLayer;
 use tokio::time::Instant;
 use tonic::{
     Code, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap, transport::Channel,
 };
 use tonic_types::StatusExt;
 use tower::{
-    BoxError, ServiceBuilder, ServiceExt,
+    BoxError, Layer, ServiceBuilder, ServiceExt,
     retry::{
         Retry, RetryLayer,
         backoff::{ExponentialBackoffMaker, InvalidBackoff},
@@ -38,7 +40,7 @@ use tower::{
 
 use self::{
     attempt::ChargeService,
-    breaker::{Breaker, BreakerConfig, BreakerLayer, CircuitBreaker, Open},
+    breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerState, CircuitBreaker, Open},
     deadline::{Deadline, DeadlineLayer, Exhausted},
     retry::RetryPolicy,
 };
@@ -138,11 +140,15 @@ pub struct PaymentClient {
 impl PaymentClient {
     /// A client for `config.url`. It connects lazily, so the order service starts (and answers
     /// UNAVAILABLE) while payment is down, and reconnects when it is back.
-    pub fn new(config: &PaymentClientConfig) -> Result<Self, ClientConfigError> {
+    ///
+    /// Attempts, retries and the breaker's state are measured with `meter`.
+    pub fn new(config: &PaymentClientConfig, meter: &Meter) -> Result<Self, ClientConfigError> {
         let channel = Channel::from_shared(config.url.clone())?
             .connect_timeout(config.attempt_timeout.min(Duration::from_secs(1)))
             .tcp_nodelay(true)
             .connect_lazy();
+        // Each attempt: a client span carrying the trace context, and its duration by status code.
+        let channel = RpcTelemetryLayer::client(meter).layer(channel);
         let breaker = CircuitBreaker::new("payment", config.breaker.clone(), is_breaker_failure);
         let backoff = ExponentialBackoffMaker::new(
             config.backoff_base,
@@ -156,6 +162,11 @@ impl PaymentClient {
             config.retry_min_per_sec,
             config.retry_budget_ratio,
         ));
+        let retries = meter
+            .u64_counter("ordermesh.payment.retries")
+            .with_description("Charge attempts made again after a transient failure")
+            .build();
+        breaker_gauge(meter, &breaker);
         let stack = ServiceBuilder::new()
             // The call's deadline: the smaller of our timeout and the caller's, minus a margin.
             .layer(DeadlineLayer::new(config.timeout, config.deadline_margin))
@@ -164,6 +175,7 @@ impl PaymentClient {
                 config.max_attempts,
                 backoff,
                 budget,
+                retries,
             )))
             // Fail fast while payment keeps failing; every attempt counts.
             .layer(BreakerLayer::new(breaker.clone()))
@@ -182,6 +194,24 @@ impl PaymentClient {
     pub async fn charge(&self, call: ChargeCall) -> Result<Payment, ChargeError> {
         self.stack.clone().oneshot(call).await.map_err(classify)
     }
+}
+
+/// Reports the breaker's state as `ordermesh.payment.breaker.state` when metrics are read: 0
+/// closed, 1 half-open, 2 open.
+fn breaker_gauge(meter: &Meter, breaker: &CircuitBreaker) {
+    let states = breaker.subscribe();
+    meter
+        .u64_observable_gauge("ordermesh.payment.breaker.state")
+        .with_description("The payment circuit breaker: 0 closed, 1 half-open, 2 open")
+        .with_callback(move |gauge| {
+            let value = match *states.borrow() {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open { .. } => 2,
+            };
+            gauge.observe(value, &[KeyValue::new("peer.service", "payment")]);
+        })
+        .build();
 }
 
 /// What the breaker counts as payment failing: no answer, or an answer saying it cannot work now.

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use opentelemetry::metrics::Counter;
 use tokio::time::Sleep;
 use tonic::{Code, Status};
 use tower::{
@@ -42,6 +43,8 @@ pub struct RetryPolicy {
     max_attempts: u32,
     backoff: ExponentialBackoff,
     budget: Arc<TpsBudget>,
+    /// `ordermesh.payment.retries`.
+    retries: Counter<u64>,
 }
 
 impl std::fmt::Debug for RetryPolicy {
@@ -58,11 +61,13 @@ impl RetryPolicy {
         max_attempts: u32,
         mut backoff: ExponentialBackoffMaker,
         budget: Arc<TpsBudget>,
+        retries: Counter<u64>,
     ) -> Self {
         Self {
             max_attempts,
             backoff: backoff.make_backoff(),
             budget,
+            retries,
         }
     }
 }
@@ -102,6 +107,7 @@ impl<Res> Policy<ChargeCall, Res, BoxError> for RetryPolicy {
             return None;
         }
         tracing::info!(attempt = call.attempt, %error, "retrying Charge");
+        self.retries.add(1, &[]);
         call.attempt += 1;
         Some(wait)
     }
@@ -134,7 +140,10 @@ mod tests {
             HasherRng::default(),
         )
         .unwrap();
-        RetryPolicy::new(max_attempts, backoff, budget)
+        let retries = opentelemetry::global::meter("test")
+            .u64_counter("retries")
+            .build();
+        RetryPolicy::new(max_attempts, backoff, budget, retries)
     }
 
     fn generous_budget() -> Arc<TpsBudget> {
