@@ -156,12 +156,24 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
     install(format, tracer_provider(service)?)
 }
 
-/// Installs logging and tracing with spans going to `provider`: what [`init`] does, and what a test
-/// does with an in-memory exporter.
+/// Installs logging to stdout and tracing with spans going to `provider`: what [`init`] does.
 pub fn install(
     format: LogFormat,
     provider: SdkTracerProvider,
 ) -> Result<Telemetry, TelemetryError> {
+    install_to(format, provider, std::io::stdout)
+}
+
+/// [`install`], with log lines going to `writer`: what a test does, with an in-memory span exporter
+/// and the test harness's writer.
+pub fn install_to<W>(
+    format: LogFormat,
+    provider: SdkTracerProvider,
+    writer: W,
+) -> Result<Telemetry, TelemetryError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let spans = tracing_opentelemetry::layer()
@@ -171,7 +183,7 @@ pub fn install(
         .with_filter(EnvFilter::new(SPAN_FILTER));
     tracing_subscriber::registry()
         .with(spans)
-        .with(log_layer(format, filter, std::io::stdout))
+        .with(log_layer(format, filter, writer))
         .try_init()?;
     Ok(Telemetry { provider })
 }

@@ -161,7 +161,7 @@ impl Handler {
             policy: config.retry_policy(),
             dead_letters,
             events_topic: config.events_topic.clone(),
-            metrics: ChannelMetrics::new(meter, channel, &group, &config.events_topic),
+            metrics: ChannelMetrics::new(meter, channel, group, &config.events_topic),
             group: group.to_owned(),
         }
     }
