@@ -49,11 +49,18 @@ impl Admin {
     }
 
     /// Stops serving and waits until it has.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        if let Some(task) = self.task {
+        if let Some(task) = self.task.take() {
             let _ = task.await;
         }
+    }
+}
+
+impl Drop for Admin {
+    /// A service that fails to start returns early: its admin port closes with it.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 

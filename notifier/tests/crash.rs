@@ -110,6 +110,8 @@ async fn start_notifier(
         &[],
         &[
             ("NOTIFIER_LISTEN_ADDR", addr.to_string()),
+            // Any free port: tests run side by side.
+            ("NOTIFIER_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
             (
                 "NOTIFIER_DATABASE_URL",
                 format!("sqlite://{}", dir.join("notifier.db").display()),

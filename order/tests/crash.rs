@@ -49,6 +49,8 @@ async fn start_order(
         &[],
         &[
             ("ORDER_LISTEN_ADDR", addr.to_string()),
+            // Any free port: tests run side by side.
+            ("ORDER_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
             (
                 "ORDER_DATABASE_URL",
                 format!("sqlite://{}", dir.join("order.db").display()),

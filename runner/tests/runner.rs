@@ -1,9 +1,29 @@
 //! The README's run command, as a user runs it: the `ordermesh` binary starts the embedded broker and
-//! all three services, they answer, and SIGTERM stops everything cleanly (exit status 0).
+//! all three services, they answer, and SIGTERM stops everything cleanly (exit status 0). With
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set, its spans and metrics reach an OTLP collector.
 
-use std::{net::SocketAddr, process::Stdio, time::Duration};
+use std::{
+    net::SocketAddr,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
+use opentelemetry_proto::tonic::{
+    collector::{
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
+    },
+    common::v1::any_value,
+    resource::v1::Resource,
+};
 use ordermesh::proto::{
     notification::v1::{
         ListNotificationsRequest, notification_service_client::NotificationServiceClient,
@@ -18,6 +38,80 @@ use tokio::process::Command;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+/// An OTLP collector on loopback that keeps what it is sent: (service.name, span name, trace id)
+/// and (service.name, metric name).
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    metrics: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .into_iter()
+        .flat_map(|r| &r.attributes)
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+        .map(|value| match value {
+            any_value::Value::StringValue(name) => name.clone(),
+            other => format!("{other:?}"),
+        })
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().expect("lock");
+        for resource_spans in request.into_inner().resource_spans {
+            let service = service_name(resource_spans.resource.as_ref());
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push((service.clone(), span.name, span.trace_id));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.metrics.lock().expect("lock");
+        for resource_metrics in request.into_inner().resource_metrics {
+            let service = service_name(resource_metrics.resource.as_ref());
+            for scope in resource_metrics.scope_metrics {
+                for metric in scope.metrics {
+                    metrics.push((service.clone(), metric.name));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+impl Collector {
+    /// Serves OTLP/gRPC on a free loopback port; returns its address.
+    async fn start(&self) -> Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let router = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(self.clone()))
+            .add_service(MetricsServiceServer::new(self.clone()));
+        tokio::spawn(
+            router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Ok(addr)
+    }
+}
 
 /// Bounds a hang, not a speed: the runner normally answers within a second or two.
 const EVENTUALLY: Duration = Duration::from_secs(60);
@@ -51,13 +145,24 @@ async fn the_runner_starts_the_whole_mesh_and_stops_it_on_sigterm() -> Result<()
     let data = tempfile::tempdir()?;
     let (kafka, order, payment, notifier) =
         (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
+    let admin = [free_addr()?, free_addr()?, free_addr()?];
+    let collector = Collector::default();
+    let otlp = collector.start().await?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
         .env_remove("KAFKA_BROKERS")
         .env("ORDERMESH_EMBEDDED_KAFKA_ADDR", kafka.to_string())
         .env("ORDER_LISTEN_ADDR", order.to_string())
         .env("PAYMENT_LISTEN_ADDR", payment.to_string())
         .env("NOTIFIER_LISTEN_ADDR", notifier.to_string())
+        .env("ORDER_ADMIN_ADDR", admin[0].to_string())
+        .env("PAYMENT_ADMIN_ADDR", admin[1].to_string())
+        .env("NOTIFIER_ADMIN_ADDR", admin[2].to_string())
         .env("ORDERMESH_DATA_DIR", data.path())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{otlp}"))
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_TRACES_EXPORTER")
+        .env_remove("OTEL_METRICS_EXPORTER")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -108,6 +213,23 @@ async fn the_runner_starts_the_whole_mesh_and_stops_it_on_sigterm() -> Result<()
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Each service shows its own calls on its own admin port.
+    for (admin, method) in admin
+        .iter()
+        .zip(["CreateOrder", "Charge", "ListNotifications"])
+    {
+        let scrape = reqwest::get(format!("http://{admin}/metrics"))
+            .await?
+            .text()
+            .await?;
+        assert!(
+            scrape.lines().any(
+                |line| line.starts_with("rpc_server_call_duration_seconds_count")
+                    && line.contains(&format!("rpc_method=\"{method}\""))
+            ),
+            "{admin}: {scrape}"
+        );
+    }
     // The databases are real files in the data directory.
     for db in ["order.db", "payment.db", "notifier.db"] {
         assert!(data.path().join(db).is_file(), "{db}");
@@ -141,5 +263,44 @@ async fn the_runner_starts_the_whole_mesh_and_stops_it_on_sigterm() -> Result<()
         "the banner shows a first command: {stdout}"
     );
     assert!(stdout.contains(&order.to_string()), "{stdout}");
+
+    // The spans went out over OTLP (the last batch flushed at shutdown): the CreateOrder trace,
+    // with the Kafka send and both notifications in it, under the runner's service name.
+    let spans = collector.spans.lock().expect("lock").clone();
+    let create = spans
+        .iter()
+        .find(|(_, name, _)| name == "ordermesh.order.v1.OrderService/CreateOrder")
+        .with_context(|| format!("a CreateOrder span among {spans:?}"))?;
+    assert_eq!(create.0, "ordermesh");
+    let in_trace: Vec<&str> = spans
+        .iter()
+        .filter(|(_, _, trace)| *trace == create.2)
+        .map(|(_, name, _)| name.as_str())
+        .collect();
+    for name in [
+        "ordermesh.payment.v1.PaymentService/Charge",
+        "send order-events",
+        "process order-events",
+        "send email",
+        "send sms",
+    ] {
+        assert!(in_trace.contains(&name), "{name} in {in_trace:?}");
+    }
+    // And the metrics, each service under its own name.
+    let metrics = collector.metrics.lock().expect("lock").clone();
+    for service in ["order", "payment", "notifier"] {
+        assert!(
+            metrics
+                .iter()
+                .any(|(s, name)| s == service && name == "rpc.server.call.duration"),
+            "{service} exported rpc.server.call.duration: {metrics:?}"
+        );
+    }
+    assert!(
+        metrics
+            .iter()
+            .any(|(s, name)| s == "notifier" && name == "ordermesh.notifications.sent"),
+        "{metrics:?}"
+    );
     Ok(())
 }
