@@ -39,11 +39,13 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-/// An OTLP collector on loopback that keeps what it is sent: (service.name, span name, trace id)
-/// and (service.name, metric name).
+/// A span as the collector saw it: (service.name, span name, trace id).
+type SeenSpan = (String, String, Vec<u8>);
+
+/// An OTLP collector on loopback that keeps what it is sent: spans, and (service.name, metric name).
 #[derive(Clone, Default)]
 struct Collector {
-    spans: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    spans: Arc<Mutex<Vec<SeenSpan>>>,
     metrics: Arc<Mutex<Vec<(String, String)>>>,
 }
 
