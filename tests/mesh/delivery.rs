@@ -5,7 +5,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use ordermesh::proto::notification::v1::{Notification, NotificationStatus};
 use ordermesh_notifier::{Channel, ReplayReport, dead_letter, replay_dead_letters};
 
@@ -203,6 +203,22 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
         gateway.requests().await >= 8,
         "each SMS was tried twice or more"
     );
+    // The metrics say so too: retries scheduled per group, nothing sent.
+    let notifier = mesh.notifier.as_ref().context("running")?;
+    eventually_async("retries counted for both groups", || async {
+        let metrics = notifier.scrape().await?;
+        let retried = |group: &str| {
+            metrics.sum(
+                "ordermesh_consumer_retried_total",
+                &[("messaging_consumer_group_name", group)],
+            )
+        };
+        let config = mesh.notifier_config()?;
+        Ok(retried(config.group(Channel::Email)) >= 8.0
+            && retried(config.group(Channel::Sms)) >= 8.0
+            && metrics.sum("ordermesh_notifications_sent_total", &[]) == 0.0)
+    })
+    .await?;
 
     // Act 2: both come back.
     let smtp = SmtpServer::start(smtp_addr, &mesh.dir.path().join("mail")).await?;
@@ -211,6 +227,18 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
     eventually_async("all 8 notifications sent", || async {
         let all = mesh.all_notifications().await?;
         Ok(all.len() == 8 && all.iter().all(|n| n.status() == NotificationStatus::Sent))
+    })
+    .await?;
+    let notifier = mesh.notifier.as_ref().context("running")?;
+    eventually_async("4 sent per channel, counted", || async {
+        let metrics = notifier.scrape().await?;
+        let sent = |channel| {
+            metrics.sum(
+                "ordermesh_notifications_sent_total",
+                &[("channel", channel)],
+            )
+        };
+        Ok(sent("email") == 4.0 && sent("sms") == 4.0)
     })
     .await?;
     let events = event_positions(&mesh, orders.len()).await?;

@@ -102,6 +102,23 @@ async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the
             "{channel:?}"
         );
     }
+    // Operators see the same on the metrics endpoint, per consumer group.
+    let metrics = mesh.notifier.as_ref().expect("running").scrape().await?;
+    for channel in Channel::ALL {
+        let group = mesh.notifier_config()?.group(channel).to_owned();
+        let group = [("messaging_consumer_group_name", group.as_str())];
+        assert_eq!(
+            metrics.sum("ordermesh_consumer_dead_lettered_total", &group),
+            (bad.len() - 1) as f64,
+            "{}",
+            metrics.0
+        );
+        let skipped = [group[0], ("outcome", "skipped")];
+        assert_eq!(
+            metrics.sum("ordermesh_consumer_handled_total", &skipped),
+            1.0
+        );
+    }
     let notifications = mesh.all_notifications().await?;
     assert_eq!(notifications.len(), 2);
     assert!(notifications.iter().all(|n| n.event_id == valid.event_id));
