@@ -28,7 +28,7 @@ use opentelemetry::{
     KeyValue,
     metrics::{Histogram, Meter},
 };
-use tonic::Code;
+use tonic::{Code, transport::server::TcpConnectInfo};
 use tower::{Layer, Service};
 use tracing::{Instrument, instrument::Instrumented};
 
@@ -50,6 +50,8 @@ enum Side {
 pub struct RpcTelemetryLayer {
     side: Side,
     duration: Histogram<f64>,
+    /// A client's server: `server.address` and `server.port` of its spans.
+    server: Option<(String, u16)>,
 }
 
 impl RpcTelemetryLayer {
@@ -62,11 +64,19 @@ impl RpcTelemetryLayer {
                 "rpc.server.call.duration",
                 "Duration of gRPC calls served, by method and status code",
             ),
+            server: None,
         }
     }
 
-    /// For a client channel: passes the trace on, measures `rpc.client.call.duration`.
-    pub fn client(meter: &Meter) -> Self {
+    /// For a client channel to `endpoint`: passes the trace on, measures
+    /// `rpc.client.call.duration`. (The endpoint is given because a channel's requests carry only
+    /// the path; the channel adds the origin below this layer.)
+    pub fn client(meter: &Meter, endpoint: &http::Uri) -> Self {
+        let default_port = if endpoint.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
         Self {
             side: Side::Client,
             duration: metrics::duration_histogram(
@@ -74,6 +84,9 @@ impl RpcTelemetryLayer {
                 "rpc.client.call.duration",
                 "Duration of gRPC calls made (each attempt), by method and status code",
             ),
+            server: endpoint
+                .host()
+                .map(|host| (host.to_owned(), endpoint.port_u16().unwrap_or(default_port))),
         }
     }
 }
@@ -119,10 +132,38 @@ where
             // Field names are the OpenTelemetry ones; `otel.*` are read by tracing-opentelemetry.
             match self.layer.side {
                 Side::Server => {
-                    tracing::info_span!("grpc_server", otel.name = %name, otel.kind = "server", otel.status_code = tracing::field::Empty, rpc.system = "grpc", rpc.service = %service, rpc.method = %method, rpc.grpc.status_code = tracing::field::Empty)
+                    // Who called, as tonic's TCP listener saw it.
+                    let peer = request
+                        .extensions()
+                        .get::<TcpConnectInfo>()
+                        .and_then(TcpConnectInfo::remote_addr);
+                    tracing::info_span!(
+                        "grpc_server",
+                        otel.name = %name,
+                        otel.kind = "server",
+                        otel.status_code = tracing::field::Empty,
+                        rpc.system = "grpc",
+                        rpc.service = %service,
+                        rpc.method = %method,
+                        rpc.grpc.status_code = tracing::field::Empty,
+                        network.peer.address = peer.map(|p| p.ip().to_string()),
+                        network.peer.port = peer.map(|p| p.port()),
+                    )
                 }
                 Side::Client => {
-                    tracing::info_span!("grpc_client", otel.name = %name, otel.kind = "client", otel.status_code = tracing::field::Empty, rpc.system = "grpc", rpc.service = %service, rpc.method = %method, rpc.grpc.status_code = tracing::field::Empty)
+                    let (host, port) = self.layer.server.clone().unzip();
+                    tracing::info_span!(
+                        "grpc_client",
+                        otel.name = %name,
+                        otel.kind = "client",
+                        otel.status_code = tracing::field::Empty,
+                        rpc.system = "grpc",
+                        rpc.service = %service,
+                        rpc.method = %method,
+                        rpc.grpc.status_code = tracing::field::Empty,
+                        server.address = host,
+                        server.port = port,
+                    )
                 }
             }
         };

@@ -134,6 +134,18 @@ async fn one_create_order_is_one_trace_through_payment_kafka_and_both_notificati
         None,
     )?;
     child_of(charge_client, create)?;
+    ensure!(
+        attribute(charge_client, "server.address")
+            .map(Value::as_str)
+            .as_deref()
+            == Some("127.0.0.1")
+    );
+    ensure!(
+        attribute(create, "network.peer.address")
+            .map(Value::as_str)
+            .as_deref()
+            == Some("127.0.0.1")
+    );
     let charge_server = find(
         &spans,
         "ordermesh.payment.v1.PaymentService/Charge",

@@ -143,12 +143,14 @@ impl PaymentClient {
     ///
     /// Attempts, retries and the breaker's state are measured with `meter`.
     pub fn new(config: &PaymentClientConfig, meter: &Meter) -> Result<Self, ClientConfigError> {
-        let channel = Channel::from_shared(config.url.clone())?
+        let endpoint = Channel::from_shared(config.url.clone())?;
+        let url = endpoint.uri().clone();
+        let channel = endpoint
             .connect_timeout(config.attempt_timeout.min(Duration::from_secs(1)))
             .tcp_nodelay(true)
             .connect_lazy();
         // Each attempt: a client span carrying the trace context, and its duration by status code.
-        let channel = RpcTelemetryLayer::client(meter).layer(channel);
+        let channel = RpcTelemetryLayer::client(meter, &url).layer(channel);
         let breaker = CircuitBreaker::new("payment", config.breaker.clone(), is_breaker_failure);
         let backoff = ExponentialBackoffMaker::new(
             config.backoff_base,
