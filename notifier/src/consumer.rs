@@ -70,6 +70,14 @@ impl Outcome {
             Outcome::DeadLettered => "dead_lettered",
         }
     }
+
+    /// Records the outcome on a [`Handler::process_span`]; parking an event fails its span.
+    pub(crate) fn record_on(self, span: &tracing::Span) {
+        span.record("ordermesh.outcome", self.as_str());
+        if self == Outcome::DeadLettered {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
 }
 
 /// Where a message is handled from.
@@ -503,7 +511,7 @@ impl ChannelConsumer {
         loop {
             match self.handler.process(letter, Mode::Live).await {
                 Ok(outcome) => {
-                    tracing::Span::current().record("ordermesh.outcome", outcome.as_str());
+                    outcome.record_on(&tracing::Span::current());
                     self.stats.count(outcome);
                     self.handler
                         .metrics

@@ -79,7 +79,7 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
                 .settle(verdict, &letter)
                 .instrument(span.clone())
                 .await?;
-            span.record("ordermesh.outcome", outcome.as_str());
+            outcome.record_on(&span);
             handler.metrics.outcome(outcome, None);
             if outcome == Outcome::Sent {
                 tracing::info!(channel = handler.channel.as_str(), event_id = %row.event_id, attempts = row.attempts + 1, "sent on retry");

@@ -11,7 +11,9 @@ use rdkafka::Message;
 
 use ordermesh_testkit::Broker;
 
-use crate::helpers::{MeshOptions, TestMesh, spawn_mesh_on_tansu, spawn_mesh_with};
+use crate::helpers::{
+    MeshOptions, TestMesh, eventually_async, spawn_mesh_on_tansu, spawn_mesh_with,
+};
 
 /// Orders = events on the topic (each event id once) = emails = SMS.
 async fn assert_all_delivered_once(mesh: &TestMesh, orders: &[Order]) -> Result<()> {
@@ -66,12 +68,25 @@ async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
         assert_eq!(order.status(), OrderStatus::Paid);
         assert!(order.event_pending, "{order:?}");
     }
+    // Operators see the backlog on the metrics endpoint.
+    let order_service = mesh.order()?;
+    eventually_async("the backlog gauge shows the 6 waiting events", || async {
+        let metrics = order_service.scrape().await?;
+        Ok(metrics.sum("ordermesh_outbox_backlog", &[]) == 6.0)
+    })
+    .await?;
 
     // Act: the broker comes back.
     mesh.broker.up().await?;
 
     // Assert: the relay delivers every event once, the orders say so, and both channels notify once.
     assert_all_delivered_once(&mesh, &orders).await?;
+    let order_service = mesh.order()?;
+    eventually_async("the backlog gauge back to 0", || async {
+        let metrics = order_service.scrape().await?;
+        Ok(metrics.sum("ordermesh_outbox_backlog", &[]) == 0.0)
+    })
+    .await?;
     let mut client = mesh.order_client().await?;
     for order in &orders {
         let now = client
