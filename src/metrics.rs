@@ -44,15 +44,18 @@ impl Metrics {
         } else {
             None
         };
-        Ok(Self::build(service, otlp))
+        Self::build(service, otlp)
     }
 
     /// Metrics read by Prometheus scrapes only: for tests and tools.
-    pub fn local(service: &str) -> Self {
+    pub fn local(service: &str) -> Result<Self, TelemetryError> {
         Self::build(service, None)
     }
 
-    fn build(service: &str, otlp: Option<opentelemetry_otlp::MetricExporter>) -> Self {
+    fn build(
+        service: &str,
+        otlp: Option<opentelemetry_otlp::MetricExporter>,
+    ) -> Result<Self, TelemetryError> {
         let registry = prometheus::Registry::new();
         let prometheus = opentelemetry_prometheus::exporter()
             .with_registry(registry.clone())
@@ -60,7 +63,7 @@ impl Metrics {
             // every series.
             .scope_info_enabled(false)
             .build()
-            .expect("a fresh registry has no conflicting collectors");
+            .map_err(|e| TelemetryError::Prometheus(e.to_string()))?;
         let mut builder = SdkMeterProvider::builder()
             .with_resource(telemetry::resource(service))
             .with_reader(prometheus);
@@ -70,11 +73,11 @@ impl Metrics {
         }
         let provider = builder.build();
         let meter = provider.meter("ordermesh");
-        Self {
+        Ok(Self {
             provider,
             registry,
             meter,
-        }
+        })
     }
 
     /// Where instruments are made.

@@ -432,7 +432,7 @@ mod tests {
     #[tokio::test]
     async fn the_status_is_taken_from_the_trailers_the_headers_or_the_cancellation() {
         // Answered, status in the trailers after the data.
-        let metrics = Metrics::local("test");
+        let metrics = Metrics::local("test").expect("metrics");
         let response = server(&metrics, &[], || {
             vec![Ok(Frame::data(Bytes::from_static(b"x"))), trailers("0")]
         })
@@ -444,7 +444,7 @@ mod tests {
         assert!(recorded(&metrics, "0"), "{}", metrics.render());
 
         // Trailers-only: the status is in the headers.
-        let metrics = Metrics::local("test");
+        let metrics = Metrics::local("test").expect("metrics");
         let response = server(&metrics, &[("grpc-status", "3")], Vec::new)
             .oneshot(request())
             .await
@@ -453,7 +453,7 @@ mod tests {
         drop(response);
 
         // The caller went away after the first message: cancelled.
-        let metrics = Metrics::local("test");
+        let metrics = Metrics::local("test").expect("metrics");
         let response = server(&metrics, &[], || {
             vec![Ok(Frame::data(Bytes::from_static(b"x"))), trailers("0")]
         })

@@ -154,7 +154,8 @@ mod tests {
     async fn health_check_passes_only_for_a_serving_server() {
         let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let (health, router) = crate::grpc::router(8, &Metrics::local("test")).expect("router");
+        let (health, router) =
+            crate::grpc::router(8, &Metrics::local("test").expect("metrics")).expect("router");
         health.set_service_status("", ServingStatus::Serving).await;
         let reporter = health.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

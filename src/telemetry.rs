@@ -109,6 +109,8 @@ pub(crate) fn resource(service: &str) -> Resource {
 pub enum TelemetryError {
     #[error("cannot build the OTLP exporter (OTEL_EXPORTER_OTLP_*): {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot set up the Prometheus exporter: {0}")]
+    Prometheus(String),
     #[error("a global subscriber is already installed: {0}")]
     Subscriber(#[from] tracing_subscriber::util::TryInitError),
 }

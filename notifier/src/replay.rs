@@ -58,8 +58,8 @@ pub async fn replay_dead_letters(
         store,
         Sender::new(channel, config)?,
         dead_letters,
-        // A one-off command: nobody scrapes it.
-        ordermesh::metrics::Metrics::local("notifier-replay").meter(),
+        // A one-off command: nobody scrapes it, so its instruments go nowhere.
+        &opentelemetry::global::meter("notifier-replay"),
     );
     let topic = dead_letter::topic(&config.events_topic, channel);
     let group = format!("{}-replay", config.group(channel));
