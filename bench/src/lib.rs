@@ -1,0 +1,24 @@
+//! Measuring ordermesh: a load generator that drives CreateOrder against any order endpoint
+//! (`load`, the `ordermesh-load` binary), and benchmarks that put each hop beside its raw baseline
+//! in the same run (`compare`, the `ordermesh-bench` binary).
+//!
+//! Our machines are shared and noisy, so an absolute time alone means little: every benchmark runs
+//! ours and the raw baseline alternately, several rounds, and reports the median ratio and its
+//! spread. Nothing here asserts a time; CI runs a tiny smoke version that checks the harness works.
+#![forbid(unsafe_code)]
+
+pub mod compare;
+pub mod grpc;
+pub mod kafka;
+pub mod load;
+
+/// How big the benchmarks are: full runs for figures, a smoke run for CI (checks the harness
+/// works, in seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    /// Rounds of ours-then-raw (alternating which goes first).
+    pub rounds: usize,
+    /// Calls or messages per round.
+    pub messages: usize,
+    pub smoke: bool,
+}
