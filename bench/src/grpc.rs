@@ -322,7 +322,7 @@ pub async fn create_order_latency(scale: &Scale) -> Result<Vec<Comparison>> {
     let calls = if scale.smoke {
         20
     } else {
-        scale.messages.min(1_000)
+        scale.messages.min(400)
     } as u64;
     let pace = Pace::Open {
         rate,
