@@ -128,7 +128,8 @@ where
         let span = if UNTRACED.iter().any(|prefix| path.starts_with(prefix)) {
             tracing::Span::none()
         } else {
-            let name = format!("{service}/{method}");
+            // Field values are only evaluated when the span is enabled: the name is formatted
+            // only for calls that are traced.
             // Field names are the OpenTelemetry ones; `otel.*` are read by tracing-opentelemetry.
             match self.layer.side {
                 Side::Server => {
@@ -139,7 +140,7 @@ where
                         .and_then(TcpConnectInfo::remote_addr);
                     tracing::info_span!(
                         "grpc_server",
-                        otel.name = %name,
+                        otel.name = %format_args!("{service}/{method}"),
                         otel.kind = "server",
                         otel.status_code = tracing::field::Empty,
                         rpc.system = "grpc",
@@ -154,7 +155,7 @@ where
                     let (host, port) = self.layer.server.clone().unzip();
                     tracing::info_span!(
                         "grpc_client",
-                        otel.name = %name,
+                        otel.name = %format_args!("{service}/{method}"),
                         otel.kind = "client",
                         otel.status_code = tracing::field::Empty,
                         rpc.system = "grpc",
