@@ -195,7 +195,6 @@ impl Mesh {
                 .map_err(anyhow::Error::from)
         })
         .await?;
-        wait_serving(&order.url()).await?;
         Ok(Self {
             payment,
             order,
@@ -235,23 +234,12 @@ where
         stop: Some(stop),
         task,
     };
-    wait_serving(&serving.url()).await?;
+    let addr = serving.addr;
+    ordermesh_testkit::eventually(&format!("{addr} SERVING"), || async {
+        Ok(ordermesh_testkit::is_serving(addr).await)
+    })
+    .await?;
     Ok(serving)
-}
-
-async fn wait_serving(url: &str) -> Result<()> {
-    for _ in 0..500 {
-        if let Ok(channel) = channel(url).await
-            && HealthClient::new(channel)
-                .check(HealthCheckRequest::default())
-                .await
-                .is_ok_and(|r| r.into_inner().status == 1)
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("{url} not SERVING")
 }
 
 fn order_request(run: &str, seq: u64) -> CreateOrderRequest {
