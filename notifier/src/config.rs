@@ -46,6 +46,13 @@ pub struct Config {
     #[arg(long, env = "NOTIFIER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
 
+    /// Longest time the broker may hold a fetch that finds nothing, in milliseconds (librdkafka's
+    /// fetch.wait.max.ms). Kafka answers as soon as data arrives, so this only bounds idle polling;
+    /// a broker that holds the fetch regardless (the embedded mock, tansu) adds up to this much
+    /// latency to a lone event.
+    #[arg(long, env = "NOTIFIER_FETCH_WAIT_MAX_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=300_000))]
+    pub fetch_wait_max_ms: u64,
+
     /// SMTP server for email, e.g. `smtp://mail.internal:25`, `smtps://user:pass@smtp.example.com`
     /// or `smtp://host:587?tls=required`. Unset: emails are recorded and logged, not sent.
     #[arg(long, env = "NOTIFIER_SMTP_URL")]

@@ -451,6 +451,7 @@ impl ChannelConsumer {
             "heartbeat.interval.ms",
             (session_timeout / 4).as_millis().to_string(),
         )
+        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
         // Statistics (the lag metric) come from librdkafka on this interval.
         .set(
             "statistics.interval.ms",

@@ -258,6 +258,18 @@ impl Broker {
         }
     }
 
+    /// Creates `topic` (the mock cluster directly, tansu through the admin API).
+    pub async fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        match self {
+            Broker::Embedded(broker) => Ok(broker.create_topic(topic, partitions)?),
+            Broker::Tansu(tansu) => {
+                ordermesh::kafka::ensure_topics(&tansu.addr.to_string(), &[topic], partitions)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
     /// Makes the broker unreachable; [`Broker::up`] brings it back with what it had stored.
     pub async fn down(&mut self) -> Result<()> {
         match self {
