@@ -84,6 +84,22 @@ pub fn median(values: &[f64]) -> Option<f64> {
     })
 }
 
+/// Runs `ours` and `raw` one after the other, `ours` first in even rounds and `raw` first in odd
+/// ones (ABBA over rounds); returns (ours, raw).
+pub async fn in_turn<T>(
+    round: usize,
+    ours: impl Future<Output = anyhow::Result<T>>,
+    raw: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, T)> {
+    if round.is_multiple_of(2) {
+        let a = ours.await?;
+        Ok((a, raw.await?))
+    } else {
+        let b = raw.await?;
+        Ok((ours.await?, b))
+    }
+}
+
 /// Runs `ours` and `raw` alternately for `rounds` rounds (ABBA order, so neither side always goes
 /// first), each call returning one figure, into `comparison`.
 pub async fn interleave<A, B, FA, FB>(
@@ -99,13 +115,7 @@ where
     FB: Future<Output = anyhow::Result<f64>>,
 {
     for round in 0..rounds {
-        let (a, b) = if round % 2 == 0 {
-            let a = ours().await?;
-            (a, raw().await?)
-        } else {
-            let b = raw().await?;
-            (ours().await?, b)
-        };
+        let (a, b) = in_turn(round, ours(), raw()).await?;
         comparison.ours.push(a);
         comparison.raw.push(b);
     }

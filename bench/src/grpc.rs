@@ -17,7 +17,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use ordermesh::proto::{
-    order::v1::{CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient},
+    order::v1::order_service_client::OrderServiceClient,
     payment::v1::{
         ChargeRequest, GetPaymentRequest, Payment, PaymentStatus,
         payment_service_client::PaymentServiceClient,
@@ -35,7 +35,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     Scale,
-    compare::{Better, Comparison},
+    compare::{Better, Comparison, in_turn},
     load::{self, Pace, Summary, Until},
 };
 
@@ -242,32 +242,13 @@ where
     Ok(serving)
 }
 
-fn order_request(run: &str, seq: u64) -> CreateOrderRequest {
-    CreateOrderRequest {
-        request_id: format!("bench-{run}-{seq}"),
-        customer: Some(Customer {
-            email: format!("bench+{seq}@example.com"),
-            phone: "+14155550100".into(),
-        }),
-        items: vec![LineItem {
-            sku: "BOOK-1".into(),
-            quantity: 1,
-            unit_price: Some(Money {
-                currency_code: "USD".into(),
-                minor_units: 1999,
-            }),
-        }],
-        payment_method_token: "tok_visa".into(),
-    }
-}
-
 /// Runs CreateOrder against `url` under `pace` until `until`.
 async fn create_orders(url: &str, pace: Pace, until: Until) -> Result<Summary> {
     let client = OrderServiceClient::new(channel(url).await?);
     let run = uuid::Uuid::new_v4().simple().to_string();
     Ok(load::run(pace, until, Arc::default(), move |seq| {
         let mut client = client.clone();
-        let request = order_request(&run, seq);
+        let request = load::order_request(&run, seq);
         async move {
             client
                 .create_order(request)
@@ -346,13 +327,7 @@ pub async fn create_order_latency(scale: &Scale) -> Result<Vec<Comparison>> {
             let sum = |q| 2.0 * hop.latency_ms(q) + produce.latency_ms(q) + commit.latency_ms(q);
             Ok::<_, anyhow::Error>((sum(0.5), sum(0.99)))
         };
-        let (a, b) = if round % 2 == 0 {
-            let a = ours.await?;
-            (a, raw.await?)
-        } else {
-            let b = raw.await?;
-            (ours.await?, b)
-        };
+        let (a, b) = in_turn(round, ours, raw).await?;
         p50.ours.push(a.0);
         p50.raw.push(b.0);
         p99.ours.push(a.1);
@@ -487,13 +462,7 @@ pub async fn saturation(scale: &Scale) -> Result<Vec<Comparison>> {
             no_errors("echo", &s)?;
             Ok::<_, anyhow::Error>(measure(&s, before))
         };
-        let (a, b) = if round % 2 == 0 {
-            let a = ours.await?;
-            (a, raw.await?)
-        } else {
-            let b = raw.await?;
-            (ours.await?, b)
-        };
+        let (a, b) = in_turn(round, ours, raw).await?;
         throughput.ours.push(a.0);
         throughput.raw.push(b.0);
         cpu.ours.push(a.1);
@@ -617,13 +586,7 @@ pub async fn payment_client_stack(scale: &Scale) -> Result<Vec<Comparison>> {
                 cpu_us,
             ))
         };
-        let (a, b) = if round % 2 == 0 {
-            let a = ours.await?;
-            (a, raw.await?)
-        } else {
-            let b = raw.await?;
-            (ours.await?, b)
-        };
+        let (a, b) = in_turn(round, ours, raw).await?;
         p50.ours.push(a.0);
         p50.raw.push(b.0);
         p99.ours.push(a.1);

@@ -118,12 +118,7 @@ pub async fn publish(scale: &Scale) -> Result<Vec<Comparison>> {
 
 async fn publish_ours(broker: &Broker, events: &[Event]) -> Result<f64> {
     let topic = fresh_topic(broker, "publish-ours").await?;
-    let publisher = EventPublisher::new(
-        &broker.bootstrap_servers(),
-        &topic,
-        ACK_TIMEOUT,
-        &opentelemetry::global::meter("bench"),
-    )?;
+    let publisher = publisher(broker, &topic)?;
     let measured = async {
         let (warm_up, timed) = events.split_first().context("no events")?;
         send_ours(&publisher, std::slice::from_ref(warm_up)).await?;
@@ -427,12 +422,7 @@ fn keep(figures: &Mutex<Vec<f64>>, figure: f64) {
 async fn latency_ours(broker: &Broker, count: usize) -> Result<Vec<Duration>> {
     let topic = fresh_topic(broker, "latency-ours").await?;
     let notifier = Notifier::start(broker, &topic, LATENCY_FETCH_WAIT_MS).await?;
-    let publisher = EventPublisher::new(
-        &broker.bootstrap_servers(),
-        &topic,
-        ACK_TIMEOUT,
-        &opentelemetry::global::meter("bench"),
-    )?;
+    let publisher = publisher(broker, &topic)?;
     let measured = async {
         let stats = notifier.stats.clone();
         let events = order_events(count + 1)?;
@@ -848,6 +838,16 @@ async fn fresh_topic(broker: &Broker, what: &str) -> Result<String> {
     let topic = fresh_name(&format!("bench-{what}"));
     broker.create_topic(&topic, PARTITIONS).await?;
     Ok(topic)
+}
+
+/// The order service's publisher for `topic`, its instruments going nowhere.
+fn publisher(broker: &Broker, topic: &str) -> Result<EventPublisher> {
+    Ok(EventPublisher::new(
+        &broker.bootstrap_servers(),
+        topic,
+        ACK_TIMEOUT,
+        &opentelemetry::global::meter("bench"),
+    )?)
 }
 
 fn fresh_name(prefix: &str) -> String {

@@ -18,6 +18,10 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
+use ordermesh::proto::{
+    order::v1::{CreateOrderRequest, Customer, LineItem},
+    types::v1::Money,
+};
 use serde::Serialize;
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
 
@@ -169,6 +173,27 @@ impl std::fmt::Display for Report {
 pub struct Progress {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
+}
+
+/// A valid CreateOrder, unique per run (`run`) and sequence number: what the load generator and
+/// the benchmarks send.
+pub fn order_request(run: &str, seq: u64) -> CreateOrderRequest {
+    CreateOrderRequest {
+        request_id: format!("load-{run}-{seq}"),
+        customer: Some(Customer {
+            email: format!("load+{seq}@example.com"),
+            phone: "+14155550100".into(),
+        }),
+        items: vec![LineItem {
+            sku: "BOOK-1".into(),
+            quantity: 1,
+            unit_price: Some(Money {
+                currency_code: "USD".into(),
+                minor_units: 1999,
+            }),
+        }],
+        payment_method_token: "tok_visa".into(),
+    }
 }
 
 /// Runs `call(sequence number)` paced by `pace` until `until`, counting into `progress` as it goes.

@@ -22,8 +22,7 @@ use ordermesh::proto::{
         Channel, ListNotificationsRequest, NotificationStatus,
         notification_service_client::NotificationServiceClient,
     },
-    order::v1::{CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient},
-    types::v1::Money,
+    order::v1::order_service_client::OrderServiceClient,
 };
 use ordermesh_bench::load::{self, Pace, Progress, Until};
 use serde::Serialize;
@@ -160,7 +159,7 @@ async fn main() -> Result<()> {
         load::run(pace, until, progress, move |seq| {
             let mut client = clients[seq as usize % clients.len()].clone();
             let accepted = accepted.clone();
-            let mut request = tonic::Request::new(order(&run_id, seq));
+            let mut request = tonic::Request::new(load::order_request(&run_id, seq));
             request.set_timeout(timeout);
             async move {
                 match client.create_order(request).await {
@@ -203,26 +202,6 @@ async fn main() -> Result<()> {
         anyhow::bail!("the audit found orders without exactly one email and one SMS");
     }
     Ok(())
-}
-
-/// A valid order, unique per run and sequence number.
-fn order(run_id: &str, seq: u64) -> CreateOrderRequest {
-    CreateOrderRequest {
-        request_id: format!("load-{run_id}-{seq}"),
-        customer: Some(Customer {
-            email: format!("load+{seq}@example.com"),
-            phone: "+14155550100".into(),
-        }),
-        items: vec![LineItem {
-            sku: "BOOK-1".into(),
-            quantity: 1,
-            unit_price: Some(Money {
-                currency_code: "USD".into(),
-                minor_units: 1999,
-            }),
-        }],
-        payment_method_token: "tok_visa".into(),
-    }
 }
 
 fn progress_bar(until: Until) -> ProgressBar {
