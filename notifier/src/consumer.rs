@@ -18,11 +18,14 @@
 //! earliest offset, because the default (`latest`) silently skips every event published before the
 //! group first joined.
 
+use std::collections::HashSet;
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
 use std::time::{Duration, Instant};
+
+use futures::FutureExt;
 
 use opentelemetry::metrics::Meter;
 use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
@@ -104,6 +107,24 @@ pub(crate) enum Verdict {
         notification: Option<(String, i32)>,
     },
 }
+
+/// What a message needs, as far as can be told without the database.
+#[derive(Debug)]
+// Short-lived, one per message of a batch: not worth a box.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Prepared {
+    /// Decided already: not for this consumer, or poison to park.
+    Decided(Verdict),
+    /// The notification to claim for the event.
+    Claim {
+        claim: NotificationRow,
+        event: OrderPlaced,
+    },
+}
+
+/// The most messages handled as one batch. Enough that a backlog drains at the database's pace
+/// rather than its commit rate; few enough that a stop finishes the batch in hand quickly.
+const MAX_BATCH: usize = 256;
 
 /// Counts of outcomes per channel, for tests and operators.
 #[derive(Debug, Default)]
@@ -213,32 +234,45 @@ impl Handler {
 
     /// Decides what `letter` needs and does it, short of parking.
     pub(crate) async fn decide(&self, letter: &Letter, mode: Mode) -> Result<Verdict, sqlx::Error> {
+        match self.prepare(letter, timestamp::now_millis()) {
+            Prepared::Decided(verdict) => Ok(verdict),
+            Prepared::Claim { claim, event } => {
+                let record = self.store.claim(&claim, letter).await?;
+                self.after_claim(&record, &claim, &event, mode).await
+            }
+        }
+    }
+
+    /// What can be decided about `letter` without the database: not ours, poison, or the
+    /// notification to claim.
+    pub(crate) fn prepare(&self, letter: &Letter, now: i64) -> Prepared {
         let channel = self.channel;
         // Events without a type header are assumed to be OrderPlaced; other types are for other
         // consumers.
         let ce_type = letter.header(events::TYPE_HEADER).unwrap_or_default();
         if !ce_type.is_empty() && ce_type != events::ORDER_PLACED_TYPE {
             tracing::debug!(ce_type, topic = %letter.topic, offset = letter.offset, "not an OrderPlaced event, skipped");
-            return Ok(Verdict::Done(Outcome::Skipped));
+            return Prepared::Decided(Verdict::Done(Outcome::Skipped));
         }
-        let now = timestamp::now_millis();
-        let poison = |reason: String| Verdict::Park {
-            reason,
-            attempts: 1,
-            first_failure_ms: now,
-            notification: None,
+        let poison = |reason: String| {
+            Prepared::Decided(Verdict::Park {
+                reason,
+                attempts: 1,
+                first_failure_ms: now,
+                notification: None,
+            })
         };
         let event = match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default())
         {
             Ok(event) => event,
             // A poison message must not block the partition: it is parked, and the consumer goes on.
-            Err(error) => return Ok(poison(error.to_string())),
+            Err(error) => return poison(error.to_string()),
         };
         let Some(recipient) = channel.recipient(&event) else {
-            return Ok(poison(format!(
+            return poison(format!(
                 "event has no {} recipient",
                 channel.as_str().to_lowercase()
-            )));
+            ));
         };
         // A replayed letter is recorded under its original position, not the dead-letter one.
         let source = match DeadLetterHeaders::read(letter) {
@@ -258,9 +292,25 @@ impl Handler {
             source,
             now,
         );
-        let record = self.store.claim(&claim, letter).await?;
+        Prepared::Claim { claim, event }
+    }
+
+    /// Acts on `record`, the row found holding `claim`'s key: sends a new notification, or
+    /// recognises a redelivery.
+    pub(crate) async fn after_claim(
+        &self,
+        record: &NotificationRow,
+        claim: &NotificationRow,
+        event: &OrderPlaced,
+        mode: Mode,
+    ) -> Result<Verdict, sqlx::Error> {
+        let channel = self.channel;
         let event_id = &event.event_id;
         match (record.status.as_str(), mode) {
+            // Recorded just now by this claim: send.
+            ("PENDING", _) if record.notification_id == claim.notification_id => {
+                self.attempt(record, event, mode == Mode::Live).await
+            }
             ("SENT", _) => {
                 tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already notified");
                 Ok(Verdict::Done(Outcome::Duplicate))
@@ -272,10 +322,6 @@ impl Handler {
             ("FAILED", Mode::Live) => {
                 tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already parked on the dead-letter topic");
                 Ok(Verdict::Done(Outcome::Duplicate))
-            }
-            // Recorded just now by this claim: send.
-            ("PENDING", _) if record.notification_id == claim.notification_id => {
-                self.attempt(&record, &event, mode == Mode::Live).await
             }
             // Recorded earlier and not settled: another replica may be sending it now (its
             // partition moved here in a rebalance), or a notifier stopped mid-send. Sending now
@@ -295,7 +341,7 @@ impl Handler {
                 Ok(Verdict::Done(Outcome::Duplicate))
             }
             // FAILED in a replay: the cause is said to be fixed; one more send.
-            _ => self.attempt(&record, &event, false).await,
+            _ => self.attempt(record, event, false).await,
         }
     }
 
@@ -307,16 +353,27 @@ impl Handler {
         event: &OrderPlaced,
         may_retry: bool,
     ) -> Result<Verdict, sqlx::Error> {
-        let attempts = row.attempts + 1;
-        let failure = match self.sender.send(self.channel, &row.recipient, event).await {
+        match self.sender.send(self.channel, &row.recipient, event).await {
             Ok(()) => {
                 self.store
                     .mark_sent(&row.notification_id, timestamp::now_millis())
                     .await?;
-                return Ok(Verdict::Done(Outcome::Sent));
+                Ok(Verdict::Done(Outcome::Sent))
             }
-            Err(failure) => failure,
-        };
+            Err(failure) => self.failed(row, event, may_retry, failure).await,
+        }
+    }
+
+    /// Records a failed send of `row`'s notification: scheduled for retry when `may_retry` and
+    /// attempts remain, otherwise the verdict is to park.
+    pub(crate) async fn failed(
+        &self,
+        row: &NotificationRow,
+        event: &OrderPlaced,
+        may_retry: bool,
+        failure: SendError,
+    ) -> Result<Verdict, sqlx::Error> {
+        let attempts = row.attempts + 1;
         let now = timestamp::now_millis();
         let first_failure_ms = row.first_failure_at_ms.unwrap_or(now);
         match failure {
@@ -466,35 +523,43 @@ impl ChannelConsumer {
         })
     }
 
-    /// Consumes until `stop` is cancelled, then finishes the message in hand, commits what was handled
-    /// and leaves the group.
+    /// Consumes until `stop` is cancelled, then finishes the messages in hand, commits what was
+    /// handled and leaves the group.
     pub(crate) async fn run(self, stop: CancellationToken) {
         let channel = self.handler.channel.as_str();
         tracing::info!(channel, sender = %self.handler.sender.describe(), "consumer started");
         loop {
-            let message = tokio::select! {
-                // Only between messages: a message once taken is always finished.
+            let first = tokio::select! {
+                // Only between batches: messages once taken are always finished.
                 _ = stop.cancelled() => break,
                 message = self.consumer.recv() => message,
             };
-            match message {
-                Ok(message) => {
-                    let letter = Letter::from_message(&message);
-                    let span = self.handler.process_span(&letter, 1);
-                    if !self.process(&letter, &stop).instrument(span).await {
-                        break;
-                    }
-                    if let Err(error) = self.consumer.store_offset_from_message(&message) {
-                        // The partition was taken away (a rebalance) while the message was being
-                        // handled. Its new owner gets it again and finds it already recorded.
-                        tracing::warn!(channel, %error, "offset not stored; the message will be redelivered");
-                    }
-                }
+            let mut letters = match first {
+                Ok(message) => vec![Letter::from_message(&message)],
                 // librdkafka reconnects by itself; these are reports, not the end of the stream.
                 Err(error) => {
                     tracing::warn!(channel, %error, "consumer error");
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
                 }
+            };
+            // Whatever librdkafka has fetched already is taken too, without waiting: a backlog is
+            // handled in batches (one commit each), a quiet topic a message at a time, with no
+            // added latency either way.
+            while letters.len() < MAX_BATCH {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(message)) => letters.push(Letter::from_message(&message)),
+                    Some(Err(error)) => {
+                        tracing::warn!(channel, %error, "consumer error");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let handled = self.process_batch(&letters, &stop).await;
+            self.store_offsets(&letters[..handled]);
+            if handled < letters.len() {
+                break;
             }
         }
         if let Err(error) = commit_and_close(self.consumer).await {
@@ -503,31 +568,155 @@ impl ChannelConsumer {
         tracing::info!(channel, "consumer stopped");
     }
 
-    /// Handles `letter`, retrying while the database or the dead-letter topic is failing. Returns
-    /// false if asked to stop before the message was handled (its offset is then not stored, so it
-    /// is redelivered).
-    async fn process(&self, letter: &Letter, stop: &CancellationToken) -> bool {
-        let mut backoff = Duration::from_millis(100);
+    /// Handles `letters`, in order, as one batch: one transaction claims them all, instead of a
+    /// commit per message. Each send is still recorded (SENT) as soon as it is done, so a crash
+    /// leaves at most the one notification in flight unrecorded, as on the one-message path.
+    /// Returns how many letters, from the first, were handled: all of them, unless asked to stop
+    /// while the database or the dead-letter topic was failing.
+    async fn process_batch(&self, letters: &[Letter], stop: &CancellationToken) -> usize {
+        let handler = &self.handler;
         let started = Instant::now();
-        loop {
-            match self.handler.process(letter, Mode::Live).await {
-                Ok(outcome) => {
-                    outcome.record_on(&tracing::Span::current());
-                    self.stats.count(outcome);
-                    self.handler
-                        .metrics
-                        .outcome(outcome, Some(started.elapsed()));
-                    return true;
+        let now = timestamp::now_millis();
+        let mut in_batch = HashSet::new();
+        let prepared: Vec<Prepared> = letters
+            .iter()
+            .map(|letter| match handler.prepare(letter, now) {
+                // The same event twice in one batch (a producer's retry) is claimed once; the
+                // second copy is a redelivery of the first.
+                Prepared::Claim { claim, .. } if !in_batch.insert(claim.event_id.clone()) => {
+                    tracing::info!(channel = handler.channel.as_str(), event_id = %claim.event_id, "duplicate delivery in one batch");
+                    Prepared::Decided(Verdict::Done(Outcome::Duplicate))
                 }
-                // The message stays in hand (its offset is not stored) until this works.
+                prepared => prepared,
+            })
+            .collect();
+        let claims: Vec<(&NotificationRow, &Letter)> = prepared
+            .iter()
+            .zip(letters)
+            .filter_map(|(prepared, letter)| match prepared {
+                Prepared::Claim { claim, .. } => Some((claim, letter)),
+                Prepared::Decided(_) => None,
+            })
+            .collect();
+        let records = if claims.is_empty() {
+            Vec::new()
+        } else {
+            match self
+                .until_done(stop, || handler.store.claim_all(&claims))
+                .await
+            {
+                Some(records) => records,
+                None => return 0,
+            }
+        };
+        let mut records = records.into_iter();
+
+        for (handled, (letter, prepared)) in letters.iter().zip(&prepared).enumerate() {
+            let record = match prepared {
+                Prepared::Claim { .. } => records.next(),
+                Prepared::Decided(_) => None,
+            };
+            let span = handler.process_span(letter, 1);
+            let step = async {
+                let verdict = match (prepared, record) {
+                    (Prepared::Decided(verdict), _) => verdict.clone(),
+                    (Prepared::Claim { claim, event }, Some(record)) => {
+                        handler
+                            .after_claim(&record, claim, event, Mode::Live)
+                            .await?
+                    }
+                    // claim_all answers every claim, so this is not reached; the one-message path
+                    // would still do the right thing.
+                    (Prepared::Claim { .. }, None) => {
+                        return handler.process(letter, Mode::Live).await;
+                    }
+                };
+                handler.settle(verdict, letter).await
+            };
+            match step.instrument(span.clone()).await {
+                Ok(outcome) => {
+                    outcome.record_on(&span);
+                    self.stats.count(outcome);
+                    handler.metrics.outcome(outcome, Some(started.elapsed()));
+                }
+                Err(error) => {
+                    tracing::error!(parent: &span, channel = handler.channel.as_str(), %error, "retrying");
+                    // On its own from here, with retries; it records its outcome itself.
+                    if !self.process(letter, stop).instrument(span).await {
+                        return handled;
+                    }
+                }
+            }
+        }
+        letters.len()
+    }
+
+    /// Stores the offset after the last of `letters` in each partition: they are handled.
+    fn store_offsets(&self, letters: &[Letter]) {
+        let mut last: Vec<&Letter> = Vec::new();
+        for letter in letters {
+            match last
+                .iter_mut()
+                .find(|l| l.partition == letter.partition && l.topic == letter.topic)
+            {
+                Some(seen) => *seen = letter,
+                None => last.push(letter),
+            }
+        }
+        for letter in last {
+            // store_offset stores offset + 1: the next message to read.
+            if let Err(error) =
+                self.consumer
+                    .store_offset(&letter.topic, letter.partition, letter.offset)
+            {
+                // The partition was taken away (a rebalance) while the messages were being
+                // handled. Its new owner gets them again and finds them already recorded.
+                tracing::warn!(channel = self.handler.channel.as_str(), %error, "offset not stored; messages will be redelivered");
+            }
+        }
+    }
+
+    /// Runs `op` until it succeeds, backing off between failures (the messages stay in hand, their
+    /// offsets not stored); None if `stop` is cancelled first.
+    async fn until_done<T, E, F, Fut>(&self, stop: &CancellationToken, mut op: F) -> Option<T>
+    where
+        E: std::fmt::Display,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match op().await {
+                Ok(done) => return Some(done),
                 Err(error) => {
                     tracing::error!(channel = self.handler.channel.as_str(), %error, ?backoff, "retrying");
                     tokio::select! {
-                        _ = stop.cancelled() => return false,
+                        _ = stop.cancelled() => return None,
                         _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),
                     }
                 }
             }
+        }
+    }
+
+    /// Handles `letter` on its own, retrying while the database or the dead-letter topic is
+    /// failing. Returns false if asked to stop before the message was handled (its offset is then
+    /// not stored, so it is redelivered).
+    async fn process(&self, letter: &Letter, stop: &CancellationToken) -> bool {
+        let started = Instant::now();
+        match self
+            .until_done(stop, || self.handler.process(letter, Mode::Live))
+            .await
+        {
+            Some(outcome) => {
+                outcome.record_on(&tracing::Span::current());
+                self.stats.count(outcome);
+                self.handler
+                    .metrics
+                    .outcome(outcome, Some(started.elapsed()));
+                true
+            }
+            None => false,
         }
     }
 }

@@ -1,8 +1,16 @@
 //! Every SQL statement of the notifier.
 
-use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+use std::collections::HashMap;
+
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, sqlite::SqliteRow};
 
 use crate::{channel::Channel, dead_letter::Letter};
+
+/// Rows per multi-row INSERT: 12 bound parameters each keeps a statement under SQLite's historical
+/// limit of 999 parameters (newer builds allow more; staying under costs nothing).
+const CLAIMS_PER_STATEMENT: usize = 64;
+/// Ids per `IN (...)` list, under the same limit.
+const IDS_PER_STATEMENT: usize = 500;
 
 /// A notification as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,33 +91,66 @@ impl Store {
         new: &NotificationRow,
         letter: &Letter,
     ) -> Result<NotificationRow, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO notifications (notification_id, event_id, order_id, channel, recipient,
-                 status, attempts, created_at_ms, source_topic, source_partition, source_offset,
-                 message_key, message_payload, message_headers)
-             VALUES (?, ?, ?, ?, ?, 'PENDING', 0, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (event_id, channel) DO NOTHING",
-        )
-        .bind(&new.notification_id)
-        .bind(&new.event_id)
-        .bind(&new.order_id)
-        .bind(new.channel.as_str())
-        .bind(&new.recipient)
-        .bind(new.created_at_ms)
-        .bind(&new.source_topic)
-        .bind(new.source_partition)
-        .bind(new.source_offset)
-        .bind(&letter.key)
-        .bind(&letter.payload)
-        .bind(letter.headers_json())
-        .execute(&self.pool)
-        .await?;
-        sqlx::query("SELECT * FROM notifications WHERE event_id = ? AND channel = ?")
-            .bind(&new.event_id)
-            .bind(new.channel.as_str())
-            .try_map(|row: SqliteRow| from_row(&row))
-            .fetch_one(&self.pool)
-            .await
+        let mut rows = self.claim_all(&[(new, letter)]).await?;
+        rows.pop().ok_or(sqlx::Error::RowNotFound)
+    }
+
+    /// [`Store::claim`] for a batch of messages, in one transaction: one commit for the whole batch
+    /// instead of one per message is what lets a consumer keep up with a busy topic. Returns the row
+    /// holding each claim's key, in the order of `claims`.
+    pub(crate) async fn claim_all(
+        &self,
+        claims: &[(&NotificationRow, &Letter)],
+    ) -> Result<Vec<NotificationRow>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in claims.chunks(CLAIMS_PER_STATEMENT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO notifications (notification_id, event_id, order_id, channel, recipient,
+                     status, attempts, created_at_ms, source_topic, source_partition, source_offset,
+                     message_key, message_payload, message_headers) ",
+            );
+            insert.push_values(chunk, |mut row, (new, letter)| {
+                row.push_bind(&new.notification_id)
+                    .push_bind(&new.event_id)
+                    .push_bind(&new.order_id)
+                    .push_bind(new.channel.as_str())
+                    .push_bind(&new.recipient)
+                    .push("'PENDING'")
+                    .push("0")
+                    .push_bind(new.created_at_ms)
+                    .push_bind(&new.source_topic)
+                    .push_bind(new.source_partition)
+                    .push_bind(new.source_offset)
+                    .push_bind(&letter.key)
+                    .push_bind(&letter.payload)
+                    .push_bind(letter.headers_json());
+            });
+            insert.push(" ON CONFLICT (event_id, channel) DO NOTHING");
+            insert.build().execute(&mut *tx).await?;
+        }
+        let mut held = HashMap::with_capacity(claims.len());
+        for chunk in claims.chunks(IDS_PER_STATEMENT) {
+            let mut select =
+                QueryBuilder::<Sqlite>::new("SELECT * FROM notifications WHERE event_id IN (");
+            let mut ids = select.separated(", ");
+            for (new, _) in chunk {
+                ids.push_bind(&new.event_id);
+            }
+            select.push(")");
+            for row in select.build().fetch_all(&mut *tx).await? {
+                let row = from_row(&row)?;
+                held.insert((row.event_id.clone(), row.channel), row);
+            }
+        }
+        tx.commit().await?;
+        claims
+            .iter()
+            .map(|(new, _)| {
+                held.get(&(new.event_id.clone(), new.channel))
+                    .cloned()
+                    .ok_or(sqlx::Error::RowNotFound)
+            })
+            .collect()
     }
 
     /// Marks a notification sent, counting the attempt, and lets go of the message it kept.
