@@ -36,6 +36,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::{
     Scale,
     compare::{Better, Comparison, in_turn},
+    echo,
     load::{self, Pace, Summary, Until},
 };
 
@@ -86,20 +87,16 @@ async fn channel(url: &str) -> Result<Channel> {
         .await?)
 }
 
-/// The raw tonic server: the health service alone, no layers.
+/// The raw tonic server (see [`echo`]), in this process.
 async fn raw_echo() -> Result<Serving> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let (_reporter, health) = tonic_health::server::health_reporter();
     let (stop, stopped) = oneshot::channel::<()>();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let task = tokio::spawn(async move {
-        let _ = Server::builder()
-            .add_service(health)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await;
+        let _ = echo::serve(listener, async {
+            let _ = stopped.await;
+        })
+        .await;
     });
     Ok(Serving {
         addr,
@@ -243,7 +240,7 @@ where
 }
 
 /// Runs CreateOrder against `url` under `pace` until `until`.
-async fn create_orders(url: &str, pace: Pace, until: Until) -> Result<Summary> {
+pub(crate) async fn create_orders(url: &str, pace: Pace, until: Until) -> Result<Summary> {
     let client = OrderServiceClient::new(channel(url).await?);
     let run = uuid::Uuid::new_v4().simple().to_string();
     Ok(load::run(pace, until, Arc::default(), move |seq| {
@@ -261,7 +258,7 @@ async fn create_orders(url: &str, pace: Pace, until: Until) -> Result<Summary> {
 }
 
 /// Runs health Check against `url` (the raw tonic hop) under `pace` until `until`.
-async fn echo_calls(url: &str, pace: Pace, until: Until) -> Result<Summary> {
+pub(crate) async fn echo_calls(url: &str, pace: Pace, until: Until) -> Result<Summary> {
     let client = HealthClient::new(channel(url).await?);
     Ok(load::run(pace, until, Arc::default(), move |_| {
         let mut client = client.clone();
@@ -276,7 +273,7 @@ async fn echo_calls(url: &str, pace: Pace, until: Until) -> Result<Summary> {
     .await)
 }
 
-fn no_errors(what: &str, summary: &Summary) -> Result<()> {
+pub(crate) fn no_errors(what: &str, summary: &Summary) -> Result<()> {
     anyhow::ensure!(
         summary.errors.is_empty(),
         "{what}: errors {:?}",

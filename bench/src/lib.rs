@@ -8,9 +8,11 @@
 #![forbid(unsafe_code)]
 
 pub mod compare;
+pub mod echo;
 pub mod grpc;
 pub mod kafka;
 pub mod load;
+pub mod rss;
 
 /// How big the benchmarks are: full runs for figures, a smoke run for CI (checks the harness
 /// works, in seconds).

@@ -16,7 +16,8 @@ async fn every_benchmark_runs_at_smoke_scale() -> anyhow::Result<()> {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
         .collect();
-    assert!(names.len() >= 6, "{names:?}");
+    assert!(names.len() >= 7, "{names:?}");
+    assert!(names.iter().any(|n| n == "rss"), "{names:?}");
 
     let output = Command::new(env!("CARGO_BIN_EXE_ordermesh-bench"))
         .args(["--smoke", "--json"])
@@ -32,6 +33,19 @@ async fn every_benchmark_runs_at_smoke_scale() -> anyhow::Result<()> {
     let json = &stdout[stdout.find('[').expect("JSON after the table")..];
     let rows: Vec<serde_json::Value> = serde_json::from_str(json)?;
     assert!(rows.len() >= 10, "{stdout}");
+    // The resident-memory rows run the real service binaries beside ordermesh-bench (cargo test
+    // --workspace builds them: each service package has an integration test); the loop below
+    // checks they have figures.
+    for service in ["order", "payment", "notifier"] {
+        for what in ["RSS under load", "RSS idle", "VmHWM after load"] {
+            assert!(
+                rows.iter().any(|row| row["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("{service} {what}")))),
+                "no {service} {what} row: {stdout}"
+            );
+        }
+    }
     for row in &rows {
         // A baseline whose tool is missing (kcat) says so in its name and has no figures.
         if row["name"].as_str().is_some_and(|n| n.contains("skipped")) {

@@ -10,7 +10,7 @@
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::Stdio,
+    process::{ExitStatus, Stdio},
     time::Duration,
 };
 
@@ -194,20 +194,27 @@ impl Process {
     }
 
     /// SIGTERM, then waits for the process to exit (SIGKILL after 10 s).
-    pub async fn terminate(mut self) -> Result<()> {
+    pub async fn terminate(self) -> Result<()> {
+        self.terminate_within(Duration::from_secs(10)).await?;
+        Ok(())
+    }
+
+    /// SIGTERM, as a container runtime stopping it sends, then waits up to `grace` for the process
+    /// to exit: its exit status if it did, or None if it had to be killed.
+    pub async fn terminate_within(mut self, grace: Duration) -> Result<Option<ExitStatus>> {
         if let Some(pid) = self.child.id() {
             Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
                 .status()
                 .await?;
         }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            self.child.kill().await?;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => Ok(Some(status?)),
+            Err(_) => {
+                self.child.kill().await?;
+                Ok(None)
+            }
         }
-        Ok(())
     }
 
     pub fn pid(&self) -> Option<u32> {

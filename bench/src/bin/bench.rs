@@ -14,7 +14,7 @@ use clap::Parser;
 use ordermesh_bench::{
     Scale,
     compare::{self, Comparison},
-    grpc, kafka,
+    grpc, kafka, rss,
 };
 
 #[derive(Debug, Parser)]
@@ -77,6 +77,11 @@ const BENCHMARKS: &[(&str, &str, Bench)] = &[
         "event-latency",
         "6. End-to-end event latency vs a raw producer -> consumer pair",
         |s| Box::pin(kafka::event_latency(s)),
+    ),
+    (
+        "rss",
+        "7. Resident memory of each service, idle and under load, vs a raw tonic echo server",
+        |s| Box::pin(rss::rss(s)),
     ),
 ];
 
