@@ -95,6 +95,10 @@ fn to_proto(row: NotificationRow) -> Notification {
         source_partition: row.source_partition,
         source_offset: row.source_offset,
         last_error: row.last_error.unwrap_or_default(),
-        next_attempt_at: row.next_attempt_at_ms.map(timestamp::from_millis),
+        // A PENDING claim keeps its lease there; only a retry has a next attempt.
+        next_attempt_at: row
+            .next_attempt_at_ms
+            .filter(|_| status == pb::NotificationStatus::Retrying)
+            .map(timestamp::from_millis),
     }
 }

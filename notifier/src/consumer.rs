@@ -1,9 +1,9 @@
 //! One consumer per channel, each in its own consumer group, at least once:
 //!
-//! 1. take a message;
-//! 2. record the notification (unique per event and channel, keeping the message) and send it,
-//!    unless a record says it was already handled: redelivery after a crash or rebalance is
-//!    recognised by event id;
+//! 1. take a message, and whatever else has been fetched already (a batch);
+//! 2. record the notifications (unique per event and channel, keeping the message; one transaction
+//!    for the batch) and send each, unless a record says it was already handled: redelivery after
+//!    a crash or rebalance is recognised by event id;
 //! 3. if the send failed and may work later, record when to retry (the retry loop in `retry` takes
 //!    it from there); if it can never work, park the message on the dead-letter topic;
 //! 4. only then store the message's offset, which the auto-commit timer and the final commit send
@@ -26,7 +26,6 @@ use std::sync::{
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-
 use opentelemetry::metrics::Meter;
 use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
 use rdkafka::{
@@ -307,8 +306,12 @@ impl Handler {
         let channel = self.channel;
         let event_id = &event.event_id;
         match (record.status.as_str(), mode) {
-            // Recorded just now by this claim: send.
+            // Recorded by this claim: send, if the claim is still ours.
             ("PENDING", _) if record.notification_id == claim.notification_id => {
+                if !self.hold_claim(record).await? {
+                    tracing::info!(channel = channel.as_str(), %event_id, "claim handed to the retry loop while waiting in its batch");
+                    return Ok(Verdict::Done(Outcome::Duplicate));
+                }
                 self.attempt(record, event, mode == Mode::Live).await
             }
             ("SENT", _) => {
@@ -328,12 +331,9 @@ impl Handler {
             // could send twice; the retry loop sends it once that claim has had time to finish,
             // unless it is SENT by then.
             ("PENDING", _) => {
-                let due = record
-                    .created_at_ms
-                    .saturating_add(self.sender.claim_lease().as_millis() as i64);
                 if self
                     .store
-                    .hand_over_pending(&record.notification_id, due)
+                    .hand_over_pending(&record.notification_id, self.sender.claim_lease())
                     .await?
                 {
                     tracing::info!(channel = channel.as_str(), %event_id, "redelivered while unsettled; handed to the retry loop");
@@ -345,6 +345,21 @@ impl Handler {
         }
     }
 
+    /// Whether this claimant may send `claim` now: a redelivery elsewhere leaves a claim alone for
+    /// its lease, so a send must start while at least half of it is left (a send takes at most the
+    /// send timeout, under half). A claim that waited longer in its batch (slow sends before it) is
+    /// renewed first, unless it was handed to the retry loop meanwhile: then it is not ours.
+    async fn hold_claim(&self, claim: &NotificationRow) -> Result<bool, sqlx::Error> {
+        let lease = self.sender.claim_lease().as_millis() as i64;
+        let now = timestamp::now_millis();
+        if now < claim.created_at_ms.saturating_add(lease / 2) {
+            return Ok(true);
+        }
+        self.store
+            .renew_claim(&claim.notification_id, now.saturating_add(lease))
+            .await
+    }
+
     /// Sends `row`'s notification once and records the result. A transient failure is scheduled
     /// for retry when `may_retry` and attempts remain; otherwise the verdict is to park.
     pub(crate) async fn attempt(
@@ -353,27 +368,16 @@ impl Handler {
         event: &OrderPlaced,
         may_retry: bool,
     ) -> Result<Verdict, sqlx::Error> {
-        match self.sender.send(self.channel, &row.recipient, event).await {
+        let attempts = row.attempts + 1;
+        let failure = match self.sender.send(self.channel, &row.recipient, event).await {
             Ok(()) => {
                 self.store
                     .mark_sent(&row.notification_id, timestamp::now_millis())
                     .await?;
-                Ok(Verdict::Done(Outcome::Sent))
+                return Ok(Verdict::Done(Outcome::Sent));
             }
-            Err(failure) => self.failed(row, event, may_retry, failure).await,
-        }
-    }
-
-    /// Records a failed send of `row`'s notification: scheduled for retry when `may_retry` and
-    /// attempts remain, otherwise the verdict is to park.
-    pub(crate) async fn failed(
-        &self,
-        row: &NotificationRow,
-        event: &OrderPlaced,
-        may_retry: bool,
-        failure: SendError,
-    ) -> Result<Verdict, sqlx::Error> {
-        let attempts = row.attempts + 1;
+            Err(failure) => failure,
+        };
         let now = timestamp::now_millis();
         let first_failure_ms = row.first_failure_at_ms.unwrap_or(now);
         match failure {
@@ -641,7 +645,9 @@ impl ChannelConsumer {
                 }
                 Err(error) => {
                     tracing::error!(parent: &span, channel = handler.channel.as_str(), %error, "retrying");
-                    // On its own from here, with retries; it records its outcome itself.
+                    // On its own from here, with retries; it records its outcome itself. Its new
+                    // claim finds the batch's claim unsettled, so if the failure came after the
+                    // send, the retry loop (not this) checks it once the claim's lease is over.
                     if !self.process(letter, stop).instrument(span).await {
                         return handled;
                     }
@@ -814,6 +820,53 @@ mod tests {
                 .expect("due")
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over()
+    {
+        let handler = handler().await;
+        let letter = letter();
+        let event = events::decode_order_placed(letter.payload.as_deref().unwrap()).unwrap();
+        let lease = handler.sender.claim_lease();
+        let lease_ms = lease.as_millis() as i64;
+        // Claimed a whole lease ago: the sends before it in its batch were slow.
+        let claimed_at = timestamp::now_millis() - lease_ms;
+        let ours = NotificationRow::pending(
+            "ntf_ours".into(),
+            "evt_1",
+            "ord_1",
+            Channel::Email,
+            "ada@example.com".into(),
+            ("order-events".into(), 0, 7),
+            claimed_at,
+        );
+        let record = handler.store.claim(&ours, &letter).await.expect("claim");
+
+        // Still PENDING: the lease is renewed, so a redelivery elsewhere now hands it over due at
+        // the renewed end, not at the original one (which has passed).
+        assert!(handler.hold_claim(&record).await.expect("hold"));
+        assert!(
+            handler
+                .store
+                .hand_over_pending("ntf_ours", lease)
+                .await
+                .expect("hand over")
+        );
+        let row = handler.store.claim(&ours, &letter).await.expect("read");
+        assert_eq!(row.status, "RETRYING");
+        assert!(row.next_attempt_at_ms.expect("due") > claimed_at + lease_ms);
+
+        // Handed over: no longer ours to send; the retry loop has it.
+        assert_eq!(
+            handler
+                .after_claim(&record, &ours, &event, Mode::Live)
+                .await
+                .expect("verdict"),
+            Verdict::Done(Outcome::Duplicate)
+        );
+        let row = handler.store.claim(&ours, &letter).await.expect("read");
+        assert_eq!((row.status.as_str(), row.attempts), ("RETRYING", 0));
     }
 
     #[tokio::test]

@@ -223,21 +223,43 @@ impl Store {
         Ok(())
     }
 
-    /// Hands a PENDING notification found by a redelivery to the retry loop, due at `due_at_ms`,
-    /// unless it was settled meanwhile. PENDING means another consumer may be sending it right now
+    /// Hands a PENDING notification found by a redelivery to the retry loop, due when its claim's
+    /// lease ends (`lease` after it was claimed, or as renewed), unless it was settled meanwhile. PENDING means another consumer may be sending it right now
     /// (its partition moved to us in a rebalance) or a notifier stopped mid-send; either way the
     /// outcome is not known yet, so it is not sent again before its claim could have finished.
     pub(crate) async fn hand_over_pending(
         &self,
         notification_id: &str,
-        due_at_ms: i64,
+        lease: std::time::Duration,
     ) -> Result<bool, sqlx::Error> {
+        // Due when the claim's lease ends: renewed (see `renew_claim`) or from its creation. One
+        // statement, so a renewal and a hand-over cannot interleave.
         let done = sqlx::query(
-            "UPDATE notifications SET status = 'RETRYING', next_attempt_at_ms = ?,
+            "UPDATE notifications SET status = 'RETRYING',
+                 next_attempt_at_ms = COALESCE(next_attempt_at_ms, created_at_ms + ?),
                  last_error = 'send interrupted or under way elsewhere; checking again'
              WHERE notification_id = ? AND status = 'PENDING'",
         )
-        .bind(due_at_ms)
+        .bind(lease.as_millis() as i64)
+        .bind(notification_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Extends a PENDING claim's lease to `until_ms` (kept in `next_attempt_at_ms`, unused while
+    /// PENDING), if it is still PENDING: false if it was handed to the retry loop or settled
+    /// meanwhile, and so is no longer the claimant's to send.
+    pub(crate) async fn renew_claim(
+        &self,
+        notification_id: &str,
+        until_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE notifications SET next_attempt_at_ms = ?
+             WHERE notification_id = ? AND status = 'PENDING'",
+        )
+        .bind(until_ms)
         .bind(notification_id)
         .execute(&self.pool)
         .await?;
