@@ -6,7 +6,7 @@ use std::{future::Future, time::Duration};
 use tokio::net::TcpListener;
 use tonic::{
     Code, Status,
-    transport::{Server, server::TcpIncoming},
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
@@ -33,7 +33,8 @@ pub type Router = tonic::transport::server::Router<
     Stack<crate::shed::ShedLayer, Stack<RpcTelemetryLayer, Identity>>,
 >;
 
-/// A router with the parts every ordermesh server has: a span and duration metrics for every call,
+/// A router with the parts every ordermesh server has: TLS if `tls` says so, a span and duration
+/// metrics for every call,
 /// load shedding beyond `max_concurrent` calls, the health service (its reporter is returned so the caller can say SERVING once it is really
 /// ready) and reflection v1 and v1alpha knowing our protos, the health proto and the `google.rpc`
 /// error details, so grpcurl needs no .proto files and shows BadRequest field violations as fields
@@ -41,8 +42,14 @@ pub type Router = tonic::transport::server::Router<
 pub fn router(
     max_concurrent: usize,
     metrics: &Metrics,
+    tls: Option<ServerTlsConfig>,
 ) -> Result<(HealthReporter, Router), ServeError> {
-    let mut server = Server::builder()
+    let mut builder = Server::builder();
+    // TLS (or mutual TLS, if the config names a client CA) on every connection; None: plaintext.
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let mut server = builder
         // Outermost, so every call is traced and measured, shed ones included: continue the
         // caller's trace, record the span and `rpc.server.call.duration` by status code.
         .layer(RpcTelemetryLayer::server(metrics.meter()))

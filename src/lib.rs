@@ -20,4 +20,6 @@ pub mod shed;
 pub mod shutdown;
 pub mod telemetry;
 pub mod timestamp;
+pub mod tls;
+
 pub mod trace_context;

@@ -497,6 +497,7 @@ pub async fn payment_client_stack(scale: &Scale) -> Result<Vec<Comparison>> {
             open_for: Duration::from_secs(5),
             half_open_probes: 3,
         },
+        tls: Default::default(),
     };
     let meter = opentelemetry::global::meter("bench");
     let ours_client = PaymentClient::new(&config, &meter)?;

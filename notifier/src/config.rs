@@ -1,6 +1,8 @@
 //! Settings of the notifier: defaults, then environment variables, then flags.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
+
+use ordermesh::tls::ServerTlsFiles;
 
 use crate::channel::Channel;
 
@@ -98,6 +100,14 @@ pub struct Config {
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
     #[arg(long, env = "NOTIFIER_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
+
+    /// TLS: the server's certificate chain (PEM). With NOTIFIER_TLS_KEY; without both, plaintext.
+    #[arg(long, env = "NOTIFIER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS: the server's private key (PEM).
+    #[arg(long, env = "NOTIFIER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -130,6 +140,15 @@ impl Config {
             max_backoff: Duration::from_millis(
                 self.retry_max_backoff_ms.max(self.retry_backoff_ms),
             ),
+        }
+    }
+
+    pub(crate) fn tls(&self) -> ServerTlsFiles {
+        ServerTlsFiles {
+            prefix: "NOTIFIER",
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: None,
         }
     }
 

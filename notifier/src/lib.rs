@@ -57,6 +57,8 @@ pub enum RunError {
     Serve(#[from] grpc::ServeError),
     #[error(transparent)]
     Telemetry(#[from] ordermesh::telemetry::TelemetryError),
+    #[error(transparent)]
+    Tls(#[from] ordermesh::tls::TlsError),
 }
 
 /// Outcome counters per channel, shared with whoever started the notifier.
@@ -131,7 +133,13 @@ pub async fn run_with_stats(
         consumers.spawn(consumer.run(stop.clone()));
     }
 
-    let (health, router) = grpc::router(config.max_concurrent_requests as usize, &metrics)?;
+    let tls = config.tls();
+    let (health, router) = grpc::router(
+        config.max_concurrent_requests as usize,
+        &metrics,
+        tls.load()?,
+    )?;
+    ordermesh::tls::warn_if_plaintext("notifier", &listener, tls.cert.is_some(), "NOTIFIER");
     let router = router.add_service(NotificationServiceServer::new(api::NotificationApi::new(
         store,
     )));

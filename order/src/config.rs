@@ -1,6 +1,8 @@
 //! Settings of the order service: defaults, then environment variables, then flags.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
+
+use ordermesh::tls::{ClientTlsFiles, ServerTlsFiles};
 
 use crate::payment_client::{PaymentClientConfig, breaker::BreakerConfig};
 
@@ -105,6 +107,30 @@ pub struct Config {
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
     #[arg(long, env = "ORDER_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
+
+    /// TLS: the server's certificate chain (PEM). With ORDER_TLS_KEY; without both, plaintext.
+    #[arg(long, env = "ORDER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS: the server's private key (PEM).
+    #[arg(long, env = "ORDER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// TLS to payment: the CA its certificate must chain to (PEM). Use an https:// payment URL.
+    #[arg(long, env = "ORDER_PAYMENT_TLS_CA")]
+    pub payment_tls_ca: Option<PathBuf>,
+
+    /// Mutual TLS to payment: this service's client certificate (PEM), naming `order`.
+    #[arg(long, env = "ORDER_PAYMENT_TLS_CERT")]
+    pub payment_tls_cert: Option<PathBuf>,
+
+    /// Mutual TLS to payment: the client certificate's private key (PEM).
+    #[arg(long, env = "ORDER_PAYMENT_TLS_KEY")]
+    pub payment_tls_key: Option<PathBuf>,
+
+    /// TLS to payment: the name its certificate must carry, if not the payment URL's host.
+    #[arg(long, env = "ORDER_PAYMENT_TLS_DOMAIN")]
+    pub payment_tls_domain: Option<String>,
 }
 
 impl Config {
@@ -135,6 +161,22 @@ impl Config {
                 open_for: ms(self.breaker_open_ms),
                 half_open_probes: self.breaker_half_open_probes,
             },
+            tls: ClientTlsFiles {
+                prefix: "ORDER_PAYMENT",
+                ca: self.payment_tls_ca.clone(),
+                cert: self.payment_tls_cert.clone(),
+                key: self.payment_tls_key.clone(),
+                domain: self.payment_tls_domain.clone(),
+            },
+        }
+    }
+
+    pub(crate) fn tls(&self) -> ServerTlsFiles {
+        ServerTlsFiles {
+            prefix: "ORDER",
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: None,
         }
     }
 

@@ -51,6 +51,8 @@ pub enum RunError {
     Serve(#[from] grpc::ServeError),
     #[error(transparent)]
     Telemetry(#[from] ordermesh::telemetry::TelemetryError),
+    #[error(transparent)]
+    Tls(#[from] ordermesh::tls::TlsError),
 }
 
 /// The health entry of the payment dependency, as the order service sees it: SERVING while the
@@ -122,7 +124,13 @@ pub async fn run(
     let relay_task = tokio::spawn(relay.clone().run(publisher.clone(), stop_relay.clone()));
     let api = api::OrderApi::new(store, payments, relay, config.publish_timeout());
 
-    let (health, router) = grpc::router(config.max_concurrent_requests as usize, &metrics)?;
+    let tls = config.tls();
+    let (health, router) = grpc::router(
+        config.max_concurrent_requests as usize,
+        &metrics,
+        tls.load()?,
+    )?;
+    ordermesh::tls::warn_if_plaintext("order", &listener, tls.cert.is_some(), "ORDER");
     health
         .set_service_status(PAYMENT_HEALTH, ServingStatus::Serving)
         .await;

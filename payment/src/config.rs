@@ -1,6 +1,8 @@
 //! Settings of the payment service: defaults, then environment variables, then flags.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
+
+use ordermesh::tls::ServerTlsFiles as TlsFiles;
 
 /// Payment service settings. Flags and environment variables are listed in the README.
 #[derive(Clone, Debug, clap::Args)]
@@ -40,6 +42,28 @@ pub struct Config {
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
     #[arg(long, env = "PAYMENT_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
+
+    /// TLS: the server's certificate chain (PEM). With PAYMENT_TLS_KEY; without both, plaintext.
+    #[arg(long, env = "PAYMENT_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS: the server's private key (PEM).
+    #[arg(long, env = "PAYMENT_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Mutual TLS: only clients with a certificate from this CA (PEM) get through the handshake.
+    #[arg(long, env = "PAYMENT_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Mutual TLS: the client certificate names (DNS SANs) that may call PaymentService; others get
+    /// PERMISSION_DENIED. Health and reflection stay open to any client the CA vouches for.
+    #[arg(
+        long,
+        env = "PAYMENT_ALLOWED_CLIENTS",
+        value_delimiter = ',',
+        default_value = "order"
+    )]
+    pub allowed_clients: Vec<String>,
 }
 
 impl Config {
@@ -55,6 +79,15 @@ impl Config {
             abort: self.fault_abort,
             stage: self.fault_stage,
             percent: self.fault_percent,
+        }
+    }
+
+    pub(crate) fn tls(&self) -> TlsFiles {
+        TlsFiles {
+            prefix: "PAYMENT",
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            client_ca: self.tls_client_ca.clone(),
         }
     }
 

@@ -19,6 +19,7 @@ use ordermesh::{
     metrics::Metrics,
     proto::payment::v1::payment_service_server::PaymentServiceServer,
     service::{Admin, Listeners},
+    tls::AllowClients,
 };
 
 pub use config::Config;
@@ -33,6 +34,8 @@ pub enum RunError {
     Serve(#[from] grpc::ServeError),
     #[error(transparent)]
     Telemetry(#[from] ordermesh::telemetry::TelemetryError),
+    #[error(transparent)]
+    Tls(#[from] ordermesh::tls::TlsError),
 }
 
 /// Serves the payment API on `listeners` (gRPC, and metrics on the admin port if given) until
@@ -51,8 +54,21 @@ pub async fn run(
     let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
     let api = api::PaymentApi::new(store::Store::new(pool), config.faults());
 
-    let (health, router) = grpc::router(config.max_concurrent_requests as usize, &metrics)?;
-    let router = router.add_service(PaymentServiceServer::new(api));
+    let tls = config.tls();
+    let (health, router) = grpc::router(
+        config.max_concurrent_requests as usize,
+        &metrics,
+        tls.load()?,
+    )?;
+    ordermesh::tls::warn_if_plaintext("payment", &listener, tls.cert.is_some(), "PAYMENT");
+    // With mutual TLS, the CA says who a caller is; this says that only the order service may
+    // charge. (Without it there is no certificate to check: the plaintext quick start.)
+    let callers = if tls.mutual() {
+        AllowClients::only("payment", config.allowed_clients.clone())
+    } else {
+        AllowClients::anyone("payment")
+    };
+    let router = router.add_service(PaymentServiceServer::with_interceptor(api, callers));
     // Ready: the database is open and migrated, so every call can be answered.
     health
         .set_serving::<PaymentServiceServer<api::PaymentApi>>()

@@ -65,11 +65,30 @@ struct Cli {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Creates a development CA and a certificate and key for each service in DIR (ca.pem,
+    /// order.pem/.key, payment.pem/.key, notifier.pem/.key), then exits. For development only.
+    DevCerts {
+        #[arg(long, default_value = "certs")]
+        dir: std::path::PathBuf,
+    },
 }
 
 #[tokio::main]
+#[allow(clippy::print_stdout)]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::DevCerts { dir }) = &cli.command {
+        for path in ordermesh::tls::write_dev_certs(dir)? {
+            println!("{}", path.display());
+        }
+        return Ok(());
+    }
     // One process, one tracer: spans of all three services are reported as `ordermesh` unless
     // OTEL_SERVICE_NAME says otherwise (each service's metrics keep their own name and port).
     let telemetry = ordermesh::telemetry::init(cli.log_format, "ordermesh")?;
@@ -81,7 +100,13 @@ async fn main() -> anyhow::Result<()> {
         order.database_url = format!("sqlite://{dir}/order.db");
         notifier.database_url = format!("sqlite://{dir}/notifier.db");
     }
-    order.payment_url = format!("http://{}", cli.payment_addr);
+    // Order calls this process's payment; over TLS when order is told which CA to trust
+    // (ORDER_PAYMENT_TLS_CA), by the name the development certificates carry for loopback.
+    order.payment_url = if order.payment_tls_ca.is_some() {
+        format!("https://localhost:{}", cli.payment_addr.port())
+    } else {
+        format!("http://{}", cli.payment_addr)
+    };
 
     // `embedded` is kept until the end of main: dropping it stops the broker.
     let (brokers, embedded) = match cli.kafka_brokers.clone() {

@@ -26,7 +26,7 @@ use rdkafka::{
 };
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
-use tonic::transport::Channel as GrpcChannel;
+use tonic::transport::{Channel as GrpcChannel, ClientTlsConfig};
 
 /// Upper bound for anything that happens asynchronously (a consumer group forming, a notification
 /// arriving). Generous: it only bounds a failing test, a passing one does not wait for it.
@@ -122,6 +122,8 @@ pub struct Running {
     pub admin: SocketAddr,
     stop: oneshot::Sender<()>,
     task: JoinHandle<Result<()>>,
+    /// How a client reaches it over TLS, if it serves TLS.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Running {
@@ -129,6 +131,19 @@ impl Running {
     /// [`Running::stop`], once it is SERVING.
     pub async fn spawn<F, E>(
         addr: SocketAddr,
+        run: impl FnOnce(Listeners, oneshot::Receiver<()>) -> F,
+    ) -> Result<Self>
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        Self::spawn_tls(addr, None, run).await
+    }
+
+    /// [`Running::spawn`] for a service serving TLS, reached with `tls`.
+    pub async fn spawn_tls<F, E>(
+        addr: SocketAddr,
+        tls: Option<ClientTlsConfig>,
         run: impl FnOnce(Listeners, oneshot::Receiver<()>) -> F,
     ) -> Result<Self>
     where
@@ -152,6 +167,7 @@ impl Running {
             admin: admin_addr,
             stop,
             task,
+            tls,
         };
         running.wait_serving().await?;
         Ok(running)
@@ -167,9 +183,7 @@ impl Running {
             if self.task.is_finished() {
                 bail!("service at {} stopped while starting", self.addr);
             }
-            let channel = tonic::transport::Endpoint::from_shared(self.url())?
-                .connect()
-                .await;
+            let channel = self.endpoint()?.connect().await;
             if let Ok(mut health) = channel.map(HealthClient::new)
                 && let Ok(answer) = health.check(HealthCheckRequest::default()).await
                 && answer.into_inner().status() == ServingStatus::Serving
@@ -190,7 +204,17 @@ impl Running {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Where a client connects to it, over TLS if it serves TLS.
+    pub fn endpoint(&self) -> Result<tonic::transport::Endpoint> {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url())?;
+        Ok(match &self.tls {
+            Some(tls) => endpoint.tls_config(tls.clone())?,
+            None => endpoint,
+        })
     }
 
     /// The service's metrics, as Prometheus scrapes them.

@@ -22,4 +22,5 @@ mod readme;
 mod replay;
 mod servers;
 mod sync_path;
+mod tls;
 mod validation;

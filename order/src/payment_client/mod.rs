@@ -22,7 +22,7 @@ use opentelemetry::{KeyValue, metrics::Meter};
 use ordermesh::proto::payment::v1::{
     ChargeRequest, Payment, payment_service_client::PaymentServiceClient,
 };
-use ordermesh::rpc_telemetry::RpcTelemetryLayer;
+use ordermesh::{rpc_telemetry::RpcTelemetryLayer, tls::ClientTlsFiles};
 use tokio::time::Instant;
 use tonic::{
     Code, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap, transport::Channel,
@@ -101,6 +101,8 @@ pub struct PaymentClientConfig {
     pub retry_budget_ratio: f32,
     pub retry_min_per_sec: u32,
     pub breaker: BreakerConfig,
+    /// TLS (and the client certificate for mutual TLS) to payment; no CA: plaintext.
+    pub tls: ClientTlsFiles,
 }
 
 /// A payment client setting that cannot work.
@@ -110,6 +112,10 @@ pub enum ClientConfigError {
     Url(#[from] InvalidUri),
     #[error("ORDER_PAYMENT_BACKOFF_BASE_MS / ORDER_PAYMENT_BACKOFF_MAX_MS: {0}")]
     Backoff(#[from] InvalidBackoff),
+    #[error(transparent)]
+    Tls(#[from] ordermesh::tls::TlsError),
+    #[error("ORDER_PAYMENT_URL with TLS: {0}")]
+    Transport(#[from] tonic::transport::Error),
 }
 
 /// What a failed charge means for the order.
@@ -143,7 +149,10 @@ impl PaymentClient {
     ///
     /// Attempts, retries and the breaker's state are measured with `meter`.
     pub fn new(config: &PaymentClientConfig, meter: &Meter) -> Result<Self, ClientConfigError> {
-        let endpoint = Channel::from_shared(config.url.clone())?;
+        let mut endpoint = Channel::from_shared(config.url.clone())?;
+        if let Some(tls) = config.tls.load()? {
+            endpoint = endpoint.tls_config(tls)?;
+        }
         let url = endpoint.uri().clone();
         let channel = endpoint
             .connect_timeout(config.attempt_timeout.min(Duration::from_secs(1)))

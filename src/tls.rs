@@ -1,0 +1,310 @@
+//! TLS for the gRPC servers and clients: identities from PEM files, mutual TLS, the names a client
+//! certificate carries, and a development CA (`ordermesh dev-certs`).
+//!
+//! Plaintext stays the default so the quick start needs no certificates; a service listening in
+//! plaintext anywhere but loopback says so loudly at start-up. Everything here is rustls (on ring)
+//! through tonic: no OpenSSL.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tonic::{
+    Request, Status,
+    service::Interceptor,
+    transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig},
+};
+
+/// Why TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {setting} ({path}): {source}")]
+    Read {
+        setting: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{set} is set but {unset} is not: set both for TLS, or neither for plaintext")]
+    Half { set: String, unset: String },
+    #[error("{setting} needs TLS: set {prefix}_TLS_CERT and {prefix}_TLS_KEY too")]
+    NeedsTls { setting: String, prefix: String },
+    #[error("cannot create the development certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A server's TLS files, as its settings name them (`<PREFIX>_TLS_CERT`, `_TLS_KEY`,
+/// `_TLS_CLIENT_CA`).
+#[derive(Debug, Clone, Default)]
+pub struct ServerTlsFiles {
+    /// The settings' prefix, e.g. `PAYMENT`, for error messages.
+    pub prefix: &'static str,
+    /// The server's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<PathBuf>,
+    /// With it, mutual TLS: only clients whose certificate chains to this CA (PEM) get through the
+    /// handshake.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsFiles {
+    /// The server's TLS configuration, or None for plaintext.
+    pub fn load(&self) -> Result<Option<ServerTlsConfig>, TlsError> {
+        let prefix = self.prefix;
+        let setting = |name: &str| format!("{prefix}_TLS_{name}");
+        let (cert, key) = match (&self.cert, &self.key) {
+            (None, None) => {
+                return match &self.client_ca {
+                    Some(_) => Err(TlsError::NeedsTls {
+                        setting: setting("CLIENT_CA"),
+                        prefix: prefix.to_owned(),
+                    }),
+                    None => Ok(None),
+                };
+            }
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) => return Err(half(setting("CERT"), setting("KEY"))),
+            (None, Some(_)) => return Err(half(setting("KEY"), setting("CERT"))),
+        };
+        let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+            read(&setting("CERT"), cert)?,
+            read(&setting("KEY"), key)?,
+        ));
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(&setting("CLIENT_CA"), ca)?));
+        }
+        Ok(Some(config))
+    }
+
+    /// Whether clients must present a certificate.
+    pub fn mutual(&self) -> bool {
+        self.client_ca.is_some()
+    }
+}
+
+/// A client's TLS files for calling a server over TLS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTlsFiles {
+    /// The settings' prefix, e.g. `ORDER_PAYMENT`, for error messages.
+    pub prefix: &'static str,
+    /// The CA the server's certificate must chain to (PEM).
+    pub ca: Option<PathBuf>,
+    /// This client's own certificate and key (PEM), for servers that require mutual TLS.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate must carry, if not the URL's host.
+    pub domain: Option<String>,
+}
+
+impl ClientTlsFiles {
+    /// The client's TLS configuration, or None for plaintext (no CA set).
+    pub fn load(&self) -> Result<Option<ClientTlsConfig>, TlsError> {
+        let prefix = self.prefix;
+        let setting = |name: &str| format!("{prefix}_TLS_{name}");
+        let Some(ca) = &self.ca else {
+            if self.cert.is_some() || self.key.is_some() {
+                return Err(half(setting("CERT"), setting("CA")));
+            }
+            return Ok(None);
+        };
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&setting("CA"), ca)?));
+        match (&self.cert, &self.key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                config = config.identity(Identity::from_pem(
+                    read(&setting("CERT"), cert)?,
+                    read(&setting("KEY"), key)?,
+                ));
+            }
+            (Some(_), None) => return Err(half(setting("CERT"), setting("KEY"))),
+            (None, Some(_)) => return Err(half(setting("KEY"), setting("CERT"))),
+        }
+        if let Some(domain) = &self.domain {
+            config = config.domain_name(domain.clone());
+        }
+        Ok(Some(config))
+    }
+}
+
+fn half(set: String, unset: String) -> TlsError {
+    TlsError::Half { set, unset }
+}
+
+fn read(setting: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        setting: setting.to_owned(),
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Says loudly that `addr` is served in plaintext, unless that is only loopback: a copy of this
+/// template must not go to production without TLS by accident.
+pub fn warn_if_plaintext(service: &str, listener: &TcpListener, tls: bool, prefix: &str) {
+    let Ok(addr) = listener.local_addr() else {
+        return;
+    };
+    if !tls && !addr.ip().is_loopback() {
+        tracing::warn!(
+            service,
+            %addr,
+            "PLAINTEXT gRPC on a non-loopback address: anyone on the network can read and forge \
+             calls; set {prefix}_TLS_CERT and {prefix}_TLS_KEY"
+        );
+    }
+}
+
+/// Lets a call through only if the caller's certificate (mutual TLS) names one of `allowed`, as
+/// a DNS name in its subject alternative names: the mesh CA vouches for who the caller is, this
+/// decides what that caller may call. Without TLS there is no certificate to check, and everyone
+/// is let through (the plaintext quick start).
+#[derive(Clone)]
+pub struct AllowClients {
+    allowed: Option<Arc<[String]>>,
+    service: &'static str,
+}
+
+impl AllowClients {
+    /// Checks callers of `service` against `allowed`.
+    pub fn only(service: &'static str, allowed: Vec<String>) -> Self {
+        Self {
+            allowed: Some(allowed.into()),
+            service,
+        }
+    }
+
+    /// Lets everyone through: the server does not use mutual TLS.
+    pub fn anyone(service: &'static str) -> Self {
+        Self {
+            allowed: None,
+            service,
+        }
+    }
+}
+
+impl fmt::Debug for AllowClients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AllowClients")
+            .field("service", &self.service)
+            .field("allowed", &self.allowed)
+            .finish()
+    }
+}
+
+impl Interceptor for AllowClients {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(allowed) = &self.allowed else {
+            return Ok(request);
+        };
+        let service = self.service;
+        let wanted = allowed.join(", ");
+        let Some(leaf) = request
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+        else {
+            return Err(Status::permission_denied(format!(
+                "{service} accepts only {wanted}: connect with mutual TLS and a client certificate"
+            )));
+        };
+        let names = certificate_names(&leaf);
+        if names.iter().any(|name| allowed.iter().any(|a| a == name)) {
+            return Ok(request);
+        }
+        Err(Status::permission_denied(format!(
+            "{service} accepts only {wanted}; the client certificate names {}",
+            if names.is_empty() {
+                "nothing".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )))
+    }
+}
+
+/// The DNS names in a certificate's subject alternative names (none if it does not parse).
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
+    let der = CertificateDer::from(der);
+    match webpki::EndEntityCert::try_from(&der) {
+        Ok(cert) => cert.valid_dns_names().map(str::to_owned).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The services a development CA issues certificates for: each gets `<name>.pem` and
+/// `<name>.key`, valid as a server and as a client, for its name, `localhost` and 127.0.0.1.
+pub const DEV_SERVICES: [&str; 3] = ["order", "payment", "notifier"];
+
+/// Writes a new development CA (`ca.pem`) and a certificate and key for each of
+/// [`DEV_SERVICES`] into `dir`, plus `outsider.pem`/`.key` from a second, unrelated CA (what a
+/// stranger would present). For development and tests only: the CA's key is not kept, so nothing
+/// more can be signed by it, and the keys are written unencrypted.
+pub fn write_dev_certs(dir: &Path) -> Result<Vec<PathBuf>, TlsError> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut written = Vec::new();
+    let mut write = |name: &str, contents: String| -> Result<(), TlsError> {
+        let path = dir.join(name);
+        std::fs::write(&path, contents).map_err(|source| TlsError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        written.push(path);
+        Ok(())
+    };
+
+    let ca = |common_name: &str| -> Result<(String, Issuer<'static, KeyPair>), TlsError> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), Issuer::new(params, key)))
+    };
+    let leaf = |name: &str, issuer: &Issuer<'_, KeyPair>| -> Result<(String, String), TlsError> {
+        let mut params = CertificateParams::new(vec![name.to_owned(), "localhost".to_owned()])?;
+        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, issuer)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    };
+
+    let (ca_pem, issuer) = ca("ordermesh development CA")?;
+    write("ca.pem", ca_pem)?;
+    for service in DEV_SERVICES {
+        let (cert, key) = leaf(service, &issuer)?;
+        write(&format!("{service}.pem"), cert)?;
+        write(&format!("{service}.key"), key)?;
+    }
+    let (_, stranger) = ca("not the ordermesh CA")?;
+    let (cert, key) = leaf("order", &stranger)?;
+    write("outsider.pem", cert)?;
+    write("outsider.key", key)?;
+    Ok(written)
+}
