@@ -6,7 +6,6 @@
 //! through tonic: no OpenSSL.
 
 use std::{
-    fmt,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     sync::Arc,
@@ -169,7 +168,7 @@ pub fn warn_if_plaintext(service: &str, listener: &TcpListener, tls: bool, prefi
 /// a DNS name in its subject alternative names: the mesh CA vouches for who the caller is, this
 /// decides what that caller may call. Without TLS there is no certificate to check, and everyone
 /// is let through (the plaintext quick start).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AllowClients {
     allowed: Option<Arc<[String]>>,
     service: &'static str,
@@ -190,15 +189,6 @@ impl AllowClients {
             allowed: None,
             service,
         }
-    }
-}
-
-impl fmt::Debug for AllowClients {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AllowClients")
-            .field("service", &self.service)
-            .field("allowed", &self.allowed)
-            .finish()
     }
 }
 
@@ -233,7 +223,7 @@ impl Interceptor for AllowClients {
 }
 
 /// The DNS names in a certificate's subject alternative names (none if it does not parse).
-pub fn certificate_names(der: &[u8]) -> Vec<String> {
+fn certificate_names(der: &[u8]) -> Vec<String> {
     let der = CertificateDer::from(der);
     match webpki::EndEntityCert::try_from(&der) {
         Ok(cert) => cert.valid_dns_names().map(str::to_owned).collect(),
@@ -307,4 +297,50 @@ pub fn write_dev_certs(dir: &Path) -> Result<Vec<PathBuf>, TlsError> {
     write("outsider.pem", cert)?;
     write("outsider.key", key)?;
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_a_setting_pair_is_an_error_naming_both() {
+        let files = ServerTlsFiles {
+            prefix: "PAYMENT",
+            cert: Some("payment.pem".into()),
+            ..Default::default()
+        };
+        let error = files.load().expect_err("no key").to_string();
+        assert!(
+            error.contains("PAYMENT_TLS_CERT") && error.contains("PAYMENT_TLS_KEY"),
+            "{error}"
+        );
+        let files = ServerTlsFiles {
+            prefix: "PAYMENT",
+            client_ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        let error = files.load().expect_err("client CA without TLS").to_string();
+        assert!(error.contains("PAYMENT_TLS_CLIENT_CA needs TLS"), "{error}");
+        let missing = ServerTlsFiles {
+            prefix: "ORDER",
+            cert: Some("/nonexistent/order.pem".into()),
+            key: Some("/nonexistent/order.key".into()),
+            client_ca: None,
+        };
+        let error = missing.load().expect_err("no such file").to_string();
+        assert!(error.contains("ORDER_TLS_CERT (/nonexistent/order.pem)"), "{error}");
+        assert!(ServerTlsFiles::default().load().expect("plaintext").is_none());
+    }
+
+    #[test]
+    fn development_certificates_name_their_service_and_loopback() {
+        let dir = tempfile::tempdir().expect("dir");
+        let written = write_dev_certs(dir.path()).expect("certificates");
+        assert_eq!(written.len(), 9, "{written:?}");
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(dir.path().join("payment.pem")).expect("payment.pem");
+        let der = CertificateDer::from_pem_slice(&pem).expect("a PEM certificate");
+        assert_eq!(certificate_names(&der), ["payment", "localhost"]);
+    }
 }
