@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use ordermesh::tls::ServerTlsFiles;
+use ordermesh::{auth::Secret, tls::ServerTlsFiles};
 
 use crate::channel::Channel;
 
@@ -100,6 +100,11 @@ pub struct Config {
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
     #[arg(long, env = "NOTIFIER_DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,
+
+    /// Key (at least 32 bytes) that bearer tokens are signed with (HS256); set, every
+    /// NotificationService call needs a token with the method's scope. Unset: the API is open.
+    #[arg(long, env = "NOTIFIER_AUTH_KEY", hide_env_values = true)]
+    pub auth_key: Option<Secret>,
 
     /// TLS: the server's certificate chain (PEM). With NOTIFIER_TLS_KEY; without both, plaintext.
     #[arg(long, env = "NOTIFIER_TLS_CERT")]

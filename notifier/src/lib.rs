@@ -22,6 +22,7 @@ mod store;
 use std::{collections::HashMap, future::Future, sync::Arc};
 
 use ordermesh::{
+    auth::{AuthKey, AuthLayer},
     grpc, kafka,
     metrics::Metrics,
     proto::notification::v1::notification_service_server::NotificationServiceServer,
@@ -30,6 +31,7 @@ use ordermesh::{
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
+use tower::Layer;
 
 pub use channel::Channel;
 pub use config::Config;
@@ -59,7 +61,15 @@ pub enum RunError {
     Telemetry(#[from] ordermesh::telemetry::TelemetryError),
     #[error(transparent)]
     Tls(#[from] ordermesh::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] ordermesh::auth::AuthError),
 }
+
+/// The scope each NotificationService method needs.
+const AUTH_RULES: &[(&str, &str)] = &[(
+    "/ordermesh.notification.v1.NotificationService/ListNotifications",
+    ordermesh::auth::NOTIFICATIONS_READ,
+)];
 
 /// Outcome counters per channel, shared with whoever started the notifier.
 pub type ChannelStats = HashMap<Channel, Arc<Stats>>;
@@ -140,9 +150,17 @@ pub async fn run_with_stats(
         tls.load()?,
     )?;
     ordermesh::tls::warn_if_plaintext("notifier", &listener, tls.cert.is_some(), "NOTIFIER");
-    let router = router.add_service(NotificationServiceServer::new(api::NotificationApi::new(
-        store,
-    )));
+    // Every NotificationService call needs a bearer token with its scope, if a key is set.
+    let key = config
+        .auth_key
+        .as_ref()
+        .map(|secret| AuthKey::new("NOTIFIER_AUTH_KEY", secret))
+        .transpose()?;
+    ordermesh::auth::warn_if_open("notifier", &listener, key.is_some(), "NOTIFIER_AUTH_KEY");
+    let router = router.add_service(
+        AuthLayer::new(key, AUTH_RULES)
+            .layer(NotificationServiceServer::new(api::NotificationApi::new(store))),
+    );
     health
         .set_serving::<NotificationServiceServer<api::NotificationApi>>()
         .await;

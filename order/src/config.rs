@@ -2,7 +2,10 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use ordermesh::tls::{ClientTlsFiles, ServerTlsFiles};
+use ordermesh::{
+    auth::Secret,
+    tls::{ClientTlsFiles, ServerTlsFiles},
+};
 
 use crate::payment_client::{PaymentClientConfig, breaker::BreakerConfig};
 
@@ -127,6 +130,11 @@ pub struct Config {
     /// Mutual TLS to payment: the client certificate's private key (PEM).
     #[arg(long, env = "ORDER_PAYMENT_TLS_KEY")]
     pub payment_tls_key: Option<PathBuf>,
+
+    /// Key (at least 32 bytes) that bearer tokens are signed with (HS256); set, every OrderService
+    /// call needs a token with the method's scope. Unset: the API is open (the quick start).
+    #[arg(long, env = "ORDER_AUTH_KEY", hide_env_values = true)]
+    pub auth_key: Option<Secret>,
 
     /// TLS to payment: the name its certificate must carry, if not the payment URL's host.
     #[arg(long, env = "ORDER_PAYMENT_TLS_DOMAIN")]

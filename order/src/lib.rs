@@ -20,6 +20,7 @@ mod validate;
 use std::future::Future;
 
 use ordermesh::{
+    auth::{self, AuthKey, AuthLayer},
     grpc, kafka,
     metrics::Metrics,
     proto::order::v1::order_service_server::OrderServiceServer,
@@ -29,6 +30,7 @@ use payment_client::breaker::BreakerState;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::Layer;
 
 pub use config::Config;
 pub use error::OrderError;
@@ -53,7 +55,16 @@ pub enum RunError {
     Telemetry(#[from] ordermesh::telemetry::TelemetryError),
     #[error(transparent)]
     Tls(#[from] ordermesh::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] ordermesh::auth::AuthError),
 }
+
+/// The scope each OrderService method needs.
+const AUTH_RULES: &[(&str, &str)] = &[
+    ("/ordermesh.order.v1.OrderService/CreateOrder", auth::ORDERS_WRITE),
+    ("/ordermesh.order.v1.OrderService/GetOrder", auth::ORDERS_READ),
+    ("/ordermesh.order.v1.OrderService/ListOrders", auth::ORDERS_READ),
+];
 
 /// The health entry of the payment dependency, as the order service sees it: SERVING while the
 /// payment circuit is closed, NOT_SERVING while it is open or half-open.
@@ -135,7 +146,14 @@ pub async fn run(
         .set_service_status(PAYMENT_HEALTH, ServingStatus::Serving)
         .await;
     tokio::spawn(report_breaker(breaker_states, health.clone()));
-    let router = router.add_service(OrderServiceServer::new(api));
+    // Every OrderService call needs a bearer token with its method's scope, if a key is set.
+    let key = config
+        .auth_key
+        .as_ref()
+        .map(|secret| AuthKey::new("ORDER_AUTH_KEY", secret))
+        .transpose()?;
+    ordermesh::auth::warn_if_open("order", &listener, key.is_some(), "ORDER_AUTH_KEY");
+    let router = router.add_service(AuthLayer::new(key, AUTH_RULES).layer(OrderServiceServer::new(api)));
     // Ready: database migrated. Payment is reached lazily per call, so its
     // absence shows as UNAVAILABLE answers, not as this service being down.
     health

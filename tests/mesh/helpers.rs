@@ -630,11 +630,22 @@ impl TestMesh {
 
     /// How many payments the payment service has stored for `order_id`, read from its database file.
     pub async fn payments_for(&self, order_id: &str) -> Result<i64> {
+        self.count_payments(Some(order_id)).await
+    }
+
+    /// How many payments the payment service has stored in all.
+    pub async fn payment_count(&self) -> Result<i64> {
+        self.count_payments(None).await
+    }
+
+    async fn count_payments(&self, order_id: Option<&str>) -> Result<i64> {
         let pool = ordermesh::db::connect(&sqlite_url(&self.dir, "payment")).await?;
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments WHERE order_id = ?")
-            .bind(order_id)
-            .fetch_one(&pool)
-            .await?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM payments WHERE ? IS NULL OR order_id = ?")
+                .bind(order_id)
+                .bind(order_id)
+                .fetch_one(&pool)
+                .await?;
         pool.close().await;
         Ok(count)
     }

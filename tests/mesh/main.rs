@@ -8,6 +8,7 @@
 
 mod helpers;
 
+mod auth;
 mod black_box;
 mod compose;
 mod delivery;
