@@ -235,9 +235,8 @@ impl<S: NamedService> NamedService for Auth<S> {
 
 /// Says loudly that a public API takes calls from anyone, unless only on loopback.
 pub fn warn_if_open(service: &str, listener: &tokio::net::TcpListener, key: bool, setting: &str) {
-    if let Ok(addr) = listener.local_addr()
+    if let Some(addr) = crate::service::off_loopback(listener)
         && !key
-        && !addr.ip().is_loopback()
     {
         tracing::warn!(
             service,

@@ -145,10 +145,27 @@ pub async fn health_check(listen_addr: SocketAddr, timeout: Duration) -> anyhow:
         .with_context(|| format!("no health answer from {addr} within {timeout:?}"))?
 }
 
+/// The address `listener` serves on, if other hosts can reach it (not loopback only): where
+/// plaintext or an open API deserves a warning.
+pub fn off_loopback(listener: &TcpListener) -> Option<std::net::SocketAddr> {
+    listener
+        .local_addr()
+        .ok()
+        .filter(|addr| !addr.ip().is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tonic_health::ServingStatus;
+
+    #[tokio::test]
+    async fn only_addresses_other_hosts_reach_are_off_loopback() {
+        let loopback = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        assert_eq!(off_loopback(&loopback), None);
+        let everywhere = TcpListener::bind("0.0.0.0:0").await.expect("bind");
+        assert!(off_loopback(&everywhere).is_some());
+    }
 
     #[tokio::test]
     async fn health_check_passes_only_for_a_serving_server() {

@@ -151,10 +151,9 @@ fn read(setting: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
 /// Says loudly that `addr` is served in plaintext, unless that is only loopback: a copy of this
 /// template must not go to production without TLS by accident.
 pub fn warn_if_plaintext(service: &str, listener: &TcpListener, tls: bool, prefix: &str) {
-    let Ok(addr) = listener.local_addr() else {
-        return;
-    };
-    if !tls && !addr.ip().is_loopback() {
+    if let Some(addr) = crate::service::off_loopback(listener)
+        && !tls
+    {
         tracing::warn!(
             service,
             %addr,
