@@ -12,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use tower::layer::util::{Identity, Stack};
 
-use crate::{metrics::Metrics, rpc_telemetry::RpcTelemetryLayer};
+use crate::{metrics::Metrics, oversize::OversizeLayer, rpc_telemetry::RpcTelemetryLayer};
 
 /// How long in-flight calls may run after shutdown was asked for before they are cut off.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -30,8 +30,18 @@ pub enum ServeError {
 
 /// The router of every ordermesh server: its layers are fixed here, so the type is too.
 pub type Router = tonic::transport::server::Router<
-    Stack<crate::shed::ShedLayer, Stack<RpcTelemetryLayer, Identity>>,
+    Stack<crate::shed::ShedLayer, Stack<OversizeLayer, Stack<RpcTelemetryLayer, Identity>>>,
 >;
+
+/// The largest request message a service decodes (each API service sets it on its generated
+/// server). Far above any valid request (a CreateOrder of 100 items is about 10 KiB), and small
+/// enough that a hostile sender cannot make a service buffer much: tonic refuses a larger message
+/// from its length prefix, before reading it.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// Concurrent HTTP/2 streams (calls) one connection may have open; more wait for the client's
+/// flow control, so one connection cannot take the whole server.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 
 /// A router with the parts every ordermesh server has: TLS if `tls` says so, a span and duration
 /// metrics for every call,
@@ -44,7 +54,8 @@ pub fn router(
     metrics: &Metrics,
     tls: Option<ServerTlsConfig>,
 ) -> Result<(HealthReporter, Router), ServeError> {
-    let mut builder = Server::builder();
+    let mut builder =
+        Server::builder().max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
     // TLS (or mutual TLS, if the config names a client CA) on every connection; None: plaintext.
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -53,6 +64,9 @@ pub fn router(
         // Outermost, so every call is traced and measured, shed ones included: continue the
         // caller's trace, record the span and `rpc.server.call.duration` by status code.
         .layer(RpcTelemetryLayer::server(metrics.meter()))
+        // The answer to an oversized request as RESOURCE_EXHAUSTED (see `oversize`), inside the
+        // telemetry layer so that traces and metrics count it as such.
+        .layer(OversizeLayer)
         // Refuse calls beyond the limit at once (RESOURCE_EXHAUSTED) instead of queueing them.
         .layer(crate::shed::ShedLayer::new(max_concurrent).counting(metrics.meter()));
     let (reporter, health) = tonic_health::server::health_reporter();

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod kafka;
 pub mod metrics;
 pub mod money;
+pub mod oversize;
 pub mod paging;
 pub mod proto;
 pub mod rpc_telemetry;

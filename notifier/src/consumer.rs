@@ -615,7 +615,15 @@ impl ChannelConsumer {
         };
         let mut records = records.into_iter();
 
-        for (handled, (letter, prepared)) in letters.iter().zip(&prepared).enumerate() {
+        let all = prepared.as_slice();
+        for (handled, (letter, prepared)) in letters.iter().zip(all).enumerate() {
+            // A stop is honoured between messages, not only between batches: a batch of slow sends
+            // must not hold a shutdown up. The claims not acted on are released, so the next run
+            // takes those messages afresh (not as unsettled claims to wait out).
+            if stop.is_cancelled() {
+                self.release_unsent(&all[handled..], records.by_ref()).await;
+                return handled;
+            }
             let record = match prepared {
                 Prepared::Claim { .. } => records.next(),
                 Prepared::Decided(_) => None,
@@ -655,6 +663,30 @@ impl ChannelConsumer {
             }
         }
         letters.len()
+    }
+
+    /// Releases the claims this batch made for `rest` (the messages it will not handle), given
+    /// the rows found for them (`records`, in order). Best effort: a claim left behind is still
+    /// handled, by the retry loop once its lease is over.
+    async fn release_unsent(
+        &self,
+        rest: &[Prepared],
+        records: impl Iterator<Item = NotificationRow>,
+    ) {
+        let claims = rest.iter().filter_map(|prepared| match prepared {
+            Prepared::Claim { claim, .. } => Some(claim),
+            Prepared::Decided(_) => None,
+        });
+        let ours: Vec<String> = claims
+            .zip(records)
+            .filter(|(claim, record)| {
+                record.status == "PENDING" && record.notification_id == claim.notification_id
+            })
+            .map(|(claim, _)| claim.notification_id.clone())
+            .collect();
+        if let Err(error) = self.handler.store.release_claims(&ours).await {
+            tracing::warn!(channel = self.handler.channel.as_str(), %error, "claims not released; the retry loop will take them");
+        }
     }
 
     /// Stores the offset after the last of `letters` in each partition: they are handled.

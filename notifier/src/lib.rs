@@ -159,7 +159,10 @@ pub async fn run_with_stats(
     ordermesh::auth::warn_if_open("notifier", &listener, key.is_some(), "NOTIFIER_AUTH_KEY");
     let router = router.add_service(
         AuthLayer::new(key, AUTH_RULES)
-            .layer(NotificationServiceServer::new(api::NotificationApi::new(store))),
+            .layer(
+                NotificationServiceServer::new(api::NotificationApi::new(store))
+                    .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
+            ),
     );
     health
         .set_serving::<NotificationServiceServer<api::NotificationApi>>()

@@ -156,6 +156,23 @@ impl Store {
             .collect()
     }
 
+    /// Deletes PENDING claims that were never acted on (a stop in the middle of a batch), so the
+    /// messages are claimed afresh when they are read again.
+    pub(crate) async fn release_claims(&self, notification_ids: &[String]) -> Result<(), sqlx::Error> {
+        for chunk in notification_ids.chunks(IDS_PER_STATEMENT) {
+            let mut delete = QueryBuilder::<Sqlite>::new(
+                "DELETE FROM notifications WHERE status = 'PENDING' AND notification_id IN (",
+            );
+            let mut ids = delete.separated(", ");
+            for id in chunk {
+                ids.push_bind(id);
+            }
+            delete.push(")");
+            delete.build().persistent(false).execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// Marks a notification sent, counting the attempt, and lets go of the message it kept.
     pub(crate) async fn mark_sent(
         &self,

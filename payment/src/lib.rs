@@ -21,6 +21,7 @@ use ordermesh::{
     service::{Admin, Listeners},
     tls::AllowClients,
 };
+use tonic::service::interceptor::InterceptedService;
 
 pub use config::Config;
 pub use error::PaymentError;
@@ -68,7 +69,10 @@ pub async fn run(
     } else {
         AllowClients::anyone("payment")
     };
-    let router = router.add_service(PaymentServiceServer::with_interceptor(api, callers));
+    let router = router.add_service(InterceptedService::new(
+        PaymentServiceServer::new(api).max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
+        callers,
+    ));
     // Ready: the database is open and migrated, so every call can be answered.
     health
         .set_serving::<PaymentServiceServer<api::PaymentApi>>()

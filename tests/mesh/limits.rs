@@ -1,0 +1,45 @@
+//! Bounded input: a request over the size limit is refused with RESOURCE_EXHAUSTED before it is
+//! read, creates nothing, and the connection it came on keeps serving normal requests.
+
+use anyhow::Result;
+use ordermesh::proto::order::v1::ListOrdersRequest;
+use tonic::Code;
+
+use crate::helpers::{order_request, spawn_mesh};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on() -> Result<()> {
+    let mesh = spawn_mesh().await?;
+    // One client, so one HTTP/2 connection for every call below.
+    let mut orders = mesh.order_client().await?;
+
+    let mut huge = order_request("limits-huge", "tok_visa");
+    huge.items[0].sku = "X".repeat(ordermesh::grpc::MAX_REQUEST_BYTES + 1);
+    let refused = orders.create_order(huge).await.expect_err("over the limit");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("too large") && refused.message().contains("65536"),
+        "{}",
+        refused.message()
+    );
+
+    // The same connection: a normal order goes through, and it is the only one.
+    let placed = orders
+        .create_order(order_request("limits-ok", "tok_visa"))
+        .await?
+        .into_inner();
+    let listed = orders
+        .list_orders(ListOrdersRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(
+        listed
+            .orders
+            .iter()
+            .map(|o| o.order_id.as_str())
+            .collect::<Vec<_>>(),
+        [placed.order_id.as_str()]
+    );
+    assert_eq!(mesh.payment_count().await?, 1);
+    mesh.shutdown().await
+}
