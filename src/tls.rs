@@ -85,6 +85,18 @@ impl ServerTlsFiles {
         Ok(Some(config))
     }
 
+    /// [`ServerTlsFiles::load`] for a server about to serve `service` on `listener`, saying loudly
+    /// if that is plaintext off loopback.
+    pub fn load_for(
+        &self,
+        service: &str,
+        listener: &TcpListener,
+    ) -> Result<Option<ServerTlsConfig>, TlsError> {
+        let config = self.load()?;
+        warn_if_plaintext(service, listener, config.is_some(), self.prefix);
+        Ok(config)
+    }
+
     /// Whether clients must present a certificate.
     pub fn mutual(&self) -> bool {
         self.client_ca.is_some()
@@ -150,7 +162,7 @@ fn read(setting: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Says loudly that `addr` is served in plaintext, unless that is only loopback: a copy of this
 /// template must not go to production without TLS by accident.
-pub fn warn_if_plaintext(service: &str, listener: &TcpListener, tls: bool, prefix: &str) {
+fn warn_if_plaintext(service: &str, listener: &TcpListener, tls: bool, prefix: &str) {
     if let Some(addr) = crate::service::off_loopback(listener)
         && !tls
     {

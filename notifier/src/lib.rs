@@ -147,9 +147,8 @@ pub async fn run_with_stats(
     let (health, router) = grpc::router(
         config.max_concurrent_requests as usize,
         &metrics,
-        tls.load()?,
+        tls.load_for("notifier", &listener)?,
     )?;
-    ordermesh::tls::warn_if_plaintext("notifier", &listener, tls.cert.is_some(), "NOTIFIER");
     // Every NotificationService call needs a bearer token with its scope, if a key is set.
     let key = config
         .auth_key

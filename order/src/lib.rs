@@ -139,9 +139,8 @@ pub async fn run(
     let (health, router) = grpc::router(
         config.max_concurrent_requests as usize,
         &metrics,
-        tls.load()?,
+        tls.load_for("order", &listener)?,
     )?;
-    ordermesh::tls::warn_if_plaintext("order", &listener, tls.cert.is_some(), "ORDER");
     health
         .set_service_status(PAYMENT_HEALTH, ServingStatus::Serving)
         .await;

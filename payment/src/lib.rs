@@ -59,9 +59,8 @@ pub async fn run(
     let (health, router) = grpc::router(
         config.max_concurrent_requests as usize,
         &metrics,
-        tls.load()?,
+        tls.load_for("payment", &listener)?,
     )?;
-    ordermesh::tls::warn_if_plaintext("payment", &listener, tls.cert.is_some(), "PAYMENT");
     // With mutual TLS, the CA says who a caller is; this says that only the order service may
     // charge. (Without it there is no certificate to check: the plaintext quick start.)
     let callers = if tls.mutual() {
