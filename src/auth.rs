@@ -48,6 +48,12 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
 impl FromStr for Secret {
     type Err = String;
 
@@ -106,7 +112,12 @@ impl AuthKey {
     }
 
     /// A token for `subject` granting `scopes`, valid for `ttl`.
-    pub fn issue(&self, subject: &str, scopes: &[&str], ttl: Duration) -> Result<String, AuthError> {
+    pub fn issue(
+        &self,
+        subject: &str,
+        scopes: &[&str],
+        ttl: Duration,
+    ) -> Result<String, AuthError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -278,7 +289,11 @@ mod tests {
             .check("/pkg.S/Write", &headers(&reader))
             .expect_err("read-only");
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-        assert!(denied.message().contains("orders:write"), "{}", denied.message());
+        assert!(
+            denied.message().contains("orders:write"),
+            "{}",
+            denied.message()
+        );
 
         let missing = layer
             .check("/pkg.S/Read", &http::HeaderMap::new())
@@ -300,8 +315,8 @@ mod tests {
             exp: 1,
             scope: ORDERS_WRITE.into(),
         };
-        let expired = jsonwebtoken::encode(&Header::default(), &claims, &ours.encoding)
-            .expect("token");
+        let expired =
+            jsonwebtoken::encode(&Header::default(), &claims, &ours.encoding).expect("token");
         let late = layer
             .check("/pkg.S/Write", &headers(&expired))
             .expect_err("expired");
@@ -309,16 +324,20 @@ mod tests {
         assert!(late.message().contains("expired"), "{}", late.message());
 
         // No key: open, as in the quick start.
-        assert!(AuthLayer::new(None, RULES)
-            .check("/pkg.S/Write", &http::HeaderMap::new())
-            .is_ok());
+        assert!(
+            AuthLayer::new(None, RULES)
+                .check("/pkg.S/Write", &http::HeaderMap::new())
+                .is_ok()
+        );
     }
 
     #[test]
     fn short_keys_are_refused_and_secrets_never_print() {
         let error = AuthKey::new("ORDER_AUTH_KEY", &Secret("short".into())).expect_err("short");
         assert!(error.to_string().contains("ORDER_AUTH_KEY is 5 bytes"));
-        let secret: Secret = "hunter2hunter2hunter2hunter2hunter2".parse().expect("any text");
+        let secret: Secret = "hunter2hunter2hunter2hunter2hunter2"
+            .parse()
+            .expect("any text");
         assert!(!format!("{secret:?}").contains("hunter2"));
         assert!(!format!("{:?}", key(secret.expose())).contains("hunter2"));
     }

@@ -54,8 +54,7 @@ pub fn router(
     metrics: &Metrics,
     tls: Option<ServerTlsConfig>,
 ) -> Result<(HealthReporter, Router), ServeError> {
-    let mut builder =
-        Server::builder().max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
+    let mut builder = Server::builder().max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION));
     // TLS (or mutual TLS, if the config names a client CA) on every connection; None: plaintext.
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;

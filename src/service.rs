@@ -172,7 +172,8 @@ mod tests {
         let listener = TcpListener::bind("0.0.0.0:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (health, router) =
-            crate::grpc::router(8, &Metrics::local("test").expect("metrics"), None).expect("router");
+            crate::grpc::router(8, &Metrics::local("test").expect("metrics"), None)
+                .expect("router");
         health.set_service_status("", ServingStatus::Serving).await;
         let reporter = health.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

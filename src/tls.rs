@@ -244,7 +244,8 @@ fn certificate_names(der: &[u8]) -> Vec<String> {
 
 /// The services a development CA issues certificates for: each gets `<name>.pem` and
 /// `<name>.key`, valid as a server and as a client, for its name, `localhost` and 127.0.0.1.
-pub const DEV_SERVICES: [&str; 3] = ["order", "payment", "notifier"];
+/// `kafka` is for a broker (or a TLS proxy in front of one) the services reach with KAFKA_SSL_CA.
+pub const DEV_SERVICES: [&str; 4] = ["order", "payment", "notifier", "kafka"];
 
 /// Writes a new development CA (`ca.pem`) and a certificate and key for each of
 /// [`DEV_SERVICES`] into `dir`, plus `outsider.pem`/`.key` from a second, unrelated CA (what a
@@ -284,7 +285,9 @@ pub fn write_dev_certs(dir: &Path) -> Result<Vec<PathBuf>, TlsError> {
     };
     let leaf = |name: &str, issuer: &Issuer<'_, KeyPair>| -> Result<(String, String), TlsError> {
         let mut params = CertificateParams::new(vec![name.to_owned(), "localhost".to_owned()])?;
-        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -340,15 +343,23 @@ mod tests {
             client_ca: None,
         };
         let error = missing.load().expect_err("no such file").to_string();
-        assert!(error.contains("ORDER_TLS_CERT (/nonexistent/order.pem)"), "{error}");
-        assert!(ServerTlsFiles::default().load().expect("plaintext").is_none());
+        assert!(
+            error.contains("ORDER_TLS_CERT (/nonexistent/order.pem)"),
+            "{error}"
+        );
+        assert!(
+            ServerTlsFiles::default()
+                .load()
+                .expect("plaintext")
+                .is_none()
+        );
     }
 
     #[test]
     fn development_certificates_name_their_service_and_loopback() {
         let dir = tempfile::tempdir().expect("dir");
         let written = write_dev_certs(dir.path()).expect("certificates");
-        assert_eq!(written.len(), 9, "{written:?}");
+        assert_eq!(written.len(), 11, "{written:?}");
         use rustls_pki_types::pem::PemObject;
         let pem = std::fs::read(dir.path().join("payment.pem")).expect("payment.pem");
         let der = CertificateDer::from_pem_slice(&pem).expect("a PEM certificate");

@@ -182,7 +182,7 @@ impl Mesh {
         let order_config = ordermesh_order::Config {
             database_url: db("order.db"),
             payment_url: payment.url(),
-            kafka_brokers: broker.bootstrap_servers(),
+            kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
             events_topic: topic,
             ..ordermesh_order::Config::from_env()?
         };
@@ -352,7 +352,8 @@ impl Parts {
         broker.create_topic(&topic, 3)?;
         let brokers = &broker.bootstrap_servers();
         // The publisher's settings (order/src/publisher.rs).
-        let producer = ordermesh::kafka::client_config(brokers, "bench-raw")
+        let producer = ordermesh::kafka::KafkaSettings::plaintext(brokers)
+            .client_config("bench-raw")
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "1")

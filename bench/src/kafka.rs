@@ -574,7 +574,7 @@ impl Notifier {
         let database = tempfile::tempdir()?;
         let config = ordermesh_notifier::Config {
             database_url: format!("sqlite://{}", database.path().join("notifier.db").display()),
-            kafka_brokers: broker.bootstrap_servers(),
+            kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
             events_topic: topic.to_owned(),
             // One channel, so one consumer group reads the topic.
             channels: vec![Channel::Email],
@@ -661,7 +661,8 @@ fn handled(stats: &Stats) -> u64 {
 
 /// A `FutureProducer` with exactly `EventPublisher`'s settings (order/src/publisher.rs).
 fn raw_producer(brokers: &str) -> Result<FutureProducer> {
-    Ok(ordermesh::kafka::client_config(brokers, "ordermesh-order")
+    Ok(ordermesh::kafka::KafkaSettings::plaintext(brokers)
+        .client_config("ordermesh-order")
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
@@ -674,19 +675,19 @@ fn raw_producer(brokers: &str) -> Result<FutureProducer> {
 /// from the same configuration the notifier starts from.
 fn raw_consumer(brokers: &str, topic: &str, fetch_wait_ms: u64) -> Result<StreamConsumer> {
     let session_timeout = ordermesh_notifier::Config::from_env()?.session_timeout_ms;
-    let consumer: StreamConsumer =
-        ordermesh::kafka::client_config(brokers, "ordermesh-notifier-email")
-            .set("group.id", fresh_name("bench-raw"))
-            .set("enable.auto.offset.store", "false")
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", session_timeout.to_string())
-            .set("heartbeat.interval.ms", (session_timeout / 4).to_string())
-            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
-            // The notifier's STATISTICS_INTERVAL (for its lag metric).
-            .set("statistics.interval.ms", "5000")
-            .create()?;
+    let consumer: StreamConsumer = ordermesh::kafka::KafkaSettings::plaintext(brokers)
+        .client_config("ordermesh-notifier-email")
+        .set("group.id", fresh_name("bench-raw"))
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session_timeout.to_string())
+        .set("heartbeat.interval.ms", (session_timeout / 4).to_string())
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        // The notifier's STATISTICS_INTERVAL (for its lag metric).
+        .set("statistics.interval.ms", "5000")
+        .create()?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }
@@ -843,7 +844,7 @@ async fn fresh_topic(broker: &Broker, what: &str) -> Result<String> {
 /// The order service's publisher for `topic`, its instruments going nowhere.
 fn publisher(broker: &Broker, topic: &str) -> Result<EventPublisher> {
     Ok(EventPublisher::new(
-        &broker.bootstrap_servers(),
+        &ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
         topic,
         ACK_TIMEOUT,
         &opentelemetry::global::meter("bench"),

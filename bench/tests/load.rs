@@ -67,7 +67,7 @@ async fn the_load_generator_reports_its_calls_and_audits_the_notifications() -> 
     let order_config = ordermesh_order::Config {
         database_url: db("order.db"),
         payment_url: payment,
-        kafka_brokers: broker.bootstrap_servers(),
+        kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
         events_topic: topic.clone(),
         ..ordermesh_order::Config::from_env()?
     };
@@ -80,7 +80,7 @@ async fn the_load_generator_reports_its_calls_and_audits_the_notifications() -> 
     .await?;
     let mut notifier_config = ordermesh_notifier::Config::from_env()?;
     notifier_config.database_url = db("notifier.db");
-    notifier_config.kafka_brokers = broker.bootstrap_servers();
+    notifier_config.kafka.brokers = broker.bootstrap_servers();
     notifier_config.events_topic = topic.clone();
     let (notifier, stop_notifier) = start(|listener, stop| async move {
         ordermesh_notifier::run(listener, notifier_config, async move {

@@ -43,8 +43,9 @@ impl Channel {
         }
     }
 
-    /// Where this channel sends to for `event`, if the event has it.
-    pub(crate) fn recipient(self, event: &OrderPlaced) -> Option<String> {
+    /// Where this channel sends to for `event`, if the event has it. Public for the `event_decode`
+    /// fuzz target (`fuzz/`), which runs it on every event it decodes.
+    pub fn recipient(self, event: &OrderPlaced) -> Option<String> {
         let customer = event.customer.as_ref()?;
         let to = match self {
             Channel::Email => &customer.email,

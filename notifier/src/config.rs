@@ -17,9 +17,9 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Kafka bootstrap servers (comma-separated host:port).
-    #[arg(long, env = "KAFKA_BROKERS", default_value = ordermesh::kafka::DEFAULT_EMBEDDED_ADDR)]
-    pub kafka_brokers: String,
+    /// The brokers, and TLS and SASL for a secured cluster (KAFKA_* settings).
+    #[command(flatten)]
+    pub kafka: ordermesh::kafka::KafkaSettings,
 
     /// Topic to read OrderPlaced events from.
     #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC)]

@@ -491,34 +491,36 @@ impl ChannelConsumer {
     ) -> KafkaResult<Self> {
         let channel = handler.channel;
         let session_timeout = config.session_timeout();
-        let consumer: StreamConsumer<LagContext> = ordermesh::kafka::client_config(
-            &config.kafka_brokers,
-            &format!("ordermesh-notifier-{}", channel.as_str().to_lowercase()),
-        )
-        .set("group.id", config.group(channel))
-        // See the module comment: offsets are stored by us, after handling.
-        .set("enable.auto.offset.store", "false")
-        // Stored offsets are committed every second and once more on shutdown.
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("auto.offset.reset", "earliest")
-        // How long the group waits for a member that stopped heartbeating. Also how long a
-        // restarted notifier can wait to rejoin when the group did not see the old one leave.
-        .set(
-            "session.timeout.ms",
-            session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (session_timeout / 4).as_millis().to_string(),
-        )
-        .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
-        // Statistics (the lag metric) come from librdkafka on this interval.
-        .set(
-            "statistics.interval.ms",
-            STATISTICS_INTERVAL.as_millis().to_string(),
-        )
-        .create_with_context(LagContext::new(meter, &handler.group))?;
+        let consumer: StreamConsumer<LagContext> = config
+            .kafka
+            .client_config(&format!(
+                "ordermesh-notifier-{}",
+                channel.as_str().to_lowercase()
+            ))
+            .set("group.id", config.group(channel))
+            // See the module comment: offsets are stored by us, after handling.
+            .set("enable.auto.offset.store", "false")
+            // Stored offsets are committed every second and once more on shutdown.
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("auto.offset.reset", "earliest")
+            // How long the group waits for a member that stopped heartbeating. Also how long a
+            // restarted notifier can wait to rejoin when the group did not see the old one leave.
+            .set(
+                "session.timeout.ms",
+                session_timeout.as_millis().to_string(),
+            )
+            .set(
+                "heartbeat.interval.ms",
+                (session_timeout / 4).as_millis().to_string(),
+            )
+            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+            // Statistics (the lag metric) come from librdkafka on this interval.
+            .set(
+                "statistics.interval.ms",
+                STATISTICS_INTERVAL.as_millis().to_string(),
+            )
+            .create_with_context(LagContext::new(meter, &handler.group))?;
         consumer.subscribe(&[&config.events_topic])?;
         Ok(Self {
             consumer,
@@ -773,7 +775,9 @@ mod tests {
                 .expect("in-memory database"),
         );
         // Creating a producer does not connect; nothing here is parked.
-        let dead_letters = DeadLetters::new("127.0.0.1:1").expect("producer");
+        let dead_letters =
+            DeadLetters::new(&ordermesh::kafka::KafkaSettings::plaintext("127.0.0.1:1"))
+                .expect("producer");
         let sender = Sender::new(Channel::Email, &config).expect("log-only sender");
         let meter = opentelemetry::global::meter("test");
         Handler::new(&config, Channel::Email, store, sender, dead_letters, &meter)
@@ -856,7 +860,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over()
-    {
+     {
         let handler = handler().await;
         let letter = letter();
         let event = events::decode_order_placed(letter.payload.as_deref().unwrap()).unwrap();

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use ordermesh::timestamp;
+use ordermesh::{kafka::KafkaSettings, timestamp};
 use rdkafka::{
     Message,
     error::KafkaError,
@@ -44,8 +44,9 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    pub(crate) fn new(brokers: &str) -> Result<Self, KafkaError> {
-        let producer = ordermesh::kafka::client_config(brokers, "ordermesh-notifier-dlq")
+    pub(crate) fn new(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer = kafka
+            .client_config("ordermesh-notifier-dlq")
             // A parked message must be stored once and for good before its offset moves on.
             .set("enable.idempotence", "true")
             .set("acks", "all")

@@ -63,6 +63,8 @@ pub enum RunError {
     Tls(#[from] ordermesh::tls::TlsError),
     #[error(transparent)]
     Auth(#[from] ordermesh::auth::AuthError),
+    #[error(transparent)]
+    KafkaSettings(#[from] kafka::KafkaSettingsError),
 }
 
 /// The scope each NotificationService method needs.
@@ -103,8 +105,9 @@ pub async fn run_with_stats(
     let admin = Admin::start(admin, &metrics);
     let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
     let store = store::Store::new(pool);
+    config.kafka.check()?;
     let kafka_error = |source| RunError::Kafka {
-        brokers: config.kafka_brokers.clone(),
+        brokers: config.kafka.brokers.clone(),
         source,
     };
     // The consumers wait for the topics if the broker is not up yet.
@@ -115,13 +118,10 @@ pub async fn run_with_stats(
             .iter()
             .map(|c| dead_letter::topic(&config.events_topic, *c)),
     );
-    let ensured = kafka::ensure_topics_in_background(
-        config.kafka_brokers.clone(),
-        topics,
-        kafka::DEFAULT_PARTITIONS,
-    );
+    let ensured =
+        kafka::ensure_topics_in_background(config.kafka.clone(), topics, kafka::DEFAULT_PARTITIONS);
     let dead_letters =
-        dead_letter::DeadLetters::new(&config.kafka_brokers).map_err(|e| kafka_error(e.into()))?;
+        dead_letter::DeadLetters::new(&config.kafka).map_err(|e| kafka_error(e.into()))?;
 
     // One token stops the consumers and the server alike.
     let stop = CancellationToken::new();
@@ -157,11 +157,10 @@ pub async fn run_with_stats(
         .transpose()?;
     ordermesh::auth::warn_if_open("notifier", &listener, key.is_some(), "NOTIFIER_AUTH_KEY");
     let router = router.add_service(
-        AuthLayer::new(key, AUTH_RULES)
-            .layer(
-                NotificationServiceServer::new(api::NotificationApi::new(store))
-                    .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
-            ),
+        AuthLayer::new(key, AUTH_RULES).layer(
+            NotificationServiceServer::new(api::NotificationApi::new(store))
+                .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
+        ),
     );
     health
         .set_serving::<NotificationServiceServer<api::NotificationApi>>()

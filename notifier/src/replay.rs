@@ -47,11 +47,12 @@ pub async fn replay_dead_letters(
     channel: Channel,
 ) -> Result<ReplayReport, RunError> {
     let kafka_error = |source: KafkaError| RunError::Kafka {
-        brokers: config.kafka_brokers.clone(),
+        brokers: config.kafka.brokers.clone(),
         source: source.into(),
     };
+    config.kafka.check()?;
     let store = Store::new(ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?);
-    let dead_letters = DeadLetters::new(&config.kafka_brokers).map_err(kafka_error)?;
+    let dead_letters = DeadLetters::new(&config.kafka).map_err(kafka_error)?;
     let handler = Handler::new(
         config,
         channel,
@@ -63,14 +64,15 @@ pub async fn replay_dead_letters(
     );
     let topic = dead_letter::topic(&config.events_topic, channel);
     let group = format!("{}-replay", config.group(channel));
-    let consumer: StreamConsumer =
-        ordermesh::kafka::client_config(&config.kafka_brokers, "ordermesh-notifier-replay")
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .map_err(kafka_error)?;
+    let consumer: StreamConsumer = config
+        .kafka
+        .client_config("ordermesh-notifier-replay")
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(kafka_error)?;
 
     // Where each partition starts (the group's committed offset, else the beginning) and where it
     // ends now. Partitions are assigned directly: no group join to wait for, commits still count.
@@ -88,7 +90,7 @@ pub async fn replay_dead_letters(
     })
     .await
     .map_err(|e| RunError::Kafka {
-        brokers: config.kafka_brokers.clone(),
+        brokers: config.kafka.brokers.clone(),
         source: ordermesh::kafka::BrokerError::Task(e.to_string()),
     })?
     .map_err(kafka_error)?;

@@ -158,7 +158,10 @@ impl Store {
 
     /// Deletes PENDING claims that were never acted on (a stop in the middle of a batch), so the
     /// messages are claimed afresh when they are read again.
-    pub(crate) async fn release_claims(&self, notification_ids: &[String]) -> Result<(), sqlx::Error> {
+    pub(crate) async fn release_claims(
+        &self,
+        notification_ids: &[String],
+    ) -> Result<(), sqlx::Error> {
         for chunk in notification_ids.chunks(IDS_PER_STATEMENT) {
             let mut delete = QueryBuilder::<Sqlite>::new(
                 "DELETE FROM notifications WHERE status = 'PENDING' AND notification_id IN (",

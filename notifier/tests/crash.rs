@@ -212,6 +212,11 @@ async fn killed_mid_backlog_notifies_each_event_once_after_restart_tansu() -> Re
         return Ok(());
     };
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
-    ordermesh::kafka::ensure_topics(&tansu.addr.to_string(), &[topic.as_str()], 3).await?;
+    ordermesh::kafka::ensure_topics(
+        &ordermesh::kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
+        &[topic.as_str()],
+        3,
+    )
+    .await?;
     scenario(dir, Broker::Tansu(Box::new(tansu)), &topic).await
 }

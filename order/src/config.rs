@@ -89,9 +89,9 @@ pub struct Config {
     #[arg(long, env = "ORDER_BREAKER_HALF_OPEN_PROBES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub breaker_half_open_probes: u32,
 
-    /// Kafka bootstrap servers (comma-separated host:port).
-    #[arg(long, env = "KAFKA_BROKERS", default_value = ordermesh::kafka::DEFAULT_EMBEDDED_ADDR)]
-    pub kafka_brokers: String,
+    /// The brokers, and TLS and SASL for a secured cluster (KAFKA_* settings).
+    #[command(flatten)]
+    pub kafka: ordermesh::kafka::KafkaSettings,
 
     /// Topic OrderPlaced events are published to.
     #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC)]

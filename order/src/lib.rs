@@ -15,7 +15,7 @@ pub mod publisher;
 mod relay;
 mod request_lock;
 mod store;
-mod validate;
+pub mod validate;
 
 use std::future::Future;
 
@@ -57,13 +57,24 @@ pub enum RunError {
     Tls(#[from] ordermesh::tls::TlsError),
     #[error(transparent)]
     Auth(#[from] ordermesh::auth::AuthError),
+    #[error(transparent)]
+    KafkaSettings(#[from] kafka::KafkaSettingsError),
 }
 
 /// The scope each OrderService method needs.
 const AUTH_RULES: &[(&str, &str)] = &[
-    ("/ordermesh.order.v1.OrderService/CreateOrder", auth::ORDERS_WRITE),
-    ("/ordermesh.order.v1.OrderService/GetOrder", auth::ORDERS_READ),
-    ("/ordermesh.order.v1.OrderService/ListOrders", auth::ORDERS_READ),
+    (
+        "/ordermesh.order.v1.OrderService/CreateOrder",
+        auth::ORDERS_WRITE,
+    ),
+    (
+        "/ordermesh.order.v1.OrderService/GetOrder",
+        auth::ORDERS_READ,
+    ),
+    (
+        "/ordermesh.order.v1.OrderService/ListOrders",
+        auth::ORDERS_READ,
+    ),
 ];
 
 /// The health entry of the payment dependency, as the order service sees it: SERVING while the
@@ -107,20 +118,21 @@ pub async fn run(
             config.breaker_min_calls, config.breaker_window
         )));
     }
+    config.kafka.check()?;
     let payments = payment_client::PaymentClient::new(&config.payment_client(), metrics.meter())?;
     let kafka_error = |source| RunError::Kafka {
-        brokers: config.kafka_brokers.clone(),
+        brokers: config.kafka.brokers.clone(),
         source,
     };
     // The broker may be down now: orders are still taken (their events wait in the outbox), and the
     // topic is made sure of as soon as the broker answers.
     let topics = kafka::ensure_topics_in_background(
-        config.kafka_brokers.clone(),
+        config.kafka.clone(),
         vec![config.events_topic.clone()],
         kafka::DEFAULT_PARTITIONS,
     );
     let publisher = publisher::EventPublisher::new(
-        &config.kafka_brokers,
+        &config.kafka,
         &config.events_topic,
         config.publish_timeout(),
         metrics.meter(),
@@ -152,9 +164,10 @@ pub async fn run(
         .map(|secret| AuthKey::new("ORDER_AUTH_KEY", secret))
         .transpose()?;
     ordermesh::auth::warn_if_open("order", &listener, key.is_some(), "ORDER_AUTH_KEY");
-    let router = router.add_service(AuthLayer::new(key, AUTH_RULES).layer(
-        OrderServiceServer::new(api).max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
-    ));
+    let router = router
+        .add_service(AuthLayer::new(key, AUTH_RULES).layer(
+            OrderServiceServer::new(api).max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
+        ));
     // Ready: database migrated. Payment is reached lazily per call, so its
     // absence shows as UNAVAILABLE answers, not as this service being down.
     health

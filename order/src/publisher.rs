@@ -7,7 +7,7 @@ use opentelemetry::{
     KeyValue,
     metrics::{Counter, Meter},
 };
-use ordermesh::{events::CloudEventHeaders, trace_context};
+use ordermesh::{events::CloudEventHeaders, kafka::KafkaSettings, trace_context};
 use rdkafka::{
     error::KafkaError,
     message::{Header, OwnedHeaders},
@@ -43,12 +43,13 @@ impl EventPublisher {
     /// A producer for `topic`. `ack_timeout` bounds each publish, retries included. Publishes are
     /// counted in `messaging.client.sent.messages` (with `error.type` when not acknowledged).
     pub fn new(
-        brokers: &str,
+        kafka: &KafkaSettings,
         topic: &str,
         ack_timeout: Duration,
         meter: &Meter,
     ) -> Result<Self, KafkaError> {
-        let producer = ordermesh::kafka::client_config(brokers, "ordermesh-order")
+        let producer = kafka
+            .client_config("ordermesh-order")
             // The broker deduplicates the producer's own retries, so a network blip cannot write an
             // event twice or reorder one order's events.
             .set("enable.idempotence", "true")

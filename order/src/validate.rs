@@ -1,5 +1,8 @@
 //! CreateOrder validation: every field checked, every violation reported at once, and the total
 //! computed without overflow. A request that passes is complete; one that fails changes nothing.
+//!
+//! Public so the `create_order_validation` fuzz target (`fuzz/`) and the property tests
+//! (`tests/validation_props.rs`) can run it alone, as the handler runs it before anything is stored.
 
 use ordermesh::proto::{
     order::v1::{CreateOrderRequest, Customer, LineItem},
@@ -9,29 +12,31 @@ use sha2::{Digest, Sha256};
 use tonic_types::FieldViolation;
 
 /// Longest request_id or payment method token.
-pub(crate) const MAX_ID_LEN: usize = 128;
+pub const MAX_ID_LEN: usize = 128;
 /// Most line items in one order.
-pub(crate) const MAX_ITEMS: usize = 100;
+pub const MAX_ITEMS: usize = 100;
 /// Longest SKU.
-pub(crate) const MAX_SKU_LEN: usize = 64;
+pub const MAX_SKU_LEN: usize = 64;
 /// Most units of one line item.
-pub(crate) const MAX_QUANTITY: i32 = 10_000;
+pub const MAX_QUANTITY: i32 = 10_000;
 /// Largest order total in minor units; the payment service refuses larger charges.
-pub(crate) const MAX_TOTAL: i64 = 1_000_000_000_000;
+pub const MAX_TOTAL: i64 = 1_000_000_000_000;
 
 /// A request that passed validation.
 #[derive(Debug, Clone)]
-pub(crate) struct ValidOrder {
-    pub(crate) request_id: String,
-    pub(crate) customer: Customer,
-    pub(crate) items: Vec<LineItem>,
-    pub(crate) total: Money,
-    pub(crate) payment_method_token: String,
+pub struct ValidOrder {
+    pub request_id: String,
+    pub customer: Customer,
+    pub items: Vec<LineItem>,
+    pub total: Money,
+    pub payment_method_token: String,
     /// What makes two requests with one request_id "the same request".
-    pub(crate) fingerprint: String,
+    pub fingerprint: String,
 }
 
-pub(crate) fn create_order(req: &CreateOrderRequest) -> Result<ValidOrder, Vec<FieldViolation>> {
+/// Checks `req`: the order to store, or every violation (refused as INVALID_ARGUMENT through
+/// [`crate::OrderError::Invalid`]).
+pub fn create_order(req: &CreateOrderRequest) -> Result<ValidOrder, Vec<FieldViolation>> {
     let mut v = Violations::default();
 
     if req.request_id.is_empty() {
@@ -147,14 +152,15 @@ fn check_items(items: &[LineItem], v: &mut Violations) -> Option<Money> {
                 at("unit_price.currency_code"),
                 format!(
                     "unknown currency {:?}; use an ISO 4217 code such as USD",
-                    price.currency_code
+                    echo(&price.currency_code)
                 ),
             );
         } else if price.currency_code != currency {
             v.add(
                 at("unit_price.currency_code"),
                 format!(
-                    "all items must be in one currency: items[0] is {currency}, this is {}",
+                    "all items must be in one currency: items[0] is {}, this is {}",
+                    echo(currency),
                     price.currency_code
                 ),
             );
@@ -187,6 +193,17 @@ fn check_items(items: &[LineItem], v: &mut Violations) -> Option<Money> {
             }
             None
         }
+    }
+}
+
+/// At most the first 8 characters of `value`, for a message that quotes what was sent: the refusal
+/// goes back in response headers, which gRPC clients cap (tonic at 16 KiB), so quoting a long value
+/// whole would turn INVALID_ARGUMENT into a protocol error the client cannot read.
+fn echo(value: &str) -> String {
+    const MAX_CHARS: usize = 8;
+    match value.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_owned(),
     }
 }
 
@@ -311,6 +328,21 @@ mod tests {
             fields,
             ["request_id", "customer.phone", "items[0].quantity"]
         );
+    }
+
+    #[test]
+    fn quoted_values_are_cut_short() {
+        let mut req = valid();
+        req.items[0].unit_price.as_mut().unwrap().currency_code = "X".repeat(10_000);
+        let violations = create_order(&req).unwrap_err();
+        assert_eq!(violations[0].field, "items[0].unit_price.currency_code");
+        assert!(
+            violations[0].description.len() < 100,
+            "{}",
+            violations[0].description
+        );
+        assert_eq!(echo("USD"), "USD");
+        assert_eq!(echo("é😀é😀é😀é😀é"), "é😀é😀é😀é😀…");
     }
 
     #[test]

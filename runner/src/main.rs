@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use ordermesh::{
     kafka,
@@ -145,6 +145,13 @@ async fn main() -> anyhow::Result<()> {
     let (brokers, embedded) = match cli.kafka_brokers.clone() {
         Some(brokers) => (brokers, None),
         None => {
+            // Silently dropping TLS or SASL the user asked for would be worse than refusing.
+            if order.kafka.security_protocol != kafka::SecurityProtocol::Plaintext {
+                bail!(
+                    "KAFKA_SECURITY_PROTOCOL is set, but the embedded broker speaks plaintext only: \
+                     set KAFKA_BROKERS to a secured cluster, or unset KAFKA_SECURITY_PROTOCOL"
+                );
+            }
             // The mock cluster cannot create topics on request, so every topic is made here.
             let mut topics = vec![order.events_topic.clone()];
             topics.extend(Channel::ALL.map(|c| dead_letter::topic(&order.events_topic, c)));
@@ -158,8 +165,8 @@ async fn main() -> anyhow::Result<()> {
             (broker.bootstrap_servers(), Some(broker))
         }
     };
-    order.kafka_brokers = brokers.clone();
-    notifier.kafka_brokers = brokers.clone();
+    order.kafka.brokers = brokers.clone();
+    notifier.kafka.brokers = brokers.clone();
 
     let stop = CancellationToken::new();
     let mut services = JoinSet::new();

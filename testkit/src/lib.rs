@@ -270,8 +270,12 @@ impl Broker {
         match self {
             Broker::Embedded(broker) => Ok(broker.create_topic(topic, partitions)?),
             Broker::Tansu(tansu) => {
-                ordermesh::kafka::ensure_topics(&tansu.addr.to_string(), &[topic], partitions)
-                    .await?;
+                ordermesh::kafka::ensure_topics(
+                    &ordermesh::kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
+                    &[topic],
+                    partitions,
+                )
+                .await?;
                 Ok(())
             }
         }
@@ -352,6 +356,17 @@ pub struct Tansu {
     dir: PathBuf,
     log: PathBuf,
     process: Option<Process>,
+    /// Set by [`Tansu::require_authentication`].
+    secured: Option<Secured>,
+}
+
+/// How a tansu that requires authentication is started and reached.
+#[derive(Debug)]
+struct Secured {
+    /// The address it advertises in metadata instead of its own (a TLS terminator's).
+    advertised: SocketAddr,
+    /// The settings a client that may talk to it uses: the readiness check uses them too.
+    client: ordermesh::kafka::KafkaSettings,
 }
 
 impl Tansu {
@@ -366,6 +381,7 @@ impl Tansu {
             program,
             dir: dir.to_owned(),
             // ORDERMESH_TANSU_LOG_DIR keeps the broker's log where a failed test cannot remove it.
+            secured: None,
             log: std::env::var_os("ORDERMESH_TANSU_LOG_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| dir.to_owned())
@@ -382,16 +398,27 @@ impl Tansu {
             bail!("tansu already running");
         }
         let listener = format!("tcp://{}", self.addr);
-        let args = vec![
+        let advertised = match &self.secured {
+            Some(secured) => format!("tcp://{}", secured.advertised),
+            None => listener.clone(),
+        };
+        let mut args = vec![
             "broker".to_owned(),
             "--listener-url".to_owned(),
-            listener.clone(),
-            "--advertised-listener-url".to_owned(),
             listener,
+            "--advertised-listener-url".to_owned(),
+            advertised,
             // tansu reads the file part of a sqlite:// URL relative to its working directory.
             "--storage-engine".to_owned(),
             format!("sqlite://{STORAGE_FILE}"),
         ];
+        if self.secured.is_some() {
+            args.push("--authentication".to_owned());
+        }
+        let client = match &self.secured {
+            Some(secured) => secured.client.clone(),
+            None => ordermesh::kafka::KafkaSettings::plaintext(self.addr.to_string()),
+        };
         let mut process = Process::spawn_in(
             &self.dir,
             "tansu",
@@ -400,22 +427,24 @@ impl Tansu {
             &[],
             self.log.clone(),
         )?;
-        let brokers = self.addr.to_string();
         process
-            .wait_for(&format!("answering Kafka metadata at {brokers}"), || {
-                let brokers = brokers.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || {
-                        let consumer: Result<BaseConsumer, _> = ClientConfig::new()
-                            .set("bootstrap.servers", &brokers)
-                            .create();
-                        consumer
-                            .is_ok_and(|c| c.fetch_metadata(None, Duration::from_secs(2)).is_ok())
-                    })
-                    .await
-                    .unwrap_or(false)
-                }
-            })
+            .wait_for(
+                &format!("answering Kafka metadata at {}", client.brokers),
+                || {
+                    let client = client.clone();
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            let consumer: Result<BaseConsumer, _> =
+                                client.client_config("tansu-ready").create();
+                            consumer.is_ok_and(|c| {
+                                c.fetch_metadata(None, Duration::from_secs(2)).is_ok()
+                            })
+                        })
+                        .await
+                        .unwrap_or(false)
+                    }
+                },
+            )
             .await?;
         self.process = Some(process);
         Ok(())
@@ -429,7 +458,93 @@ impl Tansu {
         process.terminate().await
     }
 
+    /// Adds a SCRAM-SHA-512 user with `tansu user create` (over the Kafka protocol, so before
+    /// [`Tansu::require_authentication`]: tansu then refuses anyone not yet authenticated).
+    pub async fn create_scram_user(&self, name: &str, password: &str) -> Result<()> {
+        let status = Command::new(&self.program)
+            .args(["user", "create", "--mechanism", "scram512", "--broker"])
+            .arg(format!("tcp://{}", self.addr))
+            .args([name, password])
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("tansu user create {name}: {status}");
+        }
+        Ok(())
+    }
+
+    /// Restarts tansu with `--authentication` (SASL required before any other request),
+    /// advertising `advertised` instead of its own address; `client` are settings that work
+    /// against it, for the readiness check.
+    pub async fn require_authentication(
+        &mut self,
+        advertised: SocketAddr,
+        client: ordermesh::kafka::KafkaSettings,
+    ) -> Result<()> {
+        self.stop().await?;
+        self.secured = Some(Secured { advertised, client });
+        self.start().await
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A TLS terminator in front of a plaintext Kafka listener, as a load balancer or a sidecar
+/// terminates TLS for a broker: it accepts TLS on loopback with the given certificate and copies
+/// bytes both ways to `upstream`. tansu 0.6 accepts `--cert`/`--key` but does not serve TLS yet, so
+/// this is how the tests put a TLS-only broker address in front of it. The broker must advertise
+/// [`TlsTerminator::addr`], so that clients come back through TLS after the bootstrap.
+#[derive(Debug)]
+pub struct TlsTerminator {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsTerminator {
+    /// Listens on a free loopback port; connections are forwarded to `upstream` from then on.
+    pub async fn start(cert: &Path, key: &Path, upstream: SocketAddr) -> Result<Self> {
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        use tokio_rustls::rustls;
+
+        let chain = CertificateDer::pem_file_iter(cert)
+            .with_context(|| format!("{}", cert.display()))?
+            .collect::<Result<Vec<_>, _>>()?;
+        let key =
+            PrivateKeyDer::from_pem_file(key).with_context(|| format!("{}", key.display()))?;
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A failed handshake (a plaintext client, a client that does not trust the
+                    // certificate) just drops the connection, as a real terminator would.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut broker) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+impl Drop for TlsTerminator {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

@@ -68,14 +68,21 @@ async fn the_public_apis_need_a_valid_token_with_the_methods_scope() -> Result<(
             &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
         )?
     };
-    let forged = key("another-key-0123456789abcdef0123456789abcdef")
-        .issue("test", &[ORDERS_WRITE], Duration::from_secs(60))?;
+    let forged = key("another-key-0123456789abcdef0123456789abcdef").issue(
+        "test",
+        &[ORDERS_WRITE],
+        Duration::from_secs(60),
+    )?;
     let read_only = token(&[ORDERS_READ]);
     for (case, token, code) in [
         ("no token", None, Code::Unauthenticated),
         ("expired", Some(expired.as_str()), Code::Unauthenticated),
         ("another key", Some(forged.as_str()), Code::Unauthenticated),
-        ("read-only", Some(read_only.as_str()), Code::PermissionDenied),
+        (
+            "read-only",
+            Some(read_only.as_str()),
+            Code::PermissionDenied,
+        ),
     ] {
         let refused = orders
             .create_order(create(&format!("auth-{case}"), token))

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use ordermesh::proto::{
     notification::v1::{
         ListNotificationsRequest, Notification,
@@ -292,6 +292,10 @@ pub struct TestMesh {
     payment_config: fn(&mut ordermesh_payment::Config),
     /// Changes to the notifier's settings, applied at each (re)start: where to send, retry timing.
     pub notifier_settings: Arc<dyn Fn(&mut ordermesh_notifier::Config) + Send + Sync>,
+    /// The Kafka settings the services use.
+    pub kafka: ordermesh::kafka::KafkaSettings,
+    /// The TLS terminator in front of tansu, with `secured_kafka`.
+    pub secured_kafka: Option<SecuredKafka>,
     _watchdog: Watchdog,
     // Declared last so that, if a test fails early, it is dropped after everything above.
     pub dir: TempDir,
@@ -310,6 +314,9 @@ pub struct MeshOptions {
     pub payment_config: fn(&mut ordermesh_payment::Config),
     /// Run against tansu instead of the embedded broker (see [`spawn_mesh_on_tansu`]).
     pub tansu: bool,
+    /// With `tansu`: tansu requires SASL/SCRAM and is reached only through TLS (see
+    /// [`SecuredKafka`]); the services get the KAFKA_* settings for it.
+    pub secured_kafka: bool,
 }
 
 impl Default for MeshOptions {
@@ -320,6 +327,7 @@ impl Default for MeshOptions {
             order: |_| {},
             payment_config: |_| {},
             tansu: false,
+            secured_kafka: false,
         }
     }
 }
@@ -362,17 +370,34 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
         Channel::ALL.map(|c| ordermesh_notifier::dead_letter::topic(&topic, c));
     let topics = [&topic, &dead_letter_topics[0], &dead_letter_topics[1]].map(String::as_str);
     let dir = tempfile::tempdir()?;
+    ensure!(
+        options.tansu || !options.secured_kafka,
+        "secured_kafka needs tansu: use spawn_mesh_on_tansu"
+    );
+    let mut secured_kafka = None;
     let broker = if options.tansu {
-        let Some(tansu) = Tansu::start_in(dir.path()).await? else {
+        let Some(mut tansu) = Tansu::start_in(dir.path()).await? else {
             return Ok(None);
         };
         // The services would create them too; created here so the test can read them at once.
-        ordermesh::kafka::ensure_topics(&tansu.addr.to_string(), &topics, 3).await?;
+        ordermesh::kafka::ensure_topics(
+            &ordermesh::kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
+            &topics,
+            3,
+        )
+        .await?;
+        if options.secured_kafka {
+            secured_kafka = Some(SecuredKafka::start(&dir, &mut tansu).await?);
+        }
         Broker::Tansu(Box::new(tansu))
     } else {
         Broker::embedded(&topics, 3)?
     };
     eprintln!("broker: {}", broker.name());
+    let kafka = match &secured_kafka {
+        Some(secured) => secured.settings.clone(),
+        None => ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+    };
 
     // Without a payment service, order points at an address nobody listens on (yet).
     let (payment, payment_addr) = if options.payment {
@@ -386,7 +411,7 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
         database_url: sqlite_url(&dir, "order"),
         payment_url: format!("http://{payment_addr}"),
         payment_timeout_ms: 2_000,
-        kafka_brokers: broker.bootstrap_servers(),
+        kafka: kafka.clone(),
         events_topic: topic.clone(),
         drain_grace_ms: 2_000,
         ..ordermesh_order::Config::from_env()?
@@ -408,6 +433,8 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
         sms_group: format!("notifier-sms-{suffix}"),
         payment_config: options.payment_config,
         notifier_settings: Arc::new(|_| {}),
+        kafka,
+        secured_kafka,
         _watchdog: watchdog,
     };
     if options.notifier {
@@ -510,7 +537,7 @@ impl TestMesh {
     pub fn notifier_config(&self) -> Result<ordermesh_notifier::Config> {
         let mut config = ordermesh_notifier::Config {
             database_url: sqlite_url(&self.dir, "notifier"),
-            kafka_brokers: self.broker.bootstrap_servers(),
+            kafka: self.kafka.clone(),
             events_topic: self.topic.clone(),
             channels: vec![Channel::Email, Channel::Sms],
             email_group: self.email_group.clone(),
@@ -670,8 +697,7 @@ impl TestMesh {
 
     /// How many messages the topic holds (sum of high watermarks; nothing is ever deleted here).
     pub async fn event_count(&self) -> Result<i64> {
-        let consumer: BaseConsumer =
-            fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
+        let consumer: BaseConsumer = fresh_consumer_config(&self.kafka).create()?;
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             let mut total = 0;
@@ -692,8 +718,7 @@ impl TestMesh {
 
     /// Reads `count` messages from the start of `topic` with a brand-new consumer.
     pub async fn read_topic(&self, topic: &str, count: usize) -> Result<Vec<OwnedMessage>> {
-        let consumer: StreamConsumer =
-            fresh_consumer_config(&self.broker.bootstrap_servers()).create()?;
+        let consumer: StreamConsumer = fresh_consumer_config(&self.kafka).create()?;
         consumer.subscribe(&[topic])?;
         let mut out = Vec::new();
         let mut last_error = None;
@@ -718,10 +743,10 @@ impl TestMesh {
     }
 }
 
-fn fresh_consumer_config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+/// A reader in a group of its own, with the settings the services use (TLS and SASL included).
+fn fresh_consumer_config(kafka: &ordermesh::kafka::KafkaSettings) -> ClientConfig {
+    let mut config = kafka.client_config("test-reader");
     config
-        .set("bootstrap.servers", brokers)
         .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false");
@@ -761,4 +786,51 @@ pub fn header(message: &OwnedMessage, key: &str) -> Option<String> {
         .find(|h| h.key == key)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// tansu made to require SASL/SCRAM-SHA-512 (user [`SecuredKafka::USER`]) and put behind a TLS
+/// terminator with a development CA's `kafka` certificate; tansu advertises the terminator, so
+/// every connection after the bootstrap is TLS too. `settings` are what the services get.
+#[derive(Debug)]
+pub struct SecuredKafka {
+    pub settings: ordermesh::kafka::KafkaSettings,
+    /// The development CA and certificates (`ca.pem`, `outsider.pem` from another CA, ...).
+    pub certs: std::path::PathBuf,
+    /// Kept for as long as the mesh runs: dropping it closes the TLS port.
+    _terminator: ordermesh_testkit::TlsTerminator,
+}
+
+impl SecuredKafka {
+    pub const USER: &str = "ordermesh";
+    pub const PASSWORD: &str = "correct horse battery staple";
+
+    async fn start(dir: &TempDir, tansu: &mut Tansu) -> Result<Self> {
+        let certs = dir.path().join("certs");
+        ordermesh::tls::write_dev_certs(&certs)?;
+        // Users are created over the Kafka protocol, so before authentication is required.
+        tansu.create_scram_user(Self::USER, Self::PASSWORD).await?;
+        let terminator = ordermesh_testkit::TlsTerminator::start(
+            &certs.join("kafka.pem"),
+            &certs.join("kafka.key"),
+            tansu.addr,
+        )
+        .await?;
+        let settings = ordermesh::kafka::KafkaSettings {
+            brokers: terminator.addr.to_string(),
+            security_protocol: ordermesh::kafka::SecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(ordermesh::kafka::SaslMechanism::ScramSha512),
+            sasl_username: Some(Self::USER.into()),
+            sasl_password: Some(Self::PASSWORD.into()),
+            ssl_ca: Some(certs.join("ca.pem")),
+            ..ordermesh::kafka::KafkaSettings::plaintext("")
+        };
+        tansu
+            .require_authentication(terminator.addr, settings.clone())
+            .await?;
+        Ok(Self {
+            settings,
+            certs,
+            _terminator: terminator,
+        })
+    }
 }

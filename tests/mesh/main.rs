@@ -15,6 +15,7 @@ mod delivery;
 mod failures;
 mod happy_path;
 mod idempotency;
+mod kafka_security;
 mod limits;
 mod metrics;
 mod notifier_recovery;

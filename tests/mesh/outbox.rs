@@ -48,6 +48,7 @@ const WAIT_FOR_BROKER: MeshOptions = MeshOptions {
     order: |config| config.publish_timeout_ms = 1_000,
     payment_config: |_| {},
     tansu: false,
+    secured_kafka: false,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,7 +91,10 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
     // A plaintext client, a client without a certificate, and a client whose certificate comes
     // from another CA (though it claims to be order) do not get past the handshake.
     assert!(!health_answers(plain).await, "plaintext against a TLS port");
-    assert!(!health_answers(tls_as(None, "ca.pem")?).await, "no client certificate");
+    assert!(
+        !health_answers(tls_as(None, "ca.pem")?).await,
+        "no client certificate"
+    );
     assert!(
         !health_answers(tls_as(Some("outsider"), "ca.pem")?).await,
         "a certificate from another CA"
@@ -113,7 +116,11 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
         refused.message()
     );
     let as_order = PaymentServiceClient::new(tls_as(Some("order"), "ca.pem")?.connect().await?);
-    let first = as_order.clone().charge(charge("tls-refused")).await?.into_inner();
+    let first = as_order
+        .clone()
+        .charge(charge("tls-refused"))
+        .await?
+        .into_inner();
     assert_eq!(
         first.payment_id,
         as_order
@@ -137,7 +144,7 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
         payment_tls_key: file("order.key"),
         tls_cert: file("order.pem"),
         tls_key: file("order.key"),
-        kafka_brokers: broker.bootstrap_servers(),
+        kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
         events_topic: topic,
         drain_grace_ms: 2_000,
         ..ordermesh_order::Config::from_env()?
@@ -158,7 +165,11 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
         .create_order(order_request("tls-1", "tok_visa"))
         .await?
         .into_inner();
-    assert_eq!(placed.status(), OrderStatus::Paid, "paid through mutual TLS");
+    assert_eq!(
+        placed.status(),
+        OrderStatus::Paid,
+        "paid through mutual TLS"
+    );
     let stored = orders
         .get_order(GetOrderRequest {
             order_id: placed.order_id.clone(),
