@@ -39,6 +39,14 @@ pub type Router = tonic::transport::server::Router<
 /// from its length prefix, before reading it.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
+/// The request compression every API service accepts (each sets it on its generated server):
+/// gzip, which grpcurl, grpc-go and grpc-java clients can send. [`MAX_REQUEST_BYTES`] also bounds
+/// the decompressed message: tonic inflates into a buffer limited to it and refuses the rest with
+/// RESOURCE_EXHAUSTED, so a small frame that inflates to gigabytes (a compression bomb) costs at
+/// most 64 KiB. Other encodings are refused with UNIMPLEMENTED.
+pub const ACCEPTED_COMPRESSION: tonic::codec::CompressionEncoding =
+    tonic::codec::CompressionEncoding::Gzip;
+
 /// Concurrent HTTP/2 streams (calls) one connection may have open; more wait for the client's
 /// flow control, so one connection cannot take the whole server.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;

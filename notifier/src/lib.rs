@@ -159,7 +159,8 @@ pub async fn run_with_stats(
     let router = router.add_service(
         AuthLayer::new(key, AUTH_RULES).layer(
             NotificationServiceServer::new(api::NotificationApi::new(store))
-                .max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
+                .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
+                .accept_compressed(grpc::ACCEPTED_COMPRESSION),
         ),
     );
     health

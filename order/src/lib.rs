@@ -164,10 +164,13 @@ pub async fn run(
         .map(|secret| AuthKey::new("ORDER_AUTH_KEY", secret))
         .transpose()?;
     ordermesh::auth::warn_if_open("order", &listener, key.is_some(), "ORDER_AUTH_KEY");
-    let router = router
-        .add_service(AuthLayer::new(key, AUTH_RULES).layer(
-            OrderServiceServer::new(api).max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
-        ));
+    let router = router.add_service(
+        AuthLayer::new(key, AUTH_RULES).layer(
+            OrderServiceServer::new(api)
+                .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
+                .accept_compressed(grpc::ACCEPTED_COMPRESSION),
+        ),
+    );
     // Ready: database migrated. Payment is reached lazily per call, so its
     // absence shows as UNAVAILABLE answers, not as this service being down.
     health

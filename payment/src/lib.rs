@@ -69,7 +69,9 @@ pub async fn run(
         AllowClients::anyone("payment")
     };
     let router = router.add_service(InterceptedService::new(
-        PaymentServiceServer::new(api).max_decoding_message_size(grpc::MAX_REQUEST_BYTES),
+        PaymentServiceServer::new(api)
+            .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
+            .accept_compressed(grpc::ACCEPTED_COMPRESSION),
         callers,
     ));
     // Ready: the database is open and migrated, so every call can be answered.
