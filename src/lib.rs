@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod money;
 pub mod oversize;
 pub mod paging;
+pub mod pii;
 pub mod proto;
 pub mod rpc_telemetry;
 pub mod service;

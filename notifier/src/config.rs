@@ -56,8 +56,9 @@ pub struct Config {
     pub fetch_wait_max_ms: u64,
 
     /// SMTP server for email, e.g. `smtp://mail.internal:25`, `smtps://user:pass@smtp.example.com`
-    /// or `smtp://host:587?tls=required`. Unset: emails are recorded and logged, not sent.
-    #[arg(long, env = "NOTIFIER_SMTP_URL")]
+    /// or `smtp://host:587?tls=required`. Unset: emails are recorded and logged, not sent. It may
+    /// carry a password, so `--help` does not show its value and errors hide the password.
+    #[arg(long, env = "NOTIFIER_SMTP_URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
 
     /// Sender of the emails.
@@ -75,7 +76,7 @@ pub struct Config {
 
     /// Bearer token for the SMS gateway, if it wants one.
     #[arg(long, env = "NOTIFIER_SMS_WEBHOOK_TOKEN", hide_env_values = true)]
-    pub sms_webhook_token: Option<String>,
+    pub sms_webhook_token: Option<Secret>,
 
     /// Time limit of one send (connect included), in milliseconds.
     #[arg(long, env = "NOTIFIER_SEND_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]

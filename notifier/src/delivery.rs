@@ -17,7 +17,7 @@ use lettre::{
     AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
     message::{Mailbox, header::ContentType},
 };
-use ordermesh::proto::events::v1::OrderPlaced;
+use ordermesh::{pii, proto::events::v1::OrderPlaced};
 use tracing::Instrument;
 
 use crate::{channel::Channel, config::Config};
@@ -101,7 +101,7 @@ impl Sender {
                     Some(url) => {
                         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
                             .map_err(|e| DeliveryConfigError::SmtpUrl {
-                                url: url.to_owned(),
+                                url: pii::redact_url_password(url),
                                 reason: e.to_string(),
                             })?
                             // Bounds connecting and every SMTP command, not just the whole send.
@@ -137,7 +137,11 @@ impl Sender {
                         How::Webhook {
                             client,
                             url: parsed,
-                            token: config.sms_webhook_token.clone().filter(|t| !t.is_empty()),
+                            token: config
+                                .sms_webhook_token
+                                .as_ref()
+                                .map(|t| t.expose().to_owned())
+                                .filter(|t| !t.is_empty()),
                         }
                     }
                 },
@@ -173,7 +177,7 @@ impl Sender {
                 How::Log => {
                     tracing::info!(
                         channel = channel.as_str(),
-                        recipient,
+                        recipient = %masked(channel, recipient),
                         order_id = %event.order_id,
                         event_id = %event.event_id,
                         "notification recorded (no server configured): {text}"
@@ -239,6 +243,14 @@ fn message_text(event: &OrderPlaced) -> String {
     )
 }
 
+/// The recipient as logs may show it.
+fn masked(channel: Channel, recipient: &str) -> String {
+    match channel {
+        Channel::Email => pii::mask_email(recipient),
+        Channel::Sms => pii::mask_phone(recipient),
+    }
+}
+
 async fn send_email(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     from: &Mailbox,
@@ -248,7 +260,8 @@ async fn send_email(
 ) -> Result<(), SendError> {
     let to: Mailbox = recipient.parse().map_err(|e| {
         SendError::Permanent(format!(
-            "recipient {recipient:?} is not an email address: {e}"
+            "recipient {} is not an email address: {e}",
+            pii::mask_email(recipient)
         ))
     })?;
     let email = lettre::Message::builder()
@@ -263,11 +276,11 @@ async fn send_email(
     match transport.send(email).await {
         Ok(_) => Ok(()),
         // 5xx: the server will never take this message (unknown mailbox, policy).
-        Err(e) if e.is_permanent() => {
-            Err(SendError::Permanent(format!("SMTP server refused: {e}")))
-        }
+        Err(e) if e.is_permanent() => Err(SendError::Permanent(pii::redact(&format!(
+            "SMTP server refused: {e}"
+        )))),
         // 4xx, connection refused or reset, timeouts: worth another try.
-        Err(e) => Err(SendError::Transient(format!("SMTP: {e}"))),
+        Err(e) => Err(SendError::Transient(pii::redact(&format!("SMTP: {e}")))),
     }
 }
 
@@ -303,7 +316,8 @@ async fn send_sms(
     }
     let body = response.text().await.unwrap_or_default();
     let body: String = body.chars().take(200).collect();
-    let message = format!("SMS gateway answered {status}: {body}");
+    // Gateways often quote the number back: the message is logged and kept with the notification.
+    let message = pii::redact(&format!("SMS gateway answered {status}: {body}"));
     // Timeouts, "too early", rate limits and server errors pass; other 4xx mean this request is
     // wrong and will stay wrong.
     if status.is_server_error() || matches!(status.as_u16(), 408 | 425 | 429) {
@@ -315,6 +329,8 @@ async fn send_sms(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
     use ordermesh::proto::types::v1::Money;
     use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
@@ -365,6 +381,80 @@ mod tests {
         config.sms_webhook_token = Some("s3cret".into());
         let sender = Sender::new(Channel::Sms, &config).expect("sender");
         sender.send(Channel::Sms, "+14155550100", &event()).await
+    }
+
+    #[tokio::test]
+    async fn recipients_are_masked_in_log_lines_and_in_errors_quoting_them() {
+        // Log-only delivery writes a line per notification: the recipient is masked there.
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().expect("lock").extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let logged = {
+            let _guard = tracing::subscriber::set_default(subscriber);
+            let config = config();
+            for (channel, to) in [
+                (Channel::Email, "ada@example.com"),
+                (Channel::Sms, "+14155550100"),
+            ] {
+                let sender = Sender::new(channel, &config).expect("log-only sender");
+                sender.send(channel, to, &event()).await.expect("logged");
+            }
+            String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8")
+        };
+        assert!(
+            logged.contains("a**@example.com") && logged.contains("+*******0100"),
+            "{logged}"
+        );
+        assert!(
+            !logged.contains("ada@") && !logged.contains("4155550100"),
+            "{logged}"
+        );
+
+        // A gateway quoting the number back: the error (logged, and kept with the
+        // notification) has it masked.
+        let gateway = MockServer::start().await;
+        Mock::given(matchers::method("POST"))
+            .respond_with(
+                ResponseTemplate::new(422).set_body_string("+14155550100 is not a mobile number"),
+            )
+            .mount(&gateway)
+            .await;
+        let mut config = config();
+        config.sms_webhook_url = Some(format!("{}/sms", gateway.uri()));
+        let sender = Sender::new(Channel::Sms, &config).expect("sender");
+        let error = sender.send(Channel::Sms, "+14155550100", &event()).await;
+        assert_eq!(
+            error,
+            Err(SendError::Permanent(
+                "SMS gateway answered 422 Unprocessable Entity: +*******0100 is not a mobile number"
+                    .into()
+            ))
+        );
+
+        // A password in the SMTP URL setting is not repeated in the start-up error.
+        let mut config = self::config();
+        config.smtp_url = Some("smtps://user:hunter2@[not a host".into());
+        let error = Sender::new(Channel::Email, &config)
+            .err()
+            .expect("a bad URL")
+            .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
     }
 
     #[tokio::test]
