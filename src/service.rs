@@ -1,6 +1,6 @@
 //! What every service binary does the same way, so each `main.rs` only says what differs.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -108,10 +108,53 @@ pub async fn bind((addr, setting): Address<'_>) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr} ({setting})"))
 }
 
+/// The `healthcheck` subcommand's options, the same for every service.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct HealthcheckArgs {
+    /// For a service serving TLS: the CA its certificate chains to (PEM). The check then connects
+    /// over TLS to `localhost`, and, if the service requires client certificates, presents the
+    /// service's own certificate and key (`*_TLS_CERT`, `*_TLS_KEY`).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// The name the service's certificate carries, if not `localhost`.
+    #[arg(long)]
+    pub domain: Option<String>,
+}
+
+impl HealthcheckArgs {
+    /// Runs the check against the service on `listen_addr`; `own` is the service's certificate
+    /// and key when its server requires client certificates.
+    pub async fn run(
+        &self,
+        listen_addr: SocketAddr,
+        own: Option<(PathBuf, PathBuf)>,
+    ) -> anyhow::Result<()> {
+        let (cert, key) = own.unzip();
+        let tls = crate::tls::ClientTlsFiles {
+            prefix: "HEALTHCHECK",
+            ca: self.ca.clone(),
+            cert: self.ca.as_ref().and(cert),
+            key: self.ca.as_ref().and(key),
+            domain: Some(
+                self.domain
+                    .clone()
+                    .unwrap_or_else(|| "localhost".to_owned()),
+            ),
+        }
+        .load()?;
+        health_check(listen_addr, Duration::from_secs(3), tls).await
+    }
+}
+
 /// Asks the gRPC server listening on `listen_addr` whether it is SERVING (the standard health
-/// service, server-wide status), within `timeout`: what a container health check runs, so images
-/// need no grpcurl. A wildcard listen address (`0.0.0.0`, `::`) is reached on loopback.
-pub async fn health_check(listen_addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
+/// service, server-wide status), within `timeout`, over TLS if `tls` is given: what a container
+/// health check runs, so images need no grpcurl. A wildcard listen address (`0.0.0.0`, `::`) is
+/// reached on loopback.
+pub async fn health_check(
+    listen_addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<()> {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
@@ -123,14 +166,22 @@ pub async fn health_check(listen_addr: SocketAddr, timeout: Duration) -> anyhow:
         });
     }
     let check = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        let (scheme, hint) = match tls {
+            Some(_) => ("https", ""),
+            None => ("http", " (if it serves TLS, pass --ca)"),
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint
             .connect()
             .await
-            .with_context(|| format!("nothing answers on {addr}"))?;
+            .with_context(|| format!("nothing answers on {addr} over {scheme}{hint}"))?;
         let status = HealthClient::new(channel)
             .check(HealthCheckRequest::default())
             .await
-            .with_context(|| format!("health check of {addr} failed"))?
+            .with_context(|| format!("health check of {addr} failed{hint}"))?
             .into_inner()
             .status();
         anyhow::ensure!(
@@ -189,19 +240,21 @@ mod tests {
         // Listening on the wildcard address, checked on loopback.
         let wildcard: SocketAddr = format!("0.0.0.0:{port}").parse().expect("addr");
         let timeout = Duration::from_secs(5);
-        health_check(wildcard, timeout).await.expect("serving");
+        health_check(wildcard, timeout, None)
+            .await
+            .expect("serving");
 
         reporter
             .set_service_status("", ServingStatus::NotServing)
             .await;
-        let refused = health_check(wildcard, timeout)
+        let refused = health_check(wildcard, timeout, None)
             .await
             .expect_err("not serving");
         assert!(refused.to_string().contains("NOT_SERVING"), "{refused}");
 
         let _ = stop.send(());
         server.await.expect("joined").expect("served");
-        let gone = health_check(wildcard, timeout)
+        let gone = health_check(wildcard, timeout, None)
             .await
             .expect_err("nothing listens");
         assert!(format!("{gone:#}").contains("nothing answers"), "{gone:#}");

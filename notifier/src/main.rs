@@ -39,7 +39,7 @@ enum Command {
     },
     /// Exits 0 if the service on --listen-addr answers SERVING to a health check (what a container
     /// health check runs), 1 otherwise.
-    Healthcheck,
+    Healthcheck(ordermesh::service::HealthcheckArgs),
 }
 
 #[tokio::main]
@@ -52,9 +52,10 @@ async fn main() -> anyhow::Result<()> {
         config,
         command,
     } = Cli::parse();
-    if let Some(Command::Healthcheck) = command {
-        return ordermesh::service::health_check(listen_addr, std::time::Duration::from_secs(3))
-            .await;
+    if let Some(Command::Healthcheck(check)) = &command {
+        // A server that requires client certificates (payment with mutual TLS) gets its own.
+        let own = None;
+        return check.run(listen_addr, own).await;
     }
     if let Some(Command::ReplayDeadLetters { channel }) = command {
         let telemetry = ordermesh::telemetry::init(log_format, "notifier-replay")?;

@@ -52,3 +52,66 @@ async fn serves_then_exits_cleanly_on_sigterm() -> Result<()> {
     assert!(!is_serving(addr).await, "still serving after exit");
     Ok(())
 }
+
+/// What compose's health check runs against a payment serving mutual TLS: `payment healthcheck
+/// --ca` with the service's own settings passes; without the CA it cannot pass.
+#[tokio::test]
+async fn the_healthcheck_subcommand_speaks_mutual_tls() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let certs = dir.path().join("certs");
+    ordermesh::tls::write_dev_certs(&certs)?;
+    let addr = unused_addr().await?;
+    let path = |name: &str| certs.join(name).display().to_string();
+    let env = [
+        ("PAYMENT_LISTEN_ADDR", addr.to_string()),
+        ("PAYMENT_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        (
+            "PAYMENT_DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("payment.db").display()),
+        ),
+        ("PAYMENT_TLS_CERT", path("payment.pem")),
+        ("PAYMENT_TLS_KEY", path("payment.key")),
+        ("PAYMENT_TLS_CLIENT_CA", path("ca.pem")),
+    ];
+    let binary = Path::new(env!("CARGO_BIN_EXE_payment"));
+    let payment = Process::spawn("payment", binary, &[], &env, dir.path().join("payment.log"))?;
+    let check = |args: Vec<String>| {
+        let env = env.clone();
+        async move {
+            tokio::process::Command::new(binary)
+                .arg("healthcheck")
+                .args(args)
+                .envs(env)
+                .output()
+                .await
+        }
+    };
+    // The server needs a moment to start; the check with the CA is the readiness probe.
+    let mut healthy = None;
+    for _ in 0..100 {
+        let out = check(vec!["--ca".into(), path("ca.pem")]).await?;
+        if out.status.success() {
+            healthy = Some(out);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(
+        healthy.is_some(),
+        "healthcheck --ca never passed; payment's log:\n{}",
+        payment.log_text()
+    );
+    let plaintext = check(Vec::new()).await?;
+    anyhow::ensure!(
+        !plaintext.status.success(),
+        "a plaintext check of a TLS server passed"
+    );
+    let stderr = String::from_utf8_lossy(&plaintext.stderr);
+    anyhow::ensure!(stderr.contains("pass --ca"), "{stderr}");
+    let other_ca = check(vec!["--ca".into(), path("outsider.pem")]).await?;
+    anyhow::ensure!(
+        !other_ca.status.success(),
+        "a check trusting another CA passed"
+    );
+    payment.terminate().await
+}
