@@ -234,7 +234,7 @@ impl Interceptor for AllowClients {
 }
 
 /// The DNS names in a certificate's subject alternative names (none if it does not parse).
-fn certificate_names(der: &[u8]) -> Vec<String> {
+pub fn certificate_names(der: &[u8]) -> Vec<String> {
     let der = CertificateDer::from(der);
     match webpki::EndEntityCert::try_from(&der) {
         Ok(cert) => cert.valid_dns_names().map(str::to_owned).collect(),

@@ -113,10 +113,15 @@ fn compose_matches_the_code() -> Result<()> {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        assert_eq!(check, ["CMD", binary, "healthcheck"], "{name} health check");
+        assert_eq!(
+            check,
+            ["CMD", binary, "healthcheck", "--ca", "/certs/ca.pem"],
+            "{name} health check, over TLS"
+        );
         assert!(
-            read(&format!("{name}/src/main.rs"))?.contains("    Healthcheck,"),
-            "{binary} has a healthcheck subcommand"
+            read(&format!("{name}/src/main.rs"))?
+                .contains("    Healthcheck(ordermesh::service::HealthcheckArgs),"),
+            "{binary} has a healthcheck subcommand taking --ca"
         );
 
         let env = environment(service);
@@ -245,6 +250,131 @@ fn compose_matches_the_code() -> Result<()> {
     assert!(
         environment(&services["kafka"])["KAFKA_ADVERTISED_LISTENERS"].contains("127.0.0.1:9092")
     );
+    Ok(())
+}
+
+/// The compose deployment is the secure setup: TLS on every gRPC port from certificates the `certs`
+/// job makes with `ordermesh dev-certs`, mutual TLS from order to payment, tokens on both APIs.
+/// Checked against what the code writes and reads: the file names `write_dev_certs` produces, the
+/// names in the certificates, the settings' pairing rules.
+#[test]
+fn compose_serves_tls_mutual_tls_and_tokens_from_the_certs_job() -> Result<()> {
+    let compose: Value = serde_yaml::from_str(&read("compose.yaml")?)?;
+    let services = &compose["services"];
+    let certs = &services["certs"];
+    let dir = "/certs";
+
+    // The job runs the runner's dev-certs subcommand into a directory it shares with the host.
+    let script = certs["command"][0].as_str().context("certs command")?;
+    assert!(
+        script.contains(&format!("ordermesh dev-certs --dir {dir}")),
+        "{script}"
+    );
+    assert!(read("Dockerfile")?.contains("--bin ordermesh"));
+    assert!(read("runner/src/main.rs")?.contains("DevCerts {"));
+    assert_eq!(strings(&certs["volumes"]), [format!("./certs:{dir}")]);
+
+    // What the subcommand writes.
+    let written = tempfile::tempdir()?;
+    let files: Vec<String> = ordermesh::tls::write_dev_certs(written.path())?
+        .iter()
+        .filter_map(|p| Some(p.file_name()?.to_str()?.to_owned()))
+        .collect();
+    let names_in = |file: &str| -> Result<Vec<String>> {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        let der = CertificateDer::from_pem_file(written.path().join(file))?;
+        Ok(ordermesh::tls::certificate_names(&der))
+    };
+
+    for name in ["payment", "order", "notifier"] {
+        let service = &services[name];
+        let prefix = name.to_uppercase();
+        let env = environment(service);
+        assert_eq!(
+            service["depends_on"]["certs"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{name} starts once the certificates exist"
+        );
+        assert!(
+            strings(&service["volumes"]).contains(&format!("./certs:{dir}:ro").as_str()),
+            "{name} reads the certificates, read-only"
+        );
+        // Every file a setting names is one the job writes.
+        let mut paths: Vec<&str> = env
+            .values()
+            .map(String::as_str)
+            .filter(|v| v.starts_with(dir))
+            .collect();
+        paths.extend(
+            strings(&service["healthcheck"]["test"])
+                .into_iter()
+                .filter(|v| v.starts_with(dir)),
+        );
+        for path in paths {
+            let file = path.trim_start_matches(dir).trim_start_matches('/');
+            assert!(
+                files.iter().any(|f| f == file),
+                "{name}: {path} is not written by dev-certs ({files:?})"
+            );
+        }
+        // TLS on its own port, with its own certificate.
+        assert_eq!(
+            env.get(&format!("{prefix}_TLS_CERT")),
+            Some(&format!("{dir}/{name}.pem"))
+        );
+        assert_eq!(
+            env.get(&format!("{prefix}_TLS_KEY")),
+            Some(&format!("{dir}/{name}.key"))
+        );
+    }
+
+    // Payment: mutual TLS, charging for order only.
+    let payment = environment(&services["payment"]);
+    assert_eq!(payment["PAYMENT_TLS_CLIENT_CA"], format!("{dir}/ca.pem"));
+    let allowed: Vec<&str> = payment["PAYMENT_ALLOWED_CLIENTS"].split(',').collect();
+    assert_eq!(allowed, ["order"]);
+
+    // Order reaches payment over TLS by a name payment's certificate carries, presenting a
+    // certificate that names a client payment allows.
+    let order = environment(&services["order"]);
+    let url = &order["ORDER_PAYMENT_URL"];
+    let (host, port) = url
+        .strip_prefix("https://")
+        .and_then(|rest| rest.split_once(':'))
+        .with_context(|| format!("ORDER_PAYMENT_URL {url} is https://host:port"))?;
+    assert!(services[host].is_mapping(), "{host} is a compose service");
+    assert!(
+        payment["PAYMENT_LISTEN_ADDR"].ends_with(&format!(":{port}")),
+        "payment listens on {port}"
+    );
+    assert!(
+        !order.contains_key("ORDER_PAYMENT_TLS_DOMAIN"),
+        "the URL's host is the name checked"
+    );
+    assert!(
+        names_in("payment.pem")?.contains(&host.to_owned()),
+        "payment's certificate names {host}"
+    );
+    assert_eq!(order["ORDER_PAYMENT_TLS_CA"], format!("{dir}/ca.pem"));
+    let client_cert = order["ORDER_PAYMENT_TLS_CERT"]
+        .trim_start_matches(dir)
+        .trim_start_matches('/');
+    assert_eq!(
+        order["ORDER_PAYMENT_TLS_KEY"],
+        format!("{dir}/{}", client_cert.replace(".pem", ".key"))
+    );
+    assert!(
+        names_in(client_cert)?
+            .iter()
+            .any(|n| allowed.contains(&n.as_str())),
+        "order's client certificate names a client payment allows"
+    );
+
+    // Tokens on both public APIs, one key from the user's environment, required to start.
+    let notifier = environment(&services["notifier"]);
+    let key = &order["ORDER_AUTH_KEY"];
+    assert!(key.starts_with("${ORDERMESH_AUTH_KEY:?"), "{key}");
+    assert_eq!(&notifier["NOTIFIER_AUTH_KEY"], key);
     Ok(())
 }
 
