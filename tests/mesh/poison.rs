@@ -1,6 +1,8 @@
-//! Whatever is on the topic, the notifier neither panics nor stops: messages it can never act on are
-//! parked on its dead-letter topics with the reason, events of other types are passed over, and the
-//! events behind them are still handled.
+//! Whatever is on the topic, the notifier neither panics nor stops: messages it can never act on
+//! (garbage, random bytes, JSON of the wrong shape or absurd nesting, events without a recipient)
+//! are parked on its dead-letter topics with the reason, events of other types are passed over, and
+//! the events behind them are still handled. The fuzz target `event_decode` covers the decoder
+//! itself far more widely; this is the whole consumer on a real broker.
 
 use std::{sync::atomic::Ordering, time::Duration};
 
@@ -35,7 +37,7 @@ async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the
         r#type: "example.v1.SomethingElse".into(),
         ..Default::default()
     };
-    let bad: Vec<(Vec<u8>, Option<CloudEventHeaders>)> = vec![
+    let mut bad: Vec<(Vec<u8>, Option<CloudEventHeaders>)> = vec![
         (b"not json".to_vec(), None),
         (Vec::new(), None),
         (b"{\"eventId\": 7}".to_vec(), None),
@@ -46,8 +48,31 @@ async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the
             b"{\"eventId\":\"e\",\"orderId\":\"o\",\"customer\":{}}".to_vec(),
             None,
         ),
-        (b"{}".to_vec(), Some(foreign)),
     ];
+    // Well-formed JSON of the wrong shape, and nesting deeper than the decoder's recursion limit.
+    for json in [
+        "[1, 2, 3]".to_owned(),
+        "\"an event\"".to_owned(),
+        "{\"eventId\": \"e\", \"orderId\": \"o\", \"customer\": 5}".to_owned(),
+        "{\"eventId\": \"e\", \"orderId\": \"o\", \"total\": \"lots\"}".to_owned(),
+        format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+    ] {
+        bad.push((json.into_bytes(), None));
+    }
+    // Random bytes of random lengths (a fixed seed, so a failure can be replayed).
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..20 {
+        let len = (next() % 512) as usize + 1;
+        bad.push(((0..len).map(|_| next() as u8).collect(), None));
+    }
+    // Last: an event of another type, passed over rather than parked.
+    bad.push((b"{}".to_vec(), Some(foreign)));
     let valid = OrderPlaced {
         event_id: "evt_after_poison".into(),
         order_id: "ord_after_poison".into(),
@@ -148,12 +173,16 @@ async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the
                 header(message, "dlq_channel").as_deref(),
                 Some(channel.as_str().to_lowercase().as_str())
             );
-            offsets.push(header(message, "dlq_original_offset").unwrap_or_default());
+            offsets.push(
+                header(message, "dlq_original_offset")
+                    .and_then(|o| o.parse::<usize>().ok())
+                    .unwrap_or(usize::MAX),
+            );
         }
-        offsets.sort();
+        offsets.sort_unstable();
         assert_eq!(
             offsets,
-            ["0", "1", "2", "3", "4", "5"],
+            (0..bad.len() - 1).collect::<Vec<_>>(),
             "{channel:?}: every unusable message, once"
         );
     }
