@@ -450,11 +450,14 @@ mod tests {
         // A password in the SMTP URL setting is not repeated in the start-up error.
         let mut config = self::config();
         config.smtp_url = Some("smtps://user:hunter2@[not a host".into());
-        let error = Sender::new(Channel::Email, &config)
-            .err()
-            .expect("a bad URL")
-            .to_string();
-        assert!(!error.contains("hunter2"), "{error}");
+        let Err(error) = Sender::new(Channel::Email, &config) else {
+            panic!("a bad URL was accepted");
+        };
+        let error = error.to_string();
+        assert!(
+            error.contains("user:***@") && !error.contains("hunter2"),
+            "{error}"
+        );
     }
 
     #[tokio::test]
