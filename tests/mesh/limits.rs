@@ -43,3 +43,33 @@ async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on()
     assert_eq!(mesh.payment_count().await?, 1);
     mesh.shutdown().await
 }
+
+/// The order service announces at most 128 concurrent streams per connection in its HTTP/2
+/// SETTINGS, so one connection cannot hold more calls open than that: a well-behaved client queues
+/// the rest, and a stream beyond it is refused by the HTTP/2 layer. Read with a raw HTTP/2 client,
+/// as any peer would see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_announced_a_limit_of_concurrent_streams() -> Result<()> {
+    let mesh = spawn_mesh().await?;
+    let tcp = tokio::net::TcpStream::connect(mesh.order_addr()?).await?;
+    let (mut client, mut connection) = h2::client::handshake(tcp).await?;
+    // The server's SETTINGS arrive with its first frames; the connection must be driven to read
+    // them, which a request's readiness does.
+    let request = http::Request::post("/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    let (response, mut body) = client.send_request(request, false)?;
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)?;
+    let (response, limit) = tokio::select! {
+        response = response => (response?, connection.max_concurrent_send_streams()),
+        error = &mut connection => anyhow::bail!("connection ended: {error:?}"),
+    };
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        limit,
+        ordermesh::grpc::MAX_STREAMS_PER_CONNECTION as usize,
+        "the SETTINGS_MAX_CONCURRENT_STREAMS the order service announces"
+    );
+    mesh.shutdown().await
+}
