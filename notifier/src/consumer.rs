@@ -39,7 +39,7 @@ use tracing::Instrument;
 use crate::{
     channel::Channel,
     config::{Config, RetryPolicy},
-    dead_letter::{DeadLetterHeaders, DeadLetters, Letter},
+    dead_letter::{DeadLetterHeaders, DeadLetters, Letter, UNREADABLE_HEADERS},
     delivery::{SendError, Sender},
     metrics::{ChannelMetrics, LagContext, STATISTICS_INTERVAL},
     store::{NotificationRow, Store},
@@ -246,13 +246,6 @@ impl Handler {
     /// notification to claim.
     pub(crate) fn prepare(&self, letter: &Letter, now: i64) -> Prepared {
         let channel = self.channel;
-        // Events without a type header are assumed to be OrderPlaced; other types are for other
-        // consumers.
-        let ce_type = letter.header(events::TYPE_HEADER).unwrap_or_default();
-        if !ce_type.is_empty() && ce_type != events::ORDER_PLACED_TYPE {
-            tracing::debug!(ce_type, topic = %letter.topic, offset = letter.offset, "not an OrderPlaced event, skipped");
-            return Prepared::Decided(Verdict::Done(Outcome::Skipped));
-        }
         let poison = |reason: String| {
             Prepared::Decided(Verdict::Park {
                 reason,
@@ -261,6 +254,16 @@ impl Handler {
                 notification: None,
             })
         };
+        if letter.header(UNREADABLE_HEADERS).is_some() {
+            return poison("a header name is not UTF-8; the headers were dropped".to_owned());
+        }
+        // Events without a type header are assumed to be OrderPlaced; other types are for other
+        // consumers.
+        let ce_type = letter.header(events::TYPE_HEADER).unwrap_or_default();
+        if !ce_type.is_empty() && ce_type != events::ORDER_PLACED_TYPE {
+            tracing::debug!(ce_type, topic = %letter.topic, offset = letter.offset, "not an OrderPlaced event, skipped");
+            return Prepared::Decided(Verdict::Done(Outcome::Skipped));
+        }
         let event = match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default())
         {
             Ok(event) => event,

@@ -142,16 +142,28 @@ pub(crate) struct Letter {
     pub(crate) headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// Set (as a header of its own) on a letter whose headers could not be read; such a letter is
+/// parked, its payload kept.
+pub(crate) const UNREADABLE_HEADERS: &str = "ordermesh_unreadable_headers";
+
 impl Letter {
     pub(crate) fn from_message(message: &impl Message) -> Self {
-        let headers = message
-            .headers()
-            .map(|h| {
-                h.iter()
-                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // rdkafka 0.39 reads each header name with `to_str().unwrap()`, so a header name that is
+        // not UTF-8 (any producer can send one) panics inside it. `unsafe` is forbidden here, so
+        // the read is fenced instead: such a message loses its headers, keeps its payload, and is
+        // parked by the handler, rather than taking the consumer down on every redelivery. (The
+        // panic hook still prints the panic once.)
+        let headers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }))
+        .unwrap_or_else(|_| vec![(UNREADABLE_HEADERS.to_owned(), Some(b"true".to_vec()))]);
         Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),

@@ -188,3 +188,86 @@ async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the
     }
     mesh.shutdown().await
 }
+
+/// A header whose name is not UTF-8 (sent by kcat, which passes the bytes through) made rdkafka
+/// panic inside the notifier's read of the message. Now the message is parked, payload kept, and
+/// the valid event behind it is still handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_is_parked_not_a_crash() -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(kcat) = ordermesh_testkit::tool("kcat")? else {
+        return Ok(());
+    };
+    let mut mesh = spawn_mesh_with(MeshOptions {
+        payment: false,
+        notifier: false,
+        ..Default::default()
+    })
+    .await?;
+    let status = std::process::Command::new(kcat)
+        .args(["-b", &mesh.broker.bootstrap_servers(), "-t", &mesh.topic])
+        .args(["-p", "0", "-P", "-k", "same-partition", "-H"])
+        .arg(std::ffi::OsStr::from_bytes(b"\xff\xfe-not-utf8=x"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(b"{\"eventId\":\"e\"}\n")?;
+            child.wait()
+        })?;
+    ensure!(status.success(), "kcat produced the message: {status}");
+    let valid = OrderPlaced {
+        event_id: "evt_after_bad_header".into(),
+        order_id: "ord_after_bad_header".into(),
+        customer: order_request("x", "tok_visa").customer,
+        ..Default::default()
+    };
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", mesh.broker.bootstrap_servers())
+        .create()?;
+    producer
+        .send(
+            FutureRecord::to(&mesh.topic)
+                .key("same-partition")
+                .partition(0)
+                .payload(&encode_order_placed(&valid)?)
+                .headers(CloudEventHeaders::order_placed(&valid).to_kafka()),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)?;
+
+    mesh.start_notifier().await?;
+
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while Channel::ALL
+        .iter()
+        .any(|c| mesh.notifier_stats[c].sent.load(Ordering::Relaxed) == 0)
+    {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the valid event behind the bad header was not handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for channel in Channel::ALL {
+        let stats = &mesh.notifier_stats[&channel];
+        assert_eq!(
+            stats.dead_lettered.load(Ordering::Relaxed),
+            1,
+            "{channel:?}"
+        );
+        let topic = ordermesh_notifier::dead_letter::topic(&mesh.topic, channel);
+        let parked = mesh.read_topic(&topic, 1).await?;
+        assert_eq!(parked[0].payload(), Some(&b"{\"eventId\":\"e\"}"[..]));
+        assert!(
+            header(&parked[0], "dlq_error").is_some_and(|e| e.contains("not UTF-8")),
+            "{channel:?}"
+        );
+    }
+    mesh.shutdown().await
+}
