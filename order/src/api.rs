@@ -7,6 +7,7 @@
 //! (new) --insert--> PENDING_PAYMENT --charge ok--> PAID --publish acked--> PAID + published
 //!                          |                         ^
 //!                          +--declined--> PAYMENT_FAILED
+//!                          +--request refused by payment--> (deleted: nothing kept)
 //! ```
 //!
 //! The charge uses the order id as idempotency key, so however often it is retried the customer is
@@ -152,13 +153,12 @@ impl OrderApi {
                     .await?;
                 Err(failure(order))
             }
+            // Payment found the request itself wrong (an unknown payment method, say): a refused
+            // request leaves nothing behind, so the pending order goes. No charge was made and no
+            // event written; the same request, sent again, is checked again.
             Err(ChargeError::Refused(status)) => {
-                let reason = format!("payment refused: {}", status.message());
-                self.store
-                    .mark_failed(&order.order_id, "", &reason, now)
-                    .await?;
+                self.store.discard_pending(&order.order_id).await?;
                 Err(OrderError::PaymentRefused {
-                    order_id: order.order_id,
                     code: status.code(),
                     message: status.message().to_owned(),
                     details: Box::new(tonic_types::StatusExt::get_error_details(&status)),

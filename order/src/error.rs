@@ -14,9 +14,8 @@ pub enum OrderError {
     RequestIdReused { request_id: String },
     #[error("payment for order {order_id} was declined: {reason}")]
     PaymentDeclined { order_id: String, reason: String },
-    #[error("payment service refused the charge for order {order_id}: {message}")]
+    #[error("payment service refused the charge, so no order was kept: {message}")]
     PaymentRefused {
-        order_id: String,
         code: Code,
         message: String,
         details: Box<tonic_types::ErrorDetails>,

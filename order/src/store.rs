@@ -195,6 +195,15 @@ impl Store {
             .await
     }
 
+    /// Deletes a PENDING_PAYMENT order whose request payment refused (nothing was charged).
+    pub(crate) async fn discard_pending(&self, order_id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM orders WHERE order_id = ? AND status = 'PENDING_PAYMENT'")
+            .bind(order_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Up to `limit` outbox rows not yet published, oldest first.
     pub(crate) async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
         sqlx::query_as(

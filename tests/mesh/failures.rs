@@ -80,6 +80,13 @@ async fn the_payment_services_error_details_reach_the_client() -> Result<()> {
         .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default();
     assert_eq!(fields, ["payment_method_token"]);
+    // A refused request leaves nothing behind: no order, no charge, no event.
+    let listed = orders
+        .list_orders(ordermesh::proto::order::v1::ListOrdersRequest::default())
+        .await?
+        .into_inner();
+    assert!(listed.orders.is_empty(), "{:?}", listed.orders);
+    assert_eq!(mesh.payment_count().await?, 0);
     assert_eq!(mesh.event_count().await?, 0);
     mesh.shutdown().await
 }
