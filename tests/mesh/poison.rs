@@ -17,7 +17,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use crate::helpers::{EVENTUALLY, MeshOptions, header, order_request, spawn_mesh_with};
+use crate::helpers::{MeshOptions, eventually, header, order_request, spawn_mesh_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the_partition()
@@ -102,17 +102,15 @@ async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the
 
     // Assert: each channel got past every bad message to the valid one, parking each unusable one on
     // its dead-letter topic and skipping the foreign one.
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    while Channel::ALL
-        .iter()
-        .any(|c| mesh.notifier_stats[c].sent.load(Ordering::Relaxed) == 0)
-    {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the valid event behind the poison was not handled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the valid event behind the poison is handled by both channels",
+        || {
+            Channel::ALL
+                .iter()
+                .all(|c| mesh.notifier_stats[c].sent.load(Ordering::Relaxed) > 0)
+        },
+    )
+    .await?;
     for channel in Channel::ALL {
         let stats = &mesh.notifier_stats[&channel];
         assert_eq!(stats.sent.load(Ordering::Relaxed), 1, "{channel:?}");
@@ -243,17 +241,15 @@ async fn a_header_name_that_is_not_utf8_is_parked_not_a_crash() -> Result<()> {
 
     mesh.start_notifier().await?;
 
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    while Channel::ALL
-        .iter()
-        .any(|c| mesh.notifier_stats[c].sent.load(Ordering::Relaxed) == 0)
-    {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the valid event behind the bad header was not handled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the valid event behind the bad header is handled by both channels",
+        || {
+            Channel::ALL
+                .iter()
+                .all(|c| mesh.notifier_stats[c].sent.load(Ordering::Relaxed) > 0)
+        },
+    )
+    .await?;
     for channel in Channel::ALL {
         let stats = &mesh.notifier_stats[&channel];
         assert_eq!(
