@@ -9,7 +9,8 @@ use crate::channel::Channel;
 /// Notifier settings. Flags and environment variables are listed in the README.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    /// Database URL: a SQLite file (created if missing) or `sqlite::memory:`.
+    /// Database URL: a SQLite file (created if missing), `sqlite::memory:`, or PostgreSQL
+    /// (`postgres://user:password@host/db`, for several replicas on one database).
     #[arg(
         long,
         env = "NOTIFIER_DATABASE_URL",

@@ -25,7 +25,7 @@ use std::sync::{
 };
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, future::join_all};
 use opentelemetry::metrics::Meter;
 use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
 use rdkafka::{
@@ -120,6 +120,9 @@ pub(crate) enum Prepared {
         event: OrderPlaced,
     },
 }
+
+/// One message of a batch: the letter, what preparing it decided, and the row its claim found.
+type Step<'l, 'p> = (&'l Letter, &'p Prepared, Option<NotificationRow>);
 
 /// The most messages handled as one batch. Enough that a backlog drains at the database's pace
 /// rather than its commit rate; few enough that a stop finishes the batch in hand quickly.
@@ -507,6 +510,10 @@ impl ChannelConsumer {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("auto.offset.reset", "earliest")
+            // Several notifier replicas share a channel's partitions. Cooperative-sticky moves only
+            // the partitions that must move when a member joins or leaves; the others keep being
+            // consumed through the rebalance (eager assignment stops every member).
+            .set("partition.assignment.strategy", "cooperative-sticky")
             // How long the group waits for a member that stopped heartbeating. Also how long a
             // restarted notifier can wait to rejoin when the group did not see the old one leave.
             .set(
@@ -565,9 +572,9 @@ impl ChannelConsumer {
                     None => break,
                 }
             }
-            let handled = self.process_batch(&letters, &stop).await;
-            self.store_offsets(&letters[..handled]);
-            if handled < letters.len() {
+            let (handled, complete) = self.process_batch(&letters, &stop).await;
+            self.store_offsets(&handled);
+            if !complete {
                 break;
             }
         }
@@ -577,12 +584,20 @@ impl ChannelConsumer {
         tracing::info!(channel, "consumer stopped");
     }
 
-    /// Handles `letters`, in order, as one batch: one transaction claims them all, instead of a
-    /// commit per message. Each send is still recorded (SENT) as soon as it is done, so a crash
-    /// leaves at most the one notification in flight unrecorded, as on the one-message path.
-    /// Returns how many letters, from the first, were handled: all of them, unless asked to stop
-    /// while the database or the dead-letter topic was failing.
-    async fn process_batch(&self, letters: &[Letter], stop: &CancellationToken) -> usize {
+    /// Handles `letters` as one batch: one transaction claims them all, instead of a commit per
+    /// message. Then each partition's letters are handled in order, the partitions concurrently: an
+    /// order's events share a partition (they are keyed by order id), so they stay in order, while a
+    /// slow send holds up only its own partition. Each send is still recorded (SENT) as soon as it
+    /// is done, so a crash leaves at most one notification per partition in flight unrecorded.
+    ///
+    /// Returns the letters handled (in each partition, the first ones: all of them, unless asked to
+    /// stop while a send was slow or the database or the dead-letter topic was failing), and
+    /// whether that is all of them.
+    async fn process_batch<'a>(
+        &self,
+        letters: &'a [Letter],
+        stop: &CancellationToken,
+    ) -> (Vec<&'a Letter>, bool) {
         let handler = &self.handler;
         let started = Instant::now();
         let now = timestamp::now_millis();
@@ -615,24 +630,69 @@ impl ChannelConsumer {
                 .await
             {
                 Some(records) => records,
-                None => return 0,
+                None => return (Vec::new(), false),
             }
         };
+        // The row found for each letter that claimed one (claim_all answers in the claims' order).
         let mut records = records.into_iter();
+        let mut steps: Vec<Step<'_, '_>> = letters
+            .iter()
+            .zip(&prepared)
+            .map(|(letter, prepared)| {
+                let record = match prepared {
+                    Prepared::Claim { .. } => records.next(),
+                    Prepared::Decided(_) => None,
+                };
+                (letter, prepared, record)
+            })
+            .collect();
+        // Each partition's steps, in the order read.
+        let mut partitions: Vec<Vec<Step<'_, '_>>> = Vec::new();
+        for step in steps.drain(..) {
+            let same = |p: &&mut Vec<Step<'_, '_>>| {
+                p[0].0.partition == step.0.partition && p[0].0.topic == step.0.topic
+            };
+            match partitions.iter_mut().find(same) {
+                Some(partition) => partition.push(step),
+                None => partitions.push(vec![step]),
+            }
+        }
+        let done = join_all(
+            partitions
+                .into_iter()
+                .map(|steps| self.process_partition(steps, started, stop)),
+        )
+        .await;
+        let complete = done.iter().all(|(_, complete)| *complete);
+        (
+            done.into_iter().flat_map(|(handled, _)| handled).collect(),
+            complete,
+        )
+    }
 
-        let all = prepared.as_slice();
-        for (handled, (letter, prepared)) in letters.iter().zip(all).enumerate() {
+    /// One partition's share of a batch, in order; see [`ChannelConsumer::process_batch`]. Returns
+    /// the letters handled (the first ones) and whether that is all of them.
+    async fn process_partition<'a>(
+        &self,
+        steps: Vec<Step<'a, '_>>,
+        started: Instant,
+        stop: &CancellationToken,
+    ) -> (Vec<&'a Letter>, bool) {
+        let handler = &self.handler;
+        let mut handled = Vec::with_capacity(steps.len());
+        let mut steps = steps.into_iter();
+        while let Some((letter, prepared, record)) = steps.next() {
             // A stop is honoured between messages, not only between batches: a batch of slow sends
             // must not hold a shutdown up. The claims not acted on are released, so the next run
             // takes those messages afresh (not as unsettled claims to wait out).
             if stop.is_cancelled() {
-                self.release_unsent(&all[handled..], records.by_ref()).await;
-                return handled;
+                let rest: Vec<(&Prepared, Option<NotificationRow>)> =
+                    std::iter::once((prepared, record))
+                        .chain(steps.map(|(_, prepared, record)| (prepared, record)))
+                        .collect();
+                self.release_unsent(rest).await;
+                return (handled, false);
             }
-            let record = match prepared {
-                Prepared::Claim { .. } => records.next(),
-                Prepared::Decided(_) => None,
-            };
             let span = handler.process_span(letter, 1);
             let step = async {
                 let verdict = match (prepared, record) {
@@ -662,42 +722,43 @@ impl ChannelConsumer {
                     // claim finds the batch's claim unsettled, so if the failure came after the
                     // send, the retry loop (not this) checks it once the claim's lease is over.
                     if !self.process(letter, stop).instrument(span).await {
-                        return handled;
+                        return (handled, false);
                     }
                 }
             }
+            handled.push(letter);
         }
-        letters.len()
+        (handled, true)
     }
 
-    /// Releases the claims this batch made for `rest` (the messages it will not handle), given
-    /// the rows found for them (`records`, in order). Best effort: a claim left behind is still
-    /// handled, by the retry loop once its lease is over.
-    async fn release_unsent(
-        &self,
-        rest: &[Prepared],
-        records: impl Iterator<Item = NotificationRow>,
-    ) {
-        let claims = rest.iter().filter_map(|prepared| match prepared {
-            Prepared::Claim { claim, .. } => Some(claim),
-            Prepared::Decided(_) => None,
-        });
-        let ours: Vec<String> = claims
-            .zip(records)
-            .filter(|(claim, record)| {
-                record.status == "PENDING" && record.notification_id == claim.notification_id
+    /// Releases the claims a batch made for `rest` (the messages it will not handle, each with the
+    /// row found for its claim). Best effort: a claim left behind is still handled, by the retry
+    /// loop once its lease is over.
+    async fn release_unsent(&self, rest: Vec<(&Prepared, Option<NotificationRow>)>) {
+        let ours: Vec<String> = rest
+            .into_iter()
+            .filter_map(|(prepared, record)| match (prepared, record) {
+                (Prepared::Claim { claim, .. }, Some(record))
+                    if record.status == "PENDING"
+                        && record.notification_id == claim.notification_id =>
+                {
+                    Some(claim.notification_id.clone())
+                }
+                _ => None,
             })
-            .map(|(claim, _)| claim.notification_id.clone())
             .collect();
+        if ours.is_empty() {
+            return;
+        }
         if let Err(error) = self.handler.store.release_claims(&ours).await {
             tracing::warn!(channel = self.handler.channel.as_str(), %error, "claims not released; the retry loop will take them");
         }
     }
 
     /// Stores the offset after the last of `letters` in each partition: they are handled.
-    fn store_offsets(&self, letters: &[Letter]) {
+    fn store_offsets(&self, letters: &[&Letter]) {
         let mut last: Vec<&Letter> = Vec::new();
-        for letter in letters {
+        for &letter in letters {
             match last
                 .iter_mut()
                 .find(|l| l.partition == letter.partition && l.topic == letter.topic)
@@ -773,7 +834,7 @@ mod tests {
         let mut config = Config::from_env().expect("defaults parse");
         config.database_url = "sqlite::memory:".into();
         let store = Store::new(
-            ordermesh::db::open(&config.database_url, &sqlx::migrate!())
+            ordermesh::db::open(&config.database_url, &crate::store::migrations())
                 .await
                 .expect("in-memory database"),
         );

@@ -35,6 +35,12 @@ use tower::Layer;
 
 pub use channel::Channel;
 pub use config::Config;
+
+/// The notifier service's schema migrations, for SQLite and for PostgreSQL (run at start-up by [`run`];
+/// public for the test that checks both backends end in the same schema).
+pub fn migrations() -> ordermesh::db::Migrations {
+    store::migrations()
+}
 pub use consumer::{Outcome, Stats};
 pub use delivery::DeliveryConfigError;
 pub use replay::{ReplayReport, replay_dead_letters};
@@ -103,7 +109,7 @@ pub async fn run_with_stats(
     } = listeners.into();
     let metrics = Metrics::new("notifier")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
+    let pool = ordermesh::db::open(&config.database_url, &store::migrations()).await?;
     let store = store::Store::new(pool);
     config.kafka.check()?;
     let kafka_error = |source| RunError::Kafka {

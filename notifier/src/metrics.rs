@@ -15,7 +15,12 @@ use opentelemetry::{
     KeyValue,
     metrics::{Counter, Gauge, Histogram, Meter},
 };
-use rdkafka::{ClientContext, Statistics, consumer::ConsumerContext};
+use rdkafka::{
+    ClientContext, Statistics,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
+    error::KafkaError,
+    types::RDKafkaErrorCode,
+};
 
 use crate::{channel::Channel, consumer::Outcome};
 
@@ -127,4 +132,27 @@ impl ClientContext for LagContext {
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    /// Before partitions are taken away in a rebalance, the offsets stored for them (the messages
+    /// handled) are committed, so their new owner starts right after them instead of at the last
+    /// auto-commit. What it reads again anyway (a message in hand here when the partition went) it
+    /// finds recorded in the shared database and does not send twice.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            tracing::info!(group = %self.group, partitions = partitions.count(), "partitions revoked; committing what was handled");
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last commit.
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(error) => {
+                    tracing::warn!(group = %self.group, %error, "commit before rebalance failed; the new owner repeats from the last commit (and finds those messages recorded)")
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(group = %self.group, partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}

@@ -51,7 +51,8 @@ pub async fn replay_dead_letters(
         source: source.into(),
     };
     config.kafka.check()?;
-    let store = Store::new(ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?);
+    let store =
+        Store::new(ordermesh::db::open(&config.database_url, &crate::store::migrations()).await?);
     let dead_letters = DeadLetters::new(&config.kafka).map_err(kafka_error)?;
     let handler = Handler::new(
         config,

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool, sqlite::SqliteRow};
+use ordermesh::db::{Migrations, Pool};
+// The batch statements are built from numbered placeholders only, never from values.
+use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{channel::Channel, dead_letter::Letter};
 
@@ -75,11 +77,19 @@ pub(crate) struct Filter {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+/// The notifier service's schema, for SQLite and for PostgreSQL.
+pub(crate) fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("migrations/sqlite"),
+        postgres: sqlx::migrate!("migrations/postgres"),
+    }
 }
 
 impl Store {
-    pub(crate) fn new(pool: SqlitePool) -> Self {
+    pub(crate) fn new(pool: Pool) -> Self {
         Self { pool }
     }
 
@@ -104,43 +114,48 @@ impl Store {
     ) -> Result<Vec<NotificationRow>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         for chunk in claims.chunks(CLAIMS_PER_STATEMENT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
+            let sql = format!(
                 "INSERT INTO notifications (notification_id, event_id, order_id, channel, recipient,
                      status, attempts, created_at_ms, source_topic, source_partition, source_offset,
-                     message_key, message_payload, message_headers) ",
+                     message_key, message_payload, message_headers)
+                 VALUES {}
+                 ON CONFLICT (event_id, channel) DO NOTHING",
+                rows_of_placeholders(chunk.len(), &[
+                    "", "", "", "", "", "'PENDING'", "0", "", "", "", "", "", "", "",
+                ])
             );
-            insert.push_values(chunk, |mut row, (new, letter)| {
-                row.push_bind(&new.notification_id)
-                    .push_bind(&new.event_id)
-                    .push_bind(&new.order_id)
-                    .push_bind(new.channel.as_str())
-                    .push_bind(&new.recipient)
-                    .push("'PENDING'")
-                    .push("0")
-                    .push_bind(new.created_at_ms)
-                    .push_bind(&new.source_topic)
-                    .push_bind(new.source_partition)
-                    .push_bind(new.source_offset)
-                    .push_bind(&letter.key)
-                    .push_bind(&letter.payload)
-                    .push_bind(letter.headers_json());
-            });
-            insert.push(" ON CONFLICT (event_id, channel) DO NOTHING");
+            let mut insert = sqlx::query(AssertSqlSafe(sql));
+            for (new, letter) in chunk {
+                insert = insert
+                    .bind(&new.notification_id)
+                    .bind(&new.event_id)
+                    .bind(&new.order_id)
+                    .bind(new.channel.as_str())
+                    .bind(&new.recipient)
+                    .bind(new.created_at_ms)
+                    .bind(&new.source_topic)
+                    .bind(new.source_partition)
+                    .bind(new.source_offset)
+                    .bind(&letter.key)
+                    .bind(&letter.payload)
+                    .bind(letter.headers_json());
+            }
             // Not kept in the connection's statement cache: batches come in every size, and each
             // size is a different statement (caching them all cost the notifier about 5 MiB of
             // resident memory under load, benchmark 7).
-            insert.build().persistent(false).execute(&mut *tx).await?;
+            insert.persistent(false).execute(&mut *tx).await?;
         }
         let mut held = HashMap::with_capacity(claims.len());
         for chunk in claims.chunks(IDS_PER_STATEMENT) {
-            let mut select =
-                QueryBuilder::<Sqlite>::new("SELECT * FROM notifications WHERE event_id IN (");
-            let mut ids = select.separated(", ");
+            let sql = format!(
+                "SELECT * FROM notifications WHERE event_id IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut select = sqlx::query(AssertSqlSafe(sql));
             for (new, _) in chunk {
-                ids.push_bind(&new.event_id);
+                select = select.bind(&new.event_id);
             }
-            select.push(")");
-            for row in select.build().persistent(false).fetch_all(&mut *tx).await? {
+            for row in select.persistent(false).fetch_all(&mut *tx).await? {
                 let row = from_row(&row)?;
                 held.insert((row.event_id.clone(), row.channel), row);
             }
@@ -163,15 +178,15 @@ impl Store {
         notification_ids: &[String],
     ) -> Result<(), sqlx::Error> {
         for chunk in notification_ids.chunks(IDS_PER_STATEMENT) {
-            let mut delete = QueryBuilder::<Sqlite>::new(
-                "DELETE FROM notifications WHERE status = 'PENDING' AND notification_id IN (",
+            let sql = format!(
+                "DELETE FROM notifications WHERE status = 'PENDING' AND notification_id IN ({})",
+                placeholders(1, chunk.len())
             );
-            let mut ids = delete.separated(", ");
+            let mut delete = sqlx::query(AssertSqlSafe(sql));
             for id in chunk {
-                ids.push_bind(id);
+                delete = delete.bind(id);
             }
-            delete.push(")");
-            delete.build().persistent(false).execute(&self.pool).await?;
+            delete.persistent(false).execute(&self.pool).await?;
         }
         Ok(())
     }
@@ -183,10 +198,10 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE notifications SET status = 'SENT', attempts = attempts + 1, sent_at_ms = ?,
+            "UPDATE notifications SET status = 'SENT', attempts = attempts + 1, sent_at_ms = $1,
                  next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
                  message_headers = NULL
-             WHERE notification_id = ?",
+             WHERE notification_id = $2",
         )
         .bind(now_ms)
         .bind(notification_id)
@@ -205,9 +220,9 @@ impl Store {
         next_attempt_at_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE notifications SET status = 'RETRYING', attempts = ?, last_error = ?,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, ?), next_attempt_at_ms = ?
-             WHERE notification_id = ?",
+            "UPDATE notifications SET status = 'RETRYING', attempts = $1, last_error = $2,
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, $3), next_attempt_at_ms = $4
+             WHERE notification_id = $5",
         )
         .bind(attempts)
         .bind(error)
@@ -229,10 +244,10 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE notifications SET status = 'FAILED', attempts = ?, last_error = ?,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, ?), next_attempt_at_ms = NULL,
+            "UPDATE notifications SET status = 'FAILED', attempts = $1, last_error = $2,
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, $3), next_attempt_at_ms = NULL,
                  message_key = NULL, message_payload = NULL, message_headers = NULL
-             WHERE notification_id = ?",
+             WHERE notification_id = $4",
         )
         .bind(attempts)
         .bind(error)
@@ -256,9 +271,9 @@ impl Store {
         // statement, so a renewal and a hand-over cannot interleave.
         let done = sqlx::query(
             "UPDATE notifications SET status = 'RETRYING',
-                 next_attempt_at_ms = COALESCE(next_attempt_at_ms, created_at_ms + ?),
+                 next_attempt_at_ms = COALESCE(next_attempt_at_ms, created_at_ms + $1),
                  last_error = 'send interrupted or under way elsewhere; checking again'
-             WHERE notification_id = ? AND status = 'PENDING'",
+             WHERE notification_id = $2 AND status = 'PENDING'",
         )
         .bind(lease.as_millis() as i64)
         .bind(notification_id)
@@ -276,8 +291,8 @@ impl Store {
         until_ms: i64,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE notifications SET next_attempt_at_ms = ?
-             WHERE notification_id = ? AND status = 'PENDING'",
+            "UPDATE notifications SET next_attempt_at_ms = $1
+             WHERE notification_id = $2 AND status = 'PENDING'",
         )
         .bind(until_ms)
         .bind(notification_id)
@@ -295,13 +310,13 @@ impl Store {
     ) -> Result<Vec<(NotificationRow, Letter)>, sqlx::Error> {
         sqlx::query(
             "SELECT * FROM notifications
-             WHERE status = 'RETRYING' AND channel = ? AND next_attempt_at_ms <= ?
-             ORDER BY next_attempt_at_ms LIMIT ?",
+             WHERE status = 'RETRYING' AND channel = $1 AND next_attempt_at_ms <= $2
+             ORDER BY next_attempt_at_ms LIMIT $3",
         )
         .bind(channel.as_str())
         .bind(now_ms)
         .bind(limit)
-        .try_map(|row: SqliteRow| {
+        .try_map(|row: AnyRow| {
             let letter = Letter::from_parts(
                 row.try_get("source_topic")?,
                 row.try_get("source_partition")?,
@@ -322,7 +337,7 @@ impl Store {
     pub(crate) async fn next_retry_at(&self, channel: Channel) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT MIN(next_attempt_at_ms) FROM notifications
-             WHERE status = 'RETRYING' AND channel = ?",
+             WHERE status = 'RETRYING' AND channel = $1",
         )
         .bind(channel.as_str())
         .fetch_one(&self.pool)
@@ -339,8 +354,8 @@ impl Store {
         lease_until_ms: i64,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE notifications SET next_attempt_at_ms = ?
-             WHERE notification_id = ? AND status = 'RETRYING' AND next_attempt_at_ms = ?",
+            "UPDATE notifications SET next_attempt_at_ms = $1
+             WHERE notification_id = $2 AND status = 'RETRYING' AND next_attempt_at_ms = $3",
         )
         .bind(lease_until_ms)
         .bind(notification_id)
@@ -359,8 +374,8 @@ impl Store {
     ) -> Result<Vec<NotificationRow>, sqlx::Error> {
         sqlx::query(
             "SELECT * FROM notifications
-             WHERE seq > ? AND (? IS NULL OR order_id = ?) AND (? IS NULL OR channel = ?)
-             ORDER BY seq LIMIT ?",
+             WHERE seq > $1 AND ($2 IS NULL OR order_id = $3) AND ($4 IS NULL OR channel = $5)
+             ORDER BY seq LIMIT $6",
         )
         .bind(after)
         .bind(&filter.order_id)
@@ -368,13 +383,42 @@ impl Store {
         .bind(filter.channel.map(Channel::as_str))
         .bind(filter.channel.map(Channel::as_str))
         .bind(limit)
-        .try_map(|row: SqliteRow| from_row(&row))
+        .try_map(|row: AnyRow| from_row(&row))
         .fetch_all(&self.pool)
         .await
     }
 }
 
-fn from_row(row: &SqliteRow) -> Result<NotificationRow, sqlx::Error> {
+/// `$first, $first+1, ...`: `count` numbered placeholders, as both SQLite and PostgreSQL take them.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The VALUES rows of a multi-row INSERT: `rows` tuples of `columns`, where an empty column is the
+/// next numbered placeholder and any other is written as is (a constant).
+fn rows_of_placeholders(rows: usize, columns: &[&str]) -> String {
+    let mut next = 1;
+    let mut row = |_| {
+        let values = columns
+            .iter()
+            .map(|column| {
+                if column.is_empty() {
+                    next += 1;
+                    format!("${}", next - 1)
+                } else {
+                    (*column).to_owned()
+                }
+            })
+            .collect::<Vec<_>>();
+        format!("({})", values.join(", "))
+    };
+    (0..rows).map(&mut row).collect::<Vec<_>>().join(", ")
+}
+
+fn from_row(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
     let channel: String = row.try_get("channel")?;
     Ok(NotificationRow {
         seq: row.try_get("seq")?,

@@ -12,7 +12,8 @@ use crate::payment_client::{PaymentClientConfig, breaker::BreakerConfig};
 /// Order service settings. Flags and environment variables are listed in the README.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    /// Database URL: a SQLite file (created if missing) or `sqlite::memory:`.
+    /// Database URL: a SQLite file (created if missing), `sqlite::memory:`, or PostgreSQL
+    /// (`postgres://user:password@host/db`, for several replicas on one database).
     #[arg(
         long,
         env = "ORDER_DATABASE_URL",

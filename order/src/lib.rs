@@ -33,6 +33,12 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Layer;
 
 pub use config::Config;
+
+/// The order service's schema migrations, for SQLite and for PostgreSQL (run at start-up by [`run`];
+/// public for the test that checks both backends end in the same schema).
+pub fn migrations() -> ordermesh::db::Migrations {
+    store::migrations()
+}
 pub use error::OrderError;
 
 /// Errors that stop the service.
@@ -111,7 +117,7 @@ pub async fn run(
     } = listeners.into();
     let metrics = Metrics::new("order")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
+    let pool = ordermesh::db::open(&config.database_url, &store::migrations()).await?;
     if config.breaker_min_calls > config.breaker_window {
         return Err(RunError::Config(format!(
             "ORDER_BREAKER_MIN_CALLS ({}) exceeds ORDER_BREAKER_WINDOW ({}): the breaker could never open",
@@ -142,7 +148,7 @@ pub async fn run(
     let store = store::Store::new(pool);
     // The relay is the only publisher; it runs until the server has drained, so calls in flight
     // still get their events acknowledged.
-    let relay = relay::Relay::new(store.clone(), metrics.meter());
+    let relay = relay::Relay::new(store.clone(), config.publish_timeout(), metrics.meter());
     let stop_relay = CancellationToken::new();
     let relay_task = tokio::spawn(relay.clone().run(publisher.clone(), stop_relay.clone()));
     let api = api::OrderApi::new(store, payments, relay, config.publish_timeout());

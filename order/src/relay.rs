@@ -6,6 +6,12 @@
 //! (idempotent producer, `acks=all`, keyed by order id) and marks them published. If the broker is
 //! down the rows wait, CreateOrder answers with the event pending, and the relay keeps trying with
 //! backoff; after a restart it starts with whatever is still pending.
+//!
+//! Every replica of the order service runs a relay, and on PostgreSQL they share one outbox. A relay
+//! leases the rows of its round before it sends them (see `Store::claim_events`): the others skip
+//! them, so an event is published once in the normal case, and each order's events leave in order.
+//! A relay that dies mid-round leaves its rows to the others when the lease ends; they publish them
+//! again, with the same event ids, which consumers recognise.
 
 use std::{
     collections::HashMap,
@@ -30,6 +36,9 @@ const BATCH: i64 = 256;
 const POLL: Duration = Duration::from_secs(1);
 /// Longest wait between rounds while the broker keeps failing.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a caller waiting for its event looks at the order too: another replica's relay may
+/// publish it, and then nothing here wakes the caller.
+const PUBLISHED_CHECK: Duration = Duration::from_millis(100);
 
 type Waiters = Arc<Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>>;
 
@@ -37,15 +46,23 @@ type Waiters = Arc<Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>>;
 #[derive(Debug, Clone)]
 pub(crate) struct Relay {
     store: Store,
+    /// This relay among the replicas' relays (logged with the rows it leases).
+    id: Arc<str>,
+    /// How long the rows of a round stay leased: longer than a round can take (its sends are
+    /// bounded by the producer's message timeout), so a live relay never loses its rows mid-round.
+    lease: Duration,
     wake: Arc<Notify>,
     waiters: Waiters,
     backlog: Gauge<i64>,
 }
 
 impl Relay {
-    pub(crate) fn new(store: Store, meter: &Meter) -> Self {
+    /// A relay whose sends are acknowledged or given up within `publish_timeout`.
+    pub(crate) fn new(store: Store, publish_timeout: Duration, meter: &Meter) -> Self {
         Self {
             store,
+            id: format!("relay_{}", uuid::Uuid::now_v7().simple()).into(),
+            lease: publish_timeout * 2 + Duration::from_secs(10),
             wake: Arc::new(Notify::new()),
             waiters: Waiters::default(),
             backlog: meter
@@ -77,16 +94,27 @@ impl Relay {
         event_id: &str,
         timeout: Duration,
     ) -> bool {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         self.lock().entry(event_id.to_owned()).or_default().push(tx);
         self.wake.notify_one();
-        // It may have been published before we started listening.
-        if let Ok(Some(order)) = self.store.get(order_id).await
-            && order.event_published_at_ms.is_some()
-        {
-            return true;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Published already (before we started listening, or by another replica's relay)?
+            if let Ok(Some(order)) = self.store.get(order_id).await
+                && order.event_published_at_ms.is_some()
+            {
+                return true;
+            }
+            let check = (tokio::time::Instant::now() + PUBLISHED_CHECK).min(deadline);
+            tokio::select! {
+                woken = &mut rx => return woken.is_ok(),
+                _ = tokio::time::sleep_until(check) => {
+                    if check == deadline {
+                        return false;
+                    }
+                }
+            }
         }
-        matches!(tokio::time::timeout(timeout, rx).await, Ok(Ok(())))
     }
 
     /// Publishes pending events until `stop` is cancelled, finishing the round in hand.
@@ -100,7 +128,9 @@ impl Relay {
         }
         let mut measured = Instant::now();
         loop {
-            let batch = match self.store.pending_events(BATCH).await {
+            let now = timestamp::now_millis();
+            let until = now + self.lease.as_millis() as i64;
+            let batch = match self.store.claim_events(&self.id, now, until, BATCH).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::error!(%error, "cannot read the outbox");
@@ -169,7 +199,7 @@ impl Relay {
         for (row, result) in batch.iter().zip(results) {
             match result {
                 Ok(at) => {
-                    tracing::info!(order_id = %row.order_id, event_id = %row.event_id, partition = at.partition, offset = at.offset, "OrderPlaced published");
+                    tracing::info!(order_id = %row.order_id, event_id = %row.event_id, partition = at.partition, offset = at.offset, relay = %self.id, "OrderPlaced published");
                     if let Err(error) = self
                         .store
                         .mark_published(row, timestamp::now_millis())

@@ -1,7 +1,8 @@
 //! Every SQL statement of the order service.
 
+use ordermesh::db::{Backend, Migrations, Pool};
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+use sqlx::{Row, any::AnyRow};
 
 /// An order's status as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,12 +87,48 @@ pub(crate) struct OrderRow {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
-    pool: SqlitePool,
+    pool: Pool,
+    backend: Backend,
+}
+
+/// [`Store::claim_events`]: lease rows nobody holds, oldest first, none behind an unpublished row of
+/// the same order. The text between the two halves is the backend's row locking, if any.
+macro_rules! claim_events {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE outbox SET claimed_by = $1, claimed_until_ms = $2
+             WHERE seq IN (
+                 SELECT seq FROM outbox o
+                 WHERE o.published_at_ms IS NULL
+                   AND (o.claimed_until_ms IS NULL OR o.claimed_until_ms <= $3)
+                   AND NOT EXISTS (
+                       SELECT 1 FROM outbox earlier
+                       WHERE earlier.order_id = o.order_id AND earlier.seq < o.seq
+                         AND earlier.published_at_ms IS NULL)
+                 ORDER BY seq LIMIT $4 ",
+            $lock,
+            ")
+               AND published_at_ms IS NULL
+               AND (claimed_until_ms IS NULL OR claimed_until_ms <= $3)
+             RETURNING seq, event_id, order_id, payload, created_at_ms, trace_context"
+        )
+    };
+}
+const CLAIM_EVENTS_POSTGRES: &str = claim_events!("FOR UPDATE SKIP LOCKED");
+const CLAIM_EVENTS_SQLITE: &str = claim_events!("");
+
+/// The order service's schema, for SQLite and for PostgreSQL.
+pub(crate) fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("migrations/sqlite"),
+        postgres: sqlx::migrate!("migrations/postgres"),
+    }
 }
 
 impl Store {
-    pub(crate) fn new(pool: SqlitePool) -> Self {
-        Self { pool }
+    pub(crate) fn new(pool: Pool) -> Self {
+        let backend = Backend::of_pool(&pool);
+        Self { pool, backend }
     }
 
     /// Stores `new` (a PENDING_PAYMENT order) unless an order with its request_id exists, and returns
@@ -103,7 +140,7 @@ impl Store {
             "INSERT INTO orders (order_id, request_id, request_fingerprint, customer_email,
                  customer_phone, items_json, currency_code, total_minor_units, status,
                  created_at_ms, updated_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (request_id) DO NOTHING",
         )
         .bind(&new.order_id)
@@ -119,8 +156,11 @@ impl Store {
         .bind(new.updated_at_ms)
         .execute(&self.pool)
         .await?;
-        self.fetch_one("SELECT * FROM orders WHERE request_id = ?", &new.request_id)
-            .await
+        self.fetch_one(
+            "SELECT * FROM orders WHERE request_id = $1",
+            &new.request_id,
+        )
+        .await
     }
 
     /// PENDING_PAYMENT -> PAID with the payment, and the order's event into the outbox, in one
@@ -140,8 +180,8 @@ impl Store {
         } = paid;
         let mut tx = self.pool.begin().await?;
         let changed = sqlx::query(
-            "UPDATE orders SET status = 'PAID', payment_id = ?, event_id = ?, updated_at_ms = ?
-             WHERE order_id = ? AND status = 'PENDING_PAYMENT'",
+            "UPDATE orders SET status = 'PAID', payment_id = $1, event_id = $2, updated_at_ms = $3
+             WHERE order_id = $4 AND status = 'PENDING_PAYMENT'",
         )
         .bind(payment_id)
         .bind(event_id)
@@ -150,15 +190,15 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let order = sqlx::query("SELECT * FROM orders WHERE order_id = ?")
+        let order = sqlx::query("SELECT * FROM orders WHERE order_id = $1")
             .bind(order_id)
-            .try_map(|row: SqliteRow| from_row(&row))
+            .try_map(|row: AnyRow| from_row(&row))
             .fetch_one(&mut *tx)
             .await?;
         if changed == 1 {
             sqlx::query(
                 "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context)
-                 VALUES (?, ?, ?, ?, ?)",
+                 VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(event_id)
             .bind(order_id)
@@ -181,9 +221,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<OrderRow, sqlx::Error> {
         sqlx::query(
-            "UPDATE orders SET status = 'PAYMENT_FAILED', payment_id = ?, failure_reason = ?,
-                 updated_at_ms = ?
-             WHERE order_id = ? AND status = 'PENDING_PAYMENT'",
+            "UPDATE orders SET status = 'PAYMENT_FAILED', payment_id = $1, failure_reason = $2,
+                 updated_at_ms = $3
+             WHERE order_id = $4 AND status = 'PENDING_PAYMENT'",
         )
         .bind(payment_id)
         .bind(reason)
@@ -191,28 +231,47 @@ impl Store {
         .bind(order_id)
         .execute(&self.pool)
         .await?;
-        self.fetch_one("SELECT * FROM orders WHERE order_id = ?", order_id)
+        self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
             .await
     }
 
     /// Deletes a PENDING_PAYMENT order whose request payment refused (nothing was charged).
     pub(crate) async fn discard_pending(&self, order_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM orders WHERE order_id = ? AND status = 'PENDING_PAYMENT'")
+        sqlx::query("DELETE FROM orders WHERE order_id = $1 AND status = 'PENDING_PAYMENT'")
             .bind(order_id)
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Up to `limit` outbox rows not yet published, oldest first.
-    pub(crate) async fn pending_events(&self, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT seq, event_id, order_id, payload, created_at_ms, trace_context FROM outbox
-             WHERE published_at_ms IS NULL ORDER BY seq LIMIT ?",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
+    /// Leases up to `limit` unpublished outbox rows to relay `relay` until `until_ms`, oldest first,
+    /// and returns them. Rows under another relay's live lease are left to it, and so is every later
+    /// row of an order whose earlier row is still unpublished, so each order's events go out in order
+    /// whichever relays run. A lease that ends (its relay died, or is stuck) frees the rows again.
+    ///
+    /// On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets relays claiming at the same moment take disjoint
+    /// rows instead of queueing behind each other, and the lease is checked again on the locked row.
+    /// SQLite runs one writer at a time, so the claim is atomic there as it is.
+    pub(crate) async fn claim_events(
+        &self,
+        relay: &str,
+        now_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxRow>, sqlx::Error> {
+        let sql = match self.backend {
+            Backend::Postgres => CLAIM_EVENTS_POSTGRES,
+            Backend::Sqlite => CLAIM_EVENTS_SQLITE,
+        };
+        let mut rows: Vec<OutboxRow> = sqlx::query_as(sql)
+            .bind(relay)
+            .bind(until_ms)
+            .bind(now_ms)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.sort_by_key(|row| row.seq);
+        Ok(rows)
     }
 
     /// Records that the broker acknowledged an event, on the outbox row and on its order.
@@ -222,14 +281,17 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE outbox SET published_at_ms = ?, attempts = attempts + 1 WHERE seq = ?")
+        sqlx::query(
+            "UPDATE outbox SET published_at_ms = $1, attempts = attempts + 1, claimed_until_ms = NULL
+             WHERE seq = $2",
+        )
             .bind(now_ms)
             .bind(event.seq)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE orders SET event_published_at_ms = ?
-             WHERE order_id = ? AND event_published_at_ms IS NULL",
+            "UPDATE orders SET event_published_at_ms = $1
+             WHERE order_id = $2 AND event_published_at_ms IS NULL",
         )
         .bind(now_ms)
         .bind(&event.order_id)
@@ -238,17 +300,21 @@ impl Store {
         tx.commit().await
     }
 
-    /// Records a failed publish attempt.
+    /// Records a failed publish attempt, and gives up the row's lease so that any relay may try it
+    /// again.
     pub(crate) async fn mark_failed_attempt(
         &self,
         event: &OutboxRow,
         error: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?")
-            .bind(error)
-            .bind(event.seq)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = $1, claimed_until_ms = NULL
+             WHERE seq = $2",
+        )
+        .bind(error)
+        .bind(event.seq)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -262,19 +328,19 @@ impl Store {
     }
 
     pub(crate) async fn get(&self, order_id: &str) -> Result<Option<OrderRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM orders WHERE order_id = ?")
+        sqlx::query("SELECT * FROM orders WHERE order_id = $1")
             .bind(order_id)
-            .try_map(|row: SqliteRow| from_row(&row))
+            .try_map(|row: AnyRow| from_row(&row))
             .fetch_optional(&self.pool)
             .await
     }
 
     /// Up to `limit` orders with `seq` greater than `after`, oldest first.
     pub(crate) async fn list(&self, after: i64, limit: i64) -> Result<Vec<OrderRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM orders WHERE seq > ? ORDER BY seq LIMIT ?")
+        sqlx::query("SELECT * FROM orders WHERE seq > $1 ORDER BY seq LIMIT $2")
             .bind(after)
             .bind(limit)
-            .try_map(|row: SqliteRow| from_row(&row))
+            .try_map(|row: AnyRow| from_row(&row))
             .fetch_all(&self.pool)
             .await
     }
@@ -282,13 +348,13 @@ impl Store {
     async fn fetch_one(&self, sql: &'static str, key: &str) -> Result<OrderRow, sqlx::Error> {
         sqlx::query(sql)
             .bind(key)
-            .try_map(|row: SqliteRow| from_row(&row))
+            .try_map(|row: AnyRow| from_row(&row))
             .fetch_one(&self.pool)
             .await
     }
 }
 
-fn from_row(row: &SqliteRow) -> Result<OrderRow, sqlx::Error> {
+fn from_row(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
     let items: String = row.try_get("items_json")?;
     Ok(OrderRow {
         seq: row.try_get("seq")?,

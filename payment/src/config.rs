@@ -7,7 +7,8 @@ use ordermesh::tls::ServerTlsFiles as TlsFiles;
 /// Payment service settings. Flags and environment variables are listed in the README.
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    /// Database URL: a SQLite file (created if missing) or `sqlite::memory:`.
+    /// Database URL: a SQLite file (created if missing), `sqlite::memory:`, or PostgreSQL
+    /// (`postgres://user:password@host/db`, for several replicas on one database).
     #[arg(
         long,
         env = "PAYMENT_DATABASE_URL",

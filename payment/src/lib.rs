@@ -24,6 +24,12 @@ use ordermesh::{
 use tonic::service::interceptor::InterceptedService;
 
 pub use config::Config;
+
+/// The payment service's schema migrations, for SQLite and for PostgreSQL (run at start-up by [`run`];
+/// public for the test that checks both backends end in the same schema).
+pub fn migrations() -> ordermesh::db::Migrations {
+    store::migrations()
+}
 pub use error::PaymentError;
 
 /// Errors that stop the service.
@@ -52,7 +58,7 @@ pub async fn run(
     } = listeners.into();
     let metrics = Metrics::new("payment")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh::db::open(&config.database_url, &sqlx::migrate!()).await?;
+    let pool = ordermesh::db::open(&config.database_url, &store::migrations()).await?;
     let api = api::PaymentApi::new(store::Store::new(pool), config.faults());
 
     let tls = config.tls();

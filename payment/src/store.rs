@@ -1,6 +1,7 @@
 //! Every SQL statement of the payment service.
 
-use sqlx::{Row, SqlitePool, sqlite::SqliteRow};
+use ordermesh::db::{Migrations, Pool};
+use sqlx::{Row, any::AnyRow};
 
 /// A payment as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +20,19 @@ pub(crate) struct PaymentRow {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
-    pool: SqlitePool,
+    pool: Pool,
+}
+
+/// The payment service's schema, for SQLite and for PostgreSQL.
+pub(crate) fn migrations() -> Migrations {
+    Migrations {
+        sqlite: sqlx::migrate!("migrations/sqlite"),
+        postgres: sqlx::migrate!("migrations/postgres"),
+    }
 }
 
 impl Store {
-    pub(crate) fn new(pool: SqlitePool) -> Self {
+    pub(crate) fn new(pool: Pool) -> Self {
         Self { pool }
     }
 
@@ -33,7 +42,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO payments (payment_id, idempotency_key, request_fingerprint, order_id,
                  currency_code, minor_units, status, decline_reason, created_at_ms)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT (idempotency_key) DO NOTHING",
         )
         .bind(&new.payment_id)
@@ -47,23 +56,23 @@ impl Store {
         .bind(new.created_at_ms)
         .execute(&self.pool)
         .await?;
-        sqlx::query("SELECT * FROM payments WHERE idempotency_key = ?")
+        sqlx::query("SELECT * FROM payments WHERE idempotency_key = $1")
             .bind(&new.idempotency_key)
-            .try_map(|row: SqliteRow| from_row(&row))
+            .try_map(|row: AnyRow| from_row(&row))
             .fetch_one(&self.pool)
             .await
     }
 
     pub(crate) async fn get(&self, payment_id: &str) -> Result<Option<PaymentRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM payments WHERE payment_id = ?")
+        sqlx::query("SELECT * FROM payments WHERE payment_id = $1")
             .bind(payment_id)
-            .try_map(|row: SqliteRow| from_row(&row))
+            .try_map(|row: AnyRow| from_row(&row))
             .fetch_optional(&self.pool)
             .await
     }
 }
 
-fn from_row(row: &SqliteRow) -> Result<PaymentRow, sqlx::Error> {
+fn from_row(row: &AnyRow) -> Result<PaymentRow, sqlx::Error> {
     Ok(PaymentRow {
         payment_id: row.try_get("payment_id")?,
         idempotency_key: row.try_get("idempotency_key")?,

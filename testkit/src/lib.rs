@@ -1,8 +1,9 @@
 //! Test support shared by the ordermesh suites: the Kafka-protocol broker a test runs against (the
 //! embedded mock cluster, or `tansu`, an independent broker nobody here wrote), service binaries run
-//! as real processes so a test can SIGKILL them, and the waits they need.
+//! as real processes so a test can SIGKILL them, a PostgreSQL server of a test's own, and the waits
+//! they need.
 //!
-//! Tools from outside the Rust toolchain (tansu) are found on PATH or in `~/.cargo/bin`. Without
+//! Tools from outside the Rust toolchain (tansu, PostgreSQL) are found on PATH or in `~/.cargo/bin`. Without
 //! them a local run says so and skips; under CI=true (where `.ci/run` installs them) a missing tool
 //! fails.
 #![allow(clippy::unwrap_used)]
@@ -22,6 +23,9 @@ use rdkafka::{
     message::OwnedMessage,
 };
 use tokio::process::{Child, Command};
+
+mod postgres;
+pub use postgres::Postgres;
 
 /// Upper bound for anything that happens asynchronously. It only bounds a failing test.
 pub const EVENTUALLY: Duration = Duration::from_secs(60);

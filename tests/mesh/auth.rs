@@ -15,7 +15,7 @@ use ordermesh::{
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{MeshOptions, order_request, spawn_mesh_with};
+use super::helpers::{MeshOptions, order_request, spawn_mesh_with};
 
 const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 
@@ -41,12 +41,15 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_public_apis_need_a_valid_token_with_the_methods_scope() -> Result<()> {
-    let mut mesh = spawn_mesh_with(MeshOptions {
+    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
         notifier: false,
         order: |config| config.auth_key = Some(KEY.parse().unwrap()),
         ..Default::default()
     })
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     mesh.notifier_settings = Arc::new(|config| config.auth_key = Some(KEY.parse().unwrap()));
     mesh.start_notifier().await?;
     let mut orders = mesh.order_client().await?;

@@ -7,7 +7,7 @@ use std::process::Output;
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
-use crate::helpers::spawn_mesh;
+use super::helpers::spawn_mesh;
 
 /// The tool's path, None to skip (locally), or an error (in CI).
 pub use ordermesh_testkit::tool;
@@ -44,7 +44,9 @@ async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() ->
         return Ok(());
     };
     let grpcurl = grpcurl.display();
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let payment = mesh.payment.as_ref().context("payment")?.addr;
     let notifier = mesh.notifier.as_ref().context("notifier")?.addr;
     let order = mesh.order_addr()?;
@@ -93,11 +95,13 @@ async fn kcat_reads_the_event_with_its_cloudevents_headers() -> Result<()> {
     let Some(kcat) = tool("kcat")? else {
         return Ok(());
     };
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let created = mesh
         .order_client()
         .await?
-        .create_order(crate::helpers::order_request("kcat-1", "tok_visa"))
+        .create_order(super::helpers::order_request("kcat-1", "tok_visa"))
         .await?
         .into_inner();
 

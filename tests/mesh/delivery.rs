@@ -9,7 +9,7 @@ use anyhow::{Context, Result, ensure};
 use ordermesh::proto::notification::v1::{Notification, NotificationStatus};
 use ordermesh_notifier::{Channel, ReplayReport, dead_letter, replay_dead_letters};
 
-use crate::{
+use super::{
     helpers::{
         MeshOptions, TestMesh, eventually, eventually_async, header, spawn_mesh_on_tansu,
         spawn_mesh_with, unused_addr,
@@ -23,13 +23,13 @@ async fn mesh_delivering_to(
     smtp: std::net::SocketAddr,
     gateway: &SmsGateway,
     attempts: u32,
-) -> Result<TestMesh> {
+) -> Result<Option<TestMesh>> {
     let mesh = spawn_mesh_with(MeshOptions {
         notifier: false,
         ..Default::default()
     })
     .await?;
-    Ok(delivering_to(mesh, smtp, gateway, attempts))
+    Ok(mesh.map(|mesh| delivering_to(mesh, smtp, gateway, attempts)))
 }
 
 /// `mesh` with its notifier (not started yet) set up as in [`mesh_delivering_to`].
@@ -137,7 +137,9 @@ async fn emails_and_sms_reach_real_servers_once_per_order() -> Result<()> {
     }
     let gateway = SmsGateway::start().await;
     let smtp_addr = unused_addr().await?;
-    let mut mesh = mesh_delivering_to(smtp_addr, &gateway, 8).await?;
+    let Some(mut mesh) = mesh_delivering_to(smtp_addr, &gateway, 8).await? else {
+        return Ok(());
+    };
     let smtp = SmtpServer::start(smtp_addr, &mesh.dir.path().join("mail")).await?;
     mesh.start_notifier().await?;
 
@@ -171,7 +173,9 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
     let gateway = SmsGateway::start().await;
     gateway.answer(503);
     let smtp_addr = unused_addr().await?;
-    let mut mesh = mesh_delivering_to(smtp_addr, &gateway, 1_000).await?;
+    let Some(mut mesh) = mesh_delivering_to(smtp_addr, &gateway, 1_000).await? else {
+        return Ok(());
+    };
     mesh.start_notifier().await?;
 
     // Act 1: orders while both are down.
@@ -253,11 +257,14 @@ async fn out_of_retries_is_dead_lettered_with_why_and_replay_delivers_once() -> 
     if !smtp_available().await? {
         return Ok(());
     }
-    let mesh = spawn_mesh_with(MeshOptions {
+    let Some(mesh) = spawn_mesh_with(MeshOptions {
         notifier: false,
         ..Default::default()
     })
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     dead_letter_and_replay(mesh).await
 }
 

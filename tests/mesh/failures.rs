@@ -8,12 +8,14 @@ use ordermesh::proto::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{MeshOptions, order_request, spawn_mesh, spawn_mesh_with};
+use super::helpers::{MeshOptions, order_request, spawn_mesh, spawn_mesh_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_payment_fails_the_order_with_the_reason_and_publishes_nothing() -> Result<()> {
     // Arrange
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let mut orders = mesh.order_client().await?;
 
     // Act
@@ -61,7 +63,9 @@ async fn a_declined_payment_fails_the_order_with_the_reason_and_publishes_nothin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_payment_services_error_details_reach_the_client() -> Result<()> {
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let mut orders = mesh.order_client().await?;
 
     let refused = orders
@@ -95,12 +99,15 @@ async fn the_payment_services_error_details_reach_the_client() -> Result<()> {
 async fn payment_down_is_unavailable_within_the_deadline_and_a_retry_resumes_the_order()
 -> Result<()> {
     // Arrange: no payment service.
-    let mut mesh = spawn_mesh_with(MeshOptions {
+    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: false,
         ..Default::default()
     })
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     mesh.payment
         .take()
         .expect("payment was started")
@@ -156,12 +163,15 @@ async fn payment_down_is_unavailable_within_the_deadline_and_a_retry_resumes_the
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_order_is_not_found() -> Result<()> {
-    let mesh = spawn_mesh_with(MeshOptions {
+    let Some(mesh) = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: false,
         ..Default::default()
     })
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     let missing = mesh
         .order_client()
         .await?

@@ -9,12 +9,14 @@ use ordermesh::{
 };
 use rdkafka::Message;
 
-use crate::helpers::{header, order_request, spawn_mesh};
+use super::helpers::{header, order_request, spawn_mesh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Result<()> {
     // Arrange
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let mut orders = mesh.order_client().await?;
 
     // Act
@@ -130,7 +132,9 @@ async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_orders_pages_through_every_order_once() -> Result<()> {
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let mut orders = mesh.order_client().await?;
     let mut created = Vec::new();
     for i in 0..5 {

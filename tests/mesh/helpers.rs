@@ -1,6 +1,11 @@
 //! Starting real servers for tests: an embedded Kafka-protocol broker, and payment, order and notifier
-//! each on a port-0 listener with its own SQLite file, a random topic and random consumer groups, so
+//! each on a port-0 listener with its own database, a random topic and random consumer groups, so
 //! tests run in parallel without seeing each other.
+//!
+//! The databases are SQLite files in the test's directory; in the `mesh_postgres` test binary (this
+//! same suite, built a second time by `tests/mesh_postgres.rs`) they are databases on a PostgreSQL
+//! server of the test's own. Where PostgreSQL is not installed (and CI is not set) the tests of that
+//! binary skip.
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -17,7 +22,7 @@ use ordermesh::proto::{
 use ordermesh::service::Listeners;
 use ordermesh_notifier::{Channel, Stats};
 // Shared with the crates' own process tests.
-use ordermesh_testkit::{Broker, Tansu};
+use ordermesh_testkit::{Broker, Postgres, Tansu};
 pub use ordermesh_testkit::{eventually as eventually_async, unused_addr};
 use rdkafka::{
     ClientConfig, Message,
@@ -297,6 +302,8 @@ pub struct TestMesh {
     /// The TLS terminator in front of tansu, with `secured_kafka`.
     pub secured_kafka: Option<SecuredKafka>,
     _watchdog: Watchdog,
+    /// The services' databases (SQLite files in `dir`, or a PostgreSQL server of the test's own).
+    pub databases: Databases,
     // Declared last so that, if a test fails early, it is dropped after everything above.
     pub dir: TempDir,
     /// The embedded broker, or tansu for the tests that prove behaviour against an independent one.
@@ -332,15 +339,15 @@ impl Default for MeshOptions {
     }
 }
 
-pub async fn spawn_mesh() -> Result<TestMesh> {
+/// A mesh with the default settings; None when the test is to skip (see [`Databases::for_test`]).
+pub async fn spawn_mesh() -> Result<Option<TestMesh>> {
     spawn_mesh_with(MeshOptions::default()).await
 }
 
-pub async fn spawn_mesh_with(options: MeshOptions) -> Result<TestMesh> {
+/// A mesh on the embedded broker; None when the test is to skip (see [`Databases::for_test`]).
+pub async fn spawn_mesh_with(options: MeshOptions) -> Result<Option<TestMesh>> {
     assert!(!options.tansu, "use spawn_mesh_on_tansu");
-    spawn_mesh_inner(options)
-        .await?
-        .context("the embedded broker is always there")
+    spawn_mesh_inner(options).await
 }
 
 /// A mesh on tansu, an independent Kafka-compatible broker on SQLite storage; None (the test then
@@ -370,6 +377,9 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
         Channel::ALL.map(|c| ordermesh_notifier::dead_letter::topic(&topic, c));
     let topics = [&topic, &dead_letter_topics[0], &dead_letter_topics[1]].map(String::as_str);
     let dir = tempfile::tempdir()?;
+    let Some(databases) = Databases::for_test(&dir).await? else {
+        return Ok(None);
+    };
     ensure!(
         options.tansu || !options.secured_kafka,
         "secured_kafka needs tansu: use spawn_mesh_on_tansu"
@@ -401,14 +411,19 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
 
     // Without a payment service, order points at an address nobody listens on (yet).
     let (payment, payment_addr) = if options.payment {
-        let payment = spawn_payment(&dir, "127.0.0.1:0".parse()?, options.payment_config).await?;
+        let payment = spawn_payment(
+            &databases.url("payment"),
+            "127.0.0.1:0".parse()?,
+            options.payment_config,
+        )
+        .await?;
         let addr = payment.addr;
         (Some(payment), addr)
     } else {
         (None, unused_addr().await?)
     };
     let mut config = ordermesh_order::Config {
-        database_url: sqlite_url(&dir, "order"),
+        database_url: databases.url("order"),
         payment_url: format!("http://{payment_addr}"),
         payment_timeout_ms: 2_000,
         kafka: kafka.clone(),
@@ -422,6 +437,7 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
     let mut mesh = TestMesh {
         broker,
         topic,
+        databases,
         dir,
         payment,
         payment_addr,
@@ -454,12 +470,12 @@ async fn spawn_order(config: ordermesh_order::Config) -> Result<Running> {
 }
 
 async fn spawn_payment(
-    dir: &TempDir,
+    database_url: &str,
     addr: SocketAddr,
     customize: fn(&mut ordermesh_payment::Config),
 ) -> Result<Running> {
     let mut config = ordermesh_payment::Config {
-        database_url: sqlite_url(dir, "payment"),
+        database_url: database_url.to_owned(),
         drain_grace_ms: 2_000,
         ..ordermesh_payment::Config::from_env()?
     };
@@ -536,7 +552,7 @@ impl TestMesh {
     /// The notifier's settings in this mesh (both channels).
     pub fn notifier_config(&self) -> Result<ordermesh_notifier::Config> {
         let mut config = ordermesh_notifier::Config {
-            database_url: sqlite_url(&self.dir, "notifier"),
+            database_url: self.databases.url("notifier"),
             kafka: self.kafka.clone(),
             events_topic: self.topic.clone(),
             channels: vec![Channel::Email, Channel::Sms],
@@ -563,9 +579,72 @@ impl TestMesh {
         if self.payment.is_some() {
             bail!("payment already running");
         }
-        self.payment =
-            Some(spawn_payment(&self.dir, self.payment_addr, self.payment_config).await?);
+        self.payment = Some(
+            spawn_payment(
+                &self.databases.url("payment"),
+                self.payment_addr,
+                self.payment_config,
+            )
+            .await?,
+        );
         Ok(())
+    }
+
+    /// Another replica of the payment service, on the same database as the first.
+    pub async fn spawn_payment_replica(&self) -> Result<Running> {
+        spawn_payment(
+            &self.databases.url("payment"),
+            "127.0.0.1:0".parse()?,
+            self.payment_config,
+        )
+        .await
+    }
+
+    /// Another replica of the order service: the same settings and database as the first (so its
+    /// own outbox relay shares the outbox), calling payment at `payment_url`.
+    pub async fn spawn_order_replica(&self, payment_url: &str) -> Result<Running> {
+        let mut config = self.order_config.clone();
+        config.payment_url = payment_url.to_owned();
+        spawn_order(config).await
+    }
+
+    /// Another notifier replica (both channels): the same settings, database and consumer groups
+    /// as the mesh's notifier, so the replicas share each channel's partitions. Its outcome
+    /// counters come with it.
+    pub async fn spawn_notifier_replica(&self) -> Result<(Running, HashMap<Channel, Arc<Stats>>)> {
+        let config = self.notifier_config()?;
+        let stats: HashMap<Channel, Arc<Stats>> =
+            Channel::ALL.iter().map(|c| (*c, Arc::default())).collect();
+        let counting = stats.clone();
+        let running = Running::spawn("127.0.0.1:0".parse()?, |listeners, stop| async move {
+            ordermesh_notifier::run_with_stats(
+                listeners,
+                config,
+                async move {
+                    let _ = stop.await;
+                },
+                counting,
+            )
+            .await
+        })
+        .await?;
+        Ok((running, stats))
+    }
+
+    /// Every event on the topic, as (order id, event id), read from the start.
+    pub async fn all_events(&self) -> Result<Vec<(String, String)>> {
+        let count = usize::try_from(self.event_count().await?)?;
+        let messages = self.read_events(count).await?;
+        Ok(messages
+            .iter()
+            .map(|m| {
+                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
+                (
+                    key.unwrap_or_default(),
+                    header(m, "ce_id").unwrap_or_default(),
+                )
+            })
+            .collect())
     }
 
     /// Where the order service listens (a new port after each restart).
@@ -625,7 +704,7 @@ impl TestMesh {
 
     /// Every notification in the notifier's database, read directly (for while it is stopped).
     pub async fn all_notifications_offline(&self) -> Result<Vec<(String, String)>> {
-        let pool = ordermesh::db::connect(&sqlite_url(&self.dir, "notifier")).await?;
+        let pool = ordermesh::db::connect(&self.databases.url("notifier")).await?;
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT event_id, channel FROM notifications WHERE status = 'SENT'")
                 .fetch_all(&pool)
@@ -655,7 +734,7 @@ impl TestMesh {
             .await
     }
 
-    /// How many payments the payment service has stored for `order_id`, read from its database file.
+    /// How many payments the payment service has stored for `order_id`, read from its database.
     pub async fn payments_for(&self, order_id: &str) -> Result<i64> {
         self.count_payments(Some(order_id)).await
     }
@@ -666,9 +745,9 @@ impl TestMesh {
     }
 
     async fn count_payments(&self, order_id: Option<&str>) -> Result<i64> {
-        let pool = ordermesh::db::connect(&sqlite_url(&self.dir, "payment")).await?;
+        let pool = ordermesh::db::connect(&self.databases.url("payment")).await?;
         let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM payments WHERE ? IS NULL OR order_id = ?")
+            sqlx::query_as("SELECT COUNT(*) FROM payments WHERE $1 IS NULL OR order_id = $2")
                 .bind(order_id)
                 .bind(order_id)
                 .fetch_one(&pool)
@@ -753,8 +832,44 @@ fn fresh_consumer_config(kafka: &ordermesh::kafka::KafkaSettings) -> ClientConfi
     config
 }
 
-pub fn sqlite_url(dir: &TempDir, name: &str) -> String {
-    format!("sqlite://{}/{name}.db", dir.path().display())
+/// Whether this test binary runs the suite on PostgreSQL (`tests/mesh_postgres.rs`) rather than
+/// SQLite (`tests/mesh/main.rs`): the same code, compiled into two binaries.
+pub fn on_postgres() -> bool {
+    env!("CARGO_CRATE_NAME") == "mesh_postgres"
+}
+
+/// Where one test's services keep their data.
+pub enum Databases {
+    /// A SQLite file per service in this directory.
+    Sqlite(std::path::PathBuf),
+    /// A database per service (`order`, `payment`, `notifier`) on a server of the test's own.
+    Postgres(Postgres),
+}
+
+impl Databases {
+    /// The databases for a test in `dir`: SQLite files, or in the `mesh_postgres` binary a fresh
+    /// PostgreSQL server with the three databases created (empty; each service migrates its own).
+    /// None when the test is to skip: PostgreSQL is not installed here and CI is not set.
+    pub async fn for_test(dir: &TempDir) -> Result<Option<Self>> {
+        if !on_postgres() {
+            return Ok(Some(Self::Sqlite(dir.path().to_owned())));
+        }
+        let Some(server) = Postgres::start().await? else {
+            return Ok(None);
+        };
+        for name in ["order", "payment", "notifier"] {
+            server.create_database(name).await?;
+        }
+        Ok(Some(Self::Postgres(server)))
+    }
+
+    /// The database URL of service `name`.
+    pub fn url(&self, name: &str) -> String {
+        match self {
+            Databases::Sqlite(dir) => format!("sqlite://{}/{name}.db", dir.display()),
+            Databases::Postgres(server) => server.url(name),
+        }
+    }
 }
 
 /// A valid CreateOrder request: 2 x 19.99 USD, paid with `token`.

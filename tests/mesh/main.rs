@@ -23,6 +23,7 @@ mod outbox;
 mod poison;
 mod readme;
 mod replay;
+mod replicas;
 mod servers;
 mod sync_path;
 mod tls;

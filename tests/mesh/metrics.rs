@@ -4,7 +4,7 @@
 use anyhow::{Result, ensure};
 use tonic::{Code, Request};
 
-use crate::helpers::{
+use super::helpers::{
     MeshOptions, Metrics, eventually_async, order_request, spawn_mesh, spawn_mesh_with,
 };
 
@@ -21,7 +21,9 @@ fn calls(metrics: &Metrics, name: &str, method: &str, code: Code) -> f64 {
 
 #[tokio::test]
 async fn counters_move_as_orders_are_placed_and_faults_injected() -> Result<()> {
-    let mesh = spawn_mesh().await?;
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
     let order = mesh.order()?;
     let payment = mesh.payment.as_ref().expect("payment runs");
     let notifier = mesh.notifier.as_ref().expect("notifier runs");
@@ -147,12 +149,15 @@ async fn counters_move_as_orders_are_placed_and_faults_injected() -> Result<()> 
 
 #[tokio::test]
 async fn shed_calls_are_counted_as_resource_exhausted() -> Result<()> {
-    let mesh = spawn_mesh_with(MeshOptions {
+    let Some(mesh) = spawn_mesh_with(MeshOptions {
         notifier: false,
         order: |config| config.max_concurrent_requests = 1,
         ..MeshOptions::default()
     })
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     // Five at once, each held by payment for a while: one is served at a time, the rest shed.
     let client = mesh.order_client().await?;
     let calls_made = (0..5).map(|i| {

@@ -11,7 +11,7 @@ use rdkafka::Message;
 
 use ordermesh_testkit::Broker;
 
-use crate::helpers::{
+use super::helpers::{
     MeshOptions, TestMesh, eventually_async, spawn_mesh_on_tansu, spawn_mesh_with,
 };
 
@@ -54,7 +54,10 @@ const WAIT_FOR_BROKER: MeshOptions = MeshOptions {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_follow_once()
 -> Result<()> {
-    broker_down_while_ordering(spawn_mesh_with(WAIT_FOR_BROKER).await?).await
+    match spawn_mesh_with(WAIT_FOR_BROKER).await? {
+        Some(mesh) => broker_down_while_ordering(mesh).await,
+        None => Ok(()),
+    }
 }
 
 async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
@@ -105,11 +108,14 @@ async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
 async fn events_still_pending_when_the_order_service_stops_are_published_once_after_it_restarts()
 -> Result<()> {
     // Arrange: orders accepted while the broker is down, then the order service stops.
-    let mut mesh = spawn_mesh_with(MeshOptions {
+    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
         order: |config| config.publish_timeout_ms = 500,
         ..Default::default()
     })
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     mesh.broker.down().await?;
     let orders = mesh.place_orders("restart", 5).await?;
     ensure!(
@@ -128,7 +134,10 @@ async fn events_still_pending_when_the_order_service_stops_are_published_once_af
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_while_notifiers_consume_loses_and_repeats_nothing() -> Result<()> {
-    broker_restart_while_consuming(spawn_mesh_with(WAIT_FOR_BROKER).await?).await
+    match spawn_mesh_with(WAIT_FOR_BROKER).await? {
+        Some(mesh) => broker_restart_while_consuming(mesh).await,
+        None => Ok(()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

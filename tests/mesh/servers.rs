@@ -24,7 +24,7 @@ use tokio::{
 };
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
-use crate::helpers::EVENTUALLY;
+use super::helpers::EVENTUALLY;
 
 /// Whether aiosmtpd can run here: Ok(false) to skip (locally), an error in CI.
 pub async fn smtp_available() -> Result<bool> {

@@ -16,7 +16,7 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::helpers::{Running, order_request, sqlite_url};
+use super::helpers::{Databases, Running, order_request};
 
 /// A client's TLS: trusting `ca`, presenting `identity` (a `<name>.pem`/`.key` pair in `dir`).
 fn client_tls(dir: &Path, ca: &str, identity: Option<&str>) -> Result<ClientTlsConfig> {
@@ -61,11 +61,14 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
     // Arrange: the development certificates, and payment requiring a client certificate from the
     // mesh CA.
     let dir = tempfile::tempdir()?;
+    let Some(databases) = Databases::for_test(&dir).await? else {
+        return Ok(());
+    };
     let certs = dir.path().join("certs");
     ordermesh::tls::write_dev_certs(&certs)?;
     let file = |name: &str| -> Option<PathBuf> { Some(certs.join(name)) };
     let payment_config = ordermesh_payment::Config {
-        database_url: sqlite_url(&dir, "payment"),
+        database_url: databases.url("payment"),
         drain_grace_ms: 2_000,
         tls_cert: file("payment.pem"),
         tls_key: file("payment.key"),
@@ -136,7 +139,7 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
     let broker = Broker::embedded(&[&topic], 1)?;
     let order_config = ordermesh_order::Config {
-        database_url: sqlite_url(&dir, "order"),
+        database_url: databases.url("order"),
         // `localhost` is in payment's certificate; the address is loopback.
         payment_url: format!("https://localhost:{}", payment.addr.port()),
         payment_tls_ca: file("ca.pem"),

@@ -6,7 +6,7 @@ use ordermesh::proto::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{MeshOptions, order_request, spawn_mesh_with};
+use super::helpers::{MeshOptions, order_request, spawn_mesh_with};
 
 /// A bad request, the field it must be refused for.
 fn invalid_requests() -> Vec<(&'static str, CreateOrderRequest, &'static str)> {
@@ -143,12 +143,15 @@ fn invalid_requests() -> Vec<(&'static str, CreateOrderRequest, &'static str)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_requests_are_refused_naming_the_field_and_change_nothing() -> Result<()> {
-    let mesh = spawn_mesh_with(MeshOptions {
+    let Some(mesh) = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: false,
         ..Default::default()
     })
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     let mut orders = mesh.order_client().await?;
 
     for (case, request, field) in invalid_requests() {
@@ -184,12 +187,15 @@ async fn invalid_requests_are_refused_naming_the_field_and_change_nothing() -> R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_list_parameters_are_refused() -> Result<()> {
-    let mesh = spawn_mesh_with(MeshOptions {
+    let Some(mesh) = spawn_mesh_with(MeshOptions {
         payment: true,
         notifier: true,
         ..Default::default()
     })
-    .await?;
+    .await?
+    else {
+        return Ok(());
+    };
     for (request, field) in [
         (
             ListOrdersRequest {
