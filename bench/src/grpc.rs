@@ -481,6 +481,9 @@ pub async fn payment_client_stack(scale: &Scale) -> Result<Vec<Comparison>> {
     let stub = stub_payment().await?;
     let config = PaymentClientConfig {
         url: stub.url(),
+        // The order service's defaults.
+        resolve_interval: Duration::from_secs(5),
+        health_interval: Duration::from_secs(1),
         timeout: Duration::from_secs(3),
         attempt_timeout: Duration::from_secs(1),
         deadline_margin: Duration::from_millis(50),

@@ -21,13 +21,24 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// The payment service's gRPC endpoint.
+    /// The payment service's gRPC endpoints: one URL or several, comma-separated. A host name
+    /// stands for every address it resolves to (e.g. each replica behind a Docker service name),
+    /// resolved again every ORDER_PAYMENT_RESOLVE_INTERVAL_MS; calls are spread over them.
     #[arg(
         long,
         env = "ORDER_PAYMENT_URL",
         default_value = "http://127.0.0.1:50052"
     )]
     pub payment_url: String,
+
+    /// How often the host names of ORDER_PAYMENT_URL are resolved again, in milliseconds.
+    #[arg(long, env = "ORDER_PAYMENT_RESOLVE_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub payment_resolve_interval_ms: u64,
+
+    /// How often each payment endpoint's health is checked, in milliseconds; one not SERVING gets
+    /// no calls until it is again.
+    #[arg(long, env = "ORDER_PAYMENT_HEALTH_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub payment_health_interval_ms: u64,
 
     /// Deadline of the whole Charge call, retries included, in milliseconds (a shorter deadline of
     /// the CreateOrder caller wins).
@@ -153,6 +164,8 @@ impl Config {
         let share = |percent: u32| f64::from(percent) / 100.0;
         PaymentClientConfig {
             url: self.payment_url.clone(),
+            resolve_interval: ms(self.payment_resolve_interval_ms),
+            health_interval: ms(self.payment_health_interval_ms),
             timeout: ms(self.payment_timeout_ms),
             attempt_timeout: ms(self.payment_attempt_timeout_ms),
             deadline_margin: ms(self.deadline_margin_ms),

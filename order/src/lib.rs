@@ -84,7 +84,7 @@ const AUTH_RULES: &[(&str, &str)] = &[
 ];
 
 /// The health entry of the payment dependency, as the order service sees it: SERVING while the
-/// payment circuit is closed, NOT_SERVING while it is open or half-open.
+/// circuit of any payment endpoint is closed, NOT_SERVING while none is.
 pub const PAYMENT_HEALTH: &str = "payment";
 
 /// Mirrors the payment breaker's state into the health service, so a health `Watch` on
@@ -144,7 +144,7 @@ pub async fn run(
         metrics.meter(),
     )
     .map_err(|e| kafka_error(e.into()))?;
-    let breaker_states = payments.breaker().subscribe();
+    let breaker_states = payments.subscribe();
     let store = store::Store::new(pool);
     // The relay is the only publisher; it runs until the server has drained, so calls in flight
     // still get their events acknowledged.

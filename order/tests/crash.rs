@@ -1,6 +1,7 @@
 //! The order service as a real process, killed with SIGKILL while its orders' events are stored but
 //! not yet published (the broker is down): restarted, it publishes every event exactly once. Run
-//! against the embedded broker and against tansu, a broker nobody here wrote.
+//! against the embedded broker and against tansu, a broker nobody here wrote; on SQLite here, and on
+//! PostgreSQL in `crash_postgres.rs` (this file compiled again).
 #![allow(clippy::unwrap_used)]
 
 use std::{collections::HashSet, net::SocketAddr, path::Path};
@@ -13,7 +14,7 @@ use ordermesh::proto::{
     },
     types::v1::Money,
 };
-use ordermesh_testkit::{Broker, Process, Tansu, eventually, unused_addr};
+use ordermesh_testkit::{Broker, Databases, Process, Tansu, eventually, on_postgres, unused_addr};
 use tempfile::TempDir;
 
 fn order_request(request_id: &str) -> CreateOrderRequest {
@@ -35,9 +36,10 @@ fn order_request(request_id: &str) -> CreateOrderRequest {
     }
 }
 
-/// The order binary on `addr`, with its database in `dir`.
+/// The order binary on `addr`, on `database`, logging into `dir`.
 async fn start_order(
     dir: &Path,
+    database: &str,
     addr: SocketAddr,
     payment: SocketAddr,
     broker: &Broker,
@@ -51,10 +53,7 @@ async fn start_order(
             ("ORDER_LISTEN_ADDR", addr.to_string()),
             // Any free port: tests run side by side.
             ("ORDER_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-            (
-                "ORDER_DATABASE_URL",
-                format!("sqlite://{}", dir.join("order.db").display()),
-            ),
+            ("ORDER_DATABASE_URL", database.to_owned()),
             ("ORDER_PAYMENT_URL", format!("http://{payment}")),
             ("KAFKA_BROKERS", broker.bootstrap_servers()),
             ("ORDER_EVENTS_TOPIC", topic.to_owned()),
@@ -69,12 +68,17 @@ async fn start_order(
 }
 
 async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
-    eprintln!("running against: {}", broker.name());
+    let Some(databases) =
+        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
+    else {
+        return Ok(());
+    };
+    eprintln!("running against: {} ({databases:?})", broker.name());
     // Payment runs in this process (it is not what is killed here).
     let payment_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let payment_addr = payment_listener.local_addr()?;
     let payment_config = ordermesh_payment::Config {
-        database_url: format!("sqlite://{}", dir.path().join("payment.db").display()),
+        database_url: databases.url("payment"),
         ..ordermesh_payment::Config::from_env()?
     };
     let payment = tokio::spawn(ordermesh_payment::run(
@@ -84,7 +88,15 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
     ));
 
     let order_addr = unused_addr().await?;
-    let order = start_order(dir.path(), order_addr, payment_addr, &broker, topic).await?;
+    let order = start_order(
+        dir.path(),
+        &databases.url("order"),
+        order_addr,
+        payment_addr,
+        &broker,
+        topic,
+    )
+    .await?;
     let mut client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
     // One order while all is well: the topic exists and the pipeline works.
     let first = client
@@ -114,7 +126,15 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
     // SIGKILL: no shutdown, no final flush.
     order.kill().await?;
     broker.up().await?;
-    let _order = start_order(dir.path(), order_addr, payment_addr, &broker, topic).await?;
+    let _order = start_order(
+        dir.path(),
+        &databases.url("order"),
+        order_addr,
+        payment_addr,
+        &broker,
+        topic,
+    )
+    .await?;
     let client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
 
     // Every order's event is published: the orders say so...

@@ -25,7 +25,7 @@ use rdkafka::{
 use tokio::process::{Child, Command};
 
 mod postgres;
-pub use postgres::Postgres;
+pub use postgres::{Databases, Postgres, on_postgres};
 
 /// Upper bound for anything that happens asynchronously. It only bounds a failing test.
 pub const EVENTUALLY: Duration = Duration::from_secs(60);

@@ -305,3 +305,44 @@ impl Drop for Postgres {
         self.dir.take();
     }
 }
+
+/// Whether a test binary runs its suite on PostgreSQL: the `*_postgres` twins of the suites (the
+/// same test files, compiled again under another name; pass `env!("CARGO_CRATE_NAME")`).
+pub fn on_postgres(crate_name: &str) -> bool {
+    crate_name.ends_with("_postgres")
+}
+
+/// Where one test's services keep their data.
+#[derive(Debug)]
+pub enum Databases {
+    /// A SQLite file per service in this directory.
+    Sqlite(PathBuf),
+    /// A database per service (`order`, `payment`, `notifier`) on a server of the test's own.
+    Postgres(Postgres),
+}
+
+impl Databases {
+    /// SQLite files in `dir`, or with `postgres` a fresh PostgreSQL server with the three databases
+    /// created (empty; each service migrates its own). None when the test is to skip: PostgreSQL
+    /// is wanted but not installed here, and CI is not set.
+    pub async fn for_test(dir: &Path, postgres: bool) -> Result<Option<Self>> {
+        if !postgres {
+            return Ok(Some(Self::Sqlite(dir.to_owned())));
+        }
+        let Some(server) = Postgres::start().await? else {
+            return Ok(None);
+        };
+        for name in ["order", "payment", "notifier"] {
+            server.create_database(name).await?;
+        }
+        Ok(Some(Self::Postgres(server)))
+    }
+
+    /// The database URL of service `name`.
+    pub fn url(&self, name: &str) -> String {
+        match self {
+            Databases::Sqlite(dir) => format!("sqlite://{}/{name}.db", dir.display()),
+            Databases::Postgres(server) => server.url(name),
+        }
+    }
+}

@@ -22,7 +22,8 @@ use ordermesh::proto::{
 use ordermesh::service::Listeners;
 use ordermesh_notifier::{Channel, Stats};
 // Shared with the crates' own process tests.
-use ordermesh_testkit::{Broker, Postgres, Tansu};
+pub use ordermesh_testkit::Databases;
+use ordermesh_testkit::{Broker, Tansu};
 pub use ordermesh_testkit::{eventually as eventually_async, unused_addr};
 use rdkafka::{
     ClientConfig, Message,
@@ -234,6 +235,70 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Scrapes the service's metrics until `check` holds, or fails naming `what` after
+    /// [`EVENTUALLY`].
+    pub async fn wait_for_metrics(
+        &self,
+        what: &str,
+        check: impl Fn(&Metrics) -> bool,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + EVENTUALLY;
+        loop {
+            let metrics = self.scrape().await?;
+            if check(&metrics) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("not so after {EVENTUALLY:?}: {what}\n{}", metrics.0);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A TCP proxy in front of a server, standing for it on the network: [`Severable::sever`] closes
+/// every connection through it and stops listening, so to its clients the server has crashed (in
+/// flight calls cut, new connections refused), which an in-process server cannot be made to do.
+pub struct Severable {
+    pub addr: SocketAddr,
+    accept: JoinHandle<()>,
+    connections: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl Severable {
+    pub async fn start(target: SocketAddr) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let connections = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let spawned = connections.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                spawned.lock().unwrap().spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            accept,
+            connections,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Cuts every connection and stops listening.
+    pub fn sever(self) {
+        self.accept.abort();
+        self.connections.lock().unwrap().abort_all();
+    }
+}
+
 /// A scrape in the Prometheus text format.
 #[derive(Debug)]
 pub struct Metrics(pub String);
@@ -377,7 +442,7 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
         Channel::ALL.map(|c| ordermesh_notifier::dead_letter::topic(&topic, c));
     let topics = [&topic, &dead_letter_topics[0], &dead_letter_topics[1]].map(String::as_str);
     let dir = tempfile::tempdir()?;
-    let Some(databases) = Databases::for_test(&dir).await? else {
+    let Some(databases) = databases_for(&dir).await? else {
         return Ok(None);
     };
     ensure!(
@@ -835,41 +900,12 @@ fn fresh_consumer_config(kafka: &ordermesh::kafka::KafkaSettings) -> ClientConfi
 /// Whether this test binary runs the suite on PostgreSQL (`tests/mesh_postgres.rs`) rather than
 /// SQLite (`tests/mesh/main.rs`): the same code, compiled into two binaries.
 pub fn on_postgres() -> bool {
-    env!("CARGO_CRATE_NAME") == "mesh_postgres"
+    ordermesh_testkit::on_postgres(env!("CARGO_CRATE_NAME"))
 }
 
-/// Where one test's services keep their data.
-pub enum Databases {
-    /// A SQLite file per service in this directory.
-    Sqlite(std::path::PathBuf),
-    /// A database per service (`order`, `payment`, `notifier`) on a server of the test's own.
-    Postgres(Postgres),
-}
-
-impl Databases {
-    /// The databases for a test in `dir`: SQLite files, or in the `mesh_postgres` binary a fresh
-    /// PostgreSQL server with the three databases created (empty; each service migrates its own).
-    /// None when the test is to skip: PostgreSQL is not installed here and CI is not set.
-    pub async fn for_test(dir: &TempDir) -> Result<Option<Self>> {
-        if !on_postgres() {
-            return Ok(Some(Self::Sqlite(dir.path().to_owned())));
-        }
-        let Some(server) = Postgres::start().await? else {
-            return Ok(None);
-        };
-        for name in ["order", "payment", "notifier"] {
-            server.create_database(name).await?;
-        }
-        Ok(Some(Self::Postgres(server)))
-    }
-
-    /// The database URL of service `name`.
-    pub fn url(&self, name: &str) -> String {
-        match self {
-            Databases::Sqlite(dir) => format!("sqlite://{}/{name}.db", dir.display()),
-            Databases::Postgres(server) => server.url(name),
-        }
-    }
+/// The databases of a test in `dir`, on this binary's backend; None when the test is to skip.
+pub async fn databases_for(dir: &TempDir) -> Result<Option<Databases>> {
+    Databases::for_test(dir.path(), on_postgres()).await
 }
 
 /// A valid CreateOrder request: 2 x 19.99 USD, paid with `token`.

@@ -17,7 +17,9 @@ use ordermesh::proto::order::v1::{
 use ordermesh_notifier::{Channel, Stats};
 use tonic::transport::Channel as GrpcChannel;
 
-use super::helpers::{EVENTUALLY, Running, TestMesh, order_request, spawn_mesh};
+use super::helpers::{
+    EVENTUALLY, Metrics, Running, Severable, TestMesh, order_request, spawn_mesh,
+};
 
 /// Every order stored, through `client` (all pages).
 async fn all_orders(client: &mut OrderServiceClient<GrpcChannel>) -> Result<Vec<Order>> {
@@ -189,6 +191,125 @@ async fn two_relays_on_one_outbox_publish_every_event_once() -> Result<()> {
     ledger_check(&mesh, &accepted).await?;
     stop_all([order_b]).await?;
     mesh.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_replica_killed_under_load_moves_its_traffic_to_the_others_and_accepted_orders_complete()
+-> Result<()> {
+    // Arrange: three payment replicas on one database, and an order replica balancing over all
+    // three (ORDER_PAYMENT_URL a list of them).
+    let Some(mesh) = spawn_mesh().await? else {
+        return Ok(());
+    };
+    let payment_2 = mesh.spawn_payment_replica().await?;
+    let payment_3 = mesh.spawn_payment_replica().await?;
+    let first = mesh.payment.as_ref().expect("payment runs");
+    // Replica 2 is reached through a proxy whose severing is its crash.
+    let network_2 = Severable::start(payment_2.addr).await?;
+    let urls = [first.url(), network_2.url(), payment_3.url()].join(",");
+    let order = mesh.spawn_order_replica(&urls).await?;
+    let client = OrderServiceClient::connect(order.url()).await?;
+
+    // Act: 240 orders, 8 at a time; after the first 60 answers, replica 2 dies.
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = {
+        let answered = answered.clone();
+        tokio::spawn(async move {
+            futures::stream::iter(0..240)
+                .map(|i| {
+                    let (mut client, answered) = (client.clone(), answered.clone());
+                    async move {
+                        let request = order_request(&format!("under-load-{i}"), "tok_visa");
+                        let answer = client.create_order(request).await;
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        answer
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    while answered.load(Ordering::Relaxed) < 60 {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the load did not get going"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let served_by_2 = charges(&payment_2).await?;
+    let payment_2_addr = network_2.addr;
+    let survivors_before = (charges(first).await?, charges(&payment_3).await?);
+    network_2.sever();
+    let answered_before = answered.load(Ordering::Relaxed);
+    let answers = load.await?;
+
+    // Assert: every order was accepted (paid), though a replica died under them: the attempts that
+    // met it were retried on the others, with the same idempotency key.
+    let mut accepted = HashSet::new();
+    for answer in answers {
+        let order = answer.map_err(|status| anyhow::anyhow!("an order failed: {status:?}"))?;
+        assert_eq!(order.into_inner().status(), OrderStatus::Paid);
+    }
+    for order in all_orders(&mut mesh.order_client().await?).await? {
+        accepted.insert(order.order_id);
+    }
+    assert_eq!(accepted.len(), 240);
+    // All three took charges before the kill; the two left went on taking them after it.
+    let (served_by_1, served_by_3) = (charges(first).await?, charges(&payment_3).await?);
+    eprintln!(
+        "charges served: replica 1 {served_by_1}, replica 2 {served_by_2} (then killed, after \
+         {answered_before} answers), replica 3 {served_by_3}"
+    );
+    ensure!(
+        served_by_2 > 0.0,
+        "replica 2 took no calls before it was killed"
+    );
+    ensure!(
+        served_by_1 > survivors_before.0 && served_by_3 > survivors_before.1,
+        "both survivors took charges after the kill (before it: {survivors_before:?})"
+    );
+
+    // The dead replica is out of rotation once its health check fails: from then on no attempt
+    // goes to it, so none fails and is retried.
+    let dead = payment_2_addr.to_string();
+    order
+        .wait_for_metrics("the killed replica reported unhealthy", |m| {
+            m.has(
+                "ordermesh_payment_endpoint_healthy",
+                &[("server_address", &dead)],
+            ) && m.sum(
+                "ordermesh_payment_endpoint_healthy",
+                &[("server_address", &dead)],
+            ) == 0.0
+        })
+        .await?;
+    let retries = |m: &Metrics| m.sum("ordermesh_payment_retries_total", &[]);
+    let retries_before = retries(&order.scrape().await?);
+    let mut client = OrderServiceClient::connect(order.url()).await?;
+    for i in 0..30 {
+        let request = order_request(&format!("after-kill-{i}"), "tok_visa");
+        let order = client.create_order(request).await?.into_inner();
+        assert_eq!(order.status(), OrderStatus::Paid);
+        accepted.insert(order.order_id);
+    }
+    assert_eq!(
+        retries(&order.scrape().await?),
+        retries_before,
+        "no attempt went to the dead replica (retries {retries_before})"
+    );
+    ledger_check(&mesh, &accepted).await?;
+    stop_all([order, payment_2, payment_3]).await?;
+    mesh.shutdown().await
+}
+
+/// Charge calls a payment replica answered (any code), from its metrics.
+async fn charges(payment: &Running) -> Result<f64> {
+    Ok(payment.scrape().await?.sum(
+        "rpc_server_call_duration_seconds_count",
+        &[("rpc_method", "Charge")],
+    ))
 }
 
 async fn stop_all<const N: usize>(replicas: [Running; N]) -> Result<()> {

@@ -16,7 +16,7 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::helpers::{Databases, Running, order_request};
+use super::helpers::{Running, databases_for, order_request};
 
 /// A client's TLS: trusting `ca`, presenting `identity` (a `<name>.pem`/`.key` pair in `dir`).
 fn client_tls(dir: &Path, ca: &str, identity: Option<&str>) -> Result<ClientTlsConfig> {
@@ -61,7 +61,7 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
     // Arrange: the development certificates, and payment requiring a client certificate from the
     // mesh CA.
     let dir = tempfile::tempdir()?;
-    let Some(databases) = Databases::for_test(&dir).await? else {
+    let Some(databases) = databases_for(&dir).await? else {
         return Ok(());
     };
     let certs = dir.path().join("certs");

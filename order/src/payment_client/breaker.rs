@@ -252,7 +252,7 @@ pub struct BreakerStats {
 /// A breaker shared by every clone of the service it guards.
 #[derive(Clone)]
 pub struct CircuitBreaker {
-    name: &'static str,
+    name: Arc<str>,
     machine: Arc<Mutex<Machine>>,
     is_failure: fn(&BoxError) -> bool,
     state_tx: Arc<watch::Sender<BreakerState>>,
@@ -271,13 +271,13 @@ impl fmt::Debug for CircuitBreaker {
 impl CircuitBreaker {
     /// A closed breaker called `name` (in logs) that counts errors matching `is_failure` as failures.
     pub fn new(
-        name: &'static str,
+        name: impl Into<Arc<str>>,
         config: BreakerConfig,
         is_failure: fn(&BoxError) -> bool,
     ) -> Self {
         let (state_tx, _) = watch::channel(BreakerState::Closed);
         Self {
-            name,
+            name: name.into(),
             machine: Arc::new(Mutex::new(Machine::new(config))),
             is_failure,
             state_tx: Arc::new(state_tx),
@@ -287,6 +287,15 @@ impl CircuitBreaker {
 
     pub fn state(&self) -> BreakerState {
         self.lock().state()
+    }
+
+    /// Whether a call now would be let through (closed, half-open, or open with its time up),
+    /// without taking a permit: for choosing among endpoints.
+    pub fn admits(&self, now: Instant) -> bool {
+        match self.state() {
+            BreakerState::Closed | BreakerState::HalfOpen => true,
+            BreakerState::Open { until } => until <= now,
+        }
     }
 
     /// Every change of state, as it happens.
@@ -329,18 +338,18 @@ impl CircuitBreaker {
         let counter = match state {
             BreakerState::Open { until } => {
                 let for_ms = until.saturating_duration_since(Instant::now()).as_millis();
-                tracing::warn!(breaker = self.name, for_ms, "circuit opened: failing fast");
+                tracing::warn!(breaker = %self.name, for_ms, "circuit opened: failing fast");
                 &self.stats.opened
             }
             BreakerState::HalfOpen => {
                 tracing::info!(
-                    breaker = self.name,
+                    breaker = %self.name,
                     "circuit half-open: letting probes through"
                 );
                 &self.stats.half_opened
             }
             BreakerState::Closed => {
-                tracing::info!(breaker = self.name, "circuit closed: calls flow again");
+                tracing::info!(breaker = %self.name, "circuit closed: calls flow again");
                 &self.stats.closed
             }
         };

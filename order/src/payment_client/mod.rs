@@ -5,31 +5,35 @@
 //!    margin; a spent budget fails at once;
 //! 2. [`retry`]: transient failures are retried with jittered exponential backoff, within the
 //!    deadline, a maximum attempt count and a shared budget;
-//! 3. [`breaker`]: while payment keeps failing, calls fail fast without reaching it;
-//! 4. [`attempt`]: one Charge over the generated tonic client, bounded by the per-attempt timeout.
+//! 3. [`balance`]: each attempt goes to one payment endpoint (replica), round-robin among the
+//!    healthy ones, a retry to one not tried yet;
+//! 4. [`breaker`], one per endpoint: while an endpoint keeps failing, it gets no calls (outlier
+//!    ejection); while every endpoint's is open, calls fail fast without reaching payment;
+//! 5. [`attempt`]: one Charge over the generated tonic client, bounded by the per-attempt timeout.
 //!
-//! The breaker sits inside the retries so that every attempt counts towards its verdict, and an open
-//! circuit stops the retries at once (its error is not retryable).
+//! The breakers sit inside the retries so that every attempt counts towards their verdict, and an
+//! open circuit everywhere stops the retries at once (its error is not retryable).
 
 pub mod attempt;
+pub mod balance;
 pub mod breaker;
 pub mod deadline;
 pub mod retry;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use opentelemetry::{KeyValue, metrics::Meter};
-use ordermesh::proto::payment::v1::{
-    ChargeRequest, Payment, payment_service_client::PaymentServiceClient,
-};
-use ordermesh::{rpc_telemetry::RpcTelemetryLayer, tls::ClientTlsFiles};
-use tokio::time::Instant;
-use tonic::{
-    Code, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap, transport::Channel,
-};
+use opentelemetry::metrics::Meter;
+use ordermesh::proto::payment::v1::{ChargeRequest, Payment};
+use ordermesh::tls::ClientTlsFiles;
+use tokio::{sync::watch, time::Instant};
+use tonic::{Code, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap};
 use tonic_types::StatusExt;
 use tower::{
-    BoxError, Layer, ServiceBuilder, ServiceExt,
+    BoxError, ServiceBuilder, ServiceExt,
     retry::{
         Retry, RetryLayer,
         backoff::{ExponentialBackoffMaker, InvalidBackoff},
@@ -39,8 +43,8 @@ use tower::{
 };
 
 use self::{
-    attempt::ChargeService,
-    breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerState, CircuitBreaker, Open},
+    balance::{Balancer, EndpointSettings},
+    breaker::{BreakerConfig, BreakerState, Open},
     deadline::{Deadline, DeadlineLayer, Exhausted},
     retry::RetryPolicy,
 };
@@ -57,6 +61,9 @@ pub struct ChargeCall {
     pub attempt: u32,
     /// Metadata passed on to payment with every attempt (fault injection headers).
     pub forward: MetadataMap,
+    /// The endpoints this call's attempts went to, shared by the retries' copies of the call, so a
+    /// retry goes elsewhere if it can.
+    pub tried: Arc<Mutex<Vec<SocketAddr>>>,
 }
 
 impl ChargeCall {
@@ -71,6 +78,7 @@ impl ChargeCall {
             deadline: None,
             attempt: 1,
             forward,
+            tried: Arc::default(),
         }
     }
 
@@ -87,7 +95,12 @@ impl ChargeCall {
 /// Settings of the payment client stack.
 #[derive(Debug, Clone)]
 pub struct PaymentClientConfig {
+    /// One URL or several, comma-separated; a host name stands for every address it resolves to.
     pub url: String,
+    /// How often host names in `url` are resolved again.
+    pub resolve_interval: Duration,
+    /// How often each endpoint's health is checked.
+    pub health_interval: Duration,
     /// The whole call, retries included.
     pub timeout: Duration,
     /// One attempt.
@@ -116,6 +129,8 @@ pub enum ClientConfigError {
     Tls(#[from] ordermesh::tls::TlsError),
     #[error("ORDER_PAYMENT_URL with TLS: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("ORDER_PAYMENT_URL: {0}")]
+    Target(String),
 }
 
 /// What a failed charge means for the order.
@@ -134,33 +149,36 @@ pub enum ChargeError {
     Unavailable(Status),
 }
 
-type Stack = Deadline<Retry<RetryPolicy, Breaker<ChargeService>>>;
+type Stack = Deadline<Retry<RetryPolicy, Balancer>>;
 
-/// The payment client: clone it freely, clones share the breaker and the retry budget.
+/// The payment client: clone it freely, clones share the endpoints, their breakers and the retry
+/// budget.
 #[derive(Debug, Clone)]
 pub struct PaymentClient {
     stack: Stack,
-    breaker: CircuitBreaker,
+    balancer: Balancer,
 }
 
 impl PaymentClient {
-    /// A client for `config.url`. It connects lazily, so the order service starts (and answers
-    /// UNAVAILABLE) while payment is down, and reconnects when it is back.
+    /// A client for the endpoints of `config.url`. It connects lazily, so the order service starts
+    /// (and answers UNAVAILABLE) while payment is down, and reconnects when it is back. Must be
+    /// called on a Tokio runtime: endpoints are resolved and health-checked in the background.
     ///
-    /// Attempts, retries and the breaker's state are measured with `meter`.
+    /// Attempts, retries and the breakers' states are measured with `meter`.
     pub fn new(config: &PaymentClientConfig, meter: &Meter) -> Result<Self, ClientConfigError> {
-        let mut endpoint = Channel::from_shared(config.url.clone())?;
-        if let Some(tls) = config.tls.load()? {
-            endpoint = endpoint.tls_config(tls)?;
-        }
-        let url = endpoint.uri().clone();
-        let channel = endpoint
-            .connect_timeout(config.attempt_timeout.min(Duration::from_secs(1)))
-            .tcp_nodelay(true)
-            .connect_lazy();
-        // Each attempt: a client span carrying the trace context, and its duration by status code.
-        let channel = RpcTelemetryLayer::client(meter, &url).layer(channel);
-        let breaker = CircuitBreaker::new("payment", config.breaker.clone(), is_breaker_failure);
+        let balancer = Balancer::new(
+            &config.url,
+            EndpointSettings {
+                tls: config.tls.load()?,
+                tls_domain: config.tls.domain.clone(),
+                attempt_timeout: config.attempt_timeout,
+                breaker: config.breaker.clone(),
+                is_failure: is_breaker_failure,
+                resolve_interval: config.resolve_interval,
+                health_interval: config.health_interval,
+            },
+            meter,
+        )?;
         let backoff = ExponentialBackoffMaker::new(
             config.backoff_base,
             config.backoff_max.max(config.backoff_base),
@@ -177,7 +195,6 @@ impl PaymentClient {
             .u64_counter("ordermesh.payment.retries")
             .with_description("Charge attempts made again after a transient failure")
             .build();
-        breaker_gauge(meter, &breaker);
         let stack = ServiceBuilder::new()
             // The call's deadline: the smaller of our timeout and the caller's, minus a margin.
             .layer(DeadlineLayer::new(config.timeout, config.deadline_margin))
@@ -188,41 +205,25 @@ impl PaymentClient {
                 budget,
                 retries,
             )))
-            // Fail fast while payment keeps failing; every attempt counts.
-            .layer(BreakerLayer::new(breaker.clone()))
-            // One attempt over the typed client.
-            .service(ChargeService::new(
-                PaymentServiceClient::new(channel),
-                config.attempt_timeout,
-            ));
-        Ok(Self { stack, breaker })
+            // Each attempt to one endpoint, through that endpoint's breaker, to one Charge call.
+            .service(balancer.clone());
+        Ok(Self { stack, balancer })
     }
 
-    pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
+    /// Payment as the breakers see it: closed while any endpoint takes calls, open when none does;
+    /// updated as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<BreakerState> {
+        self.balancer.subscribe()
+    }
+
+    /// The endpoints, with their health and breaker states.
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
     }
 
     pub async fn charge(&self, call: ChargeCall) -> Result<Payment, ChargeError> {
         self.stack.clone().oneshot(call).await.map_err(classify)
     }
-}
-
-/// Reports the breaker's state as `ordermesh.payment.breaker.state` when metrics are read: 0
-/// closed, 1 half-open, 2 open.
-fn breaker_gauge(meter: &Meter, breaker: &CircuitBreaker) {
-    let states = breaker.subscribe();
-    meter
-        .u64_observable_gauge("ordermesh.payment.breaker.state")
-        .with_description("The payment circuit breaker: 0 closed, 1 half-open, 2 open")
-        .with_callback(move |gauge| {
-            let value = match *states.borrow() {
-                BreakerState::Closed => 0,
-                BreakerState::HalfOpen => 1,
-                BreakerState::Open { .. } => 2,
-            };
-            gauge.observe(value, &[KeyValue::new("peer.service", "payment")]);
-        })
-        .build();
 }
 
 /// What the breaker counts as payment failing: no answer, or an answer saying it cannot work now.

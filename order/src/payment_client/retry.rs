@@ -26,14 +26,18 @@ use tower::{
 
 use super::ChargeCall;
 
-/// Whether `error` is worth another attempt.
+/// Whether `error` is worth another attempt. Every attempt carries the same idempotency key, so an
+/// attempt that may have charged is safe to repeat: that includes a connection cut mid-call (a
+/// replica dying under it), which tonic reports as UNKNOWN with the transport error as its source.
+/// An UNKNOWN the server sent has no source, and is not retried.
 pub fn is_retryable(error: &BoxError) -> bool {
-    error.downcast_ref::<Status>().is_some_and(|status| {
-        matches!(
-            status.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted
-        )
-    })
+    error
+        .downcast_ref::<Status>()
+        .is_some_and(|status| match status.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => true,
+            Code::Unknown => std::error::Error::source(status).is_some(),
+            _ => false,
+        })
 }
 
 /// Per-call retry state plus the shared budget. tower clones the policy for each call, so the
@@ -119,6 +123,18 @@ impl<Res> Policy<ChargeCall, Res, BoxError> for RetryPolicy {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_connection_cut_mid_call_is_retried_an_unknown_from_the_server_is_not() {
+        let cut = tonic::Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(cut.code(), tonic::Code::Unknown);
+        assert!(super::is_retryable(&tower::BoxError::from(cut)));
+        let sent = tonic::Status::unknown("the server says so");
+        assert!(!super::is_retryable(&tower::BoxError::from(sent)));
+    }
+
     use std::{
         sync::{
             Mutex,
