@@ -830,13 +830,48 @@ mod tests {
     use super::*;
     use ordermesh::{events::CloudEventHeaders, proto::order::v1::Customer};
 
-    async fn handler() -> Handler {
+    /// Each test runs twice: on SQLite (in memory) and on PostgreSQL (a server of the test's own,
+    /// from `ordermesh_testkit`; skipped where PostgreSQL is not installed and CI is not set), as the
+    /// claim and lease statements are what replicas sharing a database rely on.
+    macro_rules! on_both_backends {
+        ($($test:ident),* $(,)?) => {$(
+            mod $test {
+                #[tokio::test]
+                async fn on_sqlite() {
+                    super::$test(false).await
+                }
+                #[tokio::test]
+                async fn on_postgres() {
+                    super::$test(true).await
+                }
+            }
+        )*};
+    }
+
+    on_both_backends!(
+        a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again,
+        a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over,
+        a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate,
+    );
+
+    /// A handler on a fresh database (see [`on_both_backends`]), with what keeps a PostgreSQL
+    /// server alive; None to skip.
+    async fn handler(postgres: bool) -> Option<(Handler, Option<ordermesh_testkit::Databases>)> {
         let mut config = Config::from_env().expect("defaults parse");
-        config.database_url = "sqlite::memory:".into();
+        let databases = if postgres {
+            let databases = ordermesh_testkit::Databases::for_test(std::path::Path::new("."), true)
+                .await
+                .expect("a PostgreSQL server")?;
+            config.database_url = databases.url("notifier");
+            Some(databases)
+        } else {
+            config.database_url = "sqlite::memory:".into();
+            None
+        };
         let store = Store::new(
             ordermesh::db::open(&config.database_url, &crate::store::migrations())
                 .await
-                .expect("in-memory database"),
+                .expect("database"),
         );
         // Creating a producer does not connect; nothing here is parked.
         let dead_letters =
@@ -844,7 +879,8 @@ mod tests {
                 .expect("producer");
         let sender = Sender::new(Channel::Email, &config).expect("log-only sender");
         let meter = opentelemetry::global::meter("test");
-        Handler::new(&config, Channel::Email, store, sender, dead_letters, &meter)
+        let handler = Handler::new(&config, Channel::Email, store, sender, dead_letters, &meter);
+        Some((handler, databases))
     }
 
     fn letter() -> Letter {
@@ -871,9 +907,10 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again() {
-        let handler = handler().await;
+    async fn a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again(postgres: bool) {
+        let Some((handler, _databases)) = handler(postgres).await else {
+            return;
+        };
         let letter = letter();
         // Another consumer (a replica that lost the partition in a rebalance, or a notifier killed
         // mid-send) claimed the event and has not settled it.
@@ -922,10 +959,12 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over()
-     {
-        let handler = handler().await;
+    async fn a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over(
+        postgres: bool,
+    ) {
+        let Some((handler, _databases)) = handler(postgres).await else {
+            return;
+        };
         let letter = letter();
         let event = events::decode_order_placed(letter.payload.as_deref().unwrap()).unwrap();
         let lease = handler.sender.claim_lease();
@@ -969,9 +1008,10 @@ mod tests {
         assert_eq!((row.status.as_str(), row.attempts), ("RETRYING", 0));
     }
 
-    #[tokio::test]
-    async fn a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate() {
-        let handler = handler().await;
+    async fn a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate(postgres: bool) {
+        let Some((handler, _databases)) = handler(postgres).await else {
+            return;
+        };
         let letter = letter();
         assert_eq!(
             handler.decide(&letter, Mode::Live).await.expect("decide"),
