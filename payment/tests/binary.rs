@@ -1,16 +1,22 @@
 //! The payment binary as a real process: it serves, and SIGTERM (what `docker stop` sends) stops it
 //! cleanly, exit code 0, its port released. Having an integration test is also what makes `cargo
-//! test --workspace` build this binary, which the resident-memory benchmark runs.
+//! test --workspace` build this binary, which the resident-memory benchmark runs. On SQLite here,
+//! and on PostgreSQL in `binary_postgres.rs` (this file compiled again).
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use ordermesh_testkit::{Process, is_serving, unused_addr};
+use ordermesh_testkit::{Databases, Process, is_serving, on_postgres, unused_addr};
 
 #[tokio::test]
 async fn serves_then_exits_cleanly_on_sigterm() -> Result<()> {
-    // Arrange: the binary on a free port, its database in a temporary directory.
+    // Arrange: the binary on a free port, its database in a temporary directory (or server).
     let dir = tempfile::tempdir()?;
+    let Some(databases) =
+        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
+    else {
+        return Ok(());
+    };
     let addr = unused_addr().await?;
     let mut payment = Process::spawn(
         "payment",
@@ -20,10 +26,7 @@ async fn serves_then_exits_cleanly_on_sigterm() -> Result<()> {
             ("PAYMENT_LISTEN_ADDR", addr.to_string()),
             // Any free port: tests run side by side.
             ("PAYMENT_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-            (
-                "PAYMENT_DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("payment.db").display()),
-            ),
+            ("PAYMENT_DATABASE_URL", databases.url("payment")),
             ("RUST_LOG", "info".to_owned()),
         ],
         dir.path().join("payment.log"),
@@ -58,6 +61,11 @@ async fn serves_then_exits_cleanly_on_sigterm() -> Result<()> {
 #[tokio::test]
 async fn the_healthcheck_subcommand_speaks_mutual_tls() -> Result<()> {
     let dir = tempfile::tempdir()?;
+    let Some(databases) =
+        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
+    else {
+        return Ok(());
+    };
     let certs = dir.path().join("certs");
     ordermesh::tls::write_dev_certs(&certs)?;
     let addr = unused_addr().await?;
@@ -65,10 +73,7 @@ async fn the_healthcheck_subcommand_speaks_mutual_tls() -> Result<()> {
     let env = [
         ("PAYMENT_LISTEN_ADDR", addr.to_string()),
         ("PAYMENT_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-        (
-            "PAYMENT_DATABASE_URL",
-            format!("sqlite://{}", dir.path().join("payment.db").display()),
-        ),
+        ("PAYMENT_DATABASE_URL", databases.url("payment")),
         ("PAYMENT_TLS_CERT", path("payment.pem")),
         ("PAYMENT_TLS_KEY", path("payment.key")),
         ("PAYMENT_TLS_CLIENT_CA", path("ca.pem")),

@@ -4,7 +4,8 @@
 //! (it would grow by the inflated size, twice over with the decode, if the limit did not apply to
 //! the inflated bytes), the same connection serves the next charge, and nothing is recorded for the
 //! refused one. Peak memory is the kernel's VmHWM of the server process, which only this test
-//! talks to.
+//! talks to. On SQLite here, and on PostgreSQL in `compression_postgres.rs` (this file compiled
+//! again).
 
 use std::path::Path;
 
@@ -13,8 +14,7 @@ use ordermesh::proto::{
     payment::v1::{ChargeRequest, payment_service_client::PaymentServiceClient},
     types::v1::Money,
 };
-use ordermesh_testkit::{Process, unused_addr};
-use sqlx::Connection;
+use ordermesh_testkit::{Databases, Process, on_postgres, unused_addr};
 use tonic::{Code, codec::CompressionEncoding};
 
 /// Inflated size of the bomb's one string field.
@@ -51,8 +51,13 @@ async fn a_compression_bomb_is_refused_without_inflating_and_the_connection_goes
     // Arrange: the binary on a free port; one client (one HTTP/2 connection) that gzips every
     // request.
     let dir = tempfile::tempdir()?;
+    let Some(databases) =
+        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
+    else {
+        return Ok(());
+    };
+    let database = databases.url("payment");
     let addr = unused_addr().await?;
-    let database = dir.path().join("payment.db");
     let mut payment = Process::spawn(
         "payment",
         Path::new(env!("CARGO_BIN_EXE_payment")),
@@ -60,10 +65,7 @@ async fn a_compression_bomb_is_refused_without_inflating_and_the_connection_goes
         &[
             ("PAYMENT_LISTEN_ADDR", addr.to_string()),
             ("PAYMENT_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-            (
-                "PAYMENT_DATABASE_URL",
-                format!("sqlite://{}", database.display()),
-            ),
+            ("PAYMENT_DATABASE_URL", database.clone()),
         ],
         dir.path().join("payment.log"),
     )?;
@@ -107,12 +109,12 @@ async fn a_compression_bomb_is_refused_without_inflating_and_the_connection_goes
         .await
         .context("the same connection after the bomb")?;
     payment.terminate().await?;
-    let mut db =
-        sqlx::SqliteConnection::connect(&format!("sqlite://{}", database.display())).await?;
+    let db = ordermesh::db::connect(&database).await?;
     let keys: Vec<String> =
         sqlx::query_scalar("SELECT idempotency_key FROM payments ORDER BY created_at_ms")
-            .fetch_all(&mut db)
+            .fetch_all(&db)
             .await?;
+    db.close().await;
     ensure!(keys == ["before", "after"], "recorded charges: {keys:?}");
     Ok(())
 }
