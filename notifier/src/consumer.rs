@@ -635,7 +635,7 @@ impl ChannelConsumer {
         };
         // The row found for each letter that claimed one (claim_all answers in the claims' order).
         let mut records = records.into_iter();
-        let mut steps: Vec<Step<'_, '_>> = letters
+        let steps: Vec<Step<'_, '_>> = letters
             .iter()
             .zip(&prepared)
             .map(|(letter, prepared)| {
@@ -648,7 +648,7 @@ impl ChannelConsumer {
             .collect();
         // Each partition's steps, in the order read.
         let mut partitions: Vec<Vec<Step<'_, '_>>> = Vec::new();
-        for step in steps.drain(..) {
+        for step in steps {
             let same = |p: &&mut Vec<Step<'_, '_>>| {
                 p[0].0.partition == step.0.partition && p[0].0.topic == step.0.topic
             };

@@ -561,24 +561,9 @@ impl TestMesh {
         if self.notifier.is_some() {
             bail!("notifier already running");
         }
-        let config = self.notifier_config()?;
-        let stats: HashMap<Channel, Arc<Stats>> =
-            Channel::ALL.iter().map(|c| (*c, Arc::default())).collect();
-        self.notifier_stats = stats.clone();
-        self.notifier = Some(
-            Running::spawn("127.0.0.1:0".parse()?, |listeners, stop| async move {
-                ordermesh_notifier::run_with_stats(
-                    listeners,
-                    config,
-                    async move {
-                        let _ = stop.await;
-                    },
-                    stats,
-                )
-                .await
-            })
-            .await?,
-        );
+        let (notifier, stats) = self.spawn_notifier_replica().await?;
+        self.notifier_stats = stats;
+        self.notifier = Some(notifier);
         Ok(())
     }
 

@@ -13,7 +13,7 @@
 //!   and let back in through half-open probes. Per endpoint rather than per service because a
 //!   service-wide breaker would fail every call when one replica of several dies; the service-wide
 //!   fail-fast still happens when every endpoint's breaker is open, which is payment as a whole
-//!   failing (see [`Balancer::state`]).
+//!   failing (see [`Balancer::subscribe`]).
 //! - A retry goes to an endpoint the call has not tried yet, if there is one.
 
 use std::{
@@ -347,20 +347,6 @@ impl Balancer {
     /// The payment service's state as the breakers see it, updated as it changes.
     pub fn subscribe(&self) -> watch::Receiver<BreakerState> {
         self.shared.state.subscribe()
-    }
-
-    /// The breakers taken together: closed while any endpoint takes calls, open when none does.
-    pub fn state(&self) -> BreakerState {
-        self.shared.combined_state()
-    }
-
-    /// The endpoints known now, with whether each passed its last health check.
-    pub fn endpoints(&self) -> Vec<(SocketAddr, bool, BreakerState)> {
-        self.shared
-            .endpoints()
-            .iter()
-            .map(|e| (e.addr, e.healthy.load(Ordering::Relaxed), e.breaker.state()))
-            .collect()
     }
 
     /// The endpoints this attempt may go to, best first: healthy ones whose breaker lets a call

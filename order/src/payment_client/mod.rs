@@ -216,11 +216,6 @@ impl PaymentClient {
         self.balancer.subscribe()
     }
 
-    /// The endpoints, with their health and breaker states.
-    pub fn balancer(&self) -> &Balancer {
-        &self.balancer
-    }
-
     pub async fn charge(&self, call: ChargeCall) -> Result<Payment, ChargeError> {
         self.stack.clone().oneshot(call).await.map_err(classify)
     }
