@@ -1,6 +1,7 @@
 //! Bearer tokens on the public APIs: with a key configured, order and notifier refuse calls without
 //! a valid token (UNAUTHENTICATED) or without the method's scope (PERMISSION_DENIED), create
-//! nothing for a refused call, and keep health and reflection open.
+//! nothing for a refused call (no order, charge, event or notification), and keep health and
+//! reflection open.
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,7 +16,7 @@ use ordermesh::{
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::helpers::{MeshOptions, order_request, spawn_mesh_with};
+use super::helpers::{EVENTUALLY, MeshOptions, order_request, spawn_mesh_with};
 
 const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 
@@ -130,11 +131,26 @@ async fn the_public_apis_need_a_valid_token_with_the_methods_scope() -> Result<(
         refused.message()
     );
     let reader = token(&[NOTIFICATIONS_READ]);
-    notifications
-        .list_notifications(with_token(
-            ListNotificationsRequest::default(),
-            Some(&reader),
-        ))
-        .await?;
+
+    // And the refused calls left nothing downstream either: one event on the topic, and the
+    // notifier sends for the one order placed (its email and its SMS) and for nothing else.
+    assert_eq!(mesh.event_count().await?, 1, "a refused call published");
+    let deadline = tokio::time::Instant::now() + EVENTUALLY;
+    let sent = loop {
+        let listed = notifications
+            .list_notifications(with_token(
+                ListNotificationsRequest::default(),
+                Some(&reader),
+            ))
+            .await?
+            .into_inner()
+            .notifications;
+        if listed.len() >= 2 || tokio::time::Instant::now() > deadline {
+            break listed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let for_orders: Vec<_> = sent.iter().map(|n| n.order_id.as_str()).collect();
+    assert_eq!(for_orders, [placed.order_id.as_str(); 2], "{sent:?}");
     mesh.shutdown().await
 }

@@ -1,5 +1,6 @@
 //! Bounded input: a request over the size limit is refused with RESOURCE_EXHAUSTED before it is
-//! read, creates nothing, and the connection it came on keeps serving normal requests.
+//! read, creates nothing (no order, charge, event or notification), and the connection it came on
+//! keeps serving normal requests.
 
 use anyhow::Result;
 use ordermesh::proto::order::v1::ListOrdersRequest;
@@ -43,6 +44,14 @@ async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on()
         [placed.order_id.as_str()]
     );
     assert_eq!(mesh.payment_count().await?, 1);
+    assert_eq!(
+        mesh.event_count().await?,
+        1,
+        "the refused request published"
+    );
+    let sent = mesh.wait_for_notifications(2).await?;
+    let for_orders: Vec<_> = sent.iter().map(|n| n.order_id.as_str()).collect();
+    assert_eq!(for_orders, [placed.order_id.as_str(); 2], "{sent:?}");
     mesh.shutdown().await
 }
 
