@@ -87,10 +87,16 @@ impl Target {
         })
     }
 
+    /// The address, when the URL gives one rather than a host name to resolve.
+    fn literal(&self) -> Option<SocketAddr> {
+        let ip = self.host.parse::<IpAddr>().ok()?;
+        Some(SocketAddr::new(ip, self.port))
+    }
+
     /// The addresses the target stands for now.
     async fn resolve(&self) -> std::io::Result<Vec<SocketAddr>> {
-        if let Ok(ip) = self.host.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, self.port)]);
+        if let Some(addr) = self.literal() {
+            return Ok(vec![addr]);
         }
         Ok(tokio::net::lookup_host((self.host.as_str(), self.port))
             .await?
@@ -256,11 +262,7 @@ impl Shared {
             self.endpoints().iter().map(|e| e.breaker.state()).collect();
         if states.contains(&BreakerState::Closed) {
             BreakerState::Closed
-        } else if states.iter().any(|s| match s {
-            BreakerState::HalfOpen => true,
-            BreakerState::Open { until } => *until <= now,
-            BreakerState::Closed => false,
-        }) {
+        } else if states.iter().any(|s| s.admits(now)) {
             BreakerState::HalfOpen
         } else {
             let until = states
@@ -330,8 +332,7 @@ impl Balancer {
             .iter()
             .enumerate()
             .filter_map(|(index, target)| {
-                let ip = target.host.parse::<IpAddr>().ok()?;
-                let addr = SocketAddr::new(ip, target.port);
+                let addr = target.literal()?;
                 Some(Endpoint::new(index, target, addr, &shared.settings, meter).map(Arc::new))
             })
             .collect::<Result<_, _>>()?;
@@ -413,7 +414,11 @@ impl Service<ChargeCall> for Balancer {
     fn call(&mut self, call: ChargeCall) -> Self::Future {
         let balancer = self.clone();
         Box::pin(async move {
-            let tried = call.tried.lock().map(|t| t.clone()).unwrap_or_default();
+            let tried = call
+                .tried
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
             // An endpoint whose breaker refuses at the last moment (its half-open probes are out)
             // passes the attempt on to the next candidate; only when all refuse does it fail fast.
             for endpoint in balancer.candidates(&tried) {
@@ -447,10 +452,7 @@ async fn maintain(shared: Weak<Shared>) {
         first.settings.resolve_interval,
         first.settings.health_interval,
     );
-    let has_names = first
-        .targets
-        .iter()
-        .any(|t| t.host.parse::<IpAddr>().is_err());
+    let has_names = first.targets.iter().any(|t| t.literal().is_none());
     drop(first);
     let mut resolve = tokio::time::interval(resolve_every);
     let mut check = tokio::time::interval(check_every);

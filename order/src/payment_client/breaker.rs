@@ -65,6 +65,15 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
+    /// Whether a call at `now` would be let through: closed, half-open, or open with its time up
+    /// (that call is then the first probe).
+    pub fn admits(&self, now: Instant) -> bool {
+        match self {
+            BreakerState::Closed | BreakerState::HalfOpen => true,
+            BreakerState::Open { until } => *until <= now,
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -292,10 +301,7 @@ impl CircuitBreaker {
     /// Whether a call now would be let through (closed, half-open, or open with its time up),
     /// without taking a permit: for choosing among endpoints.
     pub fn admits(&self, now: Instant) -> bool {
-        match self.state() {
-            BreakerState::Closed | BreakerState::HalfOpen => true,
-            BreakerState::Open { until } => until <= now,
-        }
+        self.state().admits(now)
     }
 
     /// Every change of state, as it happens.

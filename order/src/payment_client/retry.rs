@@ -123,18 +123,6 @@ impl<Res> Policy<ChargeCall, Res, BoxError> for RetryPolicy {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn a_connection_cut_mid_call_is_retried_an_unknown_from_the_server_is_not() {
-        let cut = tonic::Status::from_error(Box::new(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "connection reset",
-        )));
-        assert_eq!(cut.code(), tonic::Code::Unknown);
-        assert!(super::is_retryable(&tower::BoxError::from(cut)));
-        let sent = tonic::Status::unknown("the server says so");
-        assert!(!super::is_retryable(&tower::BoxError::from(sent)));
-    }
-
     use std::{
         sync::{
             Mutex,
@@ -147,6 +135,18 @@ mod tests {
     use tower::{Layer, ServiceExt, retry::RetryLayer, util::rng::HasherRng};
 
     use super::*;
+
+    #[test]
+    fn a_connection_cut_mid_call_is_retried_an_unknown_from_the_server_is_not() {
+        let cut = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset",
+        )));
+        assert_eq!(cut.code(), Code::Unknown);
+        assert!(is_retryable(&BoxError::from(cut)));
+        let sent = Status::unknown("the server says so");
+        assert!(!is_retryable(&BoxError::from(sent)));
+    }
 
     fn policy(max_attempts: u32, budget: Arc<TpsBudget>) -> RetryPolicy {
         let backoff = ExponentialBackoffMaker::new(
