@@ -16,7 +16,7 @@ use ordermesh::{
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::helpers::{EVENTUALLY, MeshOptions, order_request, spawn_mesh_with};
+use super::helpers::{MeshOptions, eventually_async, order_request, spawn_mesh_with};
 
 const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 
@@ -135,21 +135,16 @@ async fn the_public_apis_need_a_valid_token_with_the_methods_scope() -> Result<(
     // And the refused calls left nothing downstream either: one event on the topic, and the
     // notifier sends for the one order placed (its email and its SMS) and for nothing else.
     assert_eq!(mesh.event_count().await?, 1, "a refused call published");
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    let sent = loop {
-        let listed = notifications
-            .list_notifications(with_token(
-                ListNotificationsRequest::default(),
-                Some(&reader),
-            ))
-            .await?
-            .into_inner()
-            .notifications;
-        if listed.len() >= 2 || tokio::time::Instant::now() > deadline {
-            break listed;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let list = || {
+        let mut client = notifications.clone();
+        let request = with_token(ListNotificationsRequest::default(), Some(&reader));
+        async move { Ok::<_, anyhow::Error>(client.list_notifications(request).await?.into_inner()) }
     };
+    eventually_async("the placed order's email and SMS sent", || async {
+        Ok(list().await?.notifications.len() >= 2)
+    })
+    .await?;
+    let sent = list().await?.notifications;
     let for_orders: Vec<_> = sent.iter().map(|n| n.order_id.as_str()).collect();
     assert_eq!(for_orders, [placed.order_id.as_str(); 2], "{sent:?}");
     mesh.shutdown().await

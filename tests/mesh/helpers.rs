@@ -233,9 +233,7 @@ impl Running {
         );
         Ok(Metrics(response.text().await?))
     }
-}
 
-impl Running {
     /// Scrapes the service's metrics until `check` holds, or fails naming `what` after
     /// [`EVENTUALLY`].
     pub async fn wait_for_metrics(
