@@ -28,14 +28,15 @@ use super::ChargeCall;
 
 /// Whether `error` is worth another attempt. Every attempt carries the same idempotency key, so an
 /// attempt that may have charged is safe to repeat: that includes a connection cut mid-call (a
-/// replica dying under it), which tonic reports as UNKNOWN with the transport error as its source.
-/// An UNKNOWN the server sent has no source, and is not retried.
+/// replica dying under it), which tonic reports as UNKNOWN with the transport error as its source,
+/// or as CANCELLED (hyper's "operation was canceled") when the connection closed before the request
+/// went out. An UNKNOWN or CANCELLED the server sent has no source, and is not retried.
 pub fn is_retryable(error: &BoxError) -> bool {
     error
         .downcast_ref::<Status>()
         .is_some_and(|status| match status.code() {
             Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => true,
-            Code::Unknown => std::error::Error::source(status).is_some(),
+            Code::Unknown | Code::Cancelled => std::error::Error::source(status).is_some(),
             _ => false,
         })
 }
@@ -146,6 +147,15 @@ mod tests {
         assert!(is_retryable(&BoxError::from(cut)));
         let sent = Status::unknown("the server says so");
         assert!(!is_retryable(&BoxError::from(sent)));
+        // A request the closing connection never sent: tonic keeps hyper's error as the source.
+        let mut unsent = Status::cancelled("operation was canceled");
+        unsent.set_source(std::sync::Arc::new(std::io::Error::other(
+            "connection closed",
+        )));
+        assert!(is_retryable(&BoxError::from(unsent)));
+        assert!(!is_retryable(&BoxError::from(Status::cancelled(
+            "the server says so"
+        ))));
     }
 
     fn policy(max_attempts: u32, budget: Arc<TpsBudget>) -> RetryPolicy {
