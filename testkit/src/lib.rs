@@ -24,7 +24,7 @@ use rdkafka::{
 };
 use tokio::process::{Child, Command};
 
-mod postgres;
+pub mod postgres;
 pub use postgres::{Databases, Postgres, on_postgres};
 
 /// Upper bound for anything that happens asynchronously. It only bounds a failing test.

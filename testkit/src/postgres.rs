@@ -1,8 +1,9 @@
 //! A real PostgreSQL server for one test, on loopback: Debian's `postgresql` package (`.ci/run`
 //! installs it), started by the test and stopped when the handle is dropped.
 //!
-//! Starting one is cheap: `initdb` runs once per machine into a template directory (about a
-//! second), and each server starts from a copy of it (a tenth of that). Each server listens on
+//! Starting one is cheap: `initdb` runs once per temporary directory into a template (about a
+//! second; see [`template_in`] for how dozens of tests asking at once get one whole template), and
+//! each server starts from a copy of it (a tenth of that). Each server listens on
 //! 127.0.0.1 only, with trust authentication, and no Unix socket.
 //!
 //! PostgreSQL refuses to run as root, so as root (as in CI) the server runs as the `postgres` user
@@ -33,8 +34,9 @@ pub struct Postgres {
     dir: Option<TempDir>,
 }
 
-/// Where Debian keeps the server binaries: `/usr/lib/postgresql/<major>/bin`, the newest major.
-fn bin_dir() -> Option<PathBuf> {
+/// Where Debian keeps the server binaries: `/usr/lib/postgresql/<major>/bin`, the newest major
+/// (or `ORDERMESH_PG_BIN`); None where PostgreSQL is not installed.
+pub fn bin_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("ORDERMESH_PG_BIN") {
         return Some(PathBuf::from(dir));
     }
@@ -97,28 +99,60 @@ fn hand_over(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The template data directory, made by initdb once per machine and major version.
+/// The file inside a finished template that says what made it. A directory at the template's path
+/// without it (an initdb that died half-way, a directory from another tool or another server
+/// version) is never copied: it is removed and built again.
+const TEMPLATE_MARK: &str = "ordermesh-template";
+
+/// The template data directory for the server binaries in `bin`, made by initdb once per machine
+/// (per temporary directory) and major version.
 fn template(bin: &Path) -> Result<PathBuf> {
+    template_in(&std::env::temp_dir(), bin)
+}
+
+/// The template data directory for the server binaries in `bin`, under `root`: built once, whatever
+/// the number of threads and processes asking for it at once.
+///
+/// Every caller takes an exclusive lock on a file beside the template (`flock`, so it holds between
+/// processes and between threads of one process alike: each call opens the file anew). Under the
+/// lock it looks for a finished template, one whose mark names these binaries; only if there is
+/// none does it build one, in a directory of its own, and rename it into place. The lock is
+/// released when the file closes, also when the process dies, so a crashed builder blocks nobody.
+/// Copies are made outside the lock: a finished template is never changed again.
+pub fn template_in(root: &Path, bin: &Path) -> Result<PathBuf> {
     let version = bin
         .parent()
         .and_then(|p| p.file_name())
         .and_then(|n| n.to_str())
         .unwrap_or("pg");
-    let dir = std::env::temp_dir().join(format!("ordermesh-pg-template-{version}"));
-    if dir.join("PG_VERSION").is_file() {
+    let dir = root.join(format!("ordermesh-pg-template-{version}"));
+    let lock_path = root.join(format!("ordermesh-pg-template-{version}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("open {}", lock_path.display()))?;
+    lock.lock()
+        .with_context(|| format!("lock {}", lock_path.display()))?;
+
+    let mark = format!("initdb from {}\n", bin.display());
+    if std::fs::read_to_string(dir.join(TEMPLATE_MARK)).is_ok_and(|found| found == mark) {
         return Ok(dir);
     }
-    // Built beside it and renamed into place, so concurrent test processes never see half of one.
-    let building = std::env::temp_dir().join(format!(
-        "ordermesh-pg-template-{version}.{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&building);
-    std::fs::create_dir(&building)?;
-    hand_over(&building)?;
+    if dir.exists() {
+        // Not one of ours, or not finished: nobody copies from it (copies need the mark).
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("remove the unfinished template {}", dir.display()))?;
+    }
+    // Built beside it and renamed into place, so the template's path only ever holds a whole one.
+    let building = tempfile::Builder::new()
+        .prefix(&format!("ordermesh-pg-template-{version}.building-"))
+        .tempdir_in(root)?;
+    hand_over(building.path())?;
     let out = as_server_user(&bin.join("initdb"))
         .arg("-D")
-        .arg(&building)
+        .arg(building.path())
         .args([
             "--auth=trust",
             "--username=postgres",
@@ -135,10 +169,9 @@ fn template(bin: &Path) -> Result<PathBuf> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    if std::fs::rename(&building, &dir).is_err() {
-        // Another process got there first; theirs is as good.
-        let _ = std::fs::remove_dir_all(&building);
-    }
+    std::fs::write(building.path().join(TEMPLATE_MARK), &mark)?;
+    std::fs::rename(building.keep(), &dir)
+        .with_context(|| format!("move the new template to {}", dir.display()))?;
     Ok(dir)
 }
 
