@@ -19,7 +19,8 @@ use anyhow::Result;
 use ordermesh::proto::{
     order::v1::order_service_client::OrderServiceClient,
     payment::v1::{
-        ChargeRequest, GetPaymentRequest, Payment, PaymentStatus,
+        ChargeOutcome, ChargeRequest, CloseChargeKeyRequest, GetChargeOutcomeRequest,
+        GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment, PaymentStatus,
         payment_service_client::PaymentServiceClient,
         payment_service_server::{PaymentService, PaymentServiceServer},
     },
@@ -129,6 +130,27 @@ impl PaymentService for StubPayment {
         &self,
         _: tonic::Request<GetPaymentRequest>,
     ) -> Result<tonic::Response<Payment>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stub"))
+    }
+
+    async fn get_charge_outcome(
+        &self,
+        _: tonic::Request<GetChargeOutcomeRequest>,
+    ) -> Result<tonic::Response<ChargeOutcome>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stub"))
+    }
+
+    async fn close_charge_key(
+        &self,
+        _: tonic::Request<CloseChargeKeyRequest>,
+    ) -> Result<tonic::Response<ChargeOutcome>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stub"))
+    }
+
+    async fn list_payments(
+        &self,
+        _: tonic::Request<ListPaymentsRequest>,
+    ) -> Result<tonic::Response<ListPaymentsResponse>, tonic::Status> {
         Err(tonic::Status::unimplemented("stub"))
     }
 }

@@ -4,50 +4,73 @@
 //! resumes wherever the first attempt stopped:
 //!
 //! ```text
-//! (new) --insert--> PENDING_PAYMENT --charge ok--> PAID --publish acked--> PAID + published
-//!                          |                         ^
-//!                          +--declined--> PAYMENT_FAILED
-//!                          +--request refused by payment--> (deleted: nothing kept)
+//! (new) --insert--> PENDING_PAYMENT --charged--> PAID --publish acked--> PAID + published
+//!                          |
+//!                          +--declined (ErrorInfo with the payment id)--> PAYMENT_FAILED
+//!                          +--no answer, unavailable, circuit open--> stays pending: a retry, or
+//!                          |      the reconciler after its grace period, settles it
+//!                          +--refused--> key settled at payment (CloseChargeKey), and then:
+//!                                 charged -> PAID, declined -> PAYMENT_FAILED,
+//!                                 closed -> deleted if this call created the order (nothing kept),
+//!                                           else ABANDONED (the caller was told its order id)
 //! ```
 //!
-//! The charge uses the order id as idempotency key, so however often it is retried the customer is
-//! charged once; the event id is fixed when the order becomes PAID, so a re-published event is
-//! recognised by consumers.
+//! The charge's idempotency key is made from the order id, so however often it is retried the
+//! customer is charged once. No answer to an attempt undoes an earlier one that may have charged:
+//! a refusal proves nothing about the attempts before it, so before giving the order up the call
+//! closes its key at payment, which both tells whether a charge stands and makes sure none lands
+//! later. Every end state is written by `settle`, conditionally on the order still being pending.
+//! The event id is fixed when the order becomes PAID, so a re-published event is recognised by
+//! consumers.
 
 use std::time::Duration;
 
 use ordermesh::{
     paging::PageRequest,
     proto::{
-        events::v1::OrderPlaced,
         order::v1::{
-            CreateOrderRequest, Customer, GetOrderRequest, LineItem, ListOrdersRequest,
-            ListOrdersResponse, Order, OrderStatus, order_service_server::OrderService,
+            CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order,
+            order_service_server::OrderService,
         },
         payment::v1::ChargeRequest,
-        types::v1::Money,
     },
-    timestamp, trace_context,
+    timestamp,
 };
+use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tonic_types::FieldViolation;
 
 use crate::{
+    convert::to_proto,
     error::OrderError,
     payment_client::{ChargeCall, ChargeError, PaymentClient},
     relay::Relay,
     request_lock::RequestLocks,
-    store::{self, ItemRecord, OrderRow, Paid, Store},
+    settle::{self, Settled},
+    store::{self, ItemRecord, OrderRow, Store, Writer},
     validate::{self, ValidOrder},
 };
+
+/// Settings of the CreateOrder state machine beyond its collaborators.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CreateSettings {
+    /// How long CreateOrder waits for its event to be acknowledged before answering it is pending
+    /// (less if the caller's deadline comes sooner).
+    pub(crate) publish_wait: Duration,
+    /// Kept free before the caller's deadline to answer in time.
+    pub(crate) deadline_margin: Duration,
+    /// One try at settling a charge key at payment.
+    pub(crate) settle_timeout: Duration,
+    /// Whether the caller's `x-fault-*` headers go on to payment (demos and tests only).
+    pub(crate) forward_faults: bool,
+}
 
 #[derive(Debug, Clone)]
 pub(crate) struct OrderApi {
     store: Store,
     payments: PaymentClient,
     relay: Relay,
-    /// How long CreateOrder waits for its event to be acknowledged before answering it is pending.
-    publish_wait: Duration,
+    settings: CreateSettings,
     in_flight: RequestLocks,
 }
 
@@ -56,13 +79,13 @@ impl OrderApi {
         store: Store,
         payments: PaymentClient,
         relay: Relay,
-        publish_wait: Duration,
+        settings: CreateSettings,
     ) -> Self {
         Self {
             store,
             payments,
             relay,
-            publish_wait,
+            settings,
             in_flight: RequestLocks::default(),
         }
     }
@@ -72,31 +95,45 @@ impl OrderApi {
         metadata: &MetadataMap,
         req: CreateOrderRequest,
     ) -> Result<Order, OrderError> {
+        let caller_deadline = ordermesh::grpc::caller_deadline(metadata);
         let valid = validate::create_order(&req).map_err(OrderError::Invalid)?;
         // A concurrent copy of this request (a client retrying too early) waits here, then finds
         // the order as this call left it.
         let _in_flight = self.in_flight.lock(&valid.request_id).await;
-        let order = self.store.insert_or_get(&pending_row(&valid)).await?;
+        let candidate = pending_row(&valid);
+        let order = self.store.insert_or_get(&candidate).await?;
         if order.request_fingerprint != valid.fingerprint {
             return Err(OrderError::RequestIdReused {
                 request_id: valid.request_id,
             });
         }
+        // Created by this call: no caller has seen its id yet.
+        let created = order.order_id == candidate.order_id;
         let order = match order.status {
-            store::Status::PendingPayment => self.pay(order, &valid, metadata).await?,
+            store::Status::PendingPayment => {
+                self.pay(order, &valid, metadata, caller_deadline, created)
+                    .await?
+            }
             store::Status::Paid => order,
             // The same answer as the first attempt got.
-            store::Status::PaymentFailed => return Err(failure(order)),
+            store::Status::PaymentFailed | store::Status::Abandoned => return Err(failure(order)),
         };
         if order.event_published_at_ms.is_some() {
             return Ok(to_proto(order));
         }
-        // Paid, event in the outbox: wait a bounded time for the broker's acknowledgement. If it does
-        // not come, the order is still accepted and the event is reported pending; the relay
-        // delivers it later.
+        // Paid, event in the outbox: wait a bounded time for the broker's acknowledgement, never
+        // past the caller's deadline. If it does not come, the order is still accepted and the
+        // event is reported pending; the relay delivers it later.
+        let mut wait = self.settings.publish_wait;
+        if let Some(deadline) = caller_deadline {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(self.settings.deadline_margin);
+            wait = wait.min(left);
+        }
         if self
             .relay
-            .published(&order.order_id, &order.event_id, self.publish_wait)
+            .published(&order.order_id, &order.event_id, wait)
             .await
         {
             let published = self.store.get(&order.order_id).await?;
@@ -107,63 +144,58 @@ impl OrderApi {
     }
 
     /// Charges a pending order and records the outcome. The caller's deadline bounds the charge, and
-    /// its fault injection headers go on to payment.
+    /// (if so configured) its fault injection headers go on to payment. Returns the PAID order.
     async fn pay(
         &self,
         order: OrderRow,
         valid: &ValidOrder,
         metadata: &MetadataMap,
+        caller_deadline: Option<Instant>,
+        created: bool,
     ) -> Result<OrderRow, OrderError> {
+        // The reconciler leaves the order alone for its grace period from now on. If it settled
+        // the order meanwhile, that is the answer.
+        if !self
+            .store
+            .begin_payment(&order.order_id, timestamp::now_millis())
+            .await?
+        {
+            return match self.store.get(&order.order_id).await? {
+                Some(settled) if settled.status == store::Status::Paid => Ok(settled),
+                Some(settled) => Err(failure(settled)),
+                None => Err(OrderError::NotFound(order.order_id)),
+            };
+        }
         let charge = ChargeRequest {
-            idempotency_key: format!("order:{}", order.order_id),
+            idempotency_key: settle::charge_key(&order.order_id),
             order_id: order.order_id.clone(),
             amount: Some(valid.total.clone()),
             payment_method_token: valid.payment_method_token.clone(),
         };
-        let call = ChargeCall::new(
-            charge,
-            ordermesh::grpc::caller_deadline(metadata),
-            forwarded(metadata),
-        );
-        let result = self.payments.charge(call).await;
-        let now = timestamp::now_millis();
-        match result {
+        let forward = if self.settings.forward_faults {
+            fault_headers(metadata)
+        } else {
+            MetadataMap::new()
+        };
+        let call = ChargeCall::new(charge, caller_deadline, forward);
+        match self.payments.charge(call).await {
             Ok(payment) => {
-                let event_id = format!("evt_{}", uuid::Uuid::now_v7().simple());
-                let encode = |paid: &OrderRow| {
-                    ordermesh::events::encode_order_placed(&order_placed(paid))
-                        .map_err(|e| sqlx::Error::Encode(Box::new(e)))
-                };
-                // The relay publishes later, from its own task: the event carries this call's trace
-                // context with it, through the outbox row.
-                let trace =
-                    trace_context::to_json(&trace_context::headers_of(&tracing::Span::current()));
-                let paid = Paid {
-                    payment_id: &payment.payment_id,
-                    event_id: &event_id,
-                    trace_context: trace.as_deref(),
-                    now_ms: now,
-                };
-                Ok(self.store.mark_paid(&order.order_id, paid, encode).await?)
+                Ok(settle::paid(&self.store, &order, &payment.payment_id, Writer::Call).await?)
             }
             Err(ChargeError::Declined { payment_id, reason }) => {
                 let order = self
                     .store
-                    .mark_failed(&order.order_id, &payment_id, &reason, now)
+                    .mark_failed(
+                        &order.order_id,
+                        &payment_id,
+                        &reason,
+                        timestamp::now_millis(),
+                        Writer::Call,
+                    )
                     .await?;
                 Err(failure(order))
             }
-            // Payment found the request itself wrong (an unknown payment method, say): a refused
-            // request leaves nothing behind, so the pending order goes. No charge was made and no
-            // event written; the same request, sent again, is checked again.
-            Err(ChargeError::Refused(status)) => {
-                self.store.discard_pending(&order.order_id).await?;
-                Err(OrderError::PaymentRefused {
-                    code: status.code(),
-                    message: status.message().to_owned(),
-                    details: Box::new(tonic_types::StatusExt::get_error_details(&status)),
-                })
-            }
+            Err(ChargeError::Refused(status)) => self.refused(order, status, created).await,
             Err(ChargeError::DeadlineExceeded(detail)) => {
                 tracing::warn!(order_id = %order.order_id, %detail, "payment deadline exceeded");
                 Err(OrderError::PaymentDeadline {
@@ -182,6 +214,55 @@ impl OrderApi {
                     detail: format!("{:?}: {}", status.code(), status.message()),
                 })
             }
+        }
+    }
+
+    /// Payment refused an attempt. A refusal says nothing of the attempts before it (this call's
+    /// own retries, or an earlier call's that timed out), so the order is given up only once its
+    /// charge key is settled at payment: closed, so that nothing can land under it any more, or
+    /// found charged or declined, which is then what the order records.
+    async fn refused(
+        &self,
+        order: OrderRow,
+        status: Status,
+        created: bool,
+    ) -> Result<OrderRow, OrderError> {
+        let reason = format!(
+            "payment refused the charge ({:?}: {})",
+            status.code(),
+            status.message()
+        );
+        let key = settle::charge_key(&order.order_id);
+        let settled = match self
+            .payments
+            .close_key(&key, &reason, self.settings.settle_timeout)
+            .await
+        {
+            Ok(outcome) => Settled::of(&outcome),
+            Err(error) => Settled::Unknown(format!("{:?}: {}", error.code(), error.message())),
+        };
+        tracing::info!(order_id = %order.order_id, code = ?status.code(), settled = settled.label(), "charge refused; key settled");
+        match &settled {
+            // Nothing stands under the key and nothing can: a new order leaves nothing behind.
+            Settled::Closed { .. } if created => {
+                self.store.discard_pending(&order.order_id).await?;
+                return Err(refusal(status));
+            }
+            Settled::Unknown(detail) => {
+                return Err(OrderError::PaymentUnsettled {
+                    order_id: order.order_id,
+                    detail: format!("{reason}; the charge key could not be settled ({detail})"),
+                });
+            }
+            _ => {}
+        }
+        match settle::record(&self.store, &order, &settled, Writer::Call).await? {
+            Some(order) if order.status == store::Status::Paid => Ok(order),
+            Some(order) if order.status != store::Status::PendingPayment => Err(failure(order)),
+            _ => Err(OrderError::PaymentUnsettled {
+                order_id: order.order_id,
+                detail: reason,
+            }),
         }
     }
 }
@@ -237,9 +318,9 @@ impl OrderService for OrderApi {
     }
 }
 
-/// Request metadata passed on to payment: the fault injection headers (`x-fault-*`), so a caller can
-/// make payment misbehave for one CreateOrder and watch what the order service does about it.
-fn forwarded(metadata: &MetadataMap) -> MetadataMap {
+/// The fault injection headers (`x-fault-*`) of a CreateOrder, to pass on to payment, so a
+/// caller can make payment misbehave for one order and watch what the order service does about it.
+fn fault_headers(metadata: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
     for entry in metadata.iter() {
         if let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry
@@ -282,79 +363,29 @@ fn pending_row(valid: &ValidOrder) -> OrderRow {
         event_published_at_ms: None,
         created_at_ms: now,
         updated_at_ms: now,
+        payment_attempted_at_ms: now,
     }
 }
 
-/// The OrderPlaced event of a paid order.
-fn order_placed(order: &OrderRow) -> OrderPlaced {
-    OrderPlaced {
-        event_id: order.event_id.clone(),
-        order_id: order.order_id.clone(),
-        customer: Some(customer(order)),
-        items: items(order),
-        total: Some(total(order)),
-        placed_at: Some(timestamp::from_millis(order.updated_at_ms)),
-        payment_id: order.payment_id.clone(),
-    }
-}
-
-/// The error a PAYMENT_FAILED order answers with, first time and every retry.
+/// The error a settled, unpaid order answers with, first time and every retry.
 fn failure(order: OrderRow) -> OrderError {
-    OrderError::PaymentDeclined {
-        order_id: order.order_id,
-        reason: order.failure_reason,
+    match order.status {
+        store::Status::Abandoned => OrderError::Abandoned {
+            order_id: order.order_id,
+            reason: order.failure_reason,
+        },
+        _ => OrderError::PaymentDeclined {
+            order_id: order.order_id,
+            reason: order.failure_reason,
+        },
     }
 }
 
-fn customer(order: &OrderRow) -> Customer {
-    Customer {
-        email: order.customer_email.clone(),
-        phone: order.customer_phone.clone(),
-    }
-}
-
-fn items(order: &OrderRow) -> Vec<LineItem> {
-    order
-        .items
-        .iter()
-        .map(|item| LineItem {
-            sku: item.sku.clone(),
-            quantity: item.quantity,
-            unit_price: Some(Money {
-                currency_code: item.currency_code.clone(),
-                minor_units: item.unit_minor_units,
-            }),
-        })
-        .collect()
-}
-
-fn total(order: &OrderRow) -> Money {
-    Money {
-        currency_code: order.currency_code.clone(),
-        minor_units: order.total_minor_units,
-    }
-}
-
-fn to_proto(order: OrderRow) -> Order {
-    let event_pending =
-        order.status == store::Status::Paid && order.event_published_at_ms.is_none();
-    let status = match order.status {
-        store::Status::PendingPayment => OrderStatus::PendingPayment,
-        store::Status::Paid => OrderStatus::Paid,
-        store::Status::PaymentFailed => OrderStatus::PaymentFailed,
-    };
-    Order {
-        customer: Some(customer(&order)),
-        items: items(&order),
-        total: Some(total(&order)),
-        status: status.into(),
-        created_at: Some(timestamp::from_millis(order.created_at_ms)),
-        updated_at: Some(timestamp::from_millis(order.updated_at_ms)),
-        order_id: order.order_id,
-        request_id: order.request_id,
-        payment_id: order.payment_id,
-        failure_reason: order.failure_reason,
-        event_id: order.event_id,
-        event_pending,
+/// Payment's refusal, passed on to the caller with its code and details.
+fn refusal(status: Status) -> OrderError {
+    OrderError::PaymentRefused {
+        code: status.code(),
+        message: status.message().to_owned(),
+        details: Box::new(tonic_types::StatusExt::get_error_details(&status)),
     }
 }

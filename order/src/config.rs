@@ -115,6 +115,25 @@ pub struct Config {
     #[arg(long, env = "ORDER_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
     pub publish_timeout_ms: u64,
 
+    /// Pass the caller's fault injection headers (x-fault-*) on to payment. For demos and tests
+    /// only: with it on, any caller of CreateOrder can make payment misbehave.
+    #[arg(long, env = "ORDER_FORWARD_FAULT_HEADERS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub forward_fault_headers: bool,
+
+    /// Reconciler: how long an order must have waited for payment (since a CreateOrder last tried
+    /// to charge it) before the reconciler settles it with payment, in milliseconds. Must exceed
+    /// ORDER_PAYMENT_TIMEOUT_MS, so it never competes with a live call.
+    #[arg(long, env = "ORDER_RECONCILE_GRACE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reconcile_grace_ms: u64,
+
+    /// Reconciler: how often it looks for pending orders past the grace period, in milliseconds.
+    #[arg(long, env = "ORDER_RECONCILE_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub reconcile_interval_ms: u64,
+
+    /// One try at settling an order's charge key with payment (CloseChargeKey), in milliseconds.
+    #[arg(long, env = "ORDER_SETTLE_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub settle_timeout_ms: u64,
+
     /// Most requests served at once; beyond it calls are refused with RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "ORDER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
@@ -204,6 +223,23 @@ impl Config {
 
     pub(crate) fn publish_timeout(&self) -> Duration {
         Duration::from_millis(self.publish_timeout_ms)
+    }
+
+    pub(crate) fn create_settings(&self) -> crate::api::CreateSettings {
+        crate::api::CreateSettings {
+            publish_wait: self.publish_timeout(),
+            deadline_margin: Duration::from_millis(self.deadline_margin_ms),
+            settle_timeout: Duration::from_millis(self.settle_timeout_ms),
+            forward_faults: self.forward_fault_headers,
+        }
+    }
+
+    pub(crate) fn reconciler(&self) -> crate::reconciler::ReconcilerSettings {
+        crate::reconciler::ReconcilerSettings {
+            grace: Duration::from_millis(self.reconcile_grace_ms),
+            interval: Duration::from_millis(self.reconcile_interval_ms),
+            settle_timeout: Duration::from_millis(self.settle_timeout_ms),
+        }
     }
 
     pub(crate) fn drain_grace(&self) -> Duration {

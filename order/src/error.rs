@@ -1,7 +1,12 @@
 //! The order domain's one error type and its one mapping to gRPC status codes.
 
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+/// The `google.rpc.ErrorInfo` domain of order errors.
+const ERROR_DOMAIN: &str = "order.ordermesh";
 
 /// Everything an order call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -14,6 +19,14 @@ pub enum OrderError {
     RequestIdReused { request_id: String },
     #[error("payment for order {order_id} was declined: {reason}")]
     PaymentDeclined { order_id: String, reason: String },
+    #[error(
+        "order {order_id} was not paid and never will be: {reason}; nothing was charged; send a new request_id to order again"
+    )]
+    Abandoned { order_id: String, reason: String },
+    #[error(
+        "{detail}; order {order_id} is waiting for payment: retry with the same request_id, or the order service settles it after its grace period"
+    )]
+    PaymentUnsettled { order_id: String, detail: String },
     #[error("payment service refused the charge, so no order was kept: {message}")]
     PaymentRefused {
         code: Code,
@@ -50,6 +63,17 @@ impl From<OrderError> for Status {
             OrderError::Invalid(violations) => ordermesh::grpc::invalid_argument(violations),
             OrderError::RequestIdReused { .. } => Status::already_exists(message),
             OrderError::PaymentDeclined { .. } => Status::failed_precondition(message),
+            OrderError::Abandoned { order_id, .. } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    "ORDER_ABANDONED",
+                    ERROR_DOMAIN,
+                    HashMap::from([("order_id".to_owned(), order_id)]),
+                ),
+            ),
+            // Whether the order gets paid is not known yet: like no answer, come back later.
+            OrderError::PaymentUnsettled { .. } => Status::unavailable(message),
             // Same code and details as payment gave (e.g. INVALID_ARGUMENT on payment_method_token,
             // a field both requests share), with a message that says where it came from.
             OrderError::PaymentRefused { code, details, .. } => {

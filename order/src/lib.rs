@@ -3,17 +3,22 @@
 //!
 //! Layout: `config` is what the binary and the runner fill in; `validate` checks CreateOrder;
 //! `api` is the gRPC service and the CreateOrder state machine; `payment_client` is the synchronous
-//! hop; `relay` publishes the outbox through `publisher`, the asynchronous one; `store` holds every SQL statement; `error` is the one error
-//! type, mapped to `tonic::Status` in one place.
+//! hop; `settle` is every way an order leaves PENDING_PAYMENT, and `reconciler` settles the
+//! orders no call did; `relay` publishes the outbox through `publisher`, the asynchronous hop;
+//! `convert` shows a stored order as the API and the event do; `store` holds every SQL statement;
+//! `error` is the one error type, mapped to `tonic::Status` in one place.
 #![forbid(unsafe_code)]
 
 mod api;
 mod config;
+mod convert;
 mod error;
 pub mod payment_client;
 pub mod publisher;
+mod reconciler;
 mod relay;
 mod request_lock;
+mod settle;
 mod store;
 pub mod validate;
 
@@ -124,6 +129,12 @@ pub async fn run(
             config.breaker_min_calls, config.breaker_window
         )));
     }
+    if config.reconcile_grace_ms <= config.payment_timeout_ms {
+        return Err(RunError::Config(format!(
+            "ORDER_RECONCILE_GRACE_MS ({}) must exceed ORDER_PAYMENT_TIMEOUT_MS ({}): the reconciler would close the charge keys of calls still charging",
+            config.reconcile_grace_ms, config.payment_timeout_ms
+        )));
+    }
     config.kafka.check()?;
     let payments = payment_client::PaymentClient::new(&config.payment_client(), metrics.meter())?;
     let kafka_error = |source| RunError::Kafka {
@@ -149,9 +160,22 @@ pub async fn run(
     // The relay is the only publisher; it runs until the server has drained, so calls in flight
     // still get their events acknowledged.
     let relay = relay::Relay::new(store.clone(), config.publish_timeout(), metrics.meter());
-    let stop_relay = CancellationToken::new();
-    let relay_task = tokio::spawn(relay.clone().run(publisher.clone(), stop_relay.clone()));
-    let api = api::OrderApi::new(store, payments, relay, config.publish_timeout());
+    let stop_background = CancellationToken::new();
+    let relay_task = tokio::spawn(
+        relay
+            .clone()
+            .run(publisher.clone(), stop_background.clone()),
+    );
+    // The reconciler settles the orders left pending; like the relay, it stops after the drain.
+    let reconciler = reconciler::Reconciler::new(
+        store.clone(),
+        payments.clone(),
+        relay.clone(),
+        config.reconciler(),
+        metrics.meter(),
+    );
+    let reconciler_task = tokio::spawn(reconciler.run(stop_background.clone()));
+    let api = api::OrderApi::new(store, payments, relay, config.create_settings());
 
     let tls = config.tls();
     let (health, router) = grpc::router(
@@ -183,10 +207,13 @@ pub async fn run(
         .set_serving::<OrderServiceServer<api::OrderApi>>()
         .await;
     grpc::serve(router, health, listener, shutdown, config.drain_grace()).await?;
-    stop_relay.cancel();
+    stop_background.cancel();
     topics.abort();
     if let Err(error) = relay_task.await {
         tracing::error!(%error, "outbox relay panicked");
+    }
+    if let Err(error) = reconciler_task.await {
+        tracing::error!(%error, "reconciler panicked");
     }
     // Flushing blocks until the broker answers: keep it off the async workers.
     let timeout = config.publish_timeout();

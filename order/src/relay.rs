@@ -86,6 +86,11 @@ impl Relay {
         }
     }
 
+    /// Has the relay look at the outbox now (a new event is in it).
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
     /// Waits up to `timeout` for the event of `order_id` to be acknowledged by the broker. False if
     /// it is still pending then (it stays in the outbox and is published later).
     pub(crate) async fn published(

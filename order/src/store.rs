@@ -10,6 +10,8 @@ pub(crate) enum Status {
     PendingPayment,
     Paid,
     PaymentFailed,
+    /// Not paid, and never to be: payment holds no charge for it and its charge key is closed.
+    Abandoned,
 }
 
 impl Status {
@@ -18,6 +20,7 @@ impl Status {
             Status::PendingPayment => "PENDING_PAYMENT",
             Status::Paid => "PAID",
             Status::PaymentFailed => "PAYMENT_FAILED",
+            Status::Abandoned => "ABANDONED",
         }
     }
 
@@ -26,6 +29,7 @@ impl Status {
             "PENDING_PAYMENT" => Ok(Status::PendingPayment),
             "PAID" => Ok(Status::Paid),
             "PAYMENT_FAILED" => Ok(Status::PaymentFailed),
+            "ABANDONED" => Ok(Status::Abandoned),
             other => Err(sqlx::Error::Decode(
                 format!("unknown order status {other:?}").into(),
             )),
@@ -64,6 +68,44 @@ pub(crate) struct Paid<'a> {
     pub(crate) now_ms: i64,
 }
 
+/// Who writes a settlement (PENDING_PAYMENT to an end state), for the write's condition.
+///
+/// Every settlement writes what payment answered for the order's charge key, and what a key holds
+/// never changes once stored (charged, declined or closed), so two writers of one order can only
+/// agree; the first one's write counts and the other's changes nothing. The reconciler also writes
+/// only while it holds its lease on the order: a reconciler that lost its claim changes nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Writer<'a> {
+    /// The CreateOrder call that charged the order.
+    Call,
+    /// The reconciler `id`, while its lease is live at `now_ms`.
+    Reconciler { id: &'a str, now_ms: i64 },
+}
+
+impl<'a> Writer<'a> {
+    /// The claimant the row must name ('' for a call: no claim asked) and the time its lease must
+    /// outlive; bound to [`SETTLE_CONDITION`]'s last two parameters.
+    fn claim(self) -> (&'a str, i64) {
+        match self {
+            Writer::Call => ("", 0),
+            Writer::Reconciler { id, now_ms } => (id, now_ms),
+        }
+    }
+}
+
+/// The condition of every settlement: the order is still pending and, for the reconciler, still
+/// leased to it. Appended to an UPDATE whose other parameters are $1..$3; $4 is the order id.
+macro_rules! settle {
+    ($set:literal) => {
+        concat!(
+            "UPDATE orders SET ",
+            $set,
+            " WHERE order_id = $4 AND status = 'PENDING_PAYMENT'
+               AND ($5 = '' OR (reconcile_claimed_by = $5 AND reconcile_claimed_until_ms > $6))"
+        )
+    };
+}
+
 /// An order as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OrderRow {
@@ -83,6 +125,8 @@ pub(crate) struct OrderRow {
     pub(crate) event_published_at_ms: Option<i64>,
     pub(crate) created_at_ms: i64,
     pub(crate) updated_at_ms: i64,
+    /// When a CreateOrder last started to charge the order (its creation, at first).
+    pub(crate) payment_attempted_at_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +161,31 @@ macro_rules! claim_events {
 const CLAIM_EVENTS_POSTGRES: &str = claim_events!("FOR UPDATE SKIP LOCKED");
 const CLAIM_EVENTS_SQLITE: &str = claim_events!("");
 
+/// [`Store::claim_pending`]: lease pending orders idle since $4 that nobody holds, longest idle
+/// first. The text between the two halves is the backend's row locking, if any. (Parameters first
+/// appear in number order: SQLite numbers them as they appear.)
+macro_rules! claim_pending {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE orders SET reconcile_claimed_by = $1, reconcile_claimed_until_ms = $2
+             WHERE seq IN (
+                 SELECT seq FROM orders
+                 WHERE status = 'PENDING_PAYMENT'
+                   AND (reconcile_claimed_until_ms IS NULL OR reconcile_claimed_until_ms <= $3)
+                   AND payment_attempted_at_ms <= $4
+                 ORDER BY payment_attempted_at_ms LIMIT $5 ",
+            $lock,
+            ")
+               AND status = 'PENDING_PAYMENT'
+               AND (reconcile_claimed_until_ms IS NULL OR reconcile_claimed_until_ms <= $3)
+               AND payment_attempted_at_ms <= $4
+             RETURNING *"
+        )
+    };
+}
+const CLAIM_PENDING_POSTGRES: &str = claim_pending!("FOR UPDATE SKIP LOCKED");
+const CLAIM_PENDING_SQLITE: &str = claim_pending!("");
+
 /// The order service's schema, for SQLite and for PostgreSQL.
 pub(crate) fn migrations() -> Migrations {
     Migrations {
@@ -139,8 +208,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO orders (order_id, request_id, request_fingerprint, customer_email,
                  customer_phone, items_json, currency_code, total_minor_units, status,
-                 created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 created_at_ms, updated_at_ms, payment_attempted_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
              ON CONFLICT (request_id) DO NOTHING",
         )
         .bind(&new.order_id)
@@ -170,6 +239,7 @@ impl Store {
         &self,
         order_id: &str,
         paid: Paid<'_>,
+        writer: Writer<'_>,
         event: impl FnOnce(&OrderRow) -> Result<Vec<u8>, sqlx::Error>,
     ) -> Result<OrderRow, sqlx::Error> {
         let Paid {
@@ -178,15 +248,17 @@ impl Store {
             trace_context,
             now_ms,
         } = paid;
+        let (claimant, lease_after) = writer.claim();
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE orders SET status = 'PAID', payment_id = $1, event_id = $2, updated_at_ms = $3
-             WHERE order_id = $4 AND status = 'PENDING_PAYMENT'",
-        )
+        let changed = sqlx::query(settle!(
+            "status = 'PAID', payment_id = $1, event_id = $2, updated_at_ms = $3"
+        ))
         .bind(payment_id)
         .bind(event_id)
         .bind(now_ms)
         .bind(order_id)
+        .bind(claimant)
+        .bind(lease_after)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -212,27 +284,156 @@ impl Store {
         Ok(order)
     }
 
-    /// PENDING_PAYMENT -> PAYMENT_FAILED with the reason. Returns the order as it is afterwards.
+    /// PENDING_PAYMENT -> PAYMENT_FAILED with the declined payment and the reason. Returns the
+    /// order as it is afterwards.
     pub(crate) async fn mark_failed(
         &self,
         order_id: &str,
         payment_id: &str,
         reason: &str,
         now_ms: i64,
+        writer: Writer<'_>,
     ) -> Result<OrderRow, sqlx::Error> {
-        sqlx::query(
-            "UPDATE orders SET status = 'PAYMENT_FAILED', payment_id = $1, failure_reason = $2,
-                 updated_at_ms = $3
-             WHERE order_id = $4 AND status = 'PENDING_PAYMENT'",
+        self.settle(
+            settle!("status = 'PAYMENT_FAILED', payment_id = $1, failure_reason = $2, updated_at_ms = $3"),
+            [payment_id, reason],
+            now_ms,
+            order_id,
+            writer,
         )
-        .bind(payment_id)
-        .bind(reason)
+        .await
+    }
+
+    /// PENDING_PAYMENT -> ABANDONED with the reason, once payment closed the order's charge key
+    /// with no charge under it. Returns the order as it is afterwards.
+    pub(crate) async fn mark_abandoned(
+        &self,
+        order_id: &str,
+        reason: &str,
+        now_ms: i64,
+        writer: Writer<'_>,
+    ) -> Result<OrderRow, sqlx::Error> {
+        self.settle(
+            settle!(
+                "status = 'ABANDONED', payment_id = $1, failure_reason = $2, updated_at_ms = $3"
+            ),
+            ["", reason],
+            now_ms,
+            order_id,
+            writer,
+        )
+        .await
+    }
+
+    /// Runs one of the [`settle!`] statements without an event, and reads the order back.
+    async fn settle(
+        &self,
+        sql: &'static str,
+        [first, second]: [&str; 2],
+        now_ms: i64,
+        order_id: &str,
+        writer: Writer<'_>,
+    ) -> Result<OrderRow, sqlx::Error> {
+        let (claimant, lease_after) = writer.claim();
+        sqlx::query(sql)
+            .bind(first)
+            .bind(second)
+            .bind(now_ms)
+            .bind(order_id)
+            .bind(claimant)
+            .bind(lease_after)
+            .execute(&self.pool)
+            .await?;
+        self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
+            .await
+    }
+
+    /// Records that a CreateOrder starts to charge the pending order now: the reconciler leaves it
+    /// alone for its grace period from here. False if the order is no longer pending.
+    pub(crate) async fn begin_payment(
+        &self,
+        order_id: &str,
+        now_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let changed = sqlx::query(
+            "UPDATE orders SET payment_attempted_at_ms = $1
+             WHERE order_id = $2 AND status = 'PENDING_PAYMENT'",
+        )
         .bind(now_ms)
         .bind(order_id)
         .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// Leases up to `limit` pending orders that no CreateOrder has tried to charge since
+    /// `idle_since_ms` to reconciler `reconciler` until `until_ms`, longest idle first, and returns
+    /// them. Orders under another reconciler's live lease are left to it; a lease that ends (its
+    /// reconciler died) frees the order again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets
+    /// replicas claiming at once take disjoint orders; the conditions are checked again on the row.
+    pub(crate) async fn claim_pending(
+        &self,
+        reconciler: &str,
+        idle_since_ms: i64,
+        now_ms: i64,
+        until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OrderRow>, sqlx::Error> {
+        let sql = match self.backend {
+            Backend::Postgres => CLAIM_PENDING_POSTGRES,
+            Backend::Sqlite => CLAIM_PENDING_SQLITE,
+        };
+        let mut rows: Vec<OrderRow> = sqlx::query(sql)
+            .bind(reconciler)
+            .bind(until_ms)
+            .bind(now_ms)
+            .bind(idle_since_ms)
+            .bind(limit)
+            .try_map(|row: AnyRow| from_row(&row))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.sort_by_key(|row| row.payment_attempted_at_ms);
+        Ok(rows)
+    }
+
+    /// Gives up reconciler `reconciler`'s lease on an order, if it still holds it.
+    pub(crate) async fn release_claim(
+        &self,
+        order_id: &str,
+        reconciler: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE orders SET reconcile_claimed_until_ms = NULL
+             WHERE order_id = $1 AND reconcile_claimed_by = $2",
+        )
+        .bind(order_id)
+        .bind(reconciler)
+        .execute(&self.pool)
         .await?;
-        self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
-            .await
+        Ok(())
+    }
+
+    /// Pending orders: how many, how many have been left alone since `idle_since_ms`, and when
+    /// the longest-idle one was last tried (None when none is pending).
+    pub(crate) async fn pending_summary(
+        &self,
+        idle_since_ms: i64,
+    ) -> Result<(i64, i64, Option<i64>), sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS pending,
+                    COALESCE(SUM(CASE WHEN payment_attempted_at_ms <= $1 THEN 1 ELSE 0 END), 0) AS idle,
+                    MIN(payment_attempted_at_ms) AS oldest
+             FROM orders WHERE status = 'PENDING_PAYMENT'",
+        )
+        .bind(idle_since_ms)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((
+            row.try_get("pending")?,
+            row.try_get("idle")?,
+            row.try_get("oldest")?,
+        ))
     }
 
     /// Deletes a PENDING_PAYMENT order whose request payment refused (nothing was charged).
@@ -373,5 +574,6 @@ fn from_row(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
         event_published_at_ms: row.try_get("event_published_at_ms")?,
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
+        payment_attempted_at_ms: row.try_get("payment_attempted_at_ms")?,
     })
 }

@@ -1,7 +1,8 @@
 //! The order service as a real process, killed with SIGKILL while its orders' events are stored but
 //! not yet published (the broker is down): restarted, it publishes every event exactly once. Run
 //! against the embedded broker and against tansu, a broker nobody here wrote; on SQLite here, and on
-//! PostgreSQL in `crash_postgres.rs` (this file compiled again).
+//! PostgreSQL in `crash_postgres.rs` (this file compiled again). And killed between a charge and its
+//! record: restarted, its reconciler finds the charge and the order is paid.
 #![allow(clippy::unwrap_used)]
 
 use std::{collections::HashSet, net::SocketAddr, path::Path};
@@ -9,9 +10,10 @@ use std::{collections::HashSet, net::SocketAddr, path::Path};
 use anyhow::{Result, ensure};
 use ordermesh::proto::{
     order::v1::{
-        CreateOrderRequest, Customer, GetOrderRequest, LineItem, Order,
+        CreateOrderRequest, Customer, GetOrderRequest, LineItem, Order, OrderStatus,
         order_service_client::OrderServiceClient,
     },
+    payment::v1::{ListPaymentsRequest, payment_service_client::PaymentServiceClient},
     types::v1::Money,
 };
 use ordermesh_testkit::{Broker, Databases, Process, Tansu, eventually, on_postgres, unused_addr};
@@ -36,7 +38,7 @@ fn order_request(request_id: &str) -> CreateOrderRequest {
     }
 }
 
-/// The order binary on `addr`, on `database`, logging into `dir`.
+/// The order binary on `addr`, on `database`, logging into `dir`, with `extra` settings.
 async fn start_order(
     dir: &Path,
     database: &str,
@@ -44,23 +46,26 @@ async fn start_order(
     payment: SocketAddr,
     broker: &Broker,
     topic: &str,
+    extra: &[(&str, &str)],
 ) -> Result<Process> {
+    let mut env = vec![
+        ("ORDER_LISTEN_ADDR", addr.to_string()),
+        // Any free port: tests run side by side.
+        ("ORDER_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
+        ("ORDER_DATABASE_URL", database.to_owned()),
+        ("ORDER_PAYMENT_URL", format!("http://{payment}")),
+        ("KAFKA_BROKERS", broker.bootstrap_servers()),
+        ("ORDER_EVENTS_TOPIC", topic.to_owned()),
+        // CreateOrder gives up waiting for the broker quickly and reports the event pending.
+        ("ORDER_PUBLISH_TIMEOUT_MS", "300".to_owned()),
+        ("RUST_LOG", "info".to_owned()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
     let mut order = Process::spawn(
         "order",
         Path::new(env!("CARGO_BIN_EXE_order")),
         &[],
-        &[
-            ("ORDER_LISTEN_ADDR", addr.to_string()),
-            // Any free port: tests run side by side.
-            ("ORDER_ADMIN_ADDR", "127.0.0.1:0".to_owned()),
-            ("ORDER_DATABASE_URL", database.to_owned()),
-            ("ORDER_PAYMENT_URL", format!("http://{payment}")),
-            ("KAFKA_BROKERS", broker.bootstrap_servers()),
-            ("ORDER_EVENTS_TOPIC", topic.to_owned()),
-            // CreateOrder gives up waiting for the broker quickly and reports the event pending.
-            ("ORDER_PUBLISH_TIMEOUT_MS", "300".to_owned()),
-            ("RUST_LOG", "info".to_owned()),
-        ],
+        &env,
         dir.join("order.log"),
     )?;
     order.wait_serving(addr).await?;
@@ -95,6 +100,7 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
         payment_addr,
         &broker,
         topic,
+        &[],
     )
     .await?;
     let mut client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
@@ -133,6 +139,7 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
         payment_addr,
         &broker,
         topic,
+        &[],
     )
     .await?;
     let client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
@@ -192,4 +199,117 @@ async fn killed_with_events_unpublished_publishes_each_once_after_restart_tansu(
     };
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
     scenario(dir, Broker::Tansu(Box::new(tansu)), &topic).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_the_charge_and_its_record_is_settled_paid_by_the_reconciler_after_restart()
+-> Result<()> {
+    // Arrange: payment in this process, answering 10 s after it stored the charge; the order
+    // binary waiting up to 20 s for it, and forwarding the fault headers.
+    let dir = tempfile::tempdir()?;
+    let Some(databases) =
+        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
+    else {
+        return Ok(());
+    };
+    let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
+    let broker = Broker::embedded(&[&topic], 3)?;
+    let payment_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let payment_addr = payment_listener.local_addr()?;
+    let payment = tokio::spawn(ordermesh_payment::run(
+        payment_listener,
+        ordermesh_payment::Config {
+            database_url: databases.url("payment"),
+            faults_enabled: true,
+            ..ordermesh_payment::Config::from_env()?
+        },
+        std::future::pending(),
+    ));
+    let order_addr = unused_addr().await?;
+    const PATIENT: &[(&str, &str)] = &[
+        ("ORDER_PAYMENT_TIMEOUT_MS", "20000"),
+        ("ORDER_PAYMENT_ATTEMPT_TIMEOUT_MS", "20000"),
+        ("ORDER_RECONCILE_GRACE_MS", "30000"),
+        ("ORDER_FORWARD_FAULT_HEADERS", "true"),
+    ];
+    const SETTLING: &[(&str, &str)] = &[
+        ("ORDER_PAYMENT_TIMEOUT_MS", "2000"),
+        ("ORDER_RECONCILE_GRACE_MS", "2500"),
+        ("ORDER_RECONCILE_INTERVAL_MS", "200"),
+    ];
+    let order_db = databases.url("order");
+    let start = |extra: &'static [(&'static str, &'static str)]| {
+        start_order(
+            dir.path(),
+            &order_db,
+            order_addr,
+            payment_addr,
+            &broker,
+            &topic,
+            extra,
+        )
+    };
+    let order = start(PATIENT).await?;
+    let mut client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
+    let mut request = tonic::Request::new(order_request("killed-mid-charge"));
+    request
+        .metadata_mut()
+        .insert("x-fault-delay-ms", "10000".parse()?);
+    request
+        .metadata_mut()
+        .insert("x-fault-stage", "after".parse()?);
+    let in_flight = tokio::spawn(async move { client.create_order(request).await });
+    let mut payments = PaymentServiceClient::connect(format!("http://{payment_addr}")).await?;
+    eventually("payment holds the charge", || {
+        let mut payments = payments.clone();
+        async move {
+            let page = payments
+                .list_payments(ListPaymentsRequest::default())
+                .await?
+                .into_inner();
+            Ok(page.payments.len() == 1)
+        }
+    })
+    .await?;
+
+    // Act: SIGKILL before the answer comes back, then a restart with a short grace period.
+    order.kill().await?;
+    ensure!(in_flight.await?.is_err(), "the call died with the process");
+    let _order = start(SETTLING).await?;
+
+    // Assert: the reconciler pays the order with that charge; its event is published once.
+    let charge = payments
+        .list_payments(ListPaymentsRequest::default())
+        .await?
+        .into_inner()
+        .payments
+        .remove(0);
+    let client = OrderServiceClient::connect(format!("http://{order_addr}")).await?;
+    eventually("the order is paid, its event published", || {
+        let (mut client, order_id) = (client.clone(), charge.order_id.clone());
+        async move {
+            let order = client
+                .get_order(GetOrderRequest { order_id })
+                .await?
+                .into_inner();
+            Ok(order.status() == OrderStatus::Paid && !order.event_pending)
+        }
+    })
+    .await?;
+    let paid = OrderServiceClient::connect(format!("http://{order_addr}"))
+        .await?
+        .get_order(GetOrderRequest {
+            order_id: charge.order_id.clone(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(paid.payment_id, charge.payment_id);
+    assert_eq!(broker.message_count(&topic).await?, 1, "one event");
+    let after = payments
+        .list_payments(ListPaymentsRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(after.payments.len(), 1, "one charge");
+    payment.abort();
+    Ok(())
 }

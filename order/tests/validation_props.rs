@@ -560,12 +560,14 @@ impl Services {
         }
     }
 
-    /// Charges recorded by the payment service, read from its database.
+    /// Charges recorded by the payment service (not keys closed without one), read from its
+    /// database.
     async fn charge_count(&self) -> Result<i64> {
         let pool = ordermesh::db::connect(&self.databases.url("payment")).await?;
-        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM payments")
-            .fetch_one(&pool)
-            .await?;
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM payments WHERE status <> 'CLOSED'")
+                .fetch_one(&pool)
+                .await?;
         pool.close().await;
         Ok(count)
     }

@@ -1,11 +1,15 @@
 //! The PaymentService gRPC implementation: validate, decide, store once, answer from what is stored.
 
-use ordermesh::proto::{
-    payment::v1::{
-        ChargeRequest, GetPaymentRequest, Payment, PaymentStatus,
-        payment_service_server::PaymentService,
+use ordermesh::{
+    paging::PageRequest,
+    proto::{
+        payment::v1::{
+            ChargeKeyState, ChargeOutcome, ChargeRequest, CloseChargeKeyRequest,
+            GetChargeOutcomeRequest, GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse,
+            Payment, PaymentStatus, payment_service_server::PaymentService,
+        },
+        types::v1::Money,
     },
-    types::v1::Money,
 };
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -15,13 +19,15 @@ use crate::{
     decide::{APPROVED, DECLINED, Decision, decide},
     error::PaymentError,
     fault::{self, FaultConfig},
-    store::{PaymentRow, Store},
+    store::{KeyStatus, PaymentRow, Store},
 };
 
 /// Longest idempotency key, order id or token accepted.
 const MAX_ID_LEN: usize = 128;
 /// Largest single charge, in minor units: far above any real basket, far below overflow.
 const MAX_MINOR_UNITS: i64 = 1_000_000_000_000;
+/// Longest reason accepted for closing a key.
+const MAX_REASON_LEN: usize = 512;
 
 #[derive(Debug, Clone)]
 pub(crate) struct PaymentApi {
@@ -37,21 +43,31 @@ impl PaymentApi {
     async fn charge(&self, req: ChargeRequest) -> Result<Payment, PaymentError> {
         let (amount, decision) = validate(&req)?;
         let (status, decline_reason) = match decision {
-            Decision::Approve => ("SUCCEEDED", String::new()),
-            Decision::Decline(reason) => ("DECLINED", reason.to_owned()),
+            Decision::Approve => (KeyStatus::Succeeded, String::new()),
+            Decision::Decline(reason) => (KeyStatus::Declined, reason.to_owned()),
         };
         let candidate = PaymentRow {
+            seq: 0,
             payment_id: format!("pay_{}", uuid::Uuid::now_v7().simple()),
             idempotency_key: req.idempotency_key.clone(),
             request_fingerprint: fingerprint(&req),
             order_id: req.order_id.clone(),
             currency_code: amount.currency_code,
             minor_units: amount.minor_units,
-            status: status.to_owned(),
+            status,
             decline_reason,
+            close_reason: String::new(),
             created_at_ms: ordermesh::timestamp::now_millis(),
         };
         let stored = self.store.insert_or_get(&candidate).await?;
+        // Before the fingerprint: a closed key has none, and the caller must learn it was closed.
+        if stored.status == KeyStatus::Closed {
+            tracing::info!(key = %stored.idempotency_key, order_id = %req.order_id, "charge refused: key closed");
+            return Err(PaymentError::KeyClosed {
+                key: stored.idempotency_key,
+                reason: stored.close_reason,
+            });
+        }
         if stored.request_fingerprint != candidate.request_fingerprint {
             return Err(PaymentError::KeyReused {
                 key: req.idempotency_key,
@@ -61,17 +77,63 @@ impl PaymentApi {
         tracing::info!(
             payment_id = %stored.payment_id,
             order_id = %stored.order_id,
-            status = %stored.status,
+            status = stored.status.as_str(),
             replay,
             "charge"
         );
-        if stored.status == "DECLINED" {
+        if stored.status == KeyStatus::Declined {
             return Err(PaymentError::Declined {
                 payment_id: stored.payment_id,
                 reason: stored.decline_reason,
             });
         }
         Ok(to_proto(stored))
+    }
+
+    /// Closes `key` unless a payment holds it; returns what holds it afterwards.
+    async fn close(&self, req: CloseChargeKeyRequest) -> Result<ChargeOutcome, PaymentError> {
+        let mut violations = Vec::new();
+        check_key(&req.idempotency_key, &mut violations);
+        if req.reason.len() > MAX_REASON_LEN {
+            violations.push(FieldViolation::new(
+                "reason",
+                format!("at most {MAX_REASON_LEN} characters"),
+            ));
+        }
+        if !violations.is_empty() {
+            return Err(PaymentError::Invalid(violations));
+        }
+        let closed = PaymentRow {
+            seq: 0,
+            payment_id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+            idempotency_key: req.idempotency_key,
+            request_fingerprint: String::new(),
+            order_id: String::new(),
+            currency_code: String::new(),
+            minor_units: 0,
+            status: KeyStatus::Closed,
+            decline_reason: String::new(),
+            close_reason: req.reason,
+            created_at_ms: ordermesh::timestamp::now_millis(),
+        };
+        let stored = self.store.insert_or_get(&closed).await?;
+        tracing::info!(
+            key = %stored.idempotency_key,
+            status = stored.status.as_str(),
+            closed_now = stored.payment_id == closed.payment_id,
+            "close charge key"
+        );
+        Ok(outcome(&stored.idempotency_key.clone(), Some(stored)))
+    }
+}
+
+/// Adds a violation unless `key` is a usable idempotency key.
+fn check_key(key: &str, violations: &mut Vec<FieldViolation>) {
+    if key.is_empty() || key.len() > MAX_ID_LEN {
+        violations.push(FieldViolation::new(
+            "idempotency_key",
+            format!("required, at most {MAX_ID_LEN} characters"),
+        ));
     }
 }
 
@@ -85,7 +147,7 @@ impl PaymentService for PaymentApi {
         }
         let payment = PaymentApi::charge(self, request.into_inner()).await?;
         if let Some(fault) = &fault {
-            fault.after()?;
+            fault.after().await?;
         }
         Ok(Response::new(payment))
     }
@@ -107,12 +169,88 @@ impl PaymentService for PaymentApi {
             None => Err(PaymentError::NotFound(id).into()),
         }
     }
+
+    async fn get_charge_outcome(
+        &self,
+        request: Request<GetChargeOutcomeRequest>,
+    ) -> Result<Response<ChargeOutcome>, Status> {
+        let key = request.into_inner().idempotency_key;
+        let mut violations = Vec::new();
+        check_key(&key, &mut violations);
+        if !violations.is_empty() {
+            return Err(PaymentError::Invalid(violations).into());
+        }
+        let row = self.store.by_key(&key).await.map_err(PaymentError::from)?;
+        Ok(Response::new(outcome(&key, row)))
+    }
+
+    async fn close_charge_key(
+        &self,
+        request: Request<CloseChargeKeyRequest>,
+    ) -> Result<Response<ChargeOutcome>, Status> {
+        Ok(Response::new(self.close(request.into_inner()).await?))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<ListPaymentsRequest>,
+    ) -> Result<Response<ListPaymentsResponse>, Status> {
+        let req = request.into_inner();
+        let mut violations = Vec::new();
+        let page = PageRequest::parse(req.page_size, &req.page_token, &mut violations);
+        if !violations.is_empty() {
+            return Err(PaymentError::Invalid(violations).into());
+        }
+        let mut rows = self
+            .store
+            .list(page.after, page.fetch_limit())
+            .await
+            .map_err(PaymentError::from)?;
+        let next_page_token = page.finish(&mut rows, |r| r.seq);
+        Ok(Response::new(ListPaymentsResponse {
+            payments: rows.into_iter().map(to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+/// What `key` stands for, given the row holding it (None: nothing does).
+fn outcome(key: &str, row: Option<PaymentRow>) -> ChargeOutcome {
+    let Some(row) = row else {
+        return ChargeOutcome {
+            idempotency_key: key.to_owned(),
+            state: ChargeKeyState::Open.into(),
+            ..Default::default()
+        };
+    };
+    match row.status {
+        KeyStatus::Closed => ChargeOutcome {
+            idempotency_key: row.idempotency_key,
+            state: ChargeKeyState::Closed.into(),
+            payment: None,
+            close_reason: row.close_reason,
+            closed_at: Some(ordermesh::timestamp::from_millis(row.created_at_ms)),
+        },
+        KeyStatus::Succeeded | KeyStatus::Declined => ChargeOutcome {
+            idempotency_key: row.idempotency_key.clone(),
+            state: if row.status == KeyStatus::Succeeded {
+                ChargeKeyState::Charged
+            } else {
+                ChargeKeyState::Declined
+            }
+            .into(),
+            payment: Some(to_proto(row)),
+            close_reason: String::new(),
+            closed_at: None,
+        },
+    }
 }
 
 /// Checks every field and reports all violations at once; on success returns the amount and what the
 /// processor decides for the token.
 fn validate(req: &ChargeRequest) -> Result<(Money, Decision), PaymentError> {
     let mut violations = Vec::new();
+    check_key(&req.idempotency_key, &mut violations);
     let mut text = |field: &str, value: &str| {
         if value.is_empty() || value.len() > MAX_ID_LEN {
             violations.push(FieldViolation::new(
@@ -121,7 +259,6 @@ fn validate(req: &ChargeRequest) -> Result<(Money, Decision), PaymentError> {
             ));
         }
     };
-    text("idempotency_key", &req.idempotency_key);
     text("order_id", &req.order_id);
     text("payment_method_token", &req.payment_method_token);
     let decision = decide(&req.payment_method_token);
@@ -180,10 +317,10 @@ fn fingerprint(req: &ChargeRequest) -> String {
 }
 
 fn to_proto(row: PaymentRow) -> Payment {
-    let status = match row.status.as_str() {
-        "SUCCEEDED" => PaymentStatus::Succeeded,
-        "DECLINED" => PaymentStatus::Declined,
-        _ => PaymentStatus::Unspecified,
+    let status = match row.status {
+        KeyStatus::Succeeded => PaymentStatus::Succeeded,
+        KeyStatus::Declined => PaymentStatus::Declined,
+        KeyStatus::Closed => PaymentStatus::Unspecified,
     };
     Payment {
         payment_id: row.payment_id,
@@ -195,5 +332,6 @@ fn to_proto(row: PaymentRow) -> Payment {
         }),
         decline_reason: row.decline_reason,
         created_at: Some(ordermesh::timestamp::from_millis(row.created_at_ms)),
+        idempotency_key: row.idempotency_key,
     }
 }

@@ -16,8 +16,9 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// Whether fault injection (x-fault-* headers and the PAYMENT_FAULT_* settings) is on.
-    #[arg(long, env = "PAYMENT_FAULTS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Whether fault injection (x-fault-* headers and the PAYMENT_FAULT_* settings) is on. Off by
+    /// default: for demos and tests only (the quick-start runner turns it on).
+    #[arg(long, env = "PAYMENT_FAULTS_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub faults_enabled: bool,
 
     /// Fault for every Charge: delay in milliseconds before doing anything.

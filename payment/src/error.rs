@@ -7,6 +7,8 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 /// The `google.rpc.ErrorInfo` domain of payment errors.
 pub(crate) const ERROR_DOMAIN: &str = "payment.ordermesh";
+/// The `google.rpc.ErrorInfo` reason of a Charge whose idempotency key was closed.
+pub(crate) const KEY_CLOSED_REASON: &str = "CHARGE_KEY_CLOSED";
 
 /// Everything a payment call can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,10 @@ pub enum PaymentError {
         "idempotency key {key:?} was already used for a different charge; use a new key for a new charge"
     )]
     KeyReused { key: String },
+    #[error(
+        "idempotency key {key:?} was closed without a charge ({reason}); nothing was charged, and no charge can be made with this key"
+    )]
+    KeyClosed { key: String, reason: String },
     #[error("no payment with id {0:?}")]
     NotFound(String),
     #[error("payment store failed: {0}")]
@@ -41,6 +47,16 @@ impl From<PaymentError> for Status {
                 ),
             ),
             PaymentError::KeyReused { .. } => Status::already_exists(message),
+            // Machine-readable like a decline, but with no payment id: nothing was charged.
+            PaymentError::KeyClosed { key, .. } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    KEY_CLOSED_REASON,
+                    ERROR_DOMAIN,
+                    HashMap::from([("idempotency_key".to_owned(), key)]),
+                ),
+            ),
             PaymentError::NotFound(_) => Status::not_found(message),
             PaymentError::Store(error) => {
                 // Details stay in the log; the caller learns only that it may retry.

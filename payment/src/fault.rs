@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `x-fault-delay-ms: N` | wait N ms before doing anything |
 //! | `x-fault-abort: CODE` | fail with this gRPC code (`unavailable`, `deadline_exceeded`, `aborted`, ... or its number) |
-//! | `x-fault-stage: before` / `after` | abort before charging (default), or after the charge is stored, so the answer is lost but the charge is not |
+//! | `x-fault-stage: before` / `after` | delay and abort before charging (default), or after the charge is stored, so the answer comes late or is lost but the charge stands |
 //! | `x-fault-percent: P` | inject on P% of calls (default 100) |
 //! | `x-fault-until-attempt: N` | only on attempts 1 to N (the order service numbers its attempts in `ordermesh-attempt`) |
 //!
@@ -31,13 +31,13 @@ pub(crate) const ATTEMPT: &str = "ordermesh-attempt";
 /// Longest injectable delay: long enough for any demo, short enough not to pin a server.
 const MAX_DELAY: Duration = Duration::from_secs(60);
 
-/// When an abort happens.
+/// When a delay and an abort happen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Stage {
     /// Before anything is done: nothing is charged.
     #[default]
     Before,
-    /// After the charge is stored: the charge stands, the answer is lost.
+    /// After the charge is stored: the charge stands, the answer is late or lost.
     After,
 }
 
@@ -60,21 +60,30 @@ pub(crate) struct Fault {
 }
 
 impl Fault {
-    /// Waits the delay, then fails if the abort is due before the charge.
+    /// Before the charge: waits the delay and fails if the fault's stage is `before`.
     pub(crate) async fn before(&self) -> Result<(), Status> {
+        self.at(Stage::Before).await
+    }
+
+    /// After the charge is stored: waits the delay and fails if the fault's stage is `after` (the
+    /// charge stands; the answer comes late, or not at all).
+    pub(crate) async fn after(&self) -> Result<(), Status> {
+        self.at(Stage::After).await
+    }
+
+    async fn at(&self, stage: Stage) -> Result<(), Status> {
+        if self.stage != stage {
+            return Ok(());
+        }
         if !self.delay.is_zero() {
             tracing::info!(
                 delay_ms = self.delay.as_millis(),
+                ?stage,
                 "fault injection: delaying Charge"
             );
             tokio::time::sleep(self.delay).await;
         }
-        self.abort_at(Stage::Before)
-    }
-
-    /// Fails if the abort is due after the charge.
-    pub(crate) fn after(&self) -> Result<(), Status> {
-        self.abort_at(Stage::After)
+        self.abort_at(stage)
     }
 
     fn abort_at(&self, stage: Stage) -> Result<(), Status> {

@@ -128,6 +128,15 @@ async fn main() -> anyhow::Result<()> {
     let mut payment = ordermesh_payment::Config::from_env()?;
     let mut order = ordermesh_order::Config::from_env()?;
     let mut notifier = ordermesh_notifier::Config::from_env()?;
+    // The quick start is a demo: the README's walkthrough makes payment misbehave through order
+    // with x-fault-* headers. Both switches stay off in every other deployment (and here too when
+    // the environment says so).
+    if std::env::var_os("PAYMENT_FAULTS_ENABLED").is_none() {
+        payment.faults_enabled = true;
+    }
+    if std::env::var_os("ORDER_FORWARD_FAULT_HEADERS").is_none() {
+        order.forward_fault_headers = true;
+    }
     if let Some(dir) = &cli.data_dir {
         payment.database_url = format!("sqlite://{dir}/payment.db");
         order.database_url = format!("sqlite://{dir}/order.db");

@@ -68,8 +68,10 @@ fn many_threads_asking_at_once_in_an_empty_temp_dir_get_one_whole_template() -> 
     let control_text = String::from_utf8_lossy(&control.stdout);
     assert!(
         control.status.success()
-            && control_text.lines().any(|line| line.starts_with("Database cluster state:")
-                && line.trim_end().ends_with("shut down")),
+            && control_text
+                .lines()
+                .any(|line| line.starts_with("Database cluster state:")
+                    && line.trim_end().ends_with("shut down")),
         "pg_controldata: {control_text}{}",
         String::from_utf8_lossy(&control.stderr)
     );

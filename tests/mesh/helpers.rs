@@ -492,6 +492,8 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
         kafka: kafka.clone(),
         events_topic: topic.clone(),
         drain_grace_ms: 2_000,
+        // The tests drive payment's faults through CreateOrder.
+        forward_fault_headers: true,
         ..ordermesh_order::Config::from_env()?
     };
     (options.order)(&mut config);
@@ -540,6 +542,7 @@ async fn spawn_payment(
     let mut config = ordermesh_payment::Config {
         database_url: database_url.to_owned(),
         drain_grace_ms: 2_000,
+        faults_enabled: true,
         ..ordermesh_payment::Config::from_env()?
     };
     customize(&mut config);
@@ -782,7 +785,8 @@ impl TestMesh {
             .await
     }
 
-    /// How many payments the payment service has stored for `order_id`, read from its database.
+    /// How many payments (charges and declines, not closed keys) the payment service has stored for
+    /// `order_id`, read from its database.
     pub async fn payments_for(&self, order_id: &str) -> Result<i64> {
         self.count_payments(Some(order_id)).await
     }
@@ -794,12 +798,14 @@ impl TestMesh {
 
     async fn count_payments(&self, order_id: Option<&str>) -> Result<i64> {
         let pool = ordermesh::db::connect(&self.databases.url("payment")).await?;
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM payments WHERE $1 IS NULL OR order_id = $2")
-                .bind(order_id)
-                .bind(order_id)
-                .fetch_one(&pool)
-                .await?;
+        let (count,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM payments
+                 WHERE status <> 'CLOSED' AND ($1 IS NULL OR order_id = $2)",
+        )
+        .bind(order_id)
+        .bind(order_id)
+        .fetch_one(&pool)
+        .await?;
         pool.close().await;
         Ok(count)
     }

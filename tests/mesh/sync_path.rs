@@ -24,7 +24,7 @@ use super::helpers::{
 };
 
 /// CreateOrder with metadata headers.
-async fn create(
+pub async fn create(
     mesh: &TestMesh,
     request: CreateOrderRequest,
     headers: &[(&'static str, &str)],

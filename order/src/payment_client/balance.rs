@@ -45,7 +45,7 @@ use tower::{BoxError, Layer, Service, ServiceExt};
 
 use super::{
     ChargeCall, ClientConfigError,
-    attempt::ChargeService,
+    attempt::{ChargeService, PaymentChannel},
     breaker::{Breaker, BreakerConfig, BreakerLayer, BreakerState, CircuitBreaker, Open},
 };
 
@@ -123,6 +123,9 @@ struct Endpoint {
     /// The target it was resolved from (a host name may stand for several endpoints).
     target: usize,
     service: Breaker<ChargeService>,
+    /// The same channel for the calls beside Charge (settling a key), which bypass the breaker:
+    /// they are rare, idempotent, and are what settles the orders a failing Charge left behind.
+    client: PaymentServiceClient<PaymentChannel>,
     breaker: CircuitBreaker,
     health: HealthClient<Channel>,
     /// The last health check's verdict (true until the first check says otherwise).
@@ -156,14 +159,14 @@ impl Endpoint {
             settings.breaker.clone(),
             settings.is_failure,
         );
-        let service = BreakerLayer::new(breaker.clone()).layer(ChargeService::new(
-            PaymentServiceClient::new(traced),
-            settings.attempt_timeout,
-        ));
+        let client = PaymentServiceClient::new(traced);
+        let service = BreakerLayer::new(breaker.clone())
+            .layer(ChargeService::new(client.clone(), settings.attempt_timeout));
         Ok(Self {
             addr,
             target,
             service,
+            client,
             breaker,
             health: HealthClient::new(channel),
             healthy: AtomicBool::new(true),
@@ -376,6 +379,14 @@ impl Balancer {
         let (fresh, again): (Vec<&Arc<Endpoint>>, Vec<&Arc<Endpoint>>) =
             rotated.partition(|e| !tried.contains(&e.addr));
         fresh.into_iter().chain(again).map(Arc::clone).collect()
+    }
+
+    /// A client on each endpoint, healthy ones first, for the calls beside Charge: they are
+    /// idempotent, so a caller may try one endpoint after another.
+    pub(crate) fn clients(&self) -> Vec<PaymentServiceClient<PaymentChannel>> {
+        let mut endpoints = self.shared.endpoints();
+        endpoints.sort_by_key(|e| !e.healthy.load(Ordering::Relaxed));
+        endpoints.iter().map(|e| e.client.clone()).collect()
     }
 
     /// The error of a call no endpoint would take: every breaker open (fail fast, retry after the

@@ -27,10 +27,10 @@ use std::{
 };
 
 use opentelemetry::metrics::Meter;
-use ordermesh::proto::payment::v1::{ChargeRequest, Payment};
+use ordermesh::proto::payment::v1::{ChargeOutcome, ChargeRequest, CloseChargeKeyRequest, Payment};
 use ordermesh::tls::ClientTlsFiles;
 use tokio::{sync::watch, time::Instant};
-use tonic::{Code, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap};
+use tonic::{Code, Request, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap};
 use tonic_types::StatusExt;
 use tower::{
     BoxError, ServiceBuilder, ServiceExt,
@@ -138,7 +138,9 @@ pub enum ClientConfigError {
 pub enum ChargeError {
     /// The processor said no; final for this order.
     Declined { payment_id: String, reason: String },
-    /// The payment service refused the request itself (bad token, reused key); final.
+    /// The payment service refused the request itself (bad token, reused key, a closed key), or
+    /// answered with an error this client does not know to be a decline. Whether an earlier
+    /// attempt charged is not said by it: the order settles the key before it gives up.
     Refused(Status),
     /// No answer in time: whether the charge happened is unknown, so the order stays pending and a
     /// retry with the same idempotency key settles it.
@@ -219,6 +221,41 @@ impl PaymentClient {
     pub async fn charge(&self, call: ChargeCall) -> Result<Payment, ChargeError> {
         self.stack.clone().oneshot(call).await.map_err(classify)
     }
+
+    /// Settles `key` for good with payment's CloseChargeKey: the charge or decline stored under
+    /// it, or else the key closed, so that no charge with it can land any more. Closing is
+    /// idempotent, so each endpoint is tried in turn (healthy ones first) until one answers;
+    /// `timeout` bounds each try. An error means nothing is known yet.
+    pub async fn close_key(
+        &self,
+        key: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<ChargeOutcome, Status> {
+        let mut last = Status::unavailable("no payment endpoint to settle the charge key with");
+        for mut client in self.balancer.clients() {
+            let mut request = Request::new(CloseChargeKeyRequest {
+                idempotency_key: key.to_owned(),
+                reason: reason.to_owned(),
+            });
+            request.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.close_charge_key(request)).await {
+                Ok(Ok(outcome)) => return Ok(outcome.into_inner()),
+                // This endpoint cannot answer now; another may.
+                Ok(Err(status)) if is_breaker_failure(&BoxError::from(status.clone())) => {
+                    last = status;
+                }
+                Ok(Err(status)) => return Err(status),
+                Err(_) => {
+                    last = Status::deadline_exceeded(format!(
+                        "payment did not settle the charge key within {} ms",
+                        timeout.as_millis()
+                    ));
+                }
+            }
+        }
+        Err(last)
+    }
 }
 
 /// What the breaker counts as payment failing: no answer, or an answer saying it cannot work now.
@@ -252,17 +289,22 @@ fn classify(error: BoxError) -> ChargeError {
         Err(other) => return ChargeError::Unavailable(Status::unavailable(other.to_string())),
     };
     match status.code() {
-        Code::FailedPrecondition => {
-            let info = status.get_details_error_info();
-            let payment_id = info
-                .as_ref()
-                .and_then(|i| i.metadata.get("payment_id").cloned())
-                .unwrap_or_default();
-            let reason = info
-                .map(|i| i.reason.to_lowercase())
-                .unwrap_or_else(|| status.message().to_owned());
-            ChargeError::Declined { payment_id, reason }
-        }
+        // A decline is known by payment's ErrorInfo naming the declined payment; a bare
+        // FAILED_PRECONDITION (a proxy's, a fault's, a closed key's) proves nothing about the charge.
+        Code::FailedPrecondition => match status.get_details_error_info() {
+            Some(info)
+                if info
+                    .metadata
+                    .get("payment_id")
+                    .is_some_and(|id| !id.is_empty()) =>
+            {
+                ChargeError::Declined {
+                    payment_id: info.metadata["payment_id"].clone(),
+                    reason: info.reason.to_lowercase(),
+                }
+            }
+            _ => ChargeError::Refused(status),
+        },
         Code::DeadlineExceeded => ChargeError::DeadlineExceeded(status.message().to_owned()),
         Code::InvalidArgument
         | Code::AlreadyExists
