@@ -577,3 +577,7 @@ fn from_row(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
         payment_attempted_at_ms: row.try_get("payment_attempted_at_ms")?,
     })
 }
+
+#[cfg(test)]
+#[path = "store_tests.rs"]
+mod tests;
