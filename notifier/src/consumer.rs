@@ -830,25 +830,9 @@ mod tests {
     use super::*;
     use ordermesh::{events::CloudEventHeaders, proto::order::v1::Customer};
 
-    /// Each test runs twice: on SQLite (in memory) and on PostgreSQL (a server of the test's own,
-    /// from `ordermesh_testkit`; skipped where PostgreSQL is not installed and CI is not set), as the
-    /// claim and lease statements are what replicas sharing a database rely on.
-    macro_rules! on_both_backends {
-        ($($test:ident),* $(,)?) => {$(
-            mod $test {
-                #[tokio::test]
-                async fn on_sqlite() {
-                    super::$test(false).await
-                }
-                #[tokio::test]
-                async fn on_postgres() {
-                    super::$test(true).await
-                }
-            }
-        )*};
-    }
-
-    on_both_backends!(
+    // Each test runs on SQLite (in memory) and on PostgreSQL, as the claim and lease statements are
+    // what replicas sharing a database rely on.
+    ordermesh_testkit::on_both_backends!(
         a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again,
         a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over,
         a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate,

@@ -232,15 +232,13 @@ impl OrderApi {
             status.code(),
             status.message()
         );
-        let key = settle::charge_key(&order.order_id);
-        let settled = match self
-            .payments
-            .close_key(&key, &reason, self.settings.settle_timeout)
-            .await
-        {
-            Ok(outcome) => Settled::of(&outcome),
-            Err(error) => Settled::Unknown(format!("{:?}: {}", error.code(), error.message())),
-        };
+        let settled = settle::settle_key(
+            &self.payments,
+            &order.order_id,
+            &reason,
+            self.settings.settle_timeout,
+        )
+        .await;
         tracing::info!(order_id = %order.order_id, code = ?status.code(), settled = settled.label(), "charge refused; key settled");
         match &settled {
             // Nothing stands under the key and nothing can: a new order leaves nothing behind.

@@ -152,15 +152,13 @@ impl Reconciler {
              the reconciler closed the charge key",
             self.settings.grace.as_millis()
         );
-        let key = settle::charge_key(&order.order_id);
-        let settled = match self
-            .payments
-            .close_key(&key, &reason, self.settings.settle_timeout)
-            .await
-        {
-            Ok(outcome) => Settled::of(&outcome),
-            Err(error) => Settled::Unknown(format!("{:?}: {}", error.code(), error.message())),
-        };
+        let settled = settle::settle_key(
+            &self.payments,
+            &order.order_id,
+            &reason,
+            self.settings.settle_timeout,
+        )
+        .await;
         let writer = Writer::Reconciler {
             id: &self.id,
             now_ms: timestamp::now_millis(),

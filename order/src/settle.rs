@@ -12,8 +12,11 @@ use ordermesh::{
     timestamp, trace_context,
 };
 
+use std::time::Duration;
+
 use crate::{
     convert,
+    payment_client::PaymentClient,
     store::{OrderRow, Paid, Store, Writer},
 };
 
@@ -92,6 +95,23 @@ impl Settled {
             Settled::Closed { .. } => "abandoned",
             Settled::Unknown(_) => "unknown",
         }
+    }
+}
+
+/// Settles the charge key of `order_id` at payment (CloseChargeKey, see
+/// [`PaymentClient::close_key`]) and reads the answer; `reason` is kept with a key that gets closed.
+pub(crate) async fn settle_key(
+    payments: &PaymentClient,
+    order_id: &str,
+    reason: &str,
+    timeout: Duration,
+) -> Settled {
+    match payments
+        .close_key(&charge_key(order_id), reason, timeout)
+        .await
+    {
+        Ok(outcome) => Settled::of(&outcome),
+        Err(error) => Settled::Unknown(format!("{:?}: {}", error.code(), error.message())),
     }
 }
 

@@ -6,24 +6,7 @@ use ordermesh::db;
 
 use super::*;
 
-/// Each test runs twice: on SQLite (in memory) and on PostgreSQL (a server of the test's own, from
-/// `ordermesh_testkit`; skipped where PostgreSQL is not installed and CI is not set).
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test]
-            async fn on_sqlite() {
-                super::$test(false).await
-            }
-            #[tokio::test]
-            async fn on_postgres() {
-                super::$test(true).await
-            }
-        }
-    )*};
-}
-
-on_both_backends!(
+ordermesh_testkit::on_both_backends!(
     a_reconciler_takes_only_idle_orders_and_none_leased_to_another,
     a_reconciler_that_lost_its_claim_changes_nothing,
     a_call_starting_to_charge_holds_the_reconciler_off,

@@ -27,6 +27,26 @@ use tokio::process::{Child, Command};
 pub mod postgres;
 pub use postgres::{Databases, Postgres, on_postgres};
 
+/// Runs each named test twice: `$test(false)` on SQLite and `$test(true)` on PostgreSQL, as
+/// `<test>::on_sqlite` and `<test>::on_postgres`. For unit tests of the statements that replicas
+/// sharing a database rely on; each test makes its own database ([`Databases::for_test`] skips the
+/// PostgreSQL one where PostgreSQL is not installed and CI is not set).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[tokio::test]
+            async fn on_sqlite() {
+                super::$test(false).await
+            }
+            #[tokio::test]
+            async fn on_postgres() {
+                super::$test(true).await
+            }
+        }
+    )*};
+}
+
 /// Upper bound for anything that happens asynchronously. It only bounds a failing test.
 pub const EVENTUALLY: Duration = Duration::from_secs(60);
 

@@ -58,6 +58,19 @@ async fn get(mesh: &TestMesh, order_id: &str) -> Result<Order> {
         .into_inner())
 }
 
+/// A Charge straight to payment, as the order service would send it.
+fn charge(key: &str, order_id: &str) -> Request<ChargeRequest> {
+    Request::new(ChargeRequest {
+        idempotency_key: key.to_owned(),
+        order_id: order_id.to_owned(),
+        amount: Some(Money {
+            currency_code: "USD".into(),
+            minor_units: 1_000,
+        }),
+        payment_method_token: "tok_visa".into(),
+    })
+}
+
 /// The order a pending answer names (its message carries the order id).
 async fn pending_order(mesh: &TestMesh, request_id: &str) -> Result<Order> {
     all_orders(mesh)
@@ -264,15 +277,7 @@ async fn a_never_charged_order_is_abandoned_and_a_charge_delayed_past_the_grace_
     let order = pending_order(&mesh, "never-1").await?;
     let key = format!("order:{}", order.order_id);
     let mut payment = mesh.payment_client().await?;
-    let mut late = Request::new(ChargeRequest {
-        idempotency_key: key.clone(),
-        order_id: order.order_id.clone(),
-        amount: Some(Money {
-            currency_code: "USD".into(),
-            minor_units: 1_000,
-        }),
-        payment_method_token: "tok_visa".into(),
-    });
+    let mut late = charge(&key, &order.order_id);
     late.metadata_mut()
         .insert("x-fault-delay-ms", "6000".parse()?);
     let sent = Instant::now();
@@ -447,15 +452,7 @@ async fn fault_headers_reach_payment_only_where_both_switches_are_on() -> Result
 
     // Assert: the header stopped at order; straight to payment, it still works.
     assert_eq!(order.status(), OrderStatus::Paid);
-    let mut direct = Request::new(ChargeRequest {
-        idempotency_key: "direct-1".into(),
-        order_id: "ord_direct".into(),
-        amount: Some(Money {
-            currency_code: "USD".into(),
-            minor_units: 100,
-        }),
-        payment_method_token: "tok_visa".into(),
-    });
+    let mut direct = charge("direct-1", "ord_direct");
     direct
         .metadata_mut()
         .insert("x-fault-abort", "unavailable".parse()?);
