@@ -1,6 +1,7 @@
 //! The load generator against a real mesh (payment, order and both notifier channels in this
 //! process, on the embedded broker): it makes the calls asked for, reports them, and its audit
-//! finds one email and one SMS per accepted order. No timing is asserted.
+//! finds one email and one SMS per accepted order; and a small fault campaign (`--faults random`)
+//! prints its seed and finds the ledger keeping the money promise. No timing is asserted.
 
 use std::{process::Stdio, time::Duration};
 
@@ -53,8 +54,11 @@ async fn the_load_generator_reports_its_calls_and_audits_the_notifications() -> 
         3,
     )?;
 
+    // Faults on and forwarded, and a short reconcile grace, for the campaign; plain load sends no
+    // fault headers and leaves nothing pending, so neither changes what it sees.
     let payment_config = ordermesh_payment::Config {
         database_url: db("payment.db"),
+        faults_enabled: true,
         ..ordermesh_payment::Config::from_env()?
     };
     let (payment, stop_payment) = start(|listener, stop| async move {
@@ -66,9 +70,15 @@ async fn the_load_generator_reports_its_calls_and_audits_the_notifications() -> 
     .await?;
     let order_config = ordermesh_order::Config {
         database_url: db("order.db"),
-        payment_url: payment,
+        payment_url: payment.clone(),
         kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
         events_topic: topic.clone(),
+        forward_fault_headers: true,
+        // The grace must exceed the payment deadline (a reconciler must not close the key of a
+        // call still charging).
+        payment_timeout_ms: 2_000,
+        reconcile_grace_ms: 2_500,
+        reconcile_interval_ms: 200,
         ..ordermesh_order::Config::from_env()?
     };
     let (order, stop_order) = start(|listener, stop| async move {
@@ -139,6 +149,47 @@ async fn the_load_generator_reports_its_calls_and_audits_the_notifications() -> 
     assert!(stdout.contains("open loop, 50 calls/s"), "{stdout}");
     assert!(stdout.contains("latency p99.9"), "{stdout}");
     assert!(stdout.contains("missing"), "{stdout}");
+
+    // A small fault campaign, seeded: it says its seed and how to replay it, and the audit of
+    // orders, charges, events and notifications (these calls' and the ones above) finds nothing.
+    let (ok, stdout, stderr) = load(&[
+        "--faults",
+        "random",
+        "--seed",
+        "7",
+        "--count",
+        "40",
+        "--concurrency",
+        "8",
+        "--max-delay",
+        "1500ms",
+        "--settle-timeout",
+        "60s",
+        "--audit-timeout",
+        "60s",
+        "--order",
+        &order,
+        "--payment",
+        &payment,
+        "--notifier",
+        &notifier,
+        "--kafka-brokers",
+        &broker.bootstrap_servers(),
+        "--topic",
+        &topic,
+    ])
+    .await?;
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("fault campaign, seed 7 "), "{stdout}");
+    assert!(
+        stdout.contains("--faults random --seed 7 --count 40"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("0 orders still pending"), "{stdout}");
+    assert!(
+        stdout.contains("the money promise holds (0 violations)"),
+        "{stdout}"
+    );
 
     // Nothing listening: a clear error, not a panic.
     let (ok, _, stderr) = load(&["--order", "http://127.0.0.1:1", "--count", "1"]).await?;

@@ -10,6 +10,7 @@ mod helpers;
 
 mod auth;
 mod black_box;
+mod campaign;
 mod compose;
 mod delivery;
 mod failures;

@@ -2,9 +2,15 @@
 //! throughput and errors by code, then audits that every accepted order got exactly one email and
 //! one SMS notification.
 //!
+//! With `--faults random` it runs a fault campaign instead (`ordermesh_bench::campaign`): calls with
+//! payment faults injected from a seed, some sent again, then a wait until no order is pending,
+//! then the ledger audit of the money promise over orders, charges, events and notifications; it
+//! exits non-zero on any violation and prints the command that replays the seed.
+//!
 //! ```text
 //! ordermesh-load --concurrency 32 --duration 30s
 //! ordermesh-load --rate 500 --count 10000 --json
+//! ordermesh-load --faults random --seed 42 --count 500
 //! ```
 
 use std::{
@@ -65,9 +71,44 @@ struct Cli {
     /// How long the audit waits for stragglers; 0 skips the audit.
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     audit_timeout: Duration,
-    /// Print the result as JSON instead of a table.
+    /// Print the result as JSON instead of a table (not with --faults random).
     #[arg(long)]
     json: bool,
+    /// `random`: a fault campaign (see the crate docs) instead of plain load.
+    #[arg(long, value_enum, default_value = "none")]
+    faults: Faults,
+    /// Campaign: the seed of its plan (default: taken from the clock, and printed).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Campaign: the share of calls with faults injected.
+    #[arg(long, default_value_t = 0.4)]
+    fault_share: f64,
+    /// Campaign: the share of request ids sent a second time.
+    #[arg(long, default_value_t = 0.3)]
+    resend_share: f64,
+    /// Campaign: the longest injected delay.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    max_delay: Duration,
+    /// Campaign: how long to wait for the order service to settle every pending order.
+    #[arg(long, value_parser = parse_duration, default_value = "120s")]
+    settle_timeout: Duration,
+    /// Campaign: the payment service, whose charges the audit lists.
+    #[arg(long, default_value = "http://127.0.0.1:50052")]
+    payment: String,
+    /// Campaign: the Kafka brokers, whose events topic the audit reads.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Campaign: the events topic.
+    #[arg(long, default_value = "order-events")]
+    topic: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Faults {
+    /// Plain load, no faults.
+    None,
+    /// A seeded fault campaign followed by the ledger audit.
+    Random,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -111,6 +152,9 @@ struct Output {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if cli.faults == Faults::Random {
+        return campaign(&cli).await;
+    }
     let pace = match (cli.rate, cli.concurrency) {
         (Some(rate), _) => Pace::Open {
             rate,
@@ -288,6 +332,101 @@ async fn sent_per_order(
         }
         page_token = page.next_page_token;
     }
+}
+
+/// The fault campaign: plan, calls, settlement, audit, report.
+#[allow(clippy::print_stdout)]
+async fn campaign(cli: &Cli) -> Result<()> {
+    use std::io::Write;
+
+    use ordermesh::proto::payment::v1::payment_service_client::PaymentServiceClient;
+    use ordermesh_bench::{
+        audit::{self, Ledger},
+        campaign::{self, Report, plan},
+        events,
+    };
+
+    let seed = cli.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    let requests = usize::try_from(cli.count.unwrap_or(500))?;
+    let replay = format!(
+        "ordermesh-load --faults random --seed {seed} --count {requests} --fault-share {} --resend-share {} --max-delay {}ms",
+        cli.fault_share,
+        cli.resend_share,
+        cli.max_delay.as_millis()
+    );
+    println!("fault campaign, seed {seed} (replay with: {replay})");
+    std::io::stdout().flush()?;
+
+    let connect = |url: &str, what: &'static str| {
+        let url = url.to_owned();
+        async move {
+            Endpoint::from_shared(url.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot reach the {what} at {url}"))
+        }
+    };
+    let mut order = OrderServiceClient::new(connect(&cli.order, "order service").await?);
+    let mut payment = PaymentServiceClient::new(connect(&cli.payment, "payment service").await?);
+    let mut notifier = NotificationServiceClient::new(connect(&cli.notifier, "notifier").await?);
+
+    let shape = plan::Shape {
+        requests,
+        fault_share: cli.fault_share,
+        resend_share: cli.resend_share,
+        max_delay: cli.max_delay,
+        ..plan::Shape::default()
+    };
+    // The run id keeps request ids apart from an earlier run of the same seed on the same mesh.
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let calls = plan::plan(seed, &shape, &format!("campaign-{seed}-{}", &run[24..]));
+    let outcome = campaign::execute(
+        order.clone(),
+        calls,
+        cli.concurrency.unwrap_or(16),
+        cli.timeout,
+    )
+    .await;
+    let settled = campaign::settle(&mut order, cli.settle_timeout).await?;
+
+    let kafka = ordermesh::kafka::KafkaSettings::plaintext(cli.kafka_brokers.clone());
+    let events = events::read_events(&kafka, &cli.topic, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("reading topic {} at {}", cli.topic, cli.kafka_brokers))?;
+    // The notifications due (two per paid order), then a moment for a stray duplicate to show.
+    let paid = audit::all_orders(&mut order)
+        .await?
+        .iter()
+        .filter(|o| o.status() == ordermesh::proto::order::v1::OrderStatus::Paid)
+        .count();
+    let started = tokio::time::Instant::now();
+    while audit::all_notifications(&mut notifier).await?.len() < 2 * paid
+        && started.elapsed() < cli.audit_timeout
+    {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let notifications = audit::all_notifications(&mut notifier).await?;
+
+    let ledger = Ledger::read(&mut order, &mut payment, events, Some(notifications)).await?;
+    let mut violations = ledger.violations();
+    violations.extend(ledger.accepted_without_order(outcome.accepted.iter().map(String::as_str)));
+    let report = Report::new(
+        seed, replay, requests, outcome, settled, &ledger, violations,
+    );
+    print!("{report}");
+    if !report.violations.is_empty() {
+        anyhow::bail!(
+            "the ledger breaks the money promise ({} violations); seed {seed}",
+            report.violations.len()
+        );
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]

@@ -1,0 +1,95 @@
+//! Reading every event on a topic, for the audit: each partition from its low watermark to the
+//! high watermark it had when reading began, with a consumer of no group (assigned partitions,
+//! nothing committed), so reading changes nothing for anyone else.
+
+use std::{collections::HashMap, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use ordermesh::kafka::KafkaSettings;
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+};
+
+/// Every message on `topic` as (key, `ce_id` header): for order events, (order id, event id).
+pub async fn read_events(
+    kafka: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>> {
+    let mut config = kafka.client_config("ordermesh-audit");
+    config
+        .set(
+            "group.id",
+            format!("ordermesh-audit-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .set("enable.auto.commit", "false");
+    let consumer: BaseConsumer = config.create()?;
+    let topic = topic.to_owned();
+    // librdkafka's metadata, watermark and poll calls block.
+    tokio::task::spawn_blocking(move || read_blocking(&consumer, &topic, timeout)).await?
+}
+
+fn read_blocking(
+    consumer: &BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(String, String)>> {
+    let deadline = std::time::Instant::now() + timeout;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("metadata of topic {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    let mut assignment = TopicPartitionList::new();
+    // The offset after which each partition is read to the end.
+    let mut ends: HashMap<i32, i64> = HashMap::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+        if high > low {
+            assignment.add_partition_offset(topic, partition, Offset::Offset(low))?;
+            ends.insert(partition, high);
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut out = Vec::new();
+    let mut last_error = None;
+    while !ends.is_empty() {
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "read {} events of {topic}, partitions {:?} unfinished after {timeout:?} (last error: {last_error:?})",
+                out.len(),
+                ends.keys().collect::<Vec<_>>()
+            );
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(message)) => {
+                let key = message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    .unwrap_or_default();
+                let event_id = message
+                    .headers()
+                    .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value))
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default();
+                out.push((key, event_id));
+                let partition = message.partition();
+                if ends
+                    .get(&partition)
+                    .is_some_and(|end| message.offset() + 1 >= *end)
+                {
+                    ends.remove(&partition);
+                }
+            }
+            // Connection trouble is reported here and retried by librdkafka; so does the reader.
+            Some(Err(error)) => last_error = Some(error),
+            None => {}
+        }
+    }
+    Ok(out)
+}
