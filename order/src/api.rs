@@ -153,12 +153,14 @@ impl OrderApi {
         caller_deadline: Option<Instant>,
         created: bool,
     ) -> Result<OrderRow, OrderError> {
-        // The reconciler leaves the order alone for its grace period from now on. If it settled
-        // the order meanwhile, that is the answer.
-        if !self
-            .store
-            .begin_payment(&order.order_id, timestamp::now_millis())
-            .await?
+        // The reconciler leaves the order alone for its grace period from now on (an order this
+        // call created was stored with the time already). If it settled the order meanwhile, that
+        // is the answer.
+        if !created
+            && !self
+                .store
+                .begin_payment(&order.order_id, timestamp::now_millis())
+                .await?
         {
             return match self.store.get(&order.order_id).await? {
                 Some(settled) if settled.status == store::Status::Paid => Ok(settled),

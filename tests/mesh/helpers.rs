@@ -11,10 +11,7 @@ use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time
 
 use anyhow::{Context, Result, bail, ensure};
 use ordermesh::proto::{
-    notification::v1::{
-        ListNotificationsRequest, Notification,
-        notification_service_client::NotificationServiceClient,
-    },
+    notification::v1::{Notification, notification_service_client::NotificationServiceClient},
     order::v1::{CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient},
     payment::v1::payment_service_client::PaymentServiceClient,
     types::v1::Money,
@@ -733,24 +730,7 @@ impl TestMesh {
 
     /// Every notification the notifier has recorded (all pages).
     pub async fn all_notifications(&self) -> Result<Vec<Notification>> {
-        let mut client = self.notifier_client().await?;
-        let mut out = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = client
-                .list_notifications(ListNotificationsRequest {
-                    page_size: 500,
-                    page_token: page_token.clone(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            out.extend(page.notifications);
-            if page.next_page_token.is_empty() {
-                return Ok(out);
-            }
-            page_token = page.next_page_token;
-        }
+        ordermesh_bench::audit::all_notifications(&mut self.notifier_client().await?).await
     }
 
     /// Every notification in the notifier's database, read directly (for while it is stopped).

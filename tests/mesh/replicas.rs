@@ -11,41 +11,18 @@ use std::{
 
 use anyhow::{Result, ensure};
 use futures::{StreamExt, TryStreamExt};
-use ordermesh::proto::order::v1::{
-    ListOrdersRequest, Order, OrderStatus, order_service_client::OrderServiceClient,
-};
+use ordermesh::proto::order::v1::{Order, OrderStatus, order_service_client::OrderServiceClient};
 use ordermesh_notifier::{Channel, Stats};
-use tonic::transport::Channel as GrpcChannel;
 
-use super::helpers::{
-    EVENTUALLY, Metrics, Running, Severable, TestMesh, order_request, spawn_mesh,
+use super::{
+    helpers::{EVENTUALLY, Metrics, Running, Severable, TestMesh, order_request, spawn_mesh},
+    ledger::all_orders,
 };
-
-/// Every order stored, through `client` (all pages).
-async fn all_orders(client: &mut OrderServiceClient<GrpcChannel>) -> Result<Vec<Order>> {
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_orders(ListOrdersRequest {
-                page_size: 500,
-                page_token,
-            })
-            .await?
-            .into_inner();
-        out.extend(page.orders);
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        page_token = page.next_page_token;
-    }
-}
 
 /// The ledger check: every order accepted is stored once and PAID, charged once, published once,
 /// and notified once by email and once by SMS; nothing else exists.
 pub async fn ledger_check(mesh: &TestMesh, accepted: &HashSet<String>) -> Result<()> {
-    let mut orders = mesh.order_client().await?;
-    let stored = all_orders(&mut orders).await?;
+    let stored = all_orders(mesh).await?;
     let stored_ids: HashSet<String> = stored.iter().map(|o| o.order_id.clone()).collect();
     ensure!(
         stored.len() == stored_ids.len() && &stored_ids == accepted,
@@ -252,7 +229,7 @@ async fn a_payment_replica_killed_under_load_moves_its_traffic_to_the_others_and
         let order = answer.map_err(|status| anyhow::anyhow!("an order failed: {status:?}"))?;
         assert_eq!(order.into_inner().status(), OrderStatus::Paid);
     }
-    for order in all_orders(&mut mesh.order_client().await?).await? {
+    for order in all_orders(&mesh).await? {
         accepted.insert(order.order_id);
     }
     assert_eq!(accepted.len(), 240);
