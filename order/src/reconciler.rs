@@ -95,8 +95,11 @@ impl Reconciler {
     pub(crate) async fn run(self, stop: CancellationToken) {
         tracing::info!(reconciler = %self.id, grace_ms = self.settings.grace.as_millis(), "reconciler started");
         loop {
-            let full = self.round().await >= BATCH as usize;
-            if full {
+            // A full round of settled orders may have left more behind: go again at once. Not
+            // when some could not be settled (payment down): they are claimable again at once,
+            // and going again would only ask payment the same in a tight loop.
+            let settled = self.round(&stop).await;
+            if settled >= BATCH as usize && !stop.is_cancelled() {
                 continue;
             }
             tokio::select! {
@@ -108,9 +111,9 @@ impl Reconciler {
         tracing::info!(reconciler = %self.id, "reconciler stopped");
     }
 
-    /// One round: measure the pending orders, lease those past the grace period, settle each.
-    /// Returns how many it leased.
-    pub(crate) async fn round(&self) -> usize {
+    /// One round: measure the pending orders, lease those past the grace period, settle each
+    /// (until `stop`: the rest keep their lease until it runs out). Returns how many it settled.
+    pub(crate) async fn round(&self, stop: &CancellationToken) -> usize {
         let now = timestamp::now_millis();
         let idle_since = now - self.settings.grace.as_millis() as i64;
         match self.store.pending_summary(idle_since).await {
@@ -138,14 +141,19 @@ impl Reconciler {
                 return 0;
             }
         };
+        let mut settled = 0;
         for order in &orders {
-            self.settle(order).await;
+            if stop.is_cancelled() {
+                break;
+            }
+            settled += usize::from(self.settle(order).await);
         }
-        orders.len()
+        settled
     }
 
-    /// Settles one leased order at payment and records the outcome.
-    async fn settle(&self, order: &OrderRow) {
+    /// Settles one leased order at payment and records the outcome; false if payment could not
+    /// say what its key holds (the order is left for a later round).
+    async fn settle(&self, order: &OrderRow) -> bool {
         let waited_ms = timestamp::now_millis() - order.payment_attempted_at_ms;
         let reason = format!(
             "no charge reached payment within the grace period ({} ms after the last attempt); \
@@ -166,6 +174,7 @@ impl Reconciler {
         let recorded = settle::record(&self.store, order, &settled, writer).await;
         self.settlements
             .add(1, &[KeyValue::new("outcome", settled.label())]);
+        let known = !matches!(settled, Settled::Unknown(_));
         match (&settled, recorded) {
             (Settled::Unknown(detail), _) => {
                 tracing::warn!(order_id = %order.order_id, reconciler = %self.id, %detail, "cannot settle pending order now; next round tries again");
@@ -193,5 +202,6 @@ impl Reconciler {
                 tracing::error!(order_id = %order.order_id, %error, "cannot record the settlement; next round tries again");
             }
         }
+        known
     }
 }

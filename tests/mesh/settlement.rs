@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use futures::StreamExt;
 use ordermesh::proto::{
     order::v1::{GetOrderRequest, Order, OrderStatus},
     payment::v1::{ChargeKeyState, ChargeRequest, GetChargeOutcomeRequest},
@@ -463,5 +464,51 @@ async fn fault_headers_reach_payment_only_where_both_switches_are_on() -> Result
         .await
         .unwrap_err();
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
+    mesh.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_payment_gone_a_full_backlog_of_unsettleable_orders_does_not_hold_up_a_stop()
+-> Result<()> {
+    // Arrange: no payment at all, and more pending orders past the grace period than the
+    // reconciler takes in one round; none can be settled.
+    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
+        payment: false,
+        notifier: false,
+        ..options(true)
+    })
+    .await?
+    else {
+        return Ok(());
+    };
+    let client = mesh.order_client().await?;
+    let answers: Vec<_> = futures::stream::iter(0..70)
+        .map(|i| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .create_order(order_request(&format!("nowhere-{i}"), "tok_visa"))
+                    .await
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    ensure!(answers.iter().all(Result::is_err), "payment is gone");
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+
+    // Act: the order service is stopped while its reconciler keeps failing to settle them.
+    let stopped = tokio::time::timeout(Duration::from_secs(15), mesh.stop_order()).await;
+
+    // Assert: it stops, and the orders are still pending, for a later round.
+    stopped.context("the order service did not stop within 15 s")??;
+    mesh.start_order().await?;
+    let orders = all_orders(&mesh).await?;
+    assert_eq!(orders.len(), 70);
+    assert!(
+        orders
+            .iter()
+            .all(|o| o.status() == OrderStatus::PendingPayment)
+    );
     mesh.shutdown().await
 }
