@@ -7,12 +7,12 @@
 //! is conditional on the order still being pending (and, for a reconciler, still leased to it), so
 //! the first one counts and the others change nothing.
 
+use std::time::Duration;
+
 use ordermesh::{
     proto::payment::v1::{ChargeKeyState, ChargeOutcome},
     timestamp, trace_context,
 };
-
-use std::time::Duration;
 
 use crate::{
     convert,

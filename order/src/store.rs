@@ -84,7 +84,7 @@ pub(crate) enum Writer<'a> {
 
 impl<'a> Writer<'a> {
     /// The claimant the row must name ('' for a call: no claim asked) and the time its lease must
-    /// outlive; bound to [`SETTLE_CONDITION`]'s last two parameters.
+    /// outlive; bound to the last two parameters of a [`settle!`] statement.
     fn claim(self) -> (&'a str, i64) {
         match self {
             Writer::Call => ("", 0),

@@ -123,7 +123,7 @@ impl PaymentApi {
             closed_now = stored.payment_id == closed.payment_id,
             "close charge key"
         );
-        Ok(outcome(&stored.idempotency_key.clone(), Some(stored)))
+        Ok(outcome(stored))
     }
 }
 
@@ -181,7 +181,7 @@ impl PaymentService for PaymentApi {
             return Err(PaymentError::Invalid(violations).into());
         }
         let row = self.store.by_key(&key).await.map_err(PaymentError::from)?;
-        Ok(Response::new(outcome(&key, row)))
+        Ok(Response::new(row.map_or_else(|| open(key), outcome)))
     }
 
     async fn close_charge_key(
@@ -214,15 +214,17 @@ impl PaymentService for PaymentApi {
     }
 }
 
-/// What `key` stands for, given the row holding it (None: nothing does).
-fn outcome(key: &str, row: Option<PaymentRow>) -> ChargeOutcome {
-    let Some(row) = row else {
-        return ChargeOutcome {
-            idempotency_key: key.to_owned(),
-            state: ChargeKeyState::Open.into(),
-            ..Default::default()
-        };
-    };
+/// What a key that nothing holds stands for: open, a Charge with it may still land.
+fn open(key: String) -> ChargeOutcome {
+    ChargeOutcome {
+        idempotency_key: key,
+        state: ChargeKeyState::Open.into(),
+        ..Default::default()
+    }
+}
+
+/// What the key of `row` stands for.
+fn outcome(row: PaymentRow) -> ChargeOutcome {
     match row.status {
         KeyStatus::Closed => ChargeOutcome {
             idempotency_key: row.idempotency_key,

@@ -679,20 +679,10 @@ impl TestMesh {
         Ok((running, stats))
     }
 
-    /// Every event on the topic, as (order id, event id), read from the start.
+    /// Every event on the topic, as (order id, event id), read from the start (as the campaign's
+    /// audit reads it).
     pub async fn all_events(&self) -> Result<Vec<(String, String)>> {
-        let count = usize::try_from(self.event_count().await?)?;
-        let messages = self.read_events(count).await?;
-        Ok(messages
-            .iter()
-            .map(|m| {
-                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                (
-                    key.unwrap_or_default(),
-                    header(m, "ce_id").unwrap_or_default(),
-                )
-            })
-            .collect())
+        ordermesh_bench::events::read_events(&self.kafka, &self.topic, EVENTUALLY).await
     }
 
     /// Where the order service listens (a new port after each restart).
