@@ -89,6 +89,28 @@ fn as_server_user(program: &Path) -> Command {
     }
 }
 
+/// Checks that the server's user can reach `dir`: as root the server runs as `postgres`, which
+/// needs search permission on every directory above its data. A private temporary directory (the
+/// 0700 one `mktemp -d` makes) fails this, and initdb's own message would not say why.
+fn ensure_reachable(dir: &Path) -> Result<()> {
+    if !is_root() {
+        return Ok(());
+    }
+    let reachable = as_server_user(Path::new("test"))
+        .arg("-x")
+        .arg(dir)
+        .status()
+        .context("run test -x as the postgres user")?;
+    anyhow::ensure!(
+        reachable.success(),
+        "PostgreSQL runs as the postgres user here (we are root), and that user cannot reach {}: \
+         a directory above it does not let others pass (mode 0700?). Point TMPDIR at a directory \
+         every user can pass through, such as /tmp (.ci/run picks one)",
+        dir.display()
+    );
+    Ok(())
+}
+
 /// Gives `path` to the server's user, when we are root.
 fn hand_over(path: &Path) -> Result<()> {
     if is_root() {
@@ -125,6 +147,7 @@ pub fn template_in(root: &Path, bin: &Path) -> Result<PathBuf> {
         .and_then(|p| p.file_name())
         .and_then(|n| n.to_str())
         .unwrap_or("pg");
+    ensure_reachable(root)?;
     let dir = root.join(format!("ordermesh-pg-template-{version}"));
     let lock_path = root.join(format!("ordermesh-pg-template-{version}.lock"));
     let lock = std::fs::OpenOptions::new()
@@ -136,7 +159,15 @@ pub fn template_in(root: &Path, bin: &Path) -> Result<PathBuf> {
     lock.lock()
         .with_context(|| format!("lock {}", lock_path.display()))?;
 
-    let mark = format!("initdb from {}\n", bin.display());
+    // The binaries' size and time too: a package upgraded in place keeps the path.
+    let initdb = std::fs::metadata(bin.join("initdb"))
+        .with_context(|| format!("no initdb in {}", bin.display()))?;
+    let mark = format!(
+        "initdb from {} ({} bytes, changed at {})\n",
+        bin.display(),
+        initdb.len(),
+        initdb.mtime()
+    );
     if std::fs::read_to_string(dir.join(TEMPLATE_MARK)).is_ok_and(|found| found == mark) {
         return Ok(dir);
     }

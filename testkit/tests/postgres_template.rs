@@ -95,3 +95,35 @@ fn many_threads_asking_at_once_in_an_empty_temp_dir_get_one_whole_template() -> 
     assert_eq!(std::fs::metadata(&control_file)?.modified()?, built);
     Ok(())
 }
+
+/// As root the server runs as the postgres user. A temporary directory inside a private one (what
+/// `TMPDIR=$(mktemp -d)` gives) is one that user cannot reach: the error says so and what to do,
+/// instead of initdb's "could not change directory" from deep inside.
+#[test]
+fn a_temp_dir_the_server_user_cannot_reach_is_refused_with_the_reason() -> Result<()> {
+    let Some(bin) = bin_dir() else {
+        eprintln!("SKIPPED: PostgreSQL is not installed (apt-get install postgresql)");
+        return Ok(());
+    };
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+    {
+        eprintln!("SKIPPED: not root, so the server runs as this user and reaches any of its dirs");
+        return Ok(());
+    }
+    // Arrange: a world-writable directory inside a private one.
+    let private = tempfile::tempdir()?;
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700))?;
+    let root = private.path().join("run");
+    std::fs::create_dir(&root)?;
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o1777))?;
+
+    // Act
+    let refused = template_in(&root, &bin).expect_err("the postgres user cannot pass the 0700 dir");
+
+    // Assert: the reason and the remedy, and nothing made there.
+    let message = format!("{refused:#}");
+    assert!(message.contains("cannot reach"), "{message}");
+    assert!(message.contains("TMPDIR"), "{message}");
+    assert_eq!(std::fs::read_dir(&root)?.count(), 0);
+    Ok(())
+}
