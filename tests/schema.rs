@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Result;
-use ordermesh::db::{Migrations, Pool};
+use ordermesh_platform::{db::Migrations, db::Pool};
 use ordermesh_testkit::Postgres;
 use sqlx::Row;
 
@@ -163,13 +163,14 @@ async fn every_service_has_the_same_schema_on_sqlite_and_postgresql() -> Result<
         ("notifier", ordermesh_notifier::migrations()),
     ];
     for (service, migrations) in services {
-        let sqlite = ordermesh::db::open(
+        let sqlite = ordermesh_platform::db::open(
             &format!("sqlite://{}/{service}.db", dir.path().display()),
             &migrations,
         )
         .await?;
         let postgres =
-            ordermesh::db::open(&server.create_database(service).await?, &migrations).await?;
+            ordermesh_platform::db::open(&server.create_database(service).await?, &migrations)
+                .await?;
         let (on_sqlite, on_postgres) = (
             sqlite_schema(&sqlite).await?,
             postgres_schema(&postgres).await?,

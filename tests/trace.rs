@@ -3,7 +3,7 @@
 //! all share the caller's trace id, each the child of the span that caused it.
 //!
 //! A test binary of its own: the tracer is process-wide, and here it is the production setup
-//! (`ordermesh::telemetry::install_to`) with an in-memory exporter instead of OTLP.
+//! (`ordermesh_platform::telemetry::install_to`) with an in-memory exporter instead of OTLP.
 
 // The mesh helpers are shared with the mesh tests; this binary uses a few of them.
 #![allow(unreachable_pub, dead_code)]
@@ -18,7 +18,7 @@ use opentelemetry::{
     trace::{SpanId, SpanKind, TraceId},
 };
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use ordermesh::telemetry::LogFormat;
+use ordermesh_platform::telemetry::LogFormat;
 use tonic::Request;
 
 use helpers::{eventually_async, order_request, spawn_mesh};
@@ -77,7 +77,7 @@ async fn one_create_order_is_one_trace_through_payment_kafka_and_both_notificati
     let provider = SdkTracerProvider::builder()
         .with_simple_exporter(exporter.clone())
         .build();
-    let _telemetry = ordermesh::telemetry::install_to(
+    let _telemetry = ordermesh_platform::telemetry::install_to(
         LogFormat::Text,
         provider,
         tracing_subscriber::fmt::TestWriter::default,

@@ -15,15 +15,14 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use ordermesh::proto::{
-    notification::v1::{
-        ListNotificationsRequest, Notification,
-        notification_service_client::NotificationServiceClient,
-    },
-    order::v1::{ListOrdersRequest, Order, OrderStatus, order_service_client::OrderServiceClient},
-    payment::v1::{
-        ListPaymentsRequest, Payment, PaymentStatus, payment_service_client::PaymentServiceClient,
-    },
+use ordermesh::{
+    proto::notification::v1::ListNotificationsRequest, proto::notification::v1::Notification,
+    proto::notification::v1::notification_service_client::NotificationServiceClient,
+    proto::order::v1::ListOrdersRequest, proto::order::v1::Order, proto::order::v1::OrderStatus,
+    proto::order::v1::order_service_client::OrderServiceClient,
+    proto::payment::v1::ListPaymentsRequest, proto::payment::v1::Payment,
+    proto::payment::v1::PaymentStatus,
+    proto::payment::v1::payment_service_client::PaymentServiceClient,
 };
 use tonic::transport::Channel;
 

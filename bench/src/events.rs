@@ -5,7 +5,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use ordermesh::kafka::KafkaSettings;
+use ordermesh_kafka::KafkaSettings;
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},

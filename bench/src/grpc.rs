@@ -16,15 +16,15 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Result;
-use ordermesh::proto::{
-    order::v1::order_service_client::OrderServiceClient,
-    payment::v1::{
-        ChargeOutcome, ChargeRequest, CloseChargeKeyRequest, GetChargeOutcomeRequest,
-        GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment, PaymentStatus,
-        payment_service_client::PaymentServiceClient,
-        payment_service_server::{PaymentService, PaymentServiceServer},
-    },
-    types::v1::Money,
+use ordermesh::{
+    proto::order::v1::order_service_client::OrderServiceClient, proto::payment::v1::ChargeOutcome,
+    proto::payment::v1::ChargeRequest, proto::payment::v1::CloseChargeKeyRequest,
+    proto::payment::v1::GetChargeOutcomeRequest, proto::payment::v1::GetPaymentRequest,
+    proto::payment::v1::ListPaymentsRequest, proto::payment::v1::ListPaymentsResponse,
+    proto::payment::v1::Payment, proto::payment::v1::PaymentStatus,
+    proto::payment::v1::payment_service_client::PaymentServiceClient,
+    proto::payment::v1::payment_service_server::PaymentService,
+    proto::payment::v1::payment_service_server::PaymentServiceServer, proto::types::v1::Money,
 };
 use ordermesh_order::payment_client::{
     ChargeCall, PaymentClient, PaymentClientConfig, breaker::BreakerConfig,
@@ -180,7 +180,7 @@ async fn stub_payment() -> Result<Serving> {
 struct Mesh {
     payment: Serving,
     order: Serving,
-    broker: ordermesh::kafka::EmbeddedBroker,
+    broker: ordermesh_kafka::EmbeddedBroker,
     _dir: tempfile::TempDir,
 }
 
@@ -188,7 +188,7 @@ impl Mesh {
     async fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
-        let broker = ordermesh::kafka::EmbeddedBroker::start("127.0.0.1:0".parse()?, &[&topic], 3)?;
+        let broker = ordermesh_kafka::EmbeddedBroker::start("127.0.0.1:0".parse()?, &[&topic], 3)?;
         let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
 
         let payment_config = ordermesh_payment::Config {
@@ -204,7 +204,7 @@ impl Mesh {
         let order_config = ordermesh_order::Config {
             database_url: db("order.db"),
             payment_url: payment.url(),
-            kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+            kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
             events_topic: topic,
             ..ordermesh_order::Config::from_env()?
         };
@@ -368,13 +368,13 @@ struct Parts {
 }
 
 impl Parts {
-    async fn new(broker: &ordermesh::kafka::EmbeddedBroker) -> Result<Self> {
+    async fn new(broker: &ordermesh_kafka::EmbeddedBroker) -> Result<Self> {
         let topic = format!("bench-parts-{}", uuid::Uuid::new_v4().simple());
         // The mock cluster does not create topics on request.
         broker.create_topic(&topic, 3)?;
         let brokers = &broker.bootstrap_servers();
         // The publisher's settings (order/src/publisher.rs).
-        let producer = ordermesh::kafka::KafkaSettings::plaintext(brokers)
+        let producer = ordermesh_kafka::KafkaSettings::plaintext(brokers)
             .client_config("bench-raw")
             .set("enable.idempotence", "true")
             .set("acks", "all")

@@ -28,14 +28,10 @@ use std::{
 use anyhow::{Context as _, Result, bail, ensure};
 use futures::{StreamExt as _, TryStreamExt as _, future, stream};
 use ordermesh::{
-    events::{self, CloudEventHeaders},
-    proto::{
-        events::v1::OrderPlaced,
-        order::v1::{Customer, LineItem},
-        types::v1::Money,
-    },
-    timestamp,
+    events, events::CloudEventHeaders, proto::events::v1::OrderPlaced, proto::order::v1::Customer,
+    proto::order::v1::LineItem, proto::types::v1::Money, timestamp,
 };
+use ordermesh_kafka::KafkaHeaders;
 use ordermesh_notifier::{Channel, Stats};
 use ordermesh_order::publisher::EventPublisher;
 use ordermesh_testkit::{Broker, Tansu};
@@ -56,7 +52,7 @@ use crate::{
 };
 
 /// Partitions of every benchmark topic, as the services create theirs.
-const PARTITIONS: i32 = ordermesh::kafka::DEFAULT_PARTITIONS;
+const PARTITIONS: i32 = ordermesh_kafka::DEFAULT_PARTITIONS;
 /// Bound on one publish, retries included (`message.timeout.ms`), as the benchmarks give it.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sends in flight at once in the publish benchmark (and when filling topics).
@@ -574,7 +570,7 @@ impl Notifier {
         let database = tempfile::tempdir()?;
         let config = ordermesh_notifier::Config {
             database_url: format!("sqlite://{}", database.path().join("notifier.db").display()),
-            kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+            kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
             events_topic: topic.to_owned(),
             // One channel, so one consumer group reads the topic.
             channels: vec![Channel::Email],
@@ -661,7 +657,7 @@ fn handled(stats: &Stats) -> u64 {
 
 /// A `FutureProducer` with exactly `EventPublisher`'s settings (order/src/publisher.rs).
 fn raw_producer(brokers: &str) -> Result<FutureProducer> {
-    Ok(ordermesh::kafka::KafkaSettings::plaintext(brokers)
+    Ok(ordermesh_kafka::KafkaSettings::plaintext(brokers)
         .client_config("ordermesh-order")
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -675,7 +671,7 @@ fn raw_producer(brokers: &str) -> Result<FutureProducer> {
 /// from the same configuration the notifier starts from.
 fn raw_consumer(brokers: &str, topic: &str, fetch_wait_ms: u64) -> Result<StreamConsumer> {
     let session_timeout = ordermesh_notifier::Config::from_env()?.session_timeout_ms;
-    let consumer: StreamConsumer = ordermesh::kafka::KafkaSettings::plaintext(brokers)
+    let consumer: StreamConsumer = ordermesh_kafka::KafkaSettings::plaintext(brokers)
         .client_config("ordermesh-notifier-email")
         .set("group.id", fresh_name("bench-raw"))
         .set("enable.auto.offset.store", "false")
@@ -844,7 +840,7 @@ async fn fresh_topic(broker: &Broker, what: &str) -> Result<String> {
 /// The order service's publisher for `topic`, its instruments going nowhere.
 fn publisher(broker: &Broker, topic: &str) -> Result<EventPublisher> {
     Ok(EventPublisher::new(
-        &ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+        &ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
         topic,
         ACK_TIMEOUT,
         &opentelemetry::global::meter("bench"),

@@ -18,9 +18,9 @@ use std::{
 };
 
 use hdrhistogram::Histogram;
-use ordermesh::proto::{
-    order::v1::{CreateOrderRequest, Customer, LineItem},
-    types::v1::Money,
+use ordermesh::{
+    proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
+    proto::types::v1::Money,
 };
 use serde::Serialize;
 use tokio::{sync::Semaphore, task::JoinSet, time::Instant};

@@ -151,7 +151,10 @@ fn check_environment() -> Result<()> {
 /// collector).
 fn common_env() -> Vec<(&'static str, String)> {
     vec![
-        ("RUST_LOG", ordermesh::telemetry::DEFAULT_FILTER.to_owned()),
+        (
+            "RUST_LOG",
+            ordermesh_platform::telemetry::DEFAULT_FILTER.to_owned(),
+        ),
         ("LOG_FORMAT", "text".to_owned()),
         ("OTEL_TRACES_EXPORTER", "none".to_owned()),
         ("OTEL_METRICS_EXPORTER", "none".to_owned()),

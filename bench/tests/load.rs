@@ -48,7 +48,7 @@ async fn the_load_generator_reports_its_calls_and_audits_the_notifications() -> 
     let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
     let topic = format!("load-{}", uuid::Uuid::new_v4().simple());
     let dead_letters = ["email", "sms"].map(|c| format!("{topic}.{c}.dlq"));
-    let broker = ordermesh::kafka::EmbeddedBroker::start(
+    let broker = ordermesh_kafka::EmbeddedBroker::start(
         "127.0.0.1:0".parse()?,
         &[&topic, &dead_letters[0], &dead_letters[1]],
         3,
@@ -71,7 +71,7 @@ async fn the_load_generator_reports_its_calls_and_audits_the_notifications() -> 
     let order_config = ordermesh_order::Config {
         database_url: db("order.db"),
         payment_url: payment.clone(),
-        kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+        kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
         events_topic: topic.clone(),
         forward_fault_headers: true,
         // The grace must exceed the payment deadline (a reconciler must not close the key of a

@@ -7,13 +7,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ordermesh::proto::{order::v1::CreateOrderRequest, types::v1::Money};
-use ordermesh_order::{
-    OrderError,
+use ordermesh::{
+    bad_request,
+    proto::{order::v1::CreateOrderRequest, types::v1::Money},
     validate::{self, MAX_ITEMS, MAX_QUANTITY, MAX_TOTAL},
 };
 use prost::Message;
-use tonic::{Code, Status};
+use tonic::Code;
 use tonic_types::StatusExt;
 
 fuzz_target!(|data: &[u8]| {
@@ -57,7 +57,8 @@ fuzz_target!(|data: &[u8]| {
             // the answer's budget (it travels in HTTP/2 headers); the rest are counted. The
             // details and the message name the same reported fields.
             assert!(!violations.is_empty());
-            let status = Status::from(OrderError::Invalid(violations.clone()));
+            // How the order service answers them (`OrderError::Invalid` maps to exactly this).
+            let status = bad_request::invalid_argument(violations.clone());
             assert_eq!(status.code(), Code::InvalidArgument);
             let details = status
                 .get_details_bad_request()

@@ -1,12 +1,10 @@
 //! The NotificationService gRPC implementation: what was sent, to whom, from which event.
 
 use ordermesh::{
-    paging::PageRequest,
-    proto::notification::v1::{
-        self as pb, ListNotificationsRequest, ListNotificationsResponse, Notification,
-        notification_service_server::NotificationService,
-    },
-    timestamp,
+    paging::PageRequest, proto::notification::v1 as pb,
+    proto::notification::v1::ListNotificationsRequest,
+    proto::notification::v1::ListNotificationsResponse, proto::notification::v1::Notification,
+    proto::notification::v1::notification_service_server::NotificationService, timestamp,
 };
 use tonic::{Request, Response, Status};
 use tonic_types::FieldViolation;
@@ -51,7 +49,7 @@ impl NotificationService for NotificationApi {
         };
         let page = PageRequest::parse(req.page_size, &req.page_token, &mut violations);
         if !violations.is_empty() {
-            return Err(ordermesh::grpc::invalid_argument(violations));
+            return Err(ordermesh::bad_request::invalid_argument(violations));
         }
         let filter = Filter {
             order_id: (!req.order_id.is_empty()).then_some(req.order_id),

@@ -1,6 +1,6 @@
 //! The channels a customer is notified on. How each sends is in `delivery`.
 
-use ordermesh::proto::{events::v1::OrderPlaced, notification::v1 as pb};
+use ordermesh::{proto::events::v1::OrderPlaced, proto::notification::v1 as pb};
 
 /// A notification channel. Each has its own consumer group, so each reads every event on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use ordermesh::{auth::Secret, tls::ServerTlsFiles};
+use ordermesh_platform::{auth::Secret, tls::ServerTlsFiles};
 
 use crate::channel::Channel;
 
@@ -20,10 +20,10 @@ pub struct Config {
 
     /// The brokers, and TLS and SASL for a secured cluster (KAFKA_* settings).
     #[command(flatten)]
-    pub kafka: ordermesh::kafka::KafkaSettings,
+    pub kafka: ordermesh_kafka::KafkaSettings,
 
     /// Topic to read OrderPlaced events from.
-    #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC)]
+    #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = ordermesh_kafka::DEFAULT_ORDER_EVENTS_TOPIC)]
     pub events_topic: String,
 
     /// Channels to run, comma-separated: run one to stop the other channel.
@@ -120,7 +120,7 @@ pub struct Config {
 impl Config {
     /// Defaults overlaid with the environment, as the runner uses it.
     pub fn from_env() -> Result<Self, clap::Error> {
-        ordermesh::service::config_from_env("notifier")
+        ordermesh_platform::bootstrap::config_from_env("notifier")
     }
 
     /// The consumer group of `channel`.

@@ -220,7 +220,7 @@ impl Handler {
             ordermesh.attempt = attempt,
             ordermesh.outcome = tracing::field::Empty,
         );
-        ordermesh::trace_context::set_parent(&span, letter.trace_context());
+        ordermesh_platform::trace_context::set_parent(&span, letter.trace_context());
         span
     }
 
@@ -853,13 +853,13 @@ mod tests {
             None
         };
         let store = Store::new(
-            ordermesh::db::open(&config.database_url, &crate::store::migrations())
+            ordermesh_platform::db::open(&config.database_url, &crate::store::migrations())
                 .await
                 .expect("database"),
         );
         // Creating a producer does not connect; nothing here is parked.
         let dead_letters =
-            DeadLetters::new(&ordermesh::kafka::KafkaSettings::plaintext("127.0.0.1:1"))
+            DeadLetters::new(&ordermesh_kafka::KafkaSettings::plaintext("127.0.0.1:1"))
                 .expect("producer");
         let sender = Sender::new(Channel::Email, &config).expect("log-only sender");
         let meter = opentelemetry::global::meter("test");

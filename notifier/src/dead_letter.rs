@@ -15,7 +15,8 @@
 
 use std::time::Duration;
 
-use ordermesh::{kafka::KafkaSettings, timestamp};
+use ordermesh::timestamp;
+use ordermesh_kafka::KafkaSettings;
 use rdkafka::{
     Message,
     error::KafkaError,
@@ -205,7 +206,7 @@ impl Letter {
 
     /// The trace context the message carries (`traceparent`, `tracestate`), if any.
     pub(crate) fn trace_context(&self) -> opentelemetry::Context {
-        ordermesh::trace_context::from_headers(self.headers.iter().filter_map(|(k, v)| {
+        ordermesh_platform::trace_context::from_headers(self.headers.iter().filter_map(|(k, v)| {
             let value = std::str::from_utf8(v.as_deref()?).ok()?;
             Some((k.as_str(), value))
         }))

@@ -17,7 +17,8 @@ use lettre::{
     AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
     message::{Mailbox, header::ContentType},
 };
-use ordermesh::{pii, proto::events::v1::OrderPlaced};
+use ordermesh::proto::events::v1::OrderPlaced;
+use ordermesh_platform::pii;
 use tracing::Instrument;
 
 use crate::{channel::Channel, config::Config};
@@ -229,7 +230,7 @@ impl Sender {
 /// The current span's trace context as HTTP headers.
 fn trace_headers() -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
-    ordermesh::trace_context::inject_http(&tracing::Span::current(), &mut headers);
+    ordermesh_platform::trace_context::inject_http(&tracing::Span::current(), &mut headers);
     headers
 }
 

@@ -21,12 +21,10 @@ mod store;
 
 use std::{collections::HashMap, future::Future, sync::Arc};
 
-use ordermesh::{
-    auth::{AuthKey, AuthLayer},
-    grpc, kafka,
+use ordermesh::proto::notification::v1::notification_service_server::NotificationServiceServer;
+use ordermesh_platform::{
+    admin::Admin, auth::AuthKey, auth::AuthLayer, grpc, limits, listeners::Listeners,
     metrics::Metrics,
-    proto::notification::v1::notification_service_server::NotificationServiceServer,
-    service::{Admin, Listeners},
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +36,7 @@ pub use config::Config;
 
 /// The notifier service's schema migrations, for SQLite and for PostgreSQL (run at start-up by [`run`];
 /// public for the test that checks both backends end in the same schema).
-pub fn migrations() -> ordermesh::db::Migrations {
+pub fn migrations() -> ordermesh_platform::db::Migrations {
     store::migrations()
 }
 pub use consumer::{Outcome, Stats};
@@ -49,11 +47,11 @@ pub use replay::{ReplayReport, replay_dead_letters};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Database(#[from] ordermesh::db::DbError),
+    Database(#[from] ordermesh_platform::db::DbError),
     #[error("Kafka at {brokers} (KAFKA_BROKERS): {source}")]
     Kafka {
         brokers: String,
-        source: kafka::BrokerError,
+        source: ordermesh_kafka::BrokerError,
     },
     #[error("replay of dead letters failed: {0}")]
     Replay(String),
@@ -64,19 +62,19 @@ pub enum RunError {
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
     #[error(transparent)]
-    Telemetry(#[from] ordermesh::telemetry::TelemetryError),
+    Telemetry(#[from] ordermesh_platform::telemetry::TelemetryError),
     #[error(transparent)]
-    Tls(#[from] ordermesh::tls::TlsError),
+    Tls(#[from] ordermesh_platform::tls::TlsError),
     #[error(transparent)]
-    Auth(#[from] ordermesh::auth::AuthError),
+    Auth(#[from] ordermesh_platform::auth::AuthError),
     #[error(transparent)]
-    KafkaSettings(#[from] kafka::KafkaSettingsError),
+    KafkaSettings(#[from] ordermesh_kafka::KafkaSettingsError),
 }
 
 /// The scope each NotificationService method needs.
 const AUTH_RULES: &[(&str, &str)] = &[(
     "/ordermesh.notification.v1.NotificationService/ListNotifications",
-    ordermesh::auth::NOTIFICATIONS_READ,
+    ordermesh_platform::auth::NOTIFICATIONS_READ,
 )];
 
 /// Outcome counters per channel, shared with whoever started the notifier.
@@ -109,7 +107,7 @@ pub async fn run_with_stats(
     } = listeners.into();
     let metrics = Metrics::new("notifier")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh::db::open(&config.database_url, &store::migrations()).await?;
+    let pool = ordermesh_platform::db::open(&config.database_url, &store::migrations()).await?;
     let store = store::Store::new(pool);
     config.kafka.check()?;
     let kafka_error = |source| RunError::Kafka {
@@ -125,7 +123,7 @@ pub async fn run_with_stats(
             .map(|c| dead_letter::topic(&config.events_topic, *c)),
     );
     let ensured =
-        kafka::ensure_topics_in_background(config.kafka.clone(), topics, kafka::DEFAULT_PARTITIONS);
+        ordermesh_kafka::ensure_topics_in_background(config.kafka.clone(), topics, ordermesh_kafka::DEFAULT_PARTITIONS);
     let dead_letters =
         dead_letter::DeadLetters::new(&config.kafka).map_err(|e| kafka_error(e.into()))?;
 
@@ -161,12 +159,17 @@ pub async fn run_with_stats(
         .as_ref()
         .map(|secret| AuthKey::new("NOTIFIER_AUTH_KEY", secret))
         .transpose()?;
-    ordermesh::auth::warn_if_open("notifier", &listener, key.is_some(), "NOTIFIER_AUTH_KEY");
+    ordermesh_platform::auth::warn_if_open(
+        "notifier",
+        &listener,
+        key.is_some(),
+        "NOTIFIER_AUTH_KEY",
+    );
     let router = router.add_service(
         AuthLayer::new(key, AUTH_RULES).layer(
             NotificationServiceServer::new(api::NotificationApi::new(store))
-                .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
-                .accept_compressed(grpc::ACCEPTED_COMPRESSION),
+                .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+                .accept_compressed(limits::ACCEPTED_COMPRESSION),
         ),
     );
     health

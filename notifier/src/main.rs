@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
-use ordermesh::telemetry::LogFormat;
 use ordermesh_notifier::Channel;
+use ordermesh_platform::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,7 +39,7 @@ enum Command {
     },
     /// Exits 0 if the service on --listen-addr answers SERVING to a health check (what a container
     /// health check runs), 1 otherwise.
-    Healthcheck(ordermesh::service::HealthcheckArgs),
+    Healthcheck(ordermesh_platform::healthcheck::HealthcheckArgs),
 }
 
 #[tokio::main]
@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         return check.run(listen_addr, own).await;
     }
     if let Some(Command::ReplayDeadLetters { channel }) = command {
-        let telemetry = ordermesh::telemetry::init(log_format, "notifier-replay")?;
+        let telemetry = ordermesh_platform::telemetry::init(log_format, "notifier-replay")?;
         let report = ordermesh_notifier::replay_dead_letters(&config, channel).await?;
         telemetry.shutdown();
         println!(
@@ -67,12 +67,14 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    ordermesh::service::main(
+    ordermesh_platform::bootstrap::main(
         "notifier",
         (listen_addr, "NOTIFIER_LISTEN_ADDR"),
         (admin_addr, "NOTIFIER_ADMIN_ADDR"),
         log_format,
-        |listeners| ordermesh_notifier::run(listeners, config, ordermesh::shutdown::signal()),
+        |listeners| {
+            ordermesh_notifier::run(listeners, config, ordermesh_platform::shutdown::signal())
+        },
     )
     .await
 }

@@ -62,7 +62,7 @@ impl ChannelMetrics {
                 .u64_counter("ordermesh.notifications.sent")
                 .with_description("Notifications delivered, by channel")
                 .build(),
-            process_duration: ordermesh::metrics::duration_histogram(
+            process_duration: ordermesh_platform::metrics::duration_histogram(
                 meter,
                 "messaging.process.duration",
                 "Time to handle one consumed event, sending included",
@@ -80,7 +80,7 @@ impl ChannelMetrics {
             ];
             self.handled.add(1, &labels);
             self.process_duration.record(
-                ordermesh::metrics::seconds(took),
+                ordermesh_platform::metrics::seconds(took),
                 &[self.group.clone(), self.topic.clone()],
             );
         }

@@ -51,8 +51,9 @@ pub async fn replay_dead_letters(
         source: source.into(),
     };
     config.kafka.check()?;
-    let store =
-        Store::new(ordermesh::db::open(&config.database_url, &crate::store::migrations()).await?);
+    let store = Store::new(
+        ordermesh_platform::db::open(&config.database_url, &crate::store::migrations()).await?,
+    );
     let dead_letters = DeadLetters::new(&config.kafka).map_err(kafka_error)?;
     let handler = Handler::new(
         config,
@@ -92,7 +93,7 @@ pub async fn replay_dead_letters(
     .await
     .map_err(|e| RunError::Kafka {
         brokers: config.kafka.brokers.clone(),
-        source: ordermesh::kafka::BrokerError::Task(e.to_string()),
+        source: ordermesh_kafka::BrokerError::Task(e.to_string()),
     })?
     .map_err(kafka_error)?;
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use ordermesh::db::{Migrations, Pool};
+use ordermesh_platform::{db::Migrations, db::Pool};
 // The batch statements are built from numbered placeholders only, never from values.
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 

@@ -16,9 +16,10 @@ use std::{
 
 use anyhow::Result;
 use ordermesh::{
-    events::{CloudEventHeaders, encode_order_placed},
-    proto::{events::v1::OrderPlaced, order::v1::Customer, types::v1::Money},
+    events::CloudEventHeaders, events::encode_order_placed, proto::events::v1::OrderPlaced,
+    proto::order::v1::Customer, proto::types::v1::Money,
 };
+use ordermesh_kafka::KafkaHeaders;
 use ordermesh_testkit::{Broker, Databases, Process, Tansu, eventually, on_postgres, unused_addr};
 use rdkafka::{
     ClientConfig,
@@ -89,7 +90,7 @@ async fn publish_events(broker: &Broker, topic: &str) -> Result<()> {
 
 /// SENT records per channel in the notifier's database.
 async fn sent_counts(database: &str) -> Result<HashMap<String, i64>> {
-    let pool = ordermesh::db::connect(database).await?;
+    let pool = ordermesh_platform::db::connect(database).await?;
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT channel, COUNT(*) FROM notifications WHERE status = 'SENT' GROUP BY channel",
     )
@@ -225,8 +226,8 @@ async fn killed_mid_backlog_notifies_each_event_once_after_restart_tansu() -> Re
         return Ok(());
     };
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
-    ordermesh::kafka::ensure_topics(
-        &ordermesh::kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
+    ordermesh_kafka::ensure_topics(
+        &ordermesh_kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
         &[topic.as_str()],
         PARTITIONS as i32,
     )

@@ -26,19 +26,16 @@
 use std::time::Duration;
 
 use ordermesh::{
-    paging::PageRequest,
-    proto::{
-        order::v1::{
-            CreateOrderRequest, GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order,
-            order_service_server::OrderService,
-        },
-        payment::v1::ChargeRequest,
-    },
-    timestamp,
+    paging::PageRequest, proto::order::v1::CreateOrderRequest, proto::order::v1::GetOrderRequest,
+    proto::order::v1::ListOrdersRequest, proto::order::v1::ListOrdersResponse,
+    proto::order::v1::Order, proto::order::v1::order_service_server::OrderService,
+    proto::payment::v1::ChargeRequest, timestamp,
 };
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tonic_types::FieldViolation;
+
+use ordermesh::validate::{self, ValidOrder};
 
 use crate::{
     convert::to_proto,
@@ -48,7 +45,6 @@ use crate::{
     request_lock::RequestLocks,
     settle::{self, Settled},
     store::{self, ItemRecord, OrderRow, Store, Writer},
-    validate::{self, ValidOrder},
 };
 
 /// Settings of the CreateOrder state machine beyond its collaborators.
@@ -95,7 +91,7 @@ impl OrderApi {
         metadata: &MetadataMap,
         req: CreateOrderRequest,
     ) -> Result<Order, OrderError> {
-        let caller_deadline = ordermesh::grpc::caller_deadline(metadata);
+        let caller_deadline = ordermesh_platform::deadline::caller_deadline(metadata);
         let valid = validate::create_order(&req).map_err(OrderError::Invalid)?;
         // A concurrent copy of this request (a client retrying too early) waits here, then finds
         // the order as this call left it.
@@ -324,7 +320,7 @@ fn fault_headers(metadata: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
     for entry in metadata.iter() {
         if let tonic::metadata::KeyAndValueRef::Ascii(key, value) = entry
-            && key.as_str().starts_with("x-fault-")
+            && key.as_str().starts_with(ordermesh::headers::FAULT_PREFIX)
         {
             out.append(key.clone(), value.clone());
         }

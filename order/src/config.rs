@@ -2,10 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use ordermesh::{
-    auth::Secret,
-    tls::{ClientTlsFiles, ServerTlsFiles},
-};
+use ordermesh_platform::{auth::Secret, tls::ClientTlsFiles, tls::ServerTlsFiles};
 
 use crate::payment_client::{PaymentClientConfig, breaker::BreakerConfig};
 
@@ -103,10 +100,10 @@ pub struct Config {
 
     /// The brokers, and TLS and SASL for a secured cluster (KAFKA_* settings).
     #[command(flatten)]
-    pub kafka: ordermesh::kafka::KafkaSettings,
+    pub kafka: ordermesh_kafka::KafkaSettings,
 
     /// Topic OrderPlaced events are published to.
-    #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC)]
+    #[arg(long, env = "ORDER_EVENTS_TOPIC", default_value = ordermesh_kafka::DEFAULT_ORDER_EVENTS_TOPIC)]
     pub events_topic: String,
 
     /// How long CreateOrder waits for the broker to acknowledge its event, in milliseconds, before
@@ -175,7 +172,7 @@ pub struct Config {
 impl Config {
     /// Defaults overlaid with the environment, as the runner uses it.
     pub fn from_env() -> Result<Self, clap::Error> {
-        ordermesh::service::config_from_env("order")
+        ordermesh_platform::bootstrap::config_from_env("order")
     }
 
     pub(crate) fn payment_client(&self) -> PaymentClientConfig {

@@ -1,12 +1,8 @@
 //! A stored order as the API answers with it and as its OrderPlaced event tells it.
 
 use ordermesh::{
-    proto::{
-        events::v1::OrderPlaced,
-        order::v1::{Customer, LineItem, Order, OrderStatus},
-        types::v1::Money,
-    },
-    timestamp,
+    proto::events::v1::OrderPlaced, proto::order::v1::Customer, proto::order::v1::LineItem,
+    proto::order::v1::Order, proto::order::v1::OrderStatus, proto::types::v1::Money, timestamp,
 };
 
 use crate::store::{self, OrderRow};

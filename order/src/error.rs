@@ -60,7 +60,7 @@ impl From<OrderError> for Status {
     fn from(error: OrderError) -> Self {
         let message = error.to_string();
         match error {
-            OrderError::Invalid(violations) => ordermesh::grpc::invalid_argument(violations),
+            OrderError::Invalid(violations) => ordermesh::bad_request::invalid_argument(violations),
             OrderError::RequestIdReused { .. } => Status::already_exists(message),
             OrderError::PaymentDeclined { .. } => Status::failed_precondition(message),
             OrderError::Abandoned { order_id, .. } => Status::with_error_details(

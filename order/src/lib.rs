@@ -1,8 +1,8 @@
 //! The order service: takes orders, has them paid synchronously by the payment service, and
 //! announces paid orders asynchronously as OrderPlaced events on Kafka.
 //!
-//! Layout: `config` is what the binary and the runner fill in; `validate` checks CreateOrder;
-//! `api` is the gRPC service and the CreateOrder state machine; `payment_client` is the synchronous
+//! Layout: `config` is what the binary and the runner fill in (CreateOrder's validation is part of
+//! the contract, `ordermesh::validate`); `api` is the gRPC service and the CreateOrder state machine; `payment_client` is the synchronous
 //! hop; `settle` is every way an order leaves PENDING_PAYMENT, and `reconciler` settles the
 //! orders no call did; `relay` publishes the outbox through `publisher`, the asynchronous hop;
 //! `convert` shows a stored order as the API and the event do; `store` holds every SQL statement;
@@ -20,16 +20,13 @@ mod relay;
 mod request_lock;
 mod settle;
 mod store;
-pub mod validate;
 
 use std::future::Future;
 
-use ordermesh::{
-    auth::{self, AuthKey, AuthLayer},
-    grpc, kafka,
+use ordermesh::proto::order::v1::order_service_server::OrderServiceServer;
+use ordermesh_platform::{
+    admin::Admin, auth, auth::AuthKey, auth::AuthLayer, grpc, limits, listeners::Listeners,
     metrics::Metrics,
-    proto::order::v1::order_service_server::OrderServiceServer,
-    service::{Admin, Listeners},
 };
 use payment_client::breaker::BreakerState;
 use tokio::sync::watch;
@@ -41,7 +38,7 @@ pub use config::Config;
 
 /// The order service's schema migrations, for SQLite and for PostgreSQL (run at start-up by [`run`];
 /// public for the test that checks both backends end in the same schema).
-pub fn migrations() -> ordermesh::db::Migrations {
+pub fn migrations() -> ordermesh_platform::db::Migrations {
     store::migrations()
 }
 pub use error::OrderError;
@@ -50,7 +47,7 @@ pub use error::OrderError;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Database(#[from] ordermesh::db::DbError),
+    Database(#[from] ordermesh_platform::db::DbError),
     #[error("invalid setting: {0}")]
     Config(String),
     #[error(transparent)]
@@ -58,18 +55,18 @@ pub enum RunError {
     #[error("Kafka at {brokers} (KAFKA_BROKERS): {source}")]
     Kafka {
         brokers: String,
-        source: kafka::BrokerError,
+        source: ordermesh_kafka::BrokerError,
     },
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
     #[error(transparent)]
-    Telemetry(#[from] ordermesh::telemetry::TelemetryError),
+    Telemetry(#[from] ordermesh_platform::telemetry::TelemetryError),
     #[error(transparent)]
-    Tls(#[from] ordermesh::tls::TlsError),
+    Tls(#[from] ordermesh_platform::tls::TlsError),
     #[error(transparent)]
-    Auth(#[from] ordermesh::auth::AuthError),
+    Auth(#[from] ordermesh_platform::auth::AuthError),
     #[error(transparent)]
-    KafkaSettings(#[from] kafka::KafkaSettingsError),
+    KafkaSettings(#[from] ordermesh_kafka::KafkaSettingsError),
 }
 
 /// The scope each OrderService method needs.
@@ -122,7 +119,7 @@ pub async fn run(
     } = listeners.into();
     let metrics = Metrics::new("order")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh::db::open(&config.database_url, &store::migrations()).await?;
+    let pool = ordermesh_platform::db::open(&config.database_url, &store::migrations()).await?;
     if config.breaker_min_calls > config.breaker_window {
         return Err(RunError::Config(format!(
             "ORDER_BREAKER_MIN_CALLS ({}) exceeds ORDER_BREAKER_WINDOW ({}): the breaker could never open",
@@ -143,10 +140,10 @@ pub async fn run(
     };
     // The broker may be down now: orders are still taken (their events wait in the outbox), and the
     // topic is made sure of as soon as the broker answers.
-    let topics = kafka::ensure_topics_in_background(
+    let topics = ordermesh_kafka::ensure_topics_in_background(
         config.kafka.clone(),
         vec![config.events_topic.clone()],
-        kafka::DEFAULT_PARTITIONS,
+        ordermesh_kafka::DEFAULT_PARTITIONS,
     );
     let publisher = publisher::EventPublisher::new(
         &config.kafka,
@@ -193,12 +190,12 @@ pub async fn run(
         .as_ref()
         .map(|secret| AuthKey::new("ORDER_AUTH_KEY", secret))
         .transpose()?;
-    ordermesh::auth::warn_if_open("order", &listener, key.is_some(), "ORDER_AUTH_KEY");
+    ordermesh_platform::auth::warn_if_open("order", &listener, key.is_some(), "ORDER_AUTH_KEY");
     let router = router.add_service(
         AuthLayer::new(key, AUTH_RULES).layer(
             OrderServiceServer::new(api)
-                .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
-                .accept_compressed(grpc::ACCEPTED_COMPRESSION),
+                .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+                .accept_compressed(limits::ACCEPTED_COMPRESSION),
         ),
     );
     // Ready: database migrated. Payment is reached lazily per call, so its

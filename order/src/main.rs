@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::{Parser, Subcommand};
-use ordermesh::telemetry::LogFormat;
+use ordermesh_platform::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Exits 0 if the service on --listen-addr answers SERVING to a health check (what a container
     /// health check runs), 1 otherwise.
-    Healthcheck(ordermesh::service::HealthcheckArgs),
+    Healthcheck(ordermesh_platform::healthcheck::HealthcheckArgs),
 }
 
 #[tokio::main]
@@ -48,12 +48,12 @@ async fn main() -> anyhow::Result<()> {
         let own = None;
         return check.run(listen_addr, own).await;
     }
-    ordermesh::service::main(
+    ordermesh_platform::bootstrap::main(
         "order",
         (listen_addr, "ORDER_LISTEN_ADDR"),
         (admin_addr, "ORDER_ADMIN_ADDR"),
         log_format,
-        |listeners| ordermesh_order::run(listeners, config, ordermesh::shutdown::signal()),
+        |listeners| ordermesh_order::run(listeners, config, ordermesh_platform::shutdown::signal()),
     )
     .await
 }

@@ -7,7 +7,9 @@ use opentelemetry::{
     KeyValue,
     metrics::{Counter, Meter},
 };
-use ordermesh::{events::CloudEventHeaders, kafka::KafkaSettings, trace_context};
+use ordermesh::events::CloudEventHeaders;
+use ordermesh_kafka::{KafkaHeaders, KafkaSettings};
+use ordermesh_platform::trace_context;
 use rdkafka::{
     error::KafkaError,
     message::{Header, OwnedHeaders},

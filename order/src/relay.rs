@@ -21,7 +21,8 @@ use std::{
 
 use futures::future::join_all;
 use opentelemetry::metrics::{Gauge, Meter};
-use ordermesh::{events::CloudEventHeaders, timestamp, trace_context};
+use ordermesh::{events::CloudEventHeaders, timestamp};
+use ordermesh_platform::trace_context;
 use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 

@@ -9,10 +9,8 @@
 
 use std::time::Duration;
 
-use ordermesh::{
-    proto::payment::v1::{ChargeKeyState, ChargeOutcome},
-    timestamp, trace_context,
-};
+use ordermesh::{proto::payment::v1::ChargeKeyState, proto::payment::v1::ChargeOutcome, timestamp};
+use ordermesh_platform::trace_context;
 
 use crate::{
     convert,

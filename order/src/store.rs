@@ -1,6 +1,6 @@
 //! Every SQL statement of the order service.
 
-use ordermesh::db::{Backend, Migrations, Pool};
+use ordermesh_platform::{db::Backend, db::Migrations, db::Pool};
 use serde::{Deserialize, Serialize};
 use sqlx::{Row, any::AnyRow};
 
@@ -55,7 +55,7 @@ pub(crate) struct OutboxRow {
     pub(crate) payload: Vec<u8>,
     /// When the order was paid: the event's `placedAt` and `ce_time`.
     pub(crate) created_at_ms: i64,
-    /// The trace context of the call that paid the order, as JSON (see `ordermesh::trace_context`).
+    /// The trace context of the call that paid the order, as JSON (see `ordermesh_platform::trace_context`).
     pub(crate) trace_context: Option<String>,
 }
 

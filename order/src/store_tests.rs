@@ -2,7 +2,7 @@
 //! replicas sharing one database rely on to settle each pending order once, and what makes a writer
 //! that lost its claim change nothing.
 
-use ordermesh::db;
+use ordermesh_platform::db;
 
 use super::*;
 

@@ -8,13 +8,12 @@
 use std::{collections::HashSet, net::SocketAddr, path::Path};
 
 use anyhow::{Result, ensure};
-use ordermesh::proto::{
-    order::v1::{
-        CreateOrderRequest, Customer, GetOrderRequest, LineItem, Order, OrderStatus,
-        order_service_client::OrderServiceClient,
-    },
-    payment::v1::{ListPaymentsRequest, payment_service_client::PaymentServiceClient},
-    types::v1::Money,
+use ordermesh::{
+    proto::order::v1::CreateOrderRequest, proto::order::v1::Customer,
+    proto::order::v1::GetOrderRequest, proto::order::v1::LineItem, proto::order::v1::Order,
+    proto::order::v1::OrderStatus, proto::order::v1::order_service_client::OrderServiceClient,
+    proto::payment::v1::ListPaymentsRequest,
+    proto::payment::v1::payment_service_client::PaymentServiceClient, proto::types::v1::Money,
 };
 use ordermesh_testkit::{Broker, Databases, Process, Tansu, eventually, on_postgres, unused_addr};
 use tempfile::TempDir;

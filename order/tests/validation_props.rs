@@ -16,17 +16,13 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use ordermesh::proto::{
-    order::v1::{
-        CreateOrderRequest, Customer, LineItem, ListOrdersRequest, Order, OrderStatus,
-        order_service_client::OrderServiceClient,
-    },
-    types::v1::Money,
+use ordermesh::validate::{self, MAX_ID_LEN, MAX_ITEMS, MAX_QUANTITY, MAX_SKU_LEN, MAX_TOTAL};
+use ordermesh::{
+    proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
+    proto::order::v1::ListOrdersRequest, proto::order::v1::Order, proto::order::v1::OrderStatus,
+    proto::order::v1::order_service_client::OrderServiceClient, proto::types::v1::Money,
 };
-use ordermesh_order::{
-    OrderError,
-    validate::{self, MAX_ID_LEN, MAX_ITEMS, MAX_QUANTITY, MAX_SKU_LEN, MAX_TOTAL},
-};
+use ordermesh_order::OrderError;
 use ordermesh_testkit::{Broker, Databases, eventually, is_serving, on_postgres};
 use proptest::{
     collection::vec,
@@ -509,7 +505,7 @@ impl Services {
         let order_config = ordermesh_order::Config {
             database_url: databases.url("order"),
             payment_url: format!("http://{payment_addr}"),
-            kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+            kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
             events_topic: topic.clone(),
             drain_grace_ms: 2_000,
             ..ordermesh_order::Config::from_env()?
@@ -563,7 +559,7 @@ impl Services {
     /// Charges recorded by the payment service (not keys closed without one), read from its
     /// database.
     async fn charge_count(&self) -> Result<i64> {
-        let pool = ordermesh::db::connect(&self.databases.url("payment")).await?;
+        let pool = ordermesh_platform::db::connect(&self.databases.url("payment")).await?;
         let (count,): (i64,) =
             sqlx::query_as("SELECT COUNT(*) FROM payments WHERE status <> 'CLOSED'")
                 .fetch_one(&pool)

@@ -1,15 +1,12 @@
 //! The PaymentService gRPC implementation: validate, decide, store once, answer from what is stored.
 
 use ordermesh::{
-    paging::PageRequest,
-    proto::{
-        payment::v1::{
-            ChargeKeyState, ChargeOutcome, ChargeRequest, CloseChargeKeyRequest,
-            GetChargeOutcomeRequest, GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse,
-            Payment, PaymentStatus, payment_service_server::PaymentService,
-        },
-        types::v1::Money,
-    },
+    paging::PageRequest, proto::payment::v1::ChargeKeyState, proto::payment::v1::ChargeOutcome,
+    proto::payment::v1::ChargeRequest, proto::payment::v1::CloseChargeKeyRequest,
+    proto::payment::v1::GetChargeOutcomeRequest, proto::payment::v1::GetPaymentRequest,
+    proto::payment::v1::ListPaymentsRequest, proto::payment::v1::ListPaymentsResponse,
+    proto::payment::v1::Payment, proto::payment::v1::PaymentStatus,
+    proto::payment::v1::payment_service_server::PaymentService, proto::types::v1::Money,
 };
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};

@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use ordermesh::tls::ServerTlsFiles as TlsFiles;
+use ordermesh_platform::tls::ServerTlsFiles as TlsFiles;
 
 /// Payment service settings. Flags and environment variables are listed in the README.
 #[derive(Clone, Debug, clap::Args)]
@@ -71,7 +71,7 @@ pub struct Config {
 impl Config {
     /// Defaults overlaid with the environment, as the runner uses it.
     pub fn from_env() -> Result<Self, clap::Error> {
-        ordermesh::service::config_from_env("payment")
+        ordermesh_platform::bootstrap::config_from_env("payment")
     }
 
     pub(crate) fn faults(&self) -> crate::fault::FaultConfig {

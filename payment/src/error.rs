@@ -35,7 +35,9 @@ impl From<PaymentError> for Status {
     fn from(error: PaymentError) -> Self {
         let message = error.to_string();
         match error {
-            PaymentError::Invalid(violations) => ordermesh::grpc::invalid_argument(violations),
+            PaymentError::Invalid(violations) => {
+                ordermesh::bad_request::invalid_argument(violations)
+            }
             PaymentError::Declined { payment_id, reason } => Status::with_error_details(
                 Code::FailedPrecondition,
                 message,

@@ -20,13 +20,11 @@ use tonic::{Code, Status, metadata::MetadataMap};
 use tonic_types::FieldViolation;
 use tower::util::rng::{HasherRng, Rng};
 
-pub(crate) const DELAY: &str = "x-fault-delay-ms";
-pub(crate) const ABORT: &str = "x-fault-abort";
-pub(crate) const STAGE: &str = "x-fault-stage";
-pub(crate) const PERCENT: &str = "x-fault-percent";
-pub(crate) const UNTIL_ATTEMPT: &str = "x-fault-until-attempt";
-/// Set by the order service on every attempt (1 for the first).
-pub(crate) const ATTEMPT: &str = "ordermesh-attempt";
+pub(crate) use ordermesh::{
+    headers::ATTEMPT, headers::FAULT_ABORT as ABORT, headers::FAULT_DELAY_MS as DELAY,
+    headers::FAULT_PERCENT as PERCENT, headers::FAULT_STAGE as STAGE,
+    headers::FAULT_UNTIL_ATTEMPT as UNTIL_ATTEMPT,
+};
 
 /// Longest injectable delay: long enough for any demo, short enough not to pin a server.
 const MAX_DELAY: Duration = Duration::from_secs(60);

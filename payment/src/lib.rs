@@ -14,12 +14,9 @@ mod store;
 
 use std::future::Future;
 
-use ordermesh::{
-    grpc,
-    metrics::Metrics,
-    proto::payment::v1::payment_service_server::PaymentServiceServer,
-    service::{Admin, Listeners},
-    tls::AllowClients,
+use ordermesh::proto::payment::v1::payment_service_server::PaymentServiceServer;
+use ordermesh_platform::{
+    admin::Admin, grpc, limits, listeners::Listeners, metrics::Metrics, tls::AllowClients,
 };
 use tonic::service::interceptor::InterceptedService;
 
@@ -27,7 +24,7 @@ pub use config::Config;
 
 /// The payment service's schema migrations, for SQLite and for PostgreSQL (run at start-up by [`run`];
 /// public for the test that checks both backends end in the same schema).
-pub fn migrations() -> ordermesh::db::Migrations {
+pub fn migrations() -> ordermesh_platform::db::Migrations {
     store::migrations()
 }
 pub use error::PaymentError;
@@ -36,13 +33,13 @@ pub use error::PaymentError;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Database(#[from] ordermesh::db::DbError),
+    Database(#[from] ordermesh_platform::db::DbError),
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
     #[error(transparent)]
-    Telemetry(#[from] ordermesh::telemetry::TelemetryError),
+    Telemetry(#[from] ordermesh_platform::telemetry::TelemetryError),
     #[error(transparent)]
-    Tls(#[from] ordermesh::tls::TlsError),
+    Tls(#[from] ordermesh_platform::tls::TlsError),
 }
 
 /// Serves the payment API on `listeners` (gRPC, and metrics on the admin port if given) until
@@ -58,7 +55,7 @@ pub async fn run(
     } = listeners.into();
     let metrics = Metrics::new("payment")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh::db::open(&config.database_url, &store::migrations()).await?;
+    let pool = ordermesh_platform::db::open(&config.database_url, &store::migrations()).await?;
     let api = api::PaymentApi::new(store::Store::new(pool), config.faults());
 
     let tls = config.tls();
@@ -76,8 +73,8 @@ pub async fn run(
     };
     let router = router.add_service(InterceptedService::new(
         PaymentServiceServer::new(api)
-            .max_decoding_message_size(grpc::MAX_REQUEST_BYTES)
-            .accept_compressed(grpc::ACCEPTED_COMPRESSION),
+            .max_decoding_message_size(limits::MAX_REQUEST_BYTES)
+            .accept_compressed(limits::ACCEPTED_COMPRESSION),
         callers,
     ));
     // Ready: the database is open and migrated, so every call can be answered.

@@ -5,7 +5,7 @@
 //! race on that one constraint, so exactly one of them ever holds a key, and a row, once written,
 //! never changes.
 
-use ordermesh::db::{Migrations, Pool};
+use ordermesh_platform::{db::Migrations, db::Pool};
 use sqlx::{Row, any::AnyRow};
 
 /// What a key holds, as stored.

@@ -67,7 +67,7 @@ async fn the_healthcheck_subcommand_speaks_mutual_tls() -> Result<()> {
         return Ok(());
     };
     let certs = dir.path().join("certs");
-    ordermesh::tls::write_dev_certs(&certs)?;
+    ordermesh_runner::dev_certs::write_dev_certs(&certs)?;
     let addr = unused_addr().await?;
     let path = |name: &str| certs.join(name).display().to_string();
     let env = [

@@ -10,9 +10,9 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, ensure};
-use ordermesh::proto::{
-    payment::v1::{ChargeRequest, payment_service_client::PaymentServiceClient},
-    types::v1::Money,
+use ordermesh::{
+    proto::payment::v1::ChargeRequest,
+    proto::payment::v1::payment_service_client::PaymentServiceClient, proto::types::v1::Money,
 };
 use ordermesh_testkit::{Databases, Process, on_postgres, unused_addr};
 use tonic::{Code, codec::CompressionEncoding};
@@ -109,7 +109,7 @@ async fn a_compression_bomb_is_refused_without_inflating_and_the_connection_goes
         .await
         .context("the same connection after the bomb")?;
     payment.terminate().await?;
-    let db = ordermesh::db::connect(&database).await?;
+    let db = ordermesh_platform::db::connect(&database).await?;
     let keys: Vec<String> =
         sqlx::query_scalar("SELECT idempotency_key FROM payments ORDER BY created_at_ms")
             .fetch_all(&db)

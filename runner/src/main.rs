@@ -6,12 +6,8 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use ordermesh::{
-    kafka,
-    service::{Listeners, bind},
-    telemetry::LogFormat,
-};
 use ordermesh_notifier::{Channel, dead_letter};
+use ordermesh_platform::{listeners::Listeners, listeners::bind, telemetry::LogFormat};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -42,7 +38,7 @@ struct Cli {
     #[arg(long, env = "KAFKA_BROKERS")]
     kafka_brokers: Option<String>,
     /// Where the embedded broker listens (for kcat and other clients).
-    #[arg(long, env = "ORDERMESH_EMBEDDED_KAFKA_ADDR", default_value = kafka::DEFAULT_EMBEDDED_ADDR)]
+    #[arg(long, env = "ORDERMESH_EMBEDDED_KAFKA_ADDR", default_value = ordermesh_kafka::DEFAULT_EMBEDDED_ADDR)]
     embedded_kafka_addr: SocketAddr,
     /// Directory of the services' SQLite databases (overrides each service's *_DATABASE_URL).
     #[arg(long, env = "ORDERMESH_DATA_DIR")]
@@ -82,7 +78,7 @@ enum Command {
     Token {
         /// The signing key, as the service is configured with it.
         #[arg(long, env = "ORDERMESH_AUTH_KEY", hide_env_values = true)]
-        key: ordermesh::auth::Secret,
+        key: ordermesh_platform::auth::Secret,
         /// Scopes to grant, comma-separated: orders:write, orders:read, notifications:read.
         #[arg(long, value_delimiter = ',', required = true)]
         scope: Vec<String>,
@@ -101,7 +97,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::DevCerts { dir }) => {
-            for path in ordermesh::tls::write_dev_certs(dir)? {
+            for path in ordermesh_runner::dev_certs::write_dev_certs(dir)? {
                 println!("{}", path.display());
             }
             return Ok(());
@@ -112,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
             subject,
             ttl_secs,
         }) => {
-            let key = ordermesh::auth::AuthKey::new("ORDERMESH_AUTH_KEY (--key)", key)?;
+            let key = ordermesh_platform::auth::AuthKey::new("ORDERMESH_AUTH_KEY (--key)", key)?;
             let scopes: Vec<&str> = scope.iter().map(String::as_str).collect();
             println!(
                 "{}",
@@ -124,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     }
     // One process, one tracer: spans of all three services are reported as `ordermesh` unless
     // OTEL_SERVICE_NAME says otherwise (each service's metrics keep their own name and port).
-    let telemetry = ordermesh::telemetry::init(cli.log_format, "ordermesh")?;
+    let telemetry = ordermesh_platform::telemetry::init(cli.log_format, "ordermesh")?;
     let mut payment = ordermesh_payment::Config::from_env()?;
     let mut order = ordermesh_order::Config::from_env()?;
     let mut notifier = ordermesh_notifier::Config::from_env()?;
@@ -155,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
         Some(brokers) => (brokers, None),
         None => {
             // Silently dropping TLS or SASL the user asked for would be worse than refusing.
-            if order.kafka.security_protocol != kafka::SecurityProtocol::Plaintext {
+            if order.kafka.security_protocol != ordermesh_kafka::SecurityProtocol::Plaintext {
                 bail!(
                     "KAFKA_SECURITY_PROTOCOL is set, but the embedded broker speaks plaintext only: \
                      set KAFKA_BROKERS to a secured cluster, or unset KAFKA_SECURITY_PROTOCOL"
@@ -165,10 +161,10 @@ async fn main() -> anyhow::Result<()> {
             let mut topics = vec![order.events_topic.clone()];
             topics.extend(Channel::ALL.map(|c| dead_letter::topic(&order.events_topic, c)));
             let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
-            let broker = kafka::EmbeddedBroker::start(
+            let broker = ordermesh_kafka::EmbeddedBroker::start(
                 cli.embedded_kafka_addr,
                 &topics,
-                kafka::DEFAULT_PARTITIONS,
+                ordermesh_kafka::DEFAULT_PARTITIONS,
             )
             .context("cannot start the embedded Kafka broker (ORDERMESH_EMBEDDED_KAFKA_ADDR)")?;
             (broker.bootstrap_servers(), Some(broker))
@@ -222,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
     let mut result = Ok(());
     tokio::select! {
         // Ctrl-C or SIGTERM: stop everything below.
-        _ = ordermesh::shutdown::signal() => {}
+        _ = ordermesh_platform::shutdown::signal() => {}
         // A service stopped by itself (it failed): stop the others too.
         Some(joined) = services.join_next() => result = flatten(joined),
     }

@@ -24,15 +24,12 @@ use opentelemetry_proto::tonic::{
     common::v1::any_value,
     resource::v1::Resource,
 };
-use ordermesh::proto::{
-    notification::v1::{
-        ListNotificationsRequest, notification_service_client::NotificationServiceClient,
-    },
-    order::v1::{
-        CreateOrderRequest, Customer, LineItem, OrderStatus,
-        order_service_client::OrderServiceClient,
-    },
-    types::v1::Money,
+use ordermesh::{
+    proto::notification::v1::ListNotificationsRequest,
+    proto::notification::v1::notification_service_client::NotificationServiceClient,
+    proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
+    proto::order::v1::OrderStatus, proto::order::v1::order_service_client::OrderServiceClient,
+    proto::types::v1::Money,
 };
 use tokio::process::Command;
 use tonic_health::pb::{

@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use ordermesh::kafka::EmbeddedBroker;
+use ordermesh_kafka::EmbeddedBroker;
 use rdkafka::{
     ClientConfig,
     consumer::{BaseConsumer, Consumer, StreamConsumer},
@@ -294,8 +294,8 @@ impl Broker {
         match self {
             Broker::Embedded(broker) => Ok(broker.create_topic(topic, partitions)?),
             Broker::Tansu(tansu) => {
-                ordermesh::kafka::ensure_topics(
-                    &ordermesh::kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
+                ordermesh_kafka::ensure_topics(
+                    &ordermesh_kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
                     &[topic],
                     partitions,
                 )
@@ -390,7 +390,7 @@ struct Secured {
     /// The address it advertises in metadata instead of its own (a TLS terminator's).
     advertised: SocketAddr,
     /// The settings a client that may talk to it uses: the readiness check uses them too.
-    client: ordermesh::kafka::KafkaSettings,
+    client: ordermesh_kafka::KafkaSettings,
 }
 
 impl Tansu {
@@ -441,7 +441,7 @@ impl Tansu {
         }
         let client = match &self.secured {
             Some(secured) => secured.client.clone(),
-            None => ordermesh::kafka::KafkaSettings::plaintext(self.addr.to_string()),
+            None => ordermesh_kafka::KafkaSettings::plaintext(self.addr.to_string()),
         };
         let mut process = Process::spawn_in(
             &self.dir,
@@ -504,7 +504,7 @@ impl Tansu {
     pub async fn require_authentication(
         &mut self,
         advertised: SocketAddr,
-        client: ordermesh::kafka::KafkaSettings,
+        client: ordermesh_kafka::KafkaSettings,
     ) -> Result<()> {
         self.stop().await?;
         self.secured = Some(Secured { advertised, client });

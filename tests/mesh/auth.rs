@@ -7,11 +7,11 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
 use ordermesh::{
-    auth::{AuthKey, NOTIFICATIONS_READ, ORDERS_READ, ORDERS_WRITE, Secret},
-    proto::{
-        notification::v1::ListNotificationsRequest,
-        order::v1::{CreateOrderRequest, ListOrdersRequest, OrderStatus},
-    },
+    proto::notification::v1::ListNotificationsRequest, proto::order::v1::CreateOrderRequest,
+    proto::order::v1::ListOrdersRequest, proto::order::v1::OrderStatus,
+};
+use ordermesh_platform::{
+    auth::AuthKey, auth::NOTIFICATIONS_READ, auth::ORDERS_READ, auth::ORDERS_WRITE, auth::Secret,
 };
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -61,7 +61,7 @@ async fn the_public_apis_need_a_valid_token_with_the_methods_scope() -> Result<(
     // Refused: no token, an expired one, one signed with another key, a read-only one.
     let expired = {
         // Issued already expired, past the few seconds of leeway.
-        let claims = ordermesh::auth::Claims {
+        let claims = ordermesh_platform::auth::Claims {
             sub: "test".into(),
             exp: 1,
             scope: ORDERS_WRITE.into(),

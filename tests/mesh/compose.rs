@@ -157,13 +157,16 @@ fn dev_cert_names() -> Result<BTreeMap<String, Vec<String>>> {
     use rustls_pki_types::{CertificateDer, pem::PemObject};
     let written = tempfile::tempdir()?;
     let mut names = BTreeMap::new();
-    for path in ordermesh::tls::write_dev_certs(written.path())? {
+    for path in ordermesh_runner::dev_certs::write_dev_certs(written.path())? {
         let Some(file) = path.file_name().and_then(|f| f.to_str()) else {
             continue;
         };
         if file.ends_with(".pem") && file != "ca.pem" {
             let der = CertificateDer::from_pem_file(&path)?;
-            names.insert(file.to_owned(), ordermesh::tls::certificate_names(&der));
+            names.insert(
+                file.to_owned(),
+                ordermesh_platform::tls::certificate_names(&der),
+            );
         }
     }
     Ok(names)
@@ -331,7 +334,7 @@ fn compose_matches_the_code() -> Result<()> {
     let dockerfile = read("Dockerfile")?;
     let services = &compose["services"];
     let shared = sources("src")?;
-    let default_topic = ordermesh::kafka::DEFAULT_ORDER_EVENTS_TOPIC;
+    let default_topic = ordermesh_kafka::DEFAULT_ORDER_EVENTS_TOPIC;
 
     // The topics the one-shot job creates are the services' defaults.
     let init = services["kafka-init"]["command"][0]
@@ -380,7 +383,7 @@ fn compose_matches_the_code() -> Result<()> {
         );
         assert!(
             read(&format!("{name}/src/main.rs"))?
-                .contains("    Healthcheck(ordermesh::service::HealthcheckArgs),"),
+                .contains("    Healthcheck(ordermesh_platform::healthcheck::HealthcheckArgs),"),
             "{binary} has a healthcheck subcommand taking --ca"
         );
 
@@ -614,7 +617,7 @@ fn the_scaled_services_publish_no_fixed_host_port() -> Result<()> {
         .parse()?;
     assert_eq!(
         partitions,
-        ordermesh::kafka::DEFAULT_PARTITIONS,
+        ordermesh_kafka::DEFAULT_PARTITIONS,
         "kafka-init creates as many partitions as the services would (kafka::DEFAULT_PARTITIONS)"
     );
     let notifiers = scale["notifier"];
@@ -972,14 +975,14 @@ fn compose_serves_tls_mutual_tls_and_tokens_from_the_certs_job() -> Result<()> {
 
     // What the subcommand writes.
     let written = tempfile::tempdir()?;
-    let files: Vec<String> = ordermesh::tls::write_dev_certs(written.path())?
+    let files: Vec<String> = ordermesh_runner::dev_certs::write_dev_certs(written.path())?
         .iter()
         .filter_map(|p| Some(p.file_name()?.to_str()?.to_owned()))
         .collect();
     let names_in = |file: &str| -> Result<Vec<String>> {
         use rustls_pki_types::{CertificateDer, pem::PemObject};
         let der = CertificateDer::from_pem_file(written.path().join(file))?;
-        Ok(ordermesh::tls::certificate_names(&der))
+        Ok(ordermesh_platform::tls::certificate_names(&der))
     };
 
     for name in ["payment", "order", "notifier"] {

@@ -6,7 +6,9 @@
 use std::{collections::HashMap, sync::Arc};
 
 use anyhow::{Context, Result, ensure};
-use ordermesh::proto::notification::v1::{Notification, NotificationStatus};
+use ordermesh::{
+    proto::notification::v1::Notification, proto::notification::v1::NotificationStatus,
+};
 use ordermesh_notifier::{Channel, ReplayReport, dead_letter, replay_dead_letters};
 
 use super::{

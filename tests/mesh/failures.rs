@@ -1,9 +1,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use ordermesh::proto::{
-    order::v1::{GetOrderRequest, ListOrdersRequest, OrderStatus},
-    payment::v1::{GetPaymentRequest, PaymentStatus},
+use ordermesh::{
+    proto::order::v1::GetOrderRequest, proto::order::v1::ListOrdersRequest,
+    proto::order::v1::OrderStatus, proto::payment::v1::GetPaymentRequest,
+    proto::payment::v1::PaymentStatus,
 };
 use tonic::Code;
 use tonic_types::StatusExt;

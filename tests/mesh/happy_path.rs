@@ -1,11 +1,9 @@
 use anyhow::Result;
 use ordermesh::{
-    events,
-    proto::{
-        notification::v1::{Channel, ListNotificationsRequest, NotificationStatus},
-        order::v1::{GetOrderRequest, OrderStatus},
-        payment::v1::{GetPaymentRequest, PaymentStatus},
-    },
+    events, proto::notification::v1::Channel, proto::notification::v1::ListNotificationsRequest,
+    proto::notification::v1::NotificationStatus, proto::order::v1::GetOrderRequest,
+    proto::order::v1::OrderStatus, proto::payment::v1::GetPaymentRequest,
+    proto::payment::v1::PaymentStatus,
 };
 use rdkafka::Message;
 

@@ -10,14 +10,15 @@
 use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail, ensure};
-use ordermesh::proto::{
-    notification::v1::{Notification, notification_service_client::NotificationServiceClient},
-    order::v1::{CreateOrderRequest, Customer, LineItem, order_service_client::OrderServiceClient},
-    payment::v1::payment_service_client::PaymentServiceClient,
-    types::v1::Money,
+use ordermesh::{
+    proto::notification::v1::Notification,
+    proto::notification::v1::notification_service_client::NotificationServiceClient,
+    proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
+    proto::order::v1::order_service_client::OrderServiceClient,
+    proto::payment::v1::payment_service_client::PaymentServiceClient, proto::types::v1::Money,
 };
-use ordermesh::service::Listeners;
 use ordermesh_notifier::{Channel, Stats};
+use ordermesh_platform::listeners::Listeners;
 // Shared with the crates' own process tests.
 pub use ordermesh_testkit::Databases;
 use ordermesh_testkit::{Broker, Tansu};
@@ -358,7 +359,7 @@ pub struct TestMesh {
     /// Changes to the notifier's settings, applied at each (re)start: where to send, retry timing.
     pub notifier_settings: Arc<dyn Fn(&mut ordermesh_notifier::Config) + Send + Sync>,
     /// The Kafka settings the services use.
-    pub kafka: ordermesh::kafka::KafkaSettings,
+    pub kafka: ordermesh_kafka::KafkaSettings,
     /// The TLS terminator in front of tansu, with `secured_kafka`.
     pub secured_kafka: Option<SecuredKafka>,
     _watchdog: Watchdog,
@@ -425,7 +426,7 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(ordermesh::telemetry::DEFAULT_FILTER)
+                tracing_subscriber::EnvFilter::new(ordermesh_platform::telemetry::DEFAULT_FILTER)
             }),
         )
         .with_test_writer()
@@ -450,8 +451,8 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
             return Ok(None);
         };
         // The services would create them too; created here so the test can read them at once.
-        ordermesh::kafka::ensure_topics(
-            &ordermesh::kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
+        ordermesh_kafka::ensure_topics(
+            &ordermesh_kafka::KafkaSettings::plaintext(tansu.addr.to_string()),
             &topics,
             3,
         )
@@ -466,7 +467,7 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
     eprintln!("broker: {}", broker.name());
     let kafka = match &secured_kafka {
         Some(secured) => secured.settings.clone(),
-        None => ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+        None => ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
     };
 
     // Without a payment service, order points at an address nobody listens on (yet).
@@ -725,7 +726,7 @@ impl TestMesh {
 
     /// Every notification in the notifier's database, read directly (for while it is stopped).
     pub async fn all_notifications_offline(&self) -> Result<Vec<(String, String)>> {
-        let pool = ordermesh::db::connect(&self.databases.url("notifier")).await?;
+        let pool = ordermesh_platform::db::connect(&self.databases.url("notifier")).await?;
         let rows: Vec<(String, String)> =
             sqlx::query_as("SELECT event_id, channel FROM notifications WHERE status = 'SENT'")
                 .fetch_all(&pool)
@@ -767,7 +768,7 @@ impl TestMesh {
     }
 
     async fn count_payments(&self, order_id: Option<&str>) -> Result<i64> {
-        let pool = ordermesh::db::connect(&self.databases.url("payment")).await?;
+        let pool = ordermesh_platform::db::connect(&self.databases.url("payment")).await?;
         let (count,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM payments
                  WHERE status <> 'CLOSED' AND ($1 IS NULL OR order_id = $2)",
@@ -847,7 +848,7 @@ impl TestMesh {
 }
 
 /// A reader in a group of its own, with the settings the services use (TLS and SASL included).
-fn fresh_consumer_config(kafka: &ordermesh::kafka::KafkaSettings) -> ClientConfig {
+fn fresh_consumer_config(kafka: &ordermesh_kafka::KafkaSettings) -> ClientConfig {
     let mut config = kafka.client_config("test-reader");
     config
         .set("group.id", format!("test-reader-{}", uuid::Uuid::new_v4()))
@@ -903,7 +904,7 @@ pub fn header(message: &OwnedMessage, key: &str) -> Option<String> {
 /// every connection after the bootstrap is TLS too. `settings` are what the services get.
 #[derive(Debug)]
 pub struct SecuredKafka {
-    pub settings: ordermesh::kafka::KafkaSettings,
+    pub settings: ordermesh_kafka::KafkaSettings,
     /// The development CA and certificates (`ca.pem`, `outsider.pem` from another CA, ...).
     pub certs: std::path::PathBuf,
     /// Kept for as long as the mesh runs: dropping it closes the TLS port.
@@ -916,7 +917,7 @@ impl SecuredKafka {
 
     async fn start(dir: &TempDir, tansu: &mut Tansu) -> Result<Self> {
         let certs = dir.path().join("certs");
-        ordermesh::tls::write_dev_certs(&certs)?;
+        ordermesh_runner::dev_certs::write_dev_certs(&certs)?;
         // Users are created over the Kafka protocol, so before authentication is required.
         tansu.create_scram_user(Self::USER, Self::PASSWORD).await?;
         let terminator = ordermesh_testkit::TlsTerminator::start(
@@ -925,14 +926,14 @@ impl SecuredKafka {
             tansu.addr,
         )
         .await?;
-        let settings = ordermesh::kafka::KafkaSettings {
+        let settings = ordermesh_kafka::KafkaSettings {
             brokers: terminator.addr.to_string(),
-            security_protocol: ordermesh::kafka::SecurityProtocol::SaslSsl,
-            sasl_mechanism: Some(ordermesh::kafka::SaslMechanism::ScramSha512),
+            security_protocol: ordermesh_kafka::SecurityProtocol::SaslSsl,
+            sasl_mechanism: Some(ordermesh_kafka::SaslMechanism::ScramSha512),
             sasl_username: Some(Self::USER.into()),
             sasl_password: Some(Self::PASSWORD.into()),
             ssl_ca: Some(certs.join("ca.pem")),
-            ..ordermesh::kafka::KafkaSettings::plaintext("")
+            ..ordermesh_kafka::KafkaSettings::plaintext("")
         };
         tansu
             .require_authentication(terminator.addr, settings.clone())

@@ -1,8 +1,7 @@
 use anyhow::Result;
-use ordermesh::proto::{
-    order::v1::{ListOrdersRequest, OrderStatus},
-    payment::v1::{ChargeRequest, PaymentStatus},
-    types::v1::Money,
+use ordermesh::{
+    proto::order::v1::ListOrdersRequest, proto::order::v1::OrderStatus,
+    proto::payment::v1::ChargeRequest, proto::payment::v1::PaymentStatus, proto::types::v1::Money,
 };
 use tonic::Code;
 

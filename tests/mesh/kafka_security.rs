@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use ordermesh::kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
+use ordermesh_kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
 use ordermesh_notifier::Channel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 

@@ -3,7 +3,7 @@
 //! (`ordermesh_bench::audit`, where the invariant is spelled out).
 
 use anyhow::{Result, bail};
-use ordermesh::proto::order::v1::{Order, OrderStatus};
+use ordermesh::{proto::order::v1::Order, proto::order::v1::OrderStatus};
 pub use ordermesh_bench::audit::Violation;
 use ordermesh_bench::audit::{self, Ledger};
 

@@ -17,7 +17,7 @@ async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on()
     let mut orders = mesh.order_client().await?;
 
     let mut huge = order_request("limits-huge", "tok_visa");
-    huge.items[0].sku = "X".repeat(ordermesh::grpc::MAX_REQUEST_BYTES + 1);
+    huge.items[0].sku = "X".repeat(ordermesh_platform::limits::MAX_REQUEST_BYTES + 1);
     let refused = orders.create_order(huge).await.expect_err("over the limit");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(
@@ -81,7 +81,7 @@ async fn a_connection_is_announced_a_limit_of_concurrent_streams() -> Result<()>
     assert_eq!(response.status(), 200);
     assert_eq!(
         limit,
-        ordermesh::grpc::MAX_STREAMS_PER_CONNECTION as usize,
+        ordermesh_platform::limits::MAX_STREAMS_PER_CONNECTION as usize,
         "the SETTINGS_MAX_CONCURRENT_STREAMS the order service announces"
     );
     mesh.shutdown().await

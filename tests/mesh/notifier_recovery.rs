@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
 use anyhow::{Result, ensure};
 
-use ordermesh::proto::notification::v1::{Channel, Notification};
+use ordermesh::{proto::notification::v1::Channel, proto::notification::v1::Notification};
 use ordermesh_notifier::Channel as NotifierChannel;
 
 use super::{

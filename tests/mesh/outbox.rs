@@ -6,7 +6,9 @@ use std::collections::HashSet;
 
 use anyhow::{Result, ensure};
 
-use ordermesh::proto::order::v1::{GetOrderRequest, Order, OrderStatus};
+use ordermesh::{
+    proto::order::v1::GetOrderRequest, proto::order::v1::Order, proto::order::v1::OrderStatus,
+};
 use rdkafka::Message;
 
 use ordermesh_testkit::Broker;

@@ -8,9 +8,9 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use anyhow::{Result, ensure};
 use ordermesh::{
-    events::{CloudEventHeaders, encode_order_placed},
-    proto::events::v1::OrderPlaced,
+    events::CloudEventHeaders, events::encode_order_placed, proto::events::v1::OrderPlaced,
 };
+use ordermesh_kafka::KafkaHeaders;
 use ordermesh_notifier::Channel;
 use rdkafka::{
     ClientConfig, Message,

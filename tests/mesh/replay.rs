@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use ordermesh::{
-    events::{CloudEventHeaders, encode_order_placed},
-    proto::{events::v1::OrderPlaced, notification::v1::Channel as ProtoChannel},
+    events::CloudEventHeaders, events::encode_order_placed, proto::events::v1::OrderPlaced,
+    proto::notification::v1::Channel as ProtoChannel,
 };
+use ordermesh_kafka::KafkaHeaders;
 use ordermesh_notifier::{Channel, ReplayReport, dead_letter, replay_dead_letters};
 use rdkafka::{
     ClientConfig,

@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Result, ensure};
 use futures::{StreamExt, TryStreamExt};
-use ordermesh::proto::order::v1::{Order, OrderStatus, order_service_client::OrderServiceClient};
+use ordermesh::{
+    proto::order::v1::Order, proto::order::v1::OrderStatus,
+    proto::order::v1::order_service_client::OrderServiceClient,
+};
 use ordermesh_notifier::{Channel, Stats};
 
 use super::{

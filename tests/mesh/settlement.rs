@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
-use ordermesh::proto::{
-    order::v1::{GetOrderRequest, Order, OrderStatus},
-    payment::v1::{ChargeKeyState, ChargeRequest, GetChargeOutcomeRequest},
-    types::v1::Money,
+use ordermesh::{
+    proto::order::v1::GetOrderRequest, proto::order::v1::Order, proto::order::v1::OrderStatus,
+    proto::payment::v1::ChargeKeyState, proto::payment::v1::ChargeRequest,
+    proto::payment::v1::GetChargeOutcomeRequest, proto::types::v1::Money,
 };
 use tonic::{Code, Request};
 use tonic_types::StatusExt;

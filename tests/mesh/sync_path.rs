@@ -11,7 +11,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
-use ordermesh::proto::order::v1::{CreateOrderRequest, ListOrdersRequest, Order, OrderStatus};
+use ordermesh::{
+    proto::order::v1::CreateOrderRequest, proto::order::v1::ListOrdersRequest,
+    proto::order::v1::Order, proto::order::v1::OrderStatus,
+};
 use tokio::net::TcpListener;
 use tonic::{Code, Request, Status};
 use tonic_health::pb::{

@@ -5,9 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
-use ordermesh::proto::{
-    order::v1::{GetOrderRequest, OrderStatus, order_service_client::OrderServiceClient},
-    payment::v1::{ChargeRequest, payment_service_client::PaymentServiceClient},
+use ordermesh::{
+    proto::order::v1::GetOrderRequest, proto::order::v1::OrderStatus,
+    proto::order::v1::order_service_client::OrderServiceClient, proto::payment::v1::ChargeRequest,
+    proto::payment::v1::payment_service_client::PaymentServiceClient,
 };
 use ordermesh_testkit::Broker;
 use tonic::{
@@ -65,7 +66,7 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
         return Ok(());
     };
     let certs = dir.path().join("certs");
-    ordermesh::tls::write_dev_certs(&certs)?;
+    ordermesh_runner::dev_certs::write_dev_certs(&certs)?;
     let file = |name: &str| -> Option<PathBuf> { Some(certs.join(name)) };
     let payment_config = ordermesh_payment::Config {
         database_url: databases.url("payment"),
@@ -147,7 +148,7 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
         payment_tls_key: file("order.key"),
         tls_cert: file("order.pem"),
         tls_key: file("order.key"),
-        kafka: ordermesh::kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+        kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
         events_topic: topic,
         drain_grace_ms: 2_000,
         ..ordermesh_order::Config::from_env()?

@@ -1,7 +1,7 @@
 use anyhow::Result;
-use ordermesh::proto::{
-    order::v1::{CreateOrderRequest, Customer, LineItem, ListOrdersRequest},
-    types::v1::Money,
+use ordermesh::{
+    proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
+    proto::order::v1::ListOrdersRequest, proto::types::v1::Money,
 };
 use tonic::Code;
 use tonic_types::StatusExt;

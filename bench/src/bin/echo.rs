@@ -32,6 +32,6 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen_addr} (--listen-addr)"))?;
     // No tracing subscriber here, so stderr is the only way to say where a port-0 server landed.
     eprintln!("ordermesh-echo listening on {}", listener.local_addr()?);
-    ordermesh_bench::echo::serve(listener, ordermesh::shutdown::signal()).await?;
+    ordermesh_bench::echo::serve(listener, ordermesh_platform::shutdown::signal()).await?;
     Ok(())
 }

@@ -23,12 +23,11 @@ use std::{
 use anyhow::{Context, Result};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use ordermesh::proto::{
-    notification::v1::{
-        Channel, ListNotificationsRequest, NotificationStatus,
-        notification_service_client::NotificationServiceClient,
-    },
-    order::v1::order_service_client::OrderServiceClient,
+use ordermesh::{
+    proto::notification::v1::Channel, proto::notification::v1::ListNotificationsRequest,
+    proto::notification::v1::NotificationStatus,
+    proto::notification::v1::notification_service_client::NotificationServiceClient,
+    proto::order::v1::order_service_client::OrderServiceClient,
 };
 use ordermesh_bench::load::{self, Pace, Progress, Until};
 use serde::Serialize;
@@ -394,7 +393,7 @@ async fn campaign(cli: &Cli) -> Result<()> {
     .await;
     let settled = campaign::settle(&mut order, cli.settle_timeout).await?;
 
-    let kafka = ordermesh::kafka::KafkaSettings::plaintext(cli.kafka_brokers.clone());
+    let kafka = ordermesh_kafka::KafkaSettings::plaintext(cli.kafka_brokers.clone());
     let events = events::read_events(&kafka, &cli.topic, Duration::from_secs(60))
         .await
         .with_context(|| format!("reading topic {} at {}", cli.topic, cli.kafka_brokers))?;

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use ordermesh::proto::{
-    order::v1::{CreateOrderRequest, Customer, LineItem},
-    types::v1::Money,
+use ordermesh::{
+    proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
+    proto::types::v1::Money,
 };
 
 /// Every gRPC code an abort is injected with: retryable ones (the order service tries again) and

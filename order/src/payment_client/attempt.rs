@@ -8,17 +8,15 @@ use std::{
     time::Duration,
 };
 
-use ordermesh::proto::payment::v1::{Payment, payment_service_client::PaymentServiceClient};
-use ordermesh::rpc_telemetry::RpcTelemetry;
+use ordermesh::{
+    proto::payment::v1::Payment, proto::payment::v1::payment_service_client::PaymentServiceClient,
+};
+use ordermesh_platform::rpc_telemetry::RpcTelemetry;
 use tokio::time::Instant;
 use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
 use tower::{BoxError, Service};
 
 use super::ChargeCall;
-
-/// Request metadata telling payment which attempt this is (1 for the first), for its logs and for
-/// fault injection that should hit only the first attempts.
-pub const ATTEMPT_HEADER: &str = "ordermesh-attempt";
 
 /// The channel to payment: every attempt is a client span, carries the trace context, and is
 /// measured in `rpc.client.call.duration`.
@@ -60,9 +58,10 @@ impl Service<ChargeCall> for ChargeService {
         Box::pin(async move {
             let budget = deadline.saturating_duration_since(now);
             let mut request = Request::from_parts(call.forward, Default::default(), call.charge);
-            request
-                .metadata_mut()
-                .insert(ATTEMPT_HEADER, MetadataValue::from(call.attempt));
+            request.metadata_mut().insert(
+                ordermesh::headers::ATTEMPT,
+                MetadataValue::from(call.attempt),
+            );
             // Sent as `grpc-timeout`: payment stops working on a call nobody waits for any more.
             request.set_timeout(budget);
             let timed_out = || {

@@ -30,9 +30,9 @@ use std::{
 };
 
 use ordermesh::{
-    proto::payment::v1::{Payment, payment_service_client::PaymentServiceClient},
-    rpc_telemetry::RpcTelemetryLayer,
+    proto::payment::v1::Payment, proto::payment::v1::payment_service_client::PaymentServiceClient,
 };
+use ordermesh_platform::rpc_telemetry::RpcTelemetryLayer;
 use tokio::{sync::watch, time::Instant};
 use tonic::{
     Status,

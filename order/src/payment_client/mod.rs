@@ -27,8 +27,11 @@ use std::{
 };
 
 use opentelemetry::metrics::Meter;
-use ordermesh::proto::payment::v1::{ChargeOutcome, ChargeRequest, CloseChargeKeyRequest, Payment};
-use ordermesh::tls::ClientTlsFiles;
+use ordermesh::{
+    proto::payment::v1::ChargeOutcome, proto::payment::v1::ChargeRequest,
+    proto::payment::v1::CloseChargeKeyRequest, proto::payment::v1::Payment,
+};
+use ordermesh_platform::tls::ClientTlsFiles;
 use tokio::{sync::watch, time::Instant};
 use tonic::{Code, Request, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap};
 use tonic_types::StatusExt;
@@ -126,7 +129,7 @@ pub enum ClientConfigError {
     #[error("ORDER_PAYMENT_BACKOFF_BASE_MS / ORDER_PAYMENT_BACKOFF_MAX_MS: {0}")]
     Backoff(#[from] InvalidBackoff),
     #[error(transparent)]
-    Tls(#[from] ordermesh::tls::TlsError),
+    Tls(#[from] ordermesh_platform::tls::TlsError),
     #[error("ORDER_PAYMENT_URL with TLS: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("ORDER_PAYMENT_URL: {0}")]

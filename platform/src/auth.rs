@@ -246,7 +246,7 @@ impl<S: NamedService> NamedService for Auth<S> {
 
 /// Says loudly that a public API takes calls from anyone, unless only on loopback.
 pub fn warn_if_open(service: &str, listener: &tokio::net::TcpListener, key: bool, setting: &str) {
-    if let Some(addr) = crate::service::off_loopback(listener)
+    if let Some(addr) = crate::listeners::off_loopback(listener)
         && !key
     {
         tracing::warn!(

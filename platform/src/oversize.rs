@@ -16,7 +16,7 @@ use http_body::{Body, Frame, SizeHint};
 use tonic::Code;
 use tower::{Layer, Service};
 
-use crate::grpc::MAX_REQUEST_BYTES;
+use crate::limits::MAX_REQUEST_BYTES;
 
 /// Rewrites tonic's OUT_OF_RANGE for an oversized request as RESOURCE_EXHAUSTED.
 #[derive(Debug, Clone, Copy, Default)]

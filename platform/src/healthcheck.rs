@@ -1,112 +1,9 @@
-//! What every service binary does the same way, so each `main.rs` only says what differs.
+//! The `healthcheck` subcommand every service binary has: asks the service's own gRPC health
+//! service whether it is SERVING, so container images need no grpcurl.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use tokio::{net::TcpListener, task::JoinHandle};
-use tokio_util::sync::CancellationToken;
-
-use crate::{
-    metrics::Metrics,
-    telemetry::{self, LogFormat},
-};
-
-/// The sockets a service serves on, bound by its caller: gRPC, and optionally the admin HTTP port
-/// (metrics). A bare listener converts into one without an admin port.
-#[derive(Debug)]
-pub struct Listeners {
-    pub grpc: TcpListener,
-    pub admin: Option<TcpListener>,
-}
-
-impl From<TcpListener> for Listeners {
-    fn from(grpc: TcpListener) -> Self {
-        Self { grpc, admin: None }
-    }
-}
-
-/// A running admin HTTP server (see [`crate::admin`]); nothing if there was no admin listener.
-#[derive(Debug)]
-pub struct Admin {
-    stop: CancellationToken,
-    task: Option<JoinHandle<()>>,
-}
-
-impl Admin {
-    /// Serves `metrics` on `listener`, if there is one, until [`Admin::stop`].
-    pub fn start(listener: Option<TcpListener>, metrics: &Metrics) -> Self {
-        let stop = CancellationToken::new();
-        let task = listener.map(|listener| {
-            let metrics = metrics.clone();
-            let stopped = stop.clone().cancelled_owned();
-            tokio::spawn(async move {
-                if let Err(error) = crate::admin::serve(listener, metrics, stopped).await {
-                    tracing::error!(%error, "admin HTTP server failed");
-                }
-            })
-        });
-        Self { stop, task }
-    }
-
-    /// Stops serving and waits until it has.
-    pub async fn stop(mut self) {
-        self.stop.cancel();
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Admin {
-    /// A service that fails to start returns early: its admin port closes with it.
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-/// A service's settings from their defaults and the environment alone (no command line): how the
-/// runner configures the services it hosts, so they read the same variables as their binaries.
-pub fn config_from_env<T>(name: &'static str) -> Result<T, clap::Error>
-where
-    T: clap::Args + clap::FromArgMatches,
-{
-    let command = T::augment_args(clap::Command::new(name));
-    T::from_arg_matches(&command.try_get_matches_from([name])?)
-}
-
-/// An address to bind and the setting it comes from, for the error message if binding fails.
-pub type Address<'a> = (SocketAddr, &'a str);
-
-/// The body of a service's `main`: install logging and tracing for `service`, bind the gRPC and
-/// admin addresses (naming the setting if that fails), and hand the listeners to `serve`, which
-/// runs until SIGINT/SIGTERM; then flush the spans not yet exported.
-pub async fn main<F, E>(
-    service: &str,
-    grpc: Address<'_>,
-    admin: Address<'_>,
-    log_format: LogFormat,
-    serve: impl FnOnce(Listeners) -> F,
-) -> anyhow::Result<()>
-where
-    F: Future<Output = Result<(), E>>,
-    E: std::error::Error + Send + Sync + 'static,
-{
-    let telemetry = telemetry::init(log_format, service)?;
-    let listeners = Listeners {
-        grpc: bind(grpc).await?,
-        admin: Some(bind(admin).await?),
-    };
-    let served = serve(listeners).await;
-    telemetry.shutdown();
-    Ok(served?)
-}
-
-/// Binds `address`, naming its setting if that fails.
-pub async fn bind((addr, setting): Address<'_>) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr} ({setting})"))
-}
 
 /// The `healthcheck` subcommand's options, the same for every service.
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -196,27 +93,12 @@ pub async fn health_check(
         .with_context(|| format!("no health answer from {addr} within {timeout:?}"))?
 }
 
-/// The address `listener` serves on, if other hosts can reach it (not loopback only): where
-/// plaintext or an open API deserves a warning.
-pub fn off_loopback(listener: &TcpListener) -> Option<std::net::SocketAddr> {
-    listener
-        .local_addr()
-        .ok()
-        .filter(|addr| !addr.ip().is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use tokio::net::TcpListener;
     use tonic_health::ServingStatus;
-
-    #[tokio::test]
-    async fn only_addresses_other_hosts_reach_are_off_loopback() {
-        let loopback = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        assert_eq!(off_loopback(&loopback), None);
-        let everywhere = TcpListener::bind("0.0.0.0:0").await.expect("bind");
-        assert!(off_loopback(&everywhere).is_some());
-    }
 
     #[tokio::test]
     async fn health_check_passes_only_for_a_serving_server() {

@@ -4,7 +4,7 @@
 //! Public so the `create_order_validation` fuzz target (`fuzz/`) and the property tests
 //! (`tests/validation_props.rs`) can run it alone, as the handler runs it before anything is stored.
 
-use ordermesh::proto::{
+use crate::proto::{
     order::v1::{CreateOrderRequest, Customer, LineItem},
     types::v1::Money,
 };
@@ -35,7 +35,7 @@ pub struct ValidOrder {
 }
 
 /// Checks `req`: the order to store, or every violation (refused as INVALID_ARGUMENT through
-/// [`crate::OrderError::Invalid`]).
+/// `ordermesh_order::OrderError::Invalid`, through [`crate::bad_request::invalid_argument`]).
 pub fn create_order(req: &CreateOrderRequest) -> Result<ValidOrder, Vec<FieldViolation>> {
     let mut v = Violations::default();
 
@@ -147,7 +147,7 @@ fn check_items(items: &[LineItem], v: &mut Violations) -> Option<Money> {
             total = None;
             continue;
         };
-        if !ordermesh::money::is_known_currency(&price.currency_code) {
+        if !crate::money::is_known_currency(&price.currency_code) {
             v.add(
                 at("unit_price.currency_code"),
                 format!(

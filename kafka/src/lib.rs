@@ -1,0 +1,25 @@
+//! Kafka settings shared by the producer and the consumers, topic creation, and the embedded broker
+//! the quick start runs on.
+//!
+//! The embedded broker is librdkafka's mock cluster: an in-process server that speaks the real Kafka
+//! wire protocol (so kcat and any other client can read from it) and keeps everything in memory. Its
+//! brokers listen on random loopback ports, so [`EmbeddedBroker`] also listens on a stable address
+//! (127.0.0.1:9092 by default) and forwards bootstrap connections there to the mock broker. Clients
+//! then learn the broker's real address from metadata and connect to it directly, which works from
+//! anywhere on the same machine.
+//!
+//! Payment does not link this crate: only the services that produce or consume events do.
+
+mod embedded;
+mod error;
+mod headers;
+mod settings;
+mod topics;
+
+pub use embedded::{DEFAULT_EMBEDDED_ADDR, EmbeddedBroker};
+pub use error::BrokerError;
+pub use headers::KafkaHeaders;
+pub use settings::{KafkaSettings, KafkaSettingsError, SaslMechanism, SecurityProtocol};
+pub use topics::{
+    DEFAULT_ORDER_EVENTS_TOPIC, DEFAULT_PARTITIONS, ensure_topics, ensure_topics_in_background,
+};
