@@ -11,7 +11,6 @@ mod helpers;
 mod auth;
 mod black_box;
 mod campaign;
-mod compose;
 mod delivery;
 mod failures;
 mod happy_path;

@@ -333,7 +333,7 @@ fn compose_matches_the_code() -> Result<()> {
     let compose = compose()?;
     let dockerfile = read("Dockerfile")?;
     let services = &compose["services"];
-    let shared = sources("src")?;
+    let shared = sources("src")? + &sources("platform/src")? + &sources("kafka/src")?;
     let default_topic = ordermesh_kafka::DEFAULT_ORDER_EVENTS_TOPIC;
 
     // The topics the one-shot job creates are the services' defaults.
@@ -351,8 +351,8 @@ fn compose_matches_the_code() -> Result<()> {
         assert!(creates, "kafka-init creates {topic}: {init}");
     }
 
-    // The OpenTelemetry settings are read by name in src/telemetry.rs, not by clap.
-    let telemetry = read("src/telemetry.rs")?;
+    // The OpenTelemetry settings are read by name in platform/src/telemetry.rs, not by clap.
+    let telemetry = read("platform/src/telemetry.rs")?;
     for (name, port, admin_port) in SCALED {
         let service = &services[name];
         let dir = format!("{name}/src");
@@ -396,7 +396,7 @@ fn compose_matches_the_code() -> Result<()> {
             assert!(
                 clap_setting || otel_setting,
                 "{name} reads {key}: no `env = \"{key}\"` in {dir} or src/ \
-                 (nor, for an OTEL_ variable, \"{key}\" in src/telemetry.rs)"
+                 (nor, for an OTEL_ variable, \"{key}\" in platform/src/telemetry.rs)"
             );
             if key == "ORDER_EVENTS_TOPIC" {
                 assert_eq!(value, default_topic);
@@ -1083,6 +1083,8 @@ fn every_setting_the_code_reads_is_in_the_readme_table() -> Result<()> {
     let mut code = String::new();
     for dir in [
         "src",
+        "platform/src",
+        "kafka/src",
         "order/src",
         "payment/src",
         "notifier/src",
@@ -1097,12 +1099,12 @@ fn every_setting_the_code_reads_is_in_the_readme_table() -> Result<()> {
         .collect();
     assert!(settings.len() >= 20, "found the settings: {settings:?}");
 
-    // The OpenTelemetry variables are not clap settings: src/telemetry.rs names them as strings.
-    let telemetry = read("src/telemetry.rs")?;
+    // The OpenTelemetry variables are not clap settings: platform/src/telemetry.rs names them as strings.
+    let telemetry = read("platform/src/telemetry.rs")?;
     let otel = otel_names(&telemetry);
     assert!(
         otel.contains(&"OTEL_EXPORTER_OTLP_ENDPOINT"),
-        "found the OpenTelemetry variables in src/telemetry.rs: {otel:?}"
+        "found the OpenTelemetry variables in platform/src/telemetry.rs: {otel:?}"
     );
 
     for setting in settings.iter().chain(&otel) {
@@ -1116,7 +1118,7 @@ fn every_setting_the_code_reads_is_in_the_readme_table() -> Result<()> {
         let name = format!("OTEL_{}", row.split('`').next().unwrap_or_default());
         assert!(
             otel.contains(&name.as_str()),
-            "README documents {name}, which src/telemetry.rs does not name"
+            "README documents {name}, which platform/src/telemetry.rs does not name"
         );
     }
     Ok(())
