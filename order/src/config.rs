@@ -1,14 +1,30 @@
 //! Settings of the order service: defaults, then environment variables, then flags.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use ordermesh_platform::{auth::Secret, tls::ClientTlsFiles, tls::ServerTlsFiles};
+use ordermesh_platform::{
+    auth::{AuthKey, Secret},
+    cli::ServiceSettings,
+    listeners::Address,
+    tls::{ClientTlsFiles, ServerTlsFiles},
+};
 
-use crate::payment_client::{PaymentClientConfig, breaker::BreakerConfig};
+use crate::{
+    RunError,
+    payment_client::{PaymentClientConfig, breaker::BreakerConfig},
+};
 
-/// Order service settings. Flags and environment variables are listed in the README.
+/// Order service settings (docs/configuration.md lists them all, generated from these).
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
+    pub listen_addr: SocketAddr,
+
+    /// Address of the admin HTTP server: Prometheus metrics on /metrics.
+    #[arg(long, env = "ORDER_ADMIN_ADDR", default_value = "127.0.0.1:9461")]
+    pub admin_addr: SocketAddr,
+
     /// Database URL: a SQLite file (created if missing), `sqlite::memory:`, or PostgreSQL
     /// (`postgres://user:password@host/db`, for several replicas on one database).
     #[arg(
@@ -241,5 +257,41 @@ impl Config {
 
     pub(crate) fn drain_grace(&self) -> Duration {
         Duration::from_millis(self.drain_grace_ms)
+    }
+}
+
+impl ServiceSettings for Config {
+    const NAME: &'static str = "order";
+    const ABOUT: &'static str = "Takes orders, has them paid, publishes OrderPlaced";
+    type Error = RunError;
+
+    fn listen_addr(&self) -> Address<'static> {
+        (self.listen_addr, "ORDER_LISTEN_ADDR")
+    }
+
+    fn admin_addr(&self) -> Address<'static> {
+        (self.admin_addr, "ORDER_ADMIN_ADDR")
+    }
+
+    fn check(&self) -> Result<(), RunError> {
+        if self.breaker_min_calls > self.breaker_window {
+            return Err(RunError::Config(format!(
+                "ORDER_BREAKER_MIN_CALLS ({}) exceeds ORDER_BREAKER_WINDOW ({}): the breaker could never open",
+                self.breaker_min_calls, self.breaker_window
+            )));
+        }
+        if self.reconcile_grace_ms <= self.payment_timeout_ms {
+            return Err(RunError::Config(format!(
+                "ORDER_RECONCILE_GRACE_MS ({}) must exceed ORDER_PAYMENT_TIMEOUT_MS ({}): the reconciler would close the charge keys of calls still charging",
+                self.reconcile_grace_ms, self.payment_timeout_ms
+            )));
+        }
+        self.kafka.check()?;
+        if let Some(secret) = &self.auth_key {
+            AuthKey::new("ORDER_AUTH_KEY", secret)?;
+        }
+        // The server's certificate, key and client CA: set together as they must be, and readable.
+        self.tls().load()?;
+        Ok(())
     }
 }

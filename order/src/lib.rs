@@ -25,8 +25,8 @@ use std::future::Future;
 
 use ordermesh::proto::order::v1::order_service_server::OrderServiceServer;
 use ordermesh_platform::{
-    admin::Admin, auth, auth::AuthKey, auth::AuthLayer, grpc, limits, listeners::Listeners,
-    metrics::Metrics,
+    admin::Admin, auth, auth::AuthKey, auth::AuthLayer, cli::ServiceSettings, grpc, limits,
+    listeners::Listeners, metrics::Metrics,
 };
 use payment_client::breaker::BreakerState;
 use tokio::sync::watch;
@@ -113,6 +113,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // Settings first: nothing is opened, bound or migrated with settings that cannot work.
+    config.check()?;
     let Listeners {
         grpc: listener,
         admin,
@@ -120,19 +122,6 @@ pub async fn run(
     let metrics = Metrics::new("order")?;
     let admin = Admin::start(admin, &metrics);
     let pool = ordermesh_platform::db::open(&config.database_url, &store::migrations()).await?;
-    if config.breaker_min_calls > config.breaker_window {
-        return Err(RunError::Config(format!(
-            "ORDER_BREAKER_MIN_CALLS ({}) exceeds ORDER_BREAKER_WINDOW ({}): the breaker could never open",
-            config.breaker_min_calls, config.breaker_window
-        )));
-    }
-    if config.reconcile_grace_ms <= config.payment_timeout_ms {
-        return Err(RunError::Config(format!(
-            "ORDER_RECONCILE_GRACE_MS ({}) must exceed ORDER_PAYMENT_TIMEOUT_MS ({}): the reconciler would close the charge keys of calls still charging",
-            config.reconcile_grace_ms, config.payment_timeout_ms
-        )));
-    }
-    config.kafka.check()?;
     let payments = payment_client::PaymentClient::new(&config.payment_client(), metrics.meter())?;
     let kafka_error = |source| RunError::Kafka {
         brokers: config.kafka.brokers.clone(),

@@ -1,12 +1,24 @@
 //! Settings of the payment service: defaults, then environment variables, then flags.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use ordermesh_platform::tls::ServerTlsFiles as TlsFiles;
+use ordermesh_platform::{
+    cli::ServiceSettings, listeners::Address, tls::ServerTlsFiles as TlsFiles,
+};
 
-/// Payment service settings. Flags and environment variables are listed in the README.
+use crate::RunError;
+
+/// Payment service settings (docs/configuration.md lists them all, generated from these).
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "PAYMENT_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    pub listen_addr: SocketAddr,
+
+    /// Address of the admin HTTP server: Prometheus metrics on /metrics.
+    #[arg(long, env = "PAYMENT_ADMIN_ADDR", default_value = "127.0.0.1:9462")]
+    pub admin_addr: SocketAddr,
+
     /// Database URL: a SQLite file (created if missing), `sqlite::memory:`, or PostgreSQL
     /// (`postgres://user:password@host/db`, for several replicas on one database).
     #[arg(
@@ -95,5 +107,33 @@ impl Config {
 
     pub(crate) fn drain_grace(&self) -> Duration {
         Duration::from_millis(self.drain_grace_ms)
+    }
+}
+
+impl ServiceSettings for Config {
+    const NAME: &'static str = "payment";
+    const ABOUT: &'static str = "Charges payment methods, at most once per idempotency key";
+    type Error = RunError;
+
+    fn listen_addr(&self) -> Address<'static> {
+        (self.listen_addr, "PAYMENT_LISTEN_ADDR")
+    }
+
+    fn admin_addr(&self) -> Address<'static> {
+        (self.admin_addr, "PAYMENT_ADMIN_ADDR")
+    }
+
+    fn check(&self) -> Result<(), RunError> {
+        // The certificate, key and client CA: set together as they must be, and readable.
+        self.tls().load()?;
+        Ok(())
+    }
+
+    /// With mutual TLS the server asks every client for a certificate, the health check too.
+    fn healthcheck_identity(&self) -> Option<(PathBuf, PathBuf)> {
+        self.tls_client_ca
+            .is_some()
+            .then(|| self.tls_cert.clone().zip(self.tls_key.clone()))
+            .flatten()
     }
 }

@@ -16,7 +16,8 @@ use std::future::Future;
 
 use ordermesh::proto::payment::v1::payment_service_server::PaymentServiceServer;
 use ordermesh_platform::{
-    admin::Admin, grpc, limits, listeners::Listeners, metrics::Metrics, tls::AllowClients,
+    admin::Admin, cli::ServiceSettings, grpc, limits, listeners::Listeners, metrics::Metrics,
+    tls::AllowClients,
 };
 use tonic::service::interceptor::InterceptedService;
 
@@ -49,6 +50,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // Settings first: nothing is opened, bound or migrated with settings that cannot work.
+    config.check()?;
     let Listeners {
         grpc: listener,
         admin,

@@ -1,5 +1,5 @@
 //! The server runtime every ordermesh service shares, written once so each service holds only its
-//! domain: how a service starts ([`bootstrap`], [`listeners`], [`healthcheck`]), how it serves gRPC
+//! domain: how a service starts ([`cli`], [`bootstrap`], [`listeners`], [`healthcheck`]), how it serves gRPC
 //! ([`grpc`] with its [`limits`] and the tower layers [`rpc_telemetry`], [`oversize`], [`shed`],
 //! [`auth`]), how it is secured ([`tls`], [`auth`]), observed ([`telemetry`], [`metrics`],
 //! [`trace_context`], [`admin`]) and stopped ([`shutdown`]), and how it stores ([`db`], with
@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod auth;
 pub mod bootstrap;
+pub mod cli;
 pub mod db;
 pub mod deadline;
 pub mod grpc;
