@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tonic::{Request, Status, metadata::MetadataValue, transport::Channel};
 use tower::{BoxError, Service};
 
-use super::ChargeCall;
+use super::{ChargeCall, codes::ran_out_of_time};
 
 /// The channel to payment: every attempt is a client span, carries the trace context, and is
 /// measured in `rpc.client.call.duration`.
@@ -73,7 +73,8 @@ impl Service<ChargeCall> for ChargeService {
             };
             match tokio::time::timeout_at(deadline, client.charge(request)).await {
                 Ok(Ok(payment)) => Ok(payment.into_inner()),
-                // The same timeout, seen first by tonic's client or by the server.
+                // The same timeout, seen first by tonic's client or by the server (the code
+                // table's `late` column).
                 Ok(Err(status)) if ran_out_of_time(&status, deadline, Instant::now()) => {
                     Err(timed_out().into())
                 }
@@ -82,67 +83,5 @@ impl Service<ChargeCall> for ChargeService {
                 Err(_) => Err(timed_out().into()),
             }
         })
-    }
-}
-
-/// Whether `status`, received at `now`, is this attempt running out of time rather than an answer.
-///
-/// Three timers end an attempt at its deadline: ours (`timeout_at` above), tonic's client, which
-/// enforces the `grpc-timeout` we send and reports CANCELLED with a `TimeoutExpired` source, and
-/// tonic's server, which enforces the same `grpc-timeout` and answers CANCELLED "Timeout expired".
-/// The server's starts when the request arrives, after ours, so its answer comes at or after our
-/// deadline; on a loaded machine it can still be read before our own timer is seen to fire. Taken
-/// as an answer, a CANCELLED without a source is neither retried nor a deadline: the attempt that
-/// simply ran out of time became UNAVAILABLE. A CANCELLED that arrives before the deadline is the
-/// server's own doing, and stays what it is.
-fn ran_out_of_time(status: &Status, deadline: Instant, now: Instant) -> bool {
-    is_local_timeout(status) || (status.code() == tonic::Code::Cancelled && now >= deadline)
-}
-
-/// Whether `status` is tonic's client giving up at the request's timeout (reported as CANCELLED with
-/// a `TimeoutExpired` source), as opposed to the server cancelling.
-fn is_local_timeout(status: &Status) -> bool {
-    let mut source = std::error::Error::source(status);
-    while let Some(error) = source {
-        if error.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        source = error.source();
-    }
-    false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_servers_timeout_answer_at_our_deadline_is_our_timeout_and_an_earlier_cancel_is_not() {
-        let deadline = Instant::now() + Duration::from_millis(500);
-        // What tonic's server answers when the grpc-timeout we sent runs out.
-        let server_timeout = || Status::cancelled(tonic::TimeoutExpired(()).to_string());
-
-        assert!(ran_out_of_time(&server_timeout(), deadline, deadline));
-        assert!(ran_out_of_time(
-            &server_timeout(),
-            deadline,
-            deadline + Duration::from_millis(3)
-        ));
-        assert!(
-            !ran_out_of_time(
-                &Status::cancelled("server shutting down"),
-                deadline,
-                deadline - Duration::from_millis(100)
-            ),
-            "a cancel before the deadline is the server's answer"
-        );
-        assert!(
-            !ran_out_of_time(
-                &Status::unavailable("no"),
-                deadline,
-                deadline + Duration::from_millis(1)
-            ),
-            "other answers stay what they are, late or not"
-        );
     }
 }

@@ -13,10 +13,14 @@
 //!
 //! The breakers sit inside the retries so that every attempt counts towards their verdict, and an
 //! open circuit everywhere stops the retries at once (its error is not retryable).
+//!
+//! What each gRPC code from payment means to the breakers, the retries and the caller is one table,
+//! [`codes`], which all of them read.
 
 pub mod attempt;
 pub mod balance;
 pub mod breaker;
+pub mod codes;
 pub mod deadline;
 pub mod retry;
 
@@ -33,10 +37,9 @@ use ordermesh::{
 };
 use ordermesh_platform::tls::ClientTlsFiles;
 use tokio::{sync::watch, time::Instant};
-use tonic::{Code, Request, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap};
-use tonic_types::StatusExt;
+use tonic::{Request, Status, codegen::http::uri::InvalidUri, metadata::MetadataMap};
 use tower::{
-    BoxError, ServiceBuilder, ServiceExt,
+    ServiceBuilder, ServiceExt,
     retry::{
         Retry, RetryLayer,
         backoff::{ExponentialBackoffMaker, InvalidBackoff},
@@ -48,7 +51,8 @@ use tower::{
 use self::{
     balance::{Balancer, EndpointSettings},
     breaker::{BreakerConfig, BreakerState, Open},
-    deadline::{Deadline, DeadlineLayer, Exhausted},
+    codes::{Breaker, Meaning, classify},
+    deadline::{Deadline, DeadlineLayer},
     retry::RetryPolicy,
 };
 
@@ -178,7 +182,6 @@ impl PaymentClient {
                 tls_domain: config.tls.domain.clone(),
                 attempt_timeout: config.attempt_timeout,
                 breaker: config.breaker.clone(),
-                is_failure: is_breaker_failure,
                 resolve_interval: config.resolve_interval,
                 health_interval: config.health_interval,
             },
@@ -244,8 +247,9 @@ impl PaymentClient {
             request.set_timeout(timeout);
             match tokio::time::timeout(timeout, client.close_charge_key(request)).await {
                 Ok(Ok(outcome)) => return Ok(outcome.into_inner()),
-                // This endpoint cannot answer now; another may.
-                Ok(Err(status)) if is_breaker_failure(&BoxError::from(status.clone())) => {
+                // This endpoint cannot answer now (what its breaker would count as failing);
+                // another may.
+                Ok(Err(status)) if Meaning::of(status.code()).breaker == Breaker::Failure => {
                     last = status;
                 }
                 Ok(Err(status)) => return Err(status),
@@ -258,64 +262,5 @@ impl PaymentClient {
             }
         }
         Err(last)
-    }
-}
-
-/// What the breaker counts as payment failing: no answer, or an answer saying it cannot work now.
-/// Declines and refusals are answers from a healthy service.
-fn is_breaker_failure(error: &BoxError) -> bool {
-    match error.downcast_ref::<Status>() {
-        Some(status) => matches!(
-            status.code(),
-            Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::Internal
-                | Code::Unknown
-                | Code::ResourceExhausted
-                | Code::Aborted
-                | Code::Cancelled
-                | Code::DataLoss
-        ),
-        None => true,
-    }
-}
-
-fn classify(error: BoxError) -> ChargeError {
-    if let Some(open) = error.downcast_ref::<Open>() {
-        return ChargeError::CircuitOpen(*open);
-    }
-    if error.downcast_ref::<Exhausted>().is_some() {
-        return ChargeError::DeadlineExceeded(error.to_string());
-    }
-    let status = match error.downcast::<Status>() {
-        Ok(status) => *status,
-        Err(other) => return ChargeError::Unavailable(Status::unavailable(other.to_string())),
-    };
-    match status.code() {
-        // A decline is known by payment's ErrorInfo naming the declined payment; a bare
-        // FAILED_PRECONDITION (a proxy's, a fault's, a closed key's) proves nothing about the charge.
-        Code::FailedPrecondition => match status.get_details_error_info() {
-            Some(info)
-                if info
-                    .metadata
-                    .get("payment_id")
-                    .is_some_and(|id| !id.is_empty()) =>
-            {
-                ChargeError::Declined {
-                    payment_id: info.metadata["payment_id"].clone(),
-                    reason: info.reason.to_lowercase(),
-                }
-            }
-            _ => ChargeError::Refused(status),
-        },
-        Code::DeadlineExceeded => ChargeError::DeadlineExceeded(status.message().to_owned()),
-        Code::InvalidArgument
-        | Code::AlreadyExists
-        | Code::NotFound
-        | Code::PermissionDenied
-        | Code::Unauthenticated
-        | Code::OutOfRange
-        | Code::Unimplemented => ChargeError::Refused(status),
-        _ => ChargeError::Unavailable(status),
     }
 }

@@ -1,9 +1,9 @@
 //! The retry policy of Charge, for `tower::retry::Retry` over the typed client service.
 //!
-//! Retried: UNAVAILABLE (payment unreachable, or refused the call before doing anything), and
-//! DEADLINE_EXCEEDED and ABORTED, which may have charged already: only safe because every attempt
-//! carries the same idempotency key, so payment answers a repeat with the first result. Never
-//! retried: answers (INVALID_ARGUMENT, FAILED_PRECONDITION, ...) and an open circuit.
+//! Which failures are worth another attempt is the code table's to say ([`super::codes`], column
+//! `retry`): payment unreachable, or an attempt that may have charged already, which is only safe
+//! to repeat because every attempt carries the same idempotency key, so payment answers a repeat
+//! with the first result. Answers and an open circuit are never retried.
 //!
 //! Each retry waits an exponentially growing, jittered backoff, must fit before the call's deadline,
 //! stays under a maximum attempt count, and takes a token from a budget shared by all calls that
@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use opentelemetry::metrics::Counter;
 use tokio::time::Sleep;
-use tonic::{Code, Status};
 use tower::{
     BoxError,
     retry::{
@@ -24,22 +23,7 @@ use tower::{
     },
 };
 
-use super::ChargeCall;
-
-/// Whether `error` is worth another attempt. Every attempt carries the same idempotency key, so an
-/// attempt that may have charged is safe to repeat: that includes a connection cut mid-call (a
-/// replica dying under it), which tonic reports as UNKNOWN with the transport error as its source,
-/// or as CANCELLED (hyper's "operation was canceled") when the connection closed before the request
-/// went out. An UNKNOWN or CANCELLED the server sent has no source, and is not retried.
-pub fn is_retryable(error: &BoxError) -> bool {
-    error
-        .downcast_ref::<Status>()
-        .is_some_and(|status| match status.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Aborted => true,
-            Code::Unknown | Code::Cancelled => std::error::Error::source(status).is_some(),
-            _ => false,
-        })
-}
+use super::{ChargeCall, codes::is_retryable};
 
 /// Per-call retry state plus the shared budget. tower clones the policy for each call, so the
 /// backoff starts over for every call.
@@ -133,30 +117,13 @@ mod tests {
     };
 
     use tokio::time::Instant;
+    use tonic::{Code, Status};
     use tower::{Layer, ServiceExt, retry::RetryLayer, util::rng::HasherRng};
 
-    use super::*;
-
-    #[test]
-    fn a_connection_cut_mid_call_is_retried_an_unknown_from_the_server_is_not() {
-        let cut = Status::from_error(Box::new(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "connection reset",
-        )));
-        assert_eq!(cut.code(), Code::Unknown);
-        assert!(is_retryable(&BoxError::from(cut)));
-        let sent = Status::unknown("the server says so");
-        assert!(!is_retryable(&BoxError::from(sent)));
-        // A request the closing connection never sent: tonic keeps hyper's error as the source.
-        let mut unsent = Status::cancelled("operation was canceled");
-        unsent.set_source(std::sync::Arc::new(std::io::Error::other(
-            "connection closed",
-        )));
-        assert!(is_retryable(&BoxError::from(unsent)));
-        assert!(!is_retryable(&BoxError::from(Status::cancelled(
-            "the server says so"
-        ))));
-    }
+    use super::{
+        super::codes::{Meaning, Retry},
+        *,
+    };
 
     fn policy(max_attempts: u32, budget: Arc<TpsBudget>) -> RetryPolicy {
         let backoff = ExponentialBackoffMaker::new(
@@ -249,6 +216,22 @@ mod tests {
                 .unwrap_err();
             assert_eq!(error.downcast_ref::<Status>().map(Status::code), Some(code));
             assert_eq!(calls.lock().unwrap().len(), 1, "{code:?} not retried");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_policy_retries_what_the_code_table_says() {
+        for code in (0..=16).map(Code::from_i32) {
+            let (calls, inner) = flaky(1, code);
+            let service = RetryLayer::new(policy(3, generous_budget())).layer(inner);
+            let _ = service.oneshot(ChargeCall::for_test(None)).await;
+            // The injected failures are statuses as a server sends them: no transport error.
+            let expected = if Meaning::of(code).retry == Retry::Yes {
+                2
+            } else {
+                1
+            };
+            assert_eq!(calls.lock().unwrap().len(), expected, "{code:?}");
         }
     }
 
