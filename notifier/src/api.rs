@@ -11,6 +11,7 @@ use tonic_types::FieldViolation;
 
 use crate::{
     channel::Channel,
+    status,
     store::{Filter, NotificationRow, Store},
 };
 
@@ -72,20 +73,13 @@ impl NotificationService for NotificationApi {
 }
 
 fn to_proto(row: NotificationRow) -> Notification {
-    let status = match row.status.as_str() {
-        "PENDING" => pb::NotificationStatus::Pending,
-        "SENT" => pb::NotificationStatus::Sent,
-        "RETRYING" => pb::NotificationStatus::Retrying,
-        "FAILED" => pb::NotificationStatus::Failed,
-        _ => pb::NotificationStatus::Unspecified,
-    };
     Notification {
         notification_id: row.notification_id,
         event_id: row.event_id,
         order_id: row.order_id,
         channel: row.channel.to_proto().into(),
         recipient: row.recipient,
-        status: status.into(),
+        status: row.status.to_proto().into(),
         attempts: row.attempts,
         created_at: Some(timestamp::from_millis(row.created_at_ms)),
         sent_at: row.sent_at_ms.map(timestamp::from_millis),
@@ -96,7 +90,7 @@ fn to_proto(row: NotificationRow) -> Notification {
         // A PENDING claim keeps its lease there; only a retry has a next attempt.
         next_attempt_at: row
             .next_attempt_at_ms
-            .filter(|_| status == pb::NotificationStatus::Retrying)
+            .filter(|_| row.status == status::Status::Retrying)
             .map(timestamp::from_millis),
     }
 }

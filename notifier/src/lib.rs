@@ -1,11 +1,18 @@
 //! The notifier: an email consumer and an SMS consumer of OrderPlaced events, each in its own consumer
 //! group so each channel reads every event on its own, plus a gRPC API listing what was sent.
 //!
-//! Layout: `config` is what the binary and the runner fill in; `channel` names the channels;
-//! `delivery` sends (SMTP, SMS webhook, or log only); `consumer` is the at-least-once loop and its
-//! step, `Handler`; `retry` sends failed notifications again; `dead_letter` parks what cannot be
-//! sent and `replay` brings it back; `store` holds every SQL statement; `api` serves
-//! ListNotifications.
+//! Layout, one concept per module:
+//! - `config`: what the binary and the runner fill in; `channel`: the channels;
+//! - `letter`: a Kafka message as read, owned (what every path below carries);
+//! - `outcome`: what handling a message came to, and the counts of it (`Stats`);
+//! - `handler`: the step every path shares, what one message needs decided and done;
+//! - `consumer`: the at-least-once batch loop around that step, one per channel;
+//! - `rebalance`: the commits when partitions leave a consumer, and its context (lag included);
+//! - `retry`: sends failed notifications again; `dead_letter`: parks what cannot be sent, and
+//!   `replay` brings it back;
+//! - `delivery`: sends (SMTP, SMS webhook, or log only);
+//! - `status`: a notification's status, typed, with its stored text; `store`: every SQL statement;
+//! - `metrics`: the instruments; `api`: serves ListNotifications.
 #![forbid(unsafe_code)]
 
 mod api;
@@ -14,9 +21,14 @@ mod config;
 mod consumer;
 pub mod dead_letter;
 mod delivery;
+mod handler;
+mod letter;
 mod metrics;
+mod outcome;
+mod rebalance;
 mod replay;
 mod retry;
+mod status;
 mod store;
 
 use std::{collections::HashMap, future::Future, sync::Arc};
@@ -39,8 +51,8 @@ pub use config::Config;
 pub fn migrations() -> ordermesh_platform::db::Migrations {
     store::migrations()
 }
-pub use consumer::{Outcome, Stats};
 pub use delivery::DeliveryConfigError;
+pub use outcome::{Outcome, Stats};
 pub use replay::{ReplayReport, replay_dead_letters};
 
 /// Errors that stop the notifier.
@@ -122,8 +134,11 @@ pub async fn run_with_stats(
             .iter()
             .map(|c| dead_letter::topic(&config.events_topic, *c)),
     );
-    let ensured =
-        ordermesh_kafka::ensure_topics_in_background(config.kafka.clone(), topics, ordermesh_kafka::DEFAULT_PARTITIONS);
+    let ensured = ordermesh_kafka::ensure_topics_in_background(
+        config.kafka.clone(),
+        topics,
+        ordermesh_kafka::DEFAULT_PARTITIONS,
+    );
     let dead_letters =
         dead_letter::DeadLetters::new(&config.kafka).map_err(|e| kafka_error(e.into()))?;
 
@@ -132,7 +147,7 @@ pub async fn run_with_stats(
     let mut consumers = JoinSet::new();
     for &channel in &config.channels {
         let stats = stats.entry(channel).or_default().clone();
-        let handler = consumer::Handler::new(
+        let handler = handler::Handler::new(
             &config,
             channel,
             store.clone(),

@@ -20,9 +20,12 @@ use crate::{
     RunError,
     channel::Channel,
     config::Config,
-    consumer::{Handler, Mode, Outcome, commit_and_close},
-    dead_letter::{self, DeadLetters, Letter},
+    dead_letter::{self, DeadLetters},
     delivery::Sender,
+    handler::{Handler, Mode},
+    letter::Letter,
+    outcome::Outcome,
+    rebalance::commit_and_close,
     store::Store,
 };
 

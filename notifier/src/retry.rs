@@ -13,7 +13,10 @@ use ordermesh::{events, timestamp};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::consumer::{HandleError, Handler, Outcome, Stats, Verdict};
+use crate::{
+    handler::{HandleError, Handler, Verdict},
+    outcome::{Outcome, Stats},
+};
 
 /// Longest sleep between two looks at the retry schedule.
 const POLL: Duration = Duration::from_secs(1);

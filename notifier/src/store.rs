@@ -1,4 +1,7 @@
 //! Every SQL statement of the notifier.
+//!
+//! A status a statement writes or matches is bound from [`Status`], whose text is the stored one,
+//! so no statement spells a status itself; the exception, and why, is at `due_retries`.
 
 use std::collections::HashMap;
 
@@ -6,9 +9,9 @@ use ordermesh_platform::{db::Migrations, db::Pool};
 // The batch statements are built from numbered placeholders only, never from values.
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
-use crate::{channel::Channel, dead_letter::Letter};
+use crate::{channel::Channel, letter::Letter, status::Status};
 
-/// Rows per multi-row INSERT: 12 bound parameters each keeps a statement under SQLite's historical
+/// Rows per multi-row INSERT: 13 bound parameters each keeps a statement under SQLite's historical
 /// limit of 999 parameters (newer builds allow more; staying under costs nothing).
 const CLAIMS_PER_STATEMENT: usize = 64;
 /// Ids per `IN (...)` list, under the same limit.
@@ -23,8 +26,7 @@ pub(crate) struct NotificationRow {
     pub(crate) order_id: String,
     pub(crate) channel: Channel,
     pub(crate) recipient: String,
-    /// `PENDING`, `RETRYING`, `SENT` or `FAILED` (parked on the dead-letter topic).
-    pub(crate) status: String,
+    pub(crate) status: Status,
     pub(crate) attempts: i32,
     pub(crate) created_at_ms: i64,
     pub(crate) sent_at_ms: Option<i64>,
@@ -54,7 +56,7 @@ impl NotificationRow {
             order_id: order_id.to_owned(),
             channel,
             recipient,
-            status: "PENDING".into(),
+            status: Status::Pending,
             attempts: 0,
             created_at_ms: now_ms,
             sent_at_ms: None,
@@ -121,7 +123,7 @@ impl Store {
                  VALUES {}
                  ON CONFLICT (event_id, channel) DO NOTHING",
                 rows_of_placeholders(chunk.len(), &[
-                    "", "", "", "", "", "'PENDING'", "0", "", "", "", "", "", "", "",
+                    "", "", "", "", "", "", "0", "", "", "", "", "", "", "",
                 ])
             );
             let mut insert = sqlx::query(AssertSqlSafe(sql));
@@ -132,6 +134,7 @@ impl Store {
                     .bind(&new.order_id)
                     .bind(new.channel.as_str())
                     .bind(&new.recipient)
+                    .bind(Status::Pending.as_str())
                     .bind(new.created_at_ms)
                     .bind(&new.source_topic)
                     .bind(new.source_partition)
@@ -179,10 +182,10 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         for chunk in notification_ids.chunks(IDS_PER_STATEMENT) {
             let sql = format!(
-                "DELETE FROM notifications WHERE status = 'PENDING' AND notification_id IN ({})",
-                placeholders(1, chunk.len())
+                "DELETE FROM notifications WHERE status = $1 AND notification_id IN ({})",
+                placeholders(2, chunk.len())
             );
-            let mut delete = sqlx::query(AssertSqlSafe(sql));
+            let mut delete = sqlx::query(AssertSqlSafe(sql)).bind(Status::Pending.as_str());
             for id in chunk {
                 delete = delete.bind(id);
             }
@@ -198,11 +201,12 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE notifications SET status = 'SENT', attempts = attempts + 1, sent_at_ms = $1,
+            "UPDATE notifications SET status = $1, attempts = attempts + 1, sent_at_ms = $2,
                  next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
                  message_headers = NULL
-             WHERE notification_id = $2",
+             WHERE notification_id = $3",
         )
+        .bind(Status::Sent.as_str())
         .bind(now_ms)
         .bind(notification_id)
         .execute(&self.pool)
@@ -220,10 +224,11 @@ impl Store {
         next_attempt_at_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE notifications SET status = 'RETRYING', attempts = $1, last_error = $2,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, $3), next_attempt_at_ms = $4
-             WHERE notification_id = $5",
+            "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, $4), next_attempt_at_ms = $5
+             WHERE notification_id = $6",
         )
+        .bind(Status::Retrying.as_str())
         .bind(attempts)
         .bind(error)
         .bind(now_ms)
@@ -244,11 +249,12 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE notifications SET status = 'FAILED', attempts = $1, last_error = $2,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, $3), next_attempt_at_ms = NULL,
+            "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, $4), next_attempt_at_ms = NULL,
                  message_key = NULL, message_payload = NULL, message_headers = NULL
-             WHERE notification_id = $4",
+             WHERE notification_id = $5",
         )
+        .bind(Status::Failed.as_str())
         .bind(attempts)
         .bind(error)
         .bind(now_ms)
@@ -270,13 +276,15 @@ impl Store {
         // Due when the claim's lease ends: renewed (see `renew_claim`) or from its creation. One
         // statement, so a renewal and a hand-over cannot interleave.
         let done = sqlx::query(
-            "UPDATE notifications SET status = 'RETRYING',
-                 next_attempt_at_ms = COALESCE(next_attempt_at_ms, created_at_ms + $1),
+            "UPDATE notifications SET status = $1,
+                 next_attempt_at_ms = COALESCE(next_attempt_at_ms, created_at_ms + $2),
                  last_error = 'send interrupted or under way elsewhere; checking again'
-             WHERE notification_id = $2 AND status = 'PENDING'",
+             WHERE notification_id = $3 AND status = $4",
         )
+        .bind(Status::Retrying.as_str())
         .bind(lease.as_millis() as i64)
         .bind(notification_id)
+        .bind(Status::Pending.as_str())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -292,16 +300,23 @@ impl Store {
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE notifications SET next_attempt_at_ms = $1
-             WHERE notification_id = $2 AND status = 'PENDING'",
+             WHERE notification_id = $2 AND status = $3",
         )
         .bind(until_ms)
         .bind(notification_id)
+        .bind(Status::Pending.as_str())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Up to `limit` of `channel`'s retries due at `now_ms`, soonest first, with their messages.
+    ///
+    /// This statement and [`Store::next_retry_at`] spell RETRYING out rather than bind it: they are
+    /// what the partial index `notifications_due` (`WHERE status = 'RETRYING'`) is for, and
+    /// PostgreSQL uses a partial index only for a query it can prove matches the index's condition
+    /// when planning, which a bound value is not in a generic plan (one reused for any value). The
+    /// store's tests read these rows back through [`Status`], so the text cannot drift from it.
     pub(crate) async fn due_retries(
         &self,
         channel: Channel,
@@ -333,7 +348,8 @@ impl Store {
         .await
     }
 
-    /// When `channel`'s next retry is due, if any is waiting.
+    /// When `channel`'s next retry is due, if any is waiting. RETRYING is spelt out for the partial
+    /// index; see [`Store::due_retries`].
     pub(crate) async fn next_retry_at(&self, channel: Channel) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT MIN(next_attempt_at_ms) FROM notifications
@@ -355,10 +371,11 @@ impl Store {
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE notifications SET next_attempt_at_ms = $1
-             WHERE notification_id = $2 AND status = 'RETRYING' AND next_attempt_at_ms = $3",
+             WHERE notification_id = $2 AND status = $3 AND next_attempt_at_ms = $4",
         )
         .bind(lease_until_ms)
         .bind(notification_id)
+        .bind(Status::Retrying.as_str())
         .bind(seen_due_ms)
         .execute(&self.pool)
         .await?;
@@ -420,6 +437,7 @@ fn rows_of_placeholders(rows: usize, columns: &[&str]) -> String {
 
 fn from_row(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
     let channel: String = row.try_get("channel")?;
+    let status: String = row.try_get("status")?;
     Ok(NotificationRow {
         seq: row.try_get("seq")?,
         notification_id: row.try_get("notification_id")?,
@@ -428,7 +446,8 @@ fn from_row(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
         channel: Channel::parse(&channel)
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown channel {channel:?}").into()))?,
         recipient: row.try_get("recipient")?,
-        status: row.try_get("status")?,
+        status: Status::parse(&status)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status:?}").into()))?,
         attempts: row.try_get("attempts")?,
         created_at_ms: row.try_get("created_at_ms")?,
         sent_at_ms: row.try_get("sent_at_ms")?,
@@ -439,4 +458,142 @@ fn from_row(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
         first_failure_at_ms: row.try_get("first_failure_at_ms")?,
         next_attempt_at_ms: row.try_get("next_attempt_at_ms")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // On SQLite (in memory) and on PostgreSQL: each statement writes or matches its status as a
+    // literal, and both backends must agree with `Status`.
+    ordermesh_testkit::on_both_backends!(every_transition_stores_a_status_that_reads_back_typed);
+
+    /// A store on a fresh database, with what keeps a PostgreSQL server alive; None to skip.
+    async fn store(postgres: bool) -> Option<(Store, Option<ordermesh_testkit::Databases>)> {
+        let (url, databases) = if postgres {
+            let databases = ordermesh_testkit::Databases::for_test(std::path::Path::new("."), true)
+                .await
+                .expect("a PostgreSQL server")?;
+            (databases.url("notifier"), Some(databases))
+        } else {
+            ("sqlite::memory:".to_owned(), None)
+        };
+        let pool = ordermesh_platform::db::open(&url, &migrations())
+            .await
+            .expect("database");
+        Some((Store::new(pool), databases))
+    }
+
+    /// A PENDING claim of event `n` and the message it was read from.
+    fn claim(n: i64, now_ms: i64) -> (NotificationRow, Letter) {
+        let row = NotificationRow::pending(
+            format!("ntf_{n}"),
+            &format!("evt_{n}"),
+            "ord_1",
+            Channel::Email,
+            "ada@example.com".into(),
+            ("order-events".into(), 0, n),
+            now_ms,
+        );
+        let letter = Letter {
+            topic: "order-events".into(),
+            partition: 0,
+            offset: n,
+            key: None,
+            payload: Some(b"event".to_vec()),
+            headers: Vec::new(),
+        };
+        (row, letter)
+    }
+
+    async fn every_transition_stores_a_status_that_reads_back_typed(postgres: bool) {
+        let Some((store, _databases)) = store(postgres).await else {
+            return;
+        };
+        let now = 1_000_000;
+        let lease = std::time::Duration::from_secs(60);
+        let status = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let rows = store
+                    .list(&Filter::default(), 0, 100)
+                    .await
+                    .expect("list reads every status back");
+                rows.into_iter()
+                    .find(|r| r.notification_id == id)
+                    .map(|r| r.status)
+            }
+        };
+
+        // Claimed: PENDING, and renewable while it is.
+        let (first, letter) = claim(1, now);
+        let row = store.claim(&first, &letter).await.expect("claim");
+        assert_eq!(row.status, Status::Pending);
+        assert!(store.renew_claim("ntf_1", now + 1).await.expect("renew"));
+
+        // Handed over: RETRYING, due, leasable, and schedulable again.
+        assert!(
+            store
+                .hand_over_pending("ntf_1", lease)
+                .await
+                .expect("hand over")
+        );
+        assert_eq!(status("ntf_1").await, Some(Status::Retrying));
+        assert_eq!(
+            store.next_retry_at(Channel::Email).await.expect("next"),
+            Some(now + 1)
+        );
+        let due = store
+            .due_retries(Channel::Email, now + 1, 10)
+            .await
+            .expect("due");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.status, Status::Retrying);
+        assert!(
+            store
+                .lease_retry("ntf_1", now + 1, now + 2)
+                .await
+                .expect("lease")
+        );
+        store
+            .schedule_retry("ntf_1", 1, "mail server down", now, now + 3)
+            .await
+            .expect("schedule");
+        assert_eq!(status("ntf_1").await, Some(Status::Retrying));
+
+        // Sent: SENT, and no longer a claim to renew or hand over.
+        store.mark_sent("ntf_1", now + 3).await.expect("sent");
+        assert_eq!(status("ntf_1").await, Some(Status::Sent));
+        assert!(!store.renew_claim("ntf_1", now + 4).await.expect("renew"));
+        assert!(
+            !store
+                .hand_over_pending("ntf_1", lease)
+                .await
+                .expect("hand over")
+        );
+        assert_eq!(
+            store.next_retry_at(Channel::Email).await.expect("next"),
+            None
+        );
+
+        // Parked: FAILED.
+        let (second, letter) = claim(2, now);
+        store.claim(&second, &letter).await.expect("claim");
+        store
+            .mark_failed("ntf_2", 1, "no such mailbox", now)
+            .await
+            .expect("failed");
+        assert_eq!(status("ntf_2").await, Some(Status::Failed));
+
+        // Released: only a claim still PENDING is deleted.
+        let (third, letter) = claim(3, now);
+        store.claim(&third, &letter).await.expect("claim");
+        store
+            .release_claims(&["ntf_1".into(), "ntf_2".into(), "ntf_3".into()])
+            .await
+            .expect("release");
+        assert_eq!(status("ntf_3").await, None);
+        assert_eq!(status("ntf_1").await, Some(Status::Sent));
+        assert_eq!(status("ntf_2").await, Some(Status::Failed));
+    }
 }

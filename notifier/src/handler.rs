@@ -1,0 +1,570 @@
+//! One message, decided and done: the step shared by the consumer's batch loop (`consumer`), the
+//! retry loop (`retry`) and the replay (`replay`). Each reads messages its own way and hands them
+//! to a [`Handler`]; what happens to a message is decided here, once.
+//!
+//! [`Handler::process`] is the whole step for one message:
+//!
+//! 1. [`Handler::prepare`]: what can be told without the database (not ours, poison, or the
+//!    notification to claim);
+//! 2. the claim (`Store::claim`): a PENDING row, unique per event and channel, so a redelivery
+//!    after a crash or a rebalance finds the first one by its event id;
+//! 3. [`Handler::after_claim`]: what the row found says (send now, or a duplicate); a send goes
+//!    through [`Handler::attempt`], which records it and on failure schedules a retry or decides
+//!    to park;
+//! 4. [`Handler::settle`]: carries the [`Verdict`] out (parks the message, if so decided).
+//!
+//! The batch loop runs the same steps but claims a whole batch in one transaction between 1 and 3;
+//! the retry loop, which holds the row already, starts at [`Handler::attempt`].
+//!
+//! The invariant a reader must keep: a notification is sent only by the holder of its PENDING claim
+//! while the claim's lease lasts, by the retry loop once it is RETRYING (and leased), or by a
+//! replay once it is FAILED. Whatever else finds it unsettled hands it to the retry loop rather than
+//! send it a second time.
+
+use opentelemetry::metrics::Meter;
+use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
+use rdkafka::error::KafkaError;
+
+use crate::{
+    channel::Channel,
+    config::{Config, RetryPolicy},
+    dead_letter::{DeadLetterHeaders, DeadLetters},
+    delivery::{SendError, Sender},
+    letter::{Letter, UNREADABLE_HEADERS},
+    metrics::ChannelMetrics,
+    outcome::Outcome,
+    status::Status,
+    store::{NotificationRow, Store},
+};
+
+/// Where a message is handled from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Read from the events topic: a failed send is retried per the policy.
+    Live,
+    /// Read from the dead-letter topic by a replay: parked notifications get one more send, and
+    /// what fails is parked again.
+    Replay,
+}
+
+/// What a step decided about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    Done(Outcome),
+    /// To be parked on the dead-letter topic.
+    Park {
+        reason: String,
+        /// Attempts made since the message was last read from a dead-letter topic (or ever).
+        attempts: u32,
+        first_failure_ms: i64,
+        /// The notification to mark FAILED once parked, if one was recorded.
+        notification: Option<(String, i32)>,
+    },
+}
+
+/// What a message needs, as far as can be told without the database.
+#[derive(Debug)]
+// Short-lived, one per message of a batch: not worth a box.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Prepared {
+    /// Decided already: not for this consumer, or poison to park.
+    Decided(Verdict),
+    /// The notification to claim for the event.
+    Claim {
+        claim: NotificationRow,
+        event: OrderPlaced,
+    },
+}
+
+/// Why a message could not be handled now; the message stays in hand and is tried again.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandleError {
+    #[error("cannot record the notification: {0}")]
+    Store(#[from] sqlx::Error),
+    #[error("cannot park the message on the dead-letter topic: {0}")]
+    Park(#[from] KafkaError),
+}
+
+/// Everything one channel needs to handle a message, shared by the consumer, the retry loop and
+/// the replay.
+#[derive(Debug, Clone)]
+pub(crate) struct Handler {
+    pub(crate) channel: Channel,
+    pub(crate) store: Store,
+    pub(crate) sender: Sender,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) dead_letters: DeadLetters,
+    pub(crate) events_topic: String,
+    /// The channel's consumer group.
+    pub(crate) group: String,
+    pub(crate) metrics: ChannelMetrics,
+}
+
+impl Handler {
+    pub(crate) fn new(
+        config: &Config,
+        channel: Channel,
+        store: Store,
+        sender: Sender,
+        dead_letters: DeadLetters,
+        meter: &Meter,
+    ) -> Self {
+        let group = config.group(channel);
+        Self {
+            channel,
+            store,
+            sender,
+            policy: config.retry_policy(),
+            dead_letters,
+            events_topic: config.events_topic.clone(),
+            metrics: ChannelMetrics::new(meter, channel, group, &config.events_topic),
+            group: group.to_owned(),
+        }
+    }
+
+    /// The span of handling `letter`: a consumer span per the OpenTelemetry messaging conventions,
+    /// child of the producer span whose context the message carries. A child rather than a link:
+    /// each event has exactly one producer and is handled once per group, so the trace of an order
+    /// reads as one tree from CreateOrder to both notifications (links are for batches, where one
+    /// span handles messages of many traces).
+    pub(crate) fn process_span(&self, letter: &Letter, attempt: u32) -> tracing::Span {
+        let span = tracing::info_span!(
+            "kafka_process",
+            otel.name = %format!("process {}", letter.topic),
+            otel.kind = "consumer",
+            otel.status_code = tracing::field::Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = %letter.topic,
+            messaging.consumer.group.name = %self.group,
+            messaging.destination.partition.id = letter.partition,
+            messaging.kafka.offset = letter.offset,
+            messaging.message.id = letter.header("ce_id").unwrap_or_default(),
+            ordermesh.channel = self.channel.as_str(),
+            ordermesh.attempt = attempt,
+            ordermesh.outcome = tracing::field::Empty,
+        );
+        ordermesh_platform::trace_context::set_parent(&span, letter.trace_context());
+        span
+    }
+
+    /// Handles `letter` and carries out the verdict: the step the consumer loop repeats.
+    pub(crate) async fn process(
+        &self,
+        letter: &Letter,
+        mode: Mode,
+    ) -> Result<Outcome, HandleError> {
+        let verdict = self.decide(letter, mode).await?;
+        self.settle(verdict, letter).await
+    }
+
+    /// Decides what `letter` needs and does it, short of parking.
+    pub(crate) async fn decide(&self, letter: &Letter, mode: Mode) -> Result<Verdict, sqlx::Error> {
+        match self.prepare(letter, timestamp::now_millis()) {
+            Prepared::Decided(verdict) => Ok(verdict),
+            Prepared::Claim { claim, event } => {
+                let record = self.store.claim(&claim, letter).await?;
+                self.after_claim(&record, &claim, &event, mode).await
+            }
+        }
+    }
+
+    /// What can be decided about `letter` without the database: not ours, poison, or the
+    /// notification to claim.
+    pub(crate) fn prepare(&self, letter: &Letter, now: i64) -> Prepared {
+        let channel = self.channel;
+        let poison = |reason: String| {
+            Prepared::Decided(Verdict::Park {
+                reason,
+                attempts: 1,
+                first_failure_ms: now,
+                notification: None,
+            })
+        };
+        if letter.header(UNREADABLE_HEADERS).is_some() {
+            return poison("a header name is not UTF-8; the headers were dropped".to_owned());
+        }
+        // Events without a type header are assumed to be OrderPlaced; other types are for other
+        // consumers.
+        let ce_type = letter.header(events::TYPE_HEADER).unwrap_or_default();
+        if !ce_type.is_empty() && ce_type != events::ORDER_PLACED_TYPE {
+            tracing::debug!(ce_type, topic = %letter.topic, offset = letter.offset, "not an OrderPlaced event, skipped");
+            return Prepared::Decided(Verdict::Done(Outcome::Skipped));
+        }
+        let event = match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default())
+        {
+            Ok(event) => event,
+            // A poison message must not block the partition: it is parked, and the consumer goes on.
+            Err(error) => return poison(error.to_string()),
+        };
+        let Some(recipient) = channel.recipient(&event) else {
+            return poison(format!(
+                "event has no {} recipient",
+                channel.as_str().to_lowercase()
+            ));
+        };
+        // A replayed letter is recorded under its original position, not the dead-letter one.
+        let source = match DeadLetterHeaders::read(letter) {
+            Some(origin) => (
+                origin.original_topic,
+                origin.original_partition.parse().unwrap_or(-1),
+                origin.original_offset.parse().unwrap_or(-1),
+            ),
+            None => (letter.topic.clone(), letter.partition, letter.offset),
+        };
+        let claim = NotificationRow::pending(
+            format!("ntf_{}", uuid::Uuid::now_v7().simple()),
+            &event.event_id,
+            &event.order_id,
+            channel,
+            recipient,
+            source,
+            now,
+        );
+        Prepared::Claim { claim, event }
+    }
+
+    /// Acts on `record`, the row found holding `claim`'s key: sends a new notification, or
+    /// recognises a redelivery.
+    pub(crate) async fn after_claim(
+        &self,
+        record: &NotificationRow,
+        claim: &NotificationRow,
+        event: &OrderPlaced,
+        mode: Mode,
+    ) -> Result<Verdict, sqlx::Error> {
+        let channel = self.channel;
+        let event_id = &event.event_id;
+        match (record.status, mode) {
+            // Recorded by this claim: send, if the claim is still ours.
+            (Status::Pending, _) if record.notification_id == claim.notification_id => {
+                if !self.hold_claim(record).await? {
+                    tracing::info!(channel = channel.as_str(), %event_id, "claim handed to the retry loop while waiting in its batch");
+                    return Ok(Verdict::Done(Outcome::Duplicate));
+                }
+                self.attempt(record, event, mode == Mode::Live).await
+            }
+            (Status::Sent, _) => {
+                tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already notified");
+                Ok(Verdict::Done(Outcome::Duplicate))
+            }
+            (Status::Retrying, _) => {
+                tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already waiting for a retry");
+                Ok(Verdict::Done(Outcome::Duplicate))
+            }
+            (Status::Failed, Mode::Live) => {
+                tracing::info!(channel = channel.as_str(), %event_id, "duplicate delivery, already parked on the dead-letter topic");
+                Ok(Verdict::Done(Outcome::Duplicate))
+            }
+            // Recorded earlier and not settled: another replica may be sending it now (its
+            // partition moved here in a rebalance), or a notifier stopped mid-send. Sending now
+            // could send twice; the retry loop sends it once that claim has had time to finish,
+            // unless it is SENT by then.
+            (Status::Pending, _) => {
+                if self
+                    .store
+                    .hand_over_pending(&record.notification_id, self.sender.claim_lease())
+                    .await?
+                {
+                    tracing::info!(channel = channel.as_str(), %event_id, "redelivered while unsettled; handed to the retry loop");
+                }
+                Ok(Verdict::Done(Outcome::Duplicate))
+            }
+            // FAILED in a replay: the cause is said to be fixed; one more send.
+            (Status::Failed, Mode::Replay) => self.attempt(record, event, false).await,
+        }
+    }
+
+    /// Whether this claimant may send `claim` now: a redelivery elsewhere leaves a claim alone for
+    /// its lease, so a send must start while at least half of it is left (a send takes at most the
+    /// send timeout, under half). A claim that waited longer in its batch (slow sends before it) is
+    /// renewed first, unless it was handed to the retry loop meanwhile: then it is not ours.
+    async fn hold_claim(&self, claim: &NotificationRow) -> Result<bool, sqlx::Error> {
+        let lease = self.sender.claim_lease().as_millis() as i64;
+        let now = timestamp::now_millis();
+        if now < claim.created_at_ms.saturating_add(lease / 2) {
+            return Ok(true);
+        }
+        self.store
+            .renew_claim(&claim.notification_id, now.saturating_add(lease))
+            .await
+    }
+
+    /// Sends `row`'s notification once and records the result. A transient failure is scheduled
+    /// for retry when `may_retry` and attempts remain; otherwise the verdict is to park.
+    pub(crate) async fn attempt(
+        &self,
+        row: &NotificationRow,
+        event: &OrderPlaced,
+        may_retry: bool,
+    ) -> Result<Verdict, sqlx::Error> {
+        let attempts = row.attempts + 1;
+        let failure = match self.sender.send(self.channel, &row.recipient, event).await {
+            Ok(()) => {
+                self.store
+                    .mark_sent(&row.notification_id, timestamp::now_millis())
+                    .await?;
+                return Ok(Verdict::Done(Outcome::Sent));
+            }
+            Err(failure) => failure,
+        };
+        let now = timestamp::now_millis();
+        let first_failure_ms = row.first_failure_at_ms.unwrap_or(now);
+        match failure {
+            SendError::Transient(error)
+                if may_retry && (attempts as u32) < self.policy.attempts =>
+            {
+                let delay = self.policy.delay(attempts as u32);
+                tracing::warn!(
+                    channel = self.channel.as_str(),
+                    event_id = %event.event_id,
+                    attempts,
+                    retry_in = ?delay,
+                    %error,
+                    "send failed, will retry"
+                );
+                let next = now.saturating_add(delay.as_millis() as i64);
+                self.store
+                    .schedule_retry(&row.notification_id, attempts, &error, now, next)
+                    .await?;
+                Ok(Verdict::Done(Outcome::Retrying))
+            }
+            SendError::Transient(error) | SendError::Permanent(error) => {
+                // Attempts in this round: all of them live; one in a replay.
+                let round = if may_retry { attempts as u32 } else { 1 };
+                Ok(Verdict::Park {
+                    reason: error,
+                    attempts: round,
+                    first_failure_ms,
+                    notification: Some((row.notification_id.clone(), attempts)),
+                })
+            }
+        }
+    }
+
+    /// Carries out `verdict` for `letter`: parks it if so decided, and records that it was.
+    pub(crate) async fn settle(
+        &self,
+        verdict: Verdict,
+        letter: &Letter,
+    ) -> Result<Outcome, HandleError> {
+        let (reason, attempts, first_failure_ms, notification) = match verdict {
+            Verdict::Done(outcome) => return Ok(outcome),
+            Verdict::Park {
+                reason,
+                attempts,
+                first_failure_ms,
+                notification,
+            } => (reason, attempts, first_failure_ms, notification),
+        };
+        self.dead_letters
+            .park(
+                &self.events_topic,
+                self.channel,
+                letter,
+                &reason,
+                attempts,
+                first_failure_ms,
+            )
+            .await?;
+        tracing::error!(
+            channel = self.channel.as_str(),
+            topic = %letter.topic,
+            partition = letter.partition,
+            offset = letter.offset,
+            attempts,
+            %reason,
+            "message parked on the dead-letter topic"
+        );
+        if let Some((notification_id, total)) = notification {
+            self.store
+                .mark_failed(&notification_id, total, &reason, timestamp::now_millis())
+                .await?;
+        }
+        Ok(Outcome::DeadLettered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ordermesh::{events::CloudEventHeaders, proto::order::v1::Customer};
+
+    // Each test runs on SQLite (in memory) and on PostgreSQL, as the claim and lease statements are
+    // what replicas sharing a database rely on.
+    ordermesh_testkit::on_both_backends!(
+        a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again,
+        a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over,
+        a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate,
+    );
+
+    /// A handler on a fresh database (see [`on_both_backends`]), with what keeps a PostgreSQL
+    /// server alive; None to skip.
+    async fn handler(postgres: bool) -> Option<(Handler, Option<ordermesh_testkit::Databases>)> {
+        let mut config = Config::from_env().expect("defaults parse");
+        let databases = if postgres {
+            let databases = ordermesh_testkit::Databases::for_test(std::path::Path::new("."), true)
+                .await
+                .expect("a PostgreSQL server")?;
+            config.database_url = databases.url("notifier");
+            Some(databases)
+        } else {
+            config.database_url = "sqlite::memory:".into();
+            None
+        };
+        let store = Store::new(
+            ordermesh_platform::db::open(&config.database_url, &crate::store::migrations())
+                .await
+                .expect("database"),
+        );
+        // Creating a producer does not connect; nothing here is parked.
+        let dead_letters =
+            DeadLetters::new(&ordermesh_kafka::KafkaSettings::plaintext("127.0.0.1:1"))
+                .expect("producer");
+        let sender = Sender::new(Channel::Email, &config).expect("log-only sender");
+        let meter = opentelemetry::global::meter("test");
+        let handler = Handler::new(&config, Channel::Email, store, sender, dead_letters, &meter);
+        Some((handler, databases))
+    }
+
+    fn letter() -> Letter {
+        let event = OrderPlaced {
+            event_id: "evt_1".into(),
+            order_id: "ord_1".into(),
+            customer: Some(Customer {
+                email: "ada@example.com".into(),
+                phone: "+14155550100".into(),
+            }),
+            ..Default::default()
+        };
+        let headers = CloudEventHeaders::order_placed(&event);
+        Letter {
+            topic: "order-events".into(),
+            partition: 0,
+            offset: 7,
+            key: Some(b"ord_1".to_vec()),
+            payload: Some(events::encode_order_placed(&event).expect("encodes")),
+            headers: vec![(
+                events::TYPE_HEADER.to_owned(),
+                Some(headers.r#type.into_bytes()),
+            )],
+        }
+    }
+
+    async fn a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again(postgres: bool) {
+        let Some((handler, _databases)) = handler(postgres).await else {
+            return;
+        };
+        let letter = letter();
+        // Another consumer (a replica that lost the partition in a rebalance, or a notifier killed
+        // mid-send) claimed the event and has not settled it.
+        let now = timestamp::now_millis();
+        let theirs = NotificationRow::pending(
+            "ntf_theirs".into(),
+            "evt_1",
+            "ord_1",
+            Channel::Email,
+            "ada@example.com".into(),
+            ("order-events".into(), 0, 7),
+            now,
+        );
+        handler.store.claim(&theirs, &letter).await.expect("claim");
+
+        // The redelivery does not send; it schedules a check once their claim could have ended.
+        let verdict = handler.decide(&letter, Mode::Live).await.expect("decide");
+        assert_eq!(verdict, Verdict::Done(Outcome::Duplicate));
+        let lease = handler.sender.claim_lease().as_millis() as i64;
+        let row = handler.store.claim(&theirs, &letter).await.expect("read");
+        assert_eq!(row.status, Status::Retrying);
+        assert_eq!(row.next_attempt_at_ms, Some(now + lease));
+        assert!(
+            handler
+                .store
+                .due_retries(Channel::Email, now + lease - 1, 10)
+                .await
+                .expect("due")
+                .is_empty(),
+            "not due while their send may still be under way"
+        );
+
+        // They finish: nothing is left to retry.
+        handler
+            .store
+            .mark_sent("ntf_theirs", now)
+            .await
+            .expect("sent");
+        assert!(
+            handler
+                .store
+                .due_retries(Channel::Email, now + lease + 1, 10)
+                .await
+                .expect("due")
+                .is_empty()
+        );
+    }
+
+    async fn a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over(
+        postgres: bool,
+    ) {
+        let Some((handler, _databases)) = handler(postgres).await else {
+            return;
+        };
+        let letter = letter();
+        let event = events::decode_order_placed(letter.payload.as_deref().unwrap()).unwrap();
+        let lease = handler.sender.claim_lease();
+        let lease_ms = lease.as_millis() as i64;
+        // Claimed a whole lease ago: the sends before it in its batch were slow.
+        let claimed_at = timestamp::now_millis() - lease_ms;
+        let ours = NotificationRow::pending(
+            "ntf_ours".into(),
+            "evt_1",
+            "ord_1",
+            Channel::Email,
+            "ada@example.com".into(),
+            ("order-events".into(), 0, 7),
+            claimed_at,
+        );
+        let record = handler.store.claim(&ours, &letter).await.expect("claim");
+
+        // Still PENDING: the lease is renewed, so a redelivery elsewhere now hands it over due at
+        // the renewed end, not at the original one (which has passed).
+        assert!(handler.hold_claim(&record).await.expect("hold"));
+        assert!(
+            handler
+                .store
+                .hand_over_pending("ntf_ours", lease)
+                .await
+                .expect("hand over")
+        );
+        let row = handler.store.claim(&ours, &letter).await.expect("read");
+        assert_eq!(row.status, Status::Retrying);
+        assert!(row.next_attempt_at_ms.expect("due") > claimed_at + lease_ms);
+
+        // Handed over: no longer ours to send; the retry loop has it.
+        assert_eq!(
+            handler
+                .after_claim(&record, &ours, &event, Mode::Live)
+                .await
+                .expect("verdict"),
+            Verdict::Done(Outcome::Duplicate)
+        );
+        let row = handler.store.claim(&ours, &letter).await.expect("read");
+        assert_eq!((row.status, row.attempts), (Status::Retrying, 0));
+    }
+
+    async fn a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate(postgres: bool) {
+        let Some((handler, _databases)) = handler(postgres).await else {
+            return;
+        };
+        let letter = letter();
+        assert_eq!(
+            handler.decide(&letter, Mode::Live).await.expect("decide"),
+            Verdict::Done(Outcome::Sent)
+        );
+        assert_eq!(
+            handler.decide(&letter, Mode::Live).await.expect("decide"),
+            Verdict::Done(Outcome::Duplicate)
+        );
+    }
+}

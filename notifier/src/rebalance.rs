@@ -1,0 +1,111 @@
+//! Handing partitions back: what commits a consumer's progress when partitions leave it (revoked
+//! in a rebalance, or all of them when it closes), and the consumer context librdkafka calls on a
+//! rebalance.
+//!
+//! Offsets are stored only after handling (see `consumer`) and reach the broker three ways: the
+//! auto-commit timer, every second; [`RebalanceContext`], before partitions are revoked, so their
+//! new owner starts right after the last message handled here; and [`commit_and_close`], once
+//! more when a consumer (a channel's, or a replay's) stops.
+//!
+//! librdkafka has one context per consumer and calls its statistics callback on it too, so the lag
+//! gauge, fed from those statistics, is recorded here as well.
+
+use std::time::Duration;
+
+use opentelemetry::{
+    KeyValue,
+    metrics::{Gauge, Meter},
+};
+use rdkafka::{
+    ClientContext, Statistics,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::KafkaError,
+    types::RDKafkaErrorCode,
+};
+
+/// How often librdkafka reports statistics, lag included.
+pub(crate) const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// The context of a channel's consumer: commits before partitions are revoked, logs assignments,
+/// and turns librdkafka's statistics into `ordermesh.consumer.lag`.
+pub(crate) struct RebalanceContext {
+    group: String,
+    lag: Gauge<i64>,
+}
+
+impl RebalanceContext {
+    pub(crate) fn new(meter: &Meter, group: &str) -> Self {
+        Self {
+            group: group.to_owned(),
+            lag: meter
+                .i64_gauge("ordermesh.consumer.lag")
+                .with_description("Events on a partition not yet handled by the group (high watermark minus the offset stored after handling)")
+                .build(),
+        }
+    }
+}
+
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                // -1 is librdkafka's internal partition; a negative lag means not assigned here.
+                if *partition < 0 || stats.consumer_lag_stored < 0 {
+                    continue;
+                }
+                self.lag.record(
+                    stats.consumer_lag_stored,
+                    &[
+                        KeyValue::new("messaging.consumer.group.name", self.group.clone()),
+                        KeyValue::new("messaging.destination.name", topic.clone()),
+                        KeyValue::new("messaging.destination.partition.id", partition.to_string()),
+                    ],
+                );
+            }
+        }
+    }
+}
+
+impl ConsumerContext for RebalanceContext {
+    /// Before partitions are taken away in a rebalance, the offsets stored for them (the messages
+    /// handled) are committed, so their new owner starts right after them instead of at the last
+    /// auto-commit. What it reads again anyway (a message in hand here when the partition went) it
+    /// finds recorded in the shared database and does not send twice.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            tracing::info!(group = %self.group, partitions = partitions.count(), "partitions revoked; committing what was handled");
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing stored since the last commit.
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(error) => {
+                    tracing::warn!(group = %self.group, %error, "commit before rebalance failed; the new owner repeats from the last commit (and finds those messages recorded)")
+                }
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            tracing::info!(group = %self.group, partitions = partitions.count(), "partitions assigned");
+        }
+    }
+}
+
+/// Commits the offsets stored so far and closes `consumer` (leaving its group). Both block until the
+/// broker answers, so they run on a blocking thread, and the consumer is dropped there too. Having
+/// nothing stored since the last commit is not an error.
+pub(crate) async fn commit_and_close<C: ConsumerContext + 'static>(
+    consumer: StreamConsumer<C>,
+) -> Result<(), String> {
+    let committed = tokio::task::spawn_blocking(move || {
+        let committed = consumer.commit_consumer_state(CommitMode::Sync);
+        drop(consumer);
+        committed
+    })
+    .await;
+    match committed {
+        Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(error) => Err(format!("the commit did not run: {error}")),
+    }
+}
