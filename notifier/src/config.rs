@@ -1,14 +1,27 @@
 //! Settings of the notifier: defaults, then environment variables, then flags.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use ordermesh_platform::{auth::Secret, tls::ServerTlsFiles};
+use ordermesh_platform::{
+    auth::{AuthKey, Secret},
+    cli::ServiceSettings,
+    listeners::Address,
+    tls::ServerTlsFiles,
+};
 
-use crate::channel::Channel;
+use crate::{RunError, channel::Channel};
 
-/// Notifier settings. Flags and environment variables are listed in the README.
+/// Notifier settings (docs/configuration.md lists them all, generated from these).
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "NOTIFIER_LISTEN_ADDR", default_value = "127.0.0.1:50053")]
+    pub listen_addr: SocketAddr,
+
+    /// Address of the admin HTTP server: Prometheus metrics on /metrics.
+    #[arg(long, env = "NOTIFIER_ADMIN_ADDR", default_value = "127.0.0.1:9463")]
+    pub admin_addr: SocketAddr,
+
     /// Database URL: a SQLite file (created if missing), `sqlite::memory:`, or PostgreSQL
     /// (`postgres://user:password@host/db`, for several replicas on one database).
     #[arg(
@@ -161,6 +174,45 @@ impl Config {
 
     pub(crate) fn drain_grace(&self) -> Duration {
         Duration::from_millis(self.drain_grace_ms)
+    }
+}
+
+/// The notifier binary's own subcommands, beside the shared `healthcheck`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Handles a channel's dead-lettered messages again (after the cause is fixed), parks what still
+    /// fails, prints what happened and exits. The notifier may keep running meanwhile.
+    ReplayDeadLetters {
+        /// The channel whose dead letters to replay.
+        #[arg(long, value_enum)]
+        channel: Channel,
+    },
+}
+
+impl ServiceSettings for Config {
+    const NAME: &'static str = "notifier";
+    const ABOUT: &'static str = "Notifies customers of placed orders by email and SMS";
+    type Error = RunError;
+
+    fn listen_addr(&self) -> Address<'static> {
+        (self.listen_addr, "NOTIFIER_LISTEN_ADDR")
+    }
+
+    fn admin_addr(&self) -> Address<'static> {
+        (self.admin_addr, "NOTIFIER_ADMIN_ADDR")
+    }
+
+    fn check(&self) -> Result<(), RunError> {
+        if self.channels.is_empty() {
+            return Err(RunError::NoChannel);
+        }
+        self.kafka.check()?;
+        if let Some(secret) = &self.auth_key {
+            AuthKey::new("NOTIFIER_AUTH_KEY", secret)?;
+        }
+        // The server's certificate and key: set together as they must be, and readable.
+        self.tls().load()?;
+        Ok(())
     }
 }
 

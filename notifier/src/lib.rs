@@ -35,8 +35,8 @@ use std::{collections::HashMap, future::Future, sync::Arc};
 
 use ordermesh::proto::notification::v1::notification_service_server::NotificationServiceServer;
 use ordermesh_platform::{
-    admin::Admin, auth::AuthKey, auth::AuthLayer, grpc, limits, listeners::Listeners,
-    metrics::Metrics,
+    admin::Admin, auth::AuthKey, auth::AuthLayer, cli::ServiceSettings, grpc, limits,
+    listeners::Listeners, metrics::Metrics,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +44,7 @@ use tonic_health::ServingStatus;
 use tower::Layer;
 
 pub use channel::Channel;
-pub use config::Config;
+pub use config::{Command, Config};
 
 /// The notifier service's schema migrations, for SQLite and for PostgreSQL (run at start-up by [`run`];
 /// public for the test that checks both backends end in the same schema).
@@ -110,9 +110,8 @@ pub async fn run_with_stats(
     shutdown: impl Future<Output = ()>,
     mut stats: ChannelStats,
 ) -> Result<(), RunError> {
-    if config.channels.is_empty() {
-        return Err(RunError::NoChannel);
-    }
+    // Settings first: nothing is opened, bound or migrated with settings that cannot work.
+    config.check()?;
     let Listeners {
         grpc: listener,
         admin,
@@ -121,7 +120,6 @@ pub async fn run_with_stats(
     let admin = Admin::start(admin, &metrics);
     let pool = ordermesh_platform::db::open(&config.database_url, &store::migrations()).await?;
     let store = store::Store::new(pool);
-    config.kafka.check()?;
     let kafka_error = |source| RunError::Kafka {
         brokers: config.kafka.brokers.clone(),
         source,

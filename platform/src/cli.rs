@@ -39,21 +39,37 @@ pub trait ServiceSettings: clap::Args + FromArgMatches {
 }
 
 #[derive(Debug, clap::Parser)]
-struct Cli<S: clap::Args> {
+struct Cli<S: clap::Args, X: clap::Subcommand> {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Option<Command<X>>,
     #[command(flatten)]
     settings: S,
 }
 
 #[derive(Debug, clap::Subcommand)]
-enum Command {
+enum Command<X: clap::Subcommand> {
     /// Exits 0 if the service on its listen address answers SERVING to a health check (what a
     /// container health check runs), 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// The service's own subcommands.
+    #[command(flatten)]
+    Own(X),
+}
+
+/// The subcommands of a service that has none besides `healthcheck`.
+#[derive(Debug, clap::Subcommand)]
+pub enum NoCommands {}
+
+/// The command line of service `S`'s binary, as `--help` shows it (and as the configuration
+/// reference lists it).
+pub fn command<S: ServiceSettings, X: clap::Subcommand>() -> clap::Command {
+    Cli::<S, X>::command()
+        .name(S::NAME)
+        .bin_name(S::NAME)
+        .about(S::ABOUT)
 }
 
 /// The whole `main` of a service binary: parse the command line (clap prints usage and exits on a
@@ -65,16 +81,36 @@ where
     F: Future<Output = Result<(), E>>,
     E: std::error::Error + Send + Sync + 'static,
 {
-    let command = Cli::<S>::command()
-        .name(S::NAME)
-        .bin_name(S::NAME)
-        .about(S::ABOUT);
-    let cli = Cli::<S>::from_arg_matches(&command.get_matches())?;
+    main_with::<S, NoCommands, _, _, _>(
+        serve,
+        |never: NoCommands, _, _| async move { match never {} },
+    )
+    .await
+}
+
+/// [`main`] for a service with subcommands of its own (`X`), which `own` runs, given the
+/// (unchecked) settings and the log format, instead of serving.
+pub async fn main_with<S, X, F, E, G>(
+    serve: impl FnOnce(Listeners, S) -> F,
+    own: impl FnOnce(X, S, LogFormat) -> G,
+) -> anyhow::Result<()>
+where
+    S: ServiceSettings,
+    X: clap::Subcommand,
+    F: Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
+    G: Future<Output = anyhow::Result<()>>,
+{
+    let cli = Cli::<S, X>::from_arg_matches(&command::<S, X>().get_matches())?;
     let settings = cli.settings;
-    if let Some(Command::Healthcheck(check)) = &cli.command {
-        return check
-            .run(settings.listen_addr().0, settings.healthcheck_identity())
-            .await;
+    match cli.command {
+        Some(Command::Healthcheck(check)) => {
+            return check
+                .run(settings.listen_addr().0, settings.healthcheck_identity())
+                .await;
+        }
+        Some(Command::Own(command)) => return own(command, settings, cli.log_format).await,
+        None => {}
     }
     settings.check()?;
     bootstrap::main(

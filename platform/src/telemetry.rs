@@ -61,6 +61,70 @@ pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
 /// Milliseconds between two OTLP metric exports, read by the SDK (default 60000).
 pub const OTEL_METRIC_EXPORT_INTERVAL: &str = "OTEL_METRIC_EXPORT_INTERVAL";
 
+/// An environment variable read outside the command line (by name, as the standards define them),
+/// for the configuration reference: its name, its default, what it does here.
+#[derive(Debug, Clone, Copy)]
+pub struct Variable {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every variable telemetry reads by name (`RUST_LOG` and the standard `OTEL_*` ones), the same for
+/// every service and the runner.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "RUST_LOG",
+        default: "our crates at info, transport crates at warn",
+        meaning: "Which log lines are written (tracing-subscriber's filter syntax, e.g. `info,ordermesh_order=debug`)",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_ENDPOINT,
+        default: "unset: nothing is exported",
+        meaning: "OpenTelemetry collector for traces and metrics, OTLP over gRPC only (port 4317), e.g. `http://jaeger:4317`",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT,
+        default: "`OTEL_EXPORTER_OTLP_ENDPOINT`",
+        meaning: "Collector for traces only, instead of the one above",
+    },
+    Variable {
+        name: OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+        default: "`OTEL_EXPORTER_OTLP_ENDPOINT`",
+        meaning: "Collector for metrics only, instead of the one above",
+    },
+    Variable {
+        name: OTEL_SERVICE_NAME,
+        default: "the service's name; the runner: `ordermesh`",
+        meaning: "Service name on everything exported (the service in Jaeger)",
+    },
+    Variable {
+        name: OTEL_TRACES_EXPORTER,
+        default: "`otlp` when an endpoint is set, else `none`",
+        meaning: "`otlp` or `none`",
+    },
+    Variable {
+        name: OTEL_METRICS_EXPORTER,
+        default: "`otlp` when an endpoint is set, else `none`",
+        meaning: "`otlp` or `none`; `/metrics` on the admin port is served either way",
+    },
+    Variable {
+        name: OTEL_TRACES_SAMPLER,
+        default: "`parentbased_always_on`",
+        meaning: "Standard sampler: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`, `parentbased_always_off`, `parentbased_traceidratio`",
+    },
+    Variable {
+        name: OTEL_TRACES_SAMPLER_ARG,
+        default: "`1.0`",
+        meaning: "The `traceidratio` samplers' ratio, `0.0` to `1.0`",
+    },
+    Variable {
+        name: OTEL_METRIC_EXPORT_INTERVAL,
+        default: "`60000`",
+        meaning: "Milliseconds between two OTLP metric exports",
+    },
+];
+
 /// What is exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Signal {
@@ -304,6 +368,24 @@ fn trace_ids(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<(String, Str
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_variable_read_by_name_is_in_the_reference_list() {
+        let source = include_str!("telemetry.rs");
+        let consts: Vec<&str> = source
+            .split("pub const OTEL_")
+            .skip(1)
+            .filter_map(|rest| rest.split(':').next())
+            .collect();
+        assert_eq!(consts.len(), 9, "{consts:?}");
+        for name in consts {
+            let name = format!("OTEL_{name}");
+            assert!(
+                super::VARIABLES.iter().any(|v| v.name == name),
+                "{name} is missing from VARIABLES"
+            );
+        }
+    }
+
     use std::sync::{Arc, Mutex};
 
     use super::*;

@@ -2,94 +2,16 @@
 //! Kafka-protocol broker (unless `KAFKA_BROKERS` names one), then payment, order and notifier on their
 //! usual ports, each exactly as its own binary would run it, and stops them all on Ctrl-C.
 
-use std::net::SocketAddr;
-
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ordermesh_notifier::{Channel, dead_letter};
-use ordermesh_platform::{listeners::Listeners, listeners::bind, telemetry::LogFormat};
+use ordermesh_platform::{
+    cli::ServiceSettings,
+    listeners::{Address, Listeners, bind},
+};
+use ordermesh_runner::cli::{Cli, Command, Service};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Service {
-    Payment,
-    Order,
-    Notifier,
-}
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "ordermesh",
-    version,
-    about = "Runs the ordermesh services and an embedded Kafka broker"
-)]
-struct Cli {
-    /// Services to start, comma-separated.
-    #[arg(
-        long,
-        env = "ORDERMESH_SERVICES",
-        value_enum,
-        value_delimiter = ',',
-        default_value = "payment,order,notifier"
-    )]
-    services: Vec<Service>,
-    /// An external Kafka cluster (comma-separated host:port). Without it an embedded broker is started.
-    #[arg(long, env = "KAFKA_BROKERS")]
-    kafka_brokers: Option<String>,
-    /// Where the embedded broker listens (for kcat and other clients).
-    #[arg(long, env = "ORDERMESH_EMBEDDED_KAFKA_ADDR", default_value = ordermesh_kafka::DEFAULT_EMBEDDED_ADDR)]
-    embedded_kafka_addr: SocketAddr,
-    /// Directory of the services' SQLite databases (overrides each service's *_DATABASE_URL).
-    #[arg(long, env = "ORDERMESH_DATA_DIR")]
-    data_dir: Option<String>,
-    #[arg(long, env = "PAYMENT_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
-    payment_addr: SocketAddr,
-    #[arg(long, env = "ORDER_LISTEN_ADDR", default_value = "127.0.0.1:50051")]
-    order_addr: SocketAddr,
-    #[arg(long, env = "NOTIFIER_LISTEN_ADDR", default_value = "127.0.0.1:50053")]
-    notifier_addr: SocketAddr,
-    /// Metrics (admin HTTP) of the payment service.
-    #[arg(long, env = "PAYMENT_ADMIN_ADDR", default_value = "127.0.0.1:9462")]
-    payment_admin_addr: SocketAddr,
-    /// Metrics (admin HTTP) of the order service.
-    #[arg(long, env = "ORDER_ADMIN_ADDR", default_value = "127.0.0.1:9461")]
-    order_admin_addr: SocketAddr,
-    /// Metrics (admin HTTP) of the notifier.
-    #[arg(long, env = "NOTIFIER_ADMIN_ADDR", default_value = "127.0.0.1:9463")]
-    notifier_admin_addr: SocketAddr,
-    /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum Command {
-    /// Creates a development CA and a certificate and key for each service in DIR (ca.pem,
-    /// order.pem/.key, payment.pem/.key, notifier.pem/.key), then exits. For development only.
-    DevCerts {
-        #[arg(long, default_value = "certs")]
-        dir: std::path::PathBuf,
-    },
-    /// Prints a bearer token signed with KEY (the services' ORDER_AUTH_KEY / NOTIFIER_AUTH_KEY),
-    /// for grpcurl's `-H "authorization: Bearer <token>"`.
-    Token {
-        /// The signing key, as the service is configured with it.
-        #[arg(long, env = "ORDERMESH_AUTH_KEY", hide_env_values = true)]
-        key: ordermesh_platform::auth::Secret,
-        /// Scopes to grant, comma-separated: orders:write, orders:read, notifications:read.
-        #[arg(long, value_delimiter = ',', required = true)]
-        scope: Vec<String>,
-        /// Who the token is for.
-        #[arg(long, default_value = "ordermesh-cli")]
-        subject: String,
-        /// How long it is valid, in seconds.
-        #[arg(long, default_value_t = 3600)]
-        ttl_secs: u64,
-    },
-}
 
 #[tokio::main]
 #[allow(clippy::print_stdout)]
@@ -114,6 +36,10 @@ async fn main() -> anyhow::Result<()> {
                 "{}",
                 key.issue(subject, &scopes, std::time::Duration::from_secs(*ttl_secs))?
             );
+            return Ok(());
+        }
+        Some(Command::ConfigReference) => {
+            print!("{}", ordermesh_runner::config_reference::render());
             return Ok(());
         }
         None => {}
@@ -141,9 +67,9 @@ async fn main() -> anyhow::Result<()> {
     // Order calls this process's payment; over TLS when order is told which CA to trust
     // (ORDER_PAYMENT_TLS_CA), by the name the development certificates carry for loopback.
     order.payment_url = if order.payment_tls_ca.is_some() {
-        format!("https://localhost:{}", cli.payment_addr.port())
+        format!("https://localhost:{}", payment.listen_addr.port())
     } else {
-        format!("http://{}", cli.payment_addr)
+        format!("http://{}", payment.listen_addr)
     };
 
     // `embedded` is kept until the end of main: dropping it stops the broker.
@@ -173,14 +99,28 @@ async fn main() -> anyhow::Result<()> {
     order.kafka.brokers = brokers.clone();
     notifier.kafka.brokers = brokers.clone();
 
+    // Where each service listens, from its own settings (the banner's first line is order's).
+    let addresses = [
+        (Service::Order, order.listen_addr(), order.admin_addr()),
+        (
+            Service::Payment,
+            payment.listen_addr(),
+            payment.admin_addr(),
+        ),
+        (
+            Service::Notifier,
+            notifier.listen_addr(),
+            notifier.admin_addr(),
+        ),
+    ];
     let stop = CancellationToken::new();
     let mut services = JoinSet::new();
     let wants = |s| cli.services.contains(&s);
     // Bind everything first, so a busy port fails the start instead of one service later.
     if wants(Service::Payment) {
         let listeners = Listeners {
-            grpc: bind((cli.payment_addr, "PAYMENT_LISTEN_ADDR")).await?,
-            admin: Some(bind((cli.payment_admin_addr, "PAYMENT_ADMIN_ADDR")).await?),
+            grpc: bind(payment.listen_addr()).await?,
+            admin: Some(bind(payment.admin_addr()).await?),
         };
         let stop = stop.clone();
         services.spawn(async move {
@@ -191,8 +131,8 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants(Service::Order) {
         let listeners = Listeners {
-            grpc: bind((cli.order_addr, "ORDER_LISTEN_ADDR")).await?,
-            admin: Some(bind((cli.order_admin_addr, "ORDER_ADMIN_ADDR")).await?),
+            grpc: bind(order.listen_addr()).await?,
+            admin: Some(bind(order.admin_addr()).await?),
         };
         let stop = stop.clone();
         services.spawn(async move {
@@ -203,8 +143,8 @@ async fn main() -> anyhow::Result<()> {
     }
     if wants(Service::Notifier) {
         let listeners = Listeners {
-            grpc: bind((cli.notifier_addr, "NOTIFIER_LISTEN_ADDR")).await?,
-            admin: Some(bind((cli.notifier_admin_addr, "NOTIFIER_ADMIN_ADDR")).await?),
+            grpc: bind(notifier.listen_addr()).await?,
+            admin: Some(bind(notifier.admin_addr()).await?),
         };
         let stop = stop.clone();
         services.spawn(async move {
@@ -213,7 +153,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("notifier")
         });
     }
-    print_banner(&cli, &brokers, embedded.is_some());
+    print_banner(&cli, &brokers, embedded.is_some(), &addresses);
 
     let mut result = Ok(());
     tokio::select! {
@@ -239,7 +179,12 @@ fn flatten(joined: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
 
 /// What a newcomer needs to start poking at the mesh. Printed to stdout, apart from the logs.
 #[allow(clippy::print_stdout)]
-fn print_banner(cli: &Cli, brokers: &str, embedded: bool) {
+fn print_banner(
+    cli: &Cli,
+    brokers: &str,
+    embedded: bool,
+    addresses: &[(Service, Address<'static>, Address<'static>)],
+) {
     let kind = if embedded {
         "embedded broker"
     } else {
@@ -248,15 +193,7 @@ fn print_banner(cli: &Cli, brokers: &str, embedded: bool) {
     println!();
     println!("ordermesh is up");
     println!("  kafka     {brokers} ({kind})");
-    for (service, addr, admin) in [
-        (Service::Order, cli.order_addr, cli.order_admin_addr),
-        (Service::Payment, cli.payment_addr, cli.payment_admin_addr),
-        (
-            Service::Notifier,
-            cli.notifier_addr,
-            cli.notifier_admin_addr,
-        ),
-    ] {
+    for &(service, (addr, _), (admin, _)) in addresses {
         if cli.services.contains(&service) {
             let name = format!("{service:?}").to_lowercase();
             println!("  {name:<9} {addr}  (metrics: http://{admin}/metrics)");
@@ -266,7 +203,7 @@ fn print_banner(cli: &Cli, brokers: &str, embedded: bool) {
     println!("Place an order:");
     println!(
         "  grpcurl -plaintext -d '{{\"request_id\":\"demo-1\",\"customer\":{{\"email\":\"ada@example.com\",\"phone\":\"+14155550100\"}},\"items\":[{{\"sku\":\"BOOK-1\",\"quantity\":2,\"unit_price\":{{\"currency_code\":\"USD\",\"minor_units\":1999}}}}],\"payment_method_token\":\"tok_visa\"}}' {} ordermesh.order.v1.OrderService/CreateOrder",
-        cli.order_addr
+        addresses[0].1.0
     );
     println!("Read the events:");
     println!("  kcat -b {brokers} -t order-events -C -e -J");

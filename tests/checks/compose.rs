@@ -1,13 +1,13 @@
-//! The deployment files and the README's configuration table, read against the code.
+//! The deployment files and the configuration reference, read against the code.
 //!
 //! compose.yaml cannot be run here (no Docker engine), so it is kept honest by reading it, and the
-//! files it mounts (compose/haproxy.cfg, compose/postgres-init.sql), against the code and the
-//! README: every variable it sets is one a service reads, every port is a port the service listens
+//! files it mounts (compose/haproxy.cfg, compose/postgres-init.sql), against the code and
+//! docs/compose.md: every variable it sets is one a service reads, every port is a port the service listens
 //! on (gRPC and admin, on all interfaces), every binary it runs is built by the Dockerfile, the
 //! topic it creates is the one the services use, and the traces go to a collector of the file that
-//! takes OTLP over gRPC. It runs scaled out (`docker compose up --scale order=3 ...`, as the
-//! README says): no replica holds a fixed host port, every database URL names a database of the
-//! postgres service that its init script creates, and the front door forwards the README's ports
+//! takes OTLP over gRPC. It runs scaled out (`docker compose up --scale order=3 ...`, as
+//! docs/compose.md says): no replica holds a fixed host port, every database URL names a database of the
+//! postgres service that its init script creates, and the front door forwards the documented ports
 //! to the ports the services listen on, finding the replicas through Docker's DNS.
 
 use std::{
@@ -117,26 +117,30 @@ fn port_of(addr: &str) -> Result<u16> {
         .with_context(|| format!("{addr}: {port} is a port number"))
 }
 
-/// The README's "Run with Docker Compose" section.
-fn readme_compose_section() -> Result<String> {
-    let readme = read("README.md")?;
-    let start = readme
-        .find("\n## Run with Docker Compose\n")
-        .context("README has a \"Run with Docker Compose\" section")?
-        + 1;
-    let section = &readme[start..];
-    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
-    Ok(section[..end].to_owned())
+/// The command line the binary of service `name` parses.
+fn command_line(name: &str) -> Result<clap::Command> {
+    use ordermesh_platform::cli::{NoCommands, command};
+    Ok(match name {
+        "payment" => command::<ordermesh_payment::Config, NoCommands>(),
+        "order" => command::<ordermesh_order::Config, NoCommands>(),
+        "notifier" => command::<ordermesh_notifier::Config, ordermesh_notifier::Command>(),
+        _ => bail!("no service {name}"),
+    })
 }
 
-/// The README's `docker compose up ... --scale NAME=N ...` line, and the replicas it asks for.
+/// The compose page of the docs.
+fn compose_page() -> Result<String> {
+    read("docs/compose.md")
+}
+
+/// docs/compose.md's `docker compose up ... --scale NAME=N ...` line, and the replicas it asks for.
 fn readme_scale() -> Result<(String, BTreeMap<String, u32>)> {
-    let section = readme_compose_section()?;
+    let section = compose_page()?;
     let command = section
         .lines()
         .map(str::trim)
         .find(|l| l.starts_with("docker compose up ") && l.contains("--scale"))
-        .context("the README's compose section runs `docker compose up ... --scale NAME=N`")?;
+        .context("docs/compose.md runs `docker compose up ... --scale NAME=N`")?;
     let mut scale = BTreeMap::new();
     let mut words = command.split_whitespace();
     while let Some(word) = words.next() {
@@ -333,7 +337,6 @@ fn compose_matches_the_code() -> Result<()> {
     let compose = compose()?;
     let dockerfile = read("Dockerfile")?;
     let services = &compose["services"];
-    let shared = sources("src")? + &sources("platform/src")? + &sources("kafka/src")?;
     let default_topic = ordermesh_kafka::DEFAULT_ORDER_EVENTS_TOPIC;
 
     // The topics the one-shot job creates are the services' defaults.
@@ -351,12 +354,9 @@ fn compose_matches_the_code() -> Result<()> {
         assert!(creates, "kafka-init creates {topic}: {init}");
     }
 
-    // The OpenTelemetry settings are read by name in platform/src/telemetry.rs, not by clap.
-    let telemetry = read("platform/src/telemetry.rs")?;
     for (name, port, admin_port) in SCALED {
         let service = &services[name];
-        let dir = format!("{name}/src");
-        let code = sources(&dir)? + &shared;
+        let command = command_line(name)?;
         let prefix = name.to_uppercase();
 
         let binary = service["command"][0].as_str().context("command")?;
@@ -381,22 +381,28 @@ fn compose_matches_the_code() -> Result<()> {
             ["CMD", binary, "healthcheck", "--ca", "/certs/ca.pem"],
             "{name} health check, over TLS"
         );
+        let takes_ca = command
+            .find_subcommand("healthcheck")
+            .is_some_and(|check| check.get_arguments().any(|a| a.get_long() == Some("ca")));
         assert!(
-            read(&format!("{name}/src/main.rs"))?
-                .contains("    Healthcheck(ordermesh_platform::healthcheck::HealthcheckArgs),"),
+            takes_ca,
             "{binary} has a healthcheck subcommand taking --ca"
         );
 
         let env = environment(service);
         assert!(!env.is_empty(), "{name} has an environment");
         for (key, value) in &env {
-            let clap_setting = code.contains(&format!("env = \"{key}\""));
-            let otel_setting =
-                key.starts_with("OTEL_") && telemetry.contains(&format!("\"{key}\""));
+            // A variable of the binary's own command line, or one telemetry reads by name.
+            let clap_setting = command
+                .get_arguments()
+                .any(|arg| arg.get_env().is_some_and(|env| env == key.as_str()));
+            let by_name = ordermesh_platform::telemetry::VARIABLES
+                .iter()
+                .any(|variable| variable.name == key);
             assert!(
-                clap_setting || otel_setting,
-                "{name} reads {key}: no `env = \"{key}\"` in {dir} or src/ \
-                 (nor, for an OTEL_ variable, \"{key}\" in platform/src/telemetry.rs)"
+                clap_setting || by_name,
+                "{name} reads {key}: its binary has no setting of that name, nor does telemetry \
+                 read it (ordermesh_platform::telemetry::VARIABLES)"
             );
             if key == "ORDER_EVENTS_TOPIC" {
                 assert_eq!(value, default_topic);
@@ -467,7 +473,7 @@ fn compose_matches_the_code() -> Result<()> {
             );
         }
     }
-    // Jaeger's UI is where the README sends the reader.
+    // Jaeger's UI is where docs/compose.md sends the reader.
     let jaeger_ports = strings(&services["jaeger"]["ports"]);
     assert!(
         jaeger_ports.contains(&"16686:16686"),
@@ -494,7 +500,7 @@ fn compose_matches_the_code() -> Result<()> {
         services["notifier"]["depends_on"][host].is_mapping(),
         "the notifier starts after {host}"
     );
-    // Host clients reach Kafka where the README says.
+    // Host clients reach Kafka where docs/compose.md says.
     let kafka_ports: Vec<&str> = services["kafka"]["ports"]
         .as_sequence()
         .context("kafka ports")?
@@ -560,7 +566,7 @@ fn compose_runs_the_services_these_tests_check() -> Result<()> {
     Ok(())
 }
 
-/// `docker compose up --scale order=3 --scale payment=2 --scale notifier=2` (the README's command)
+/// `docker compose up --scale order=3 --scale payment=2 --scale notifier=2` (docs/compose.md's command)
 /// can start every replica: none holds a fixed host port or a fixed container name, which only one
 /// container could have. And the notifier's replicas have partitions to share.
 #[test]
@@ -571,13 +577,13 @@ fn the_scaled_services_publish_no_fixed_host_port() -> Result<()> {
     let (command, scale) = readme_scale()?;
     assert!(
         text.contains(&command),
-        "compose.yaml's header gives the README's command: {command}"
+        "compose.yaml's header gives docs/compose.md's command: {command}"
     );
     let scaled: BTreeSet<&str> = SCALED.iter().map(|(name, ..)| *name).collect();
     assert_eq!(
         scale.keys().map(String::as_str).collect::<BTreeSet<_>>(),
         scaled,
-        "the README scales the services these tests check as scaled: {command}"
+        "docs/compose.md scales the services these tests check as scaled: {command}"
     );
 
     for name in scaled {
@@ -747,7 +753,7 @@ fn every_database_is_on_postgres_and_created_by_its_init_script() -> Result<()> 
     Ok(())
 }
 
-/// The front door publishes the ports the README's grpcurl commands dial and passes each
+/// The front door publishes the ports the grpcurl commands of docs/compose.md dial and passes each
 /// connection, TLS untouched, to a replica of the service that listens there, finding the
 /// replicas through Docker's DNS.
 #[test]
@@ -790,8 +796,8 @@ fn the_front_door_forwards_the_readme_ports_to_every_replica() -> Result<()> {
         }
     }
 
-    // The host:port each grpcurl command of the README's compose section dials.
-    let section_text = readme_compose_section()?;
+    // The host:port each grpcurl command of docs/compose.md dials.
+    let section_text = compose_page()?;
     let mut dialled = BTreeMap::new();
     for line in section_text.lines().filter(|l| l.starts_with("grpcurl ")) {
         let address = line
@@ -800,7 +806,7 @@ fn the_front_door_forwards_the_readme_ports_to_every_replica() -> Result<()> {
                 let (host, port) = w.rsplit_once(':')?;
                 Some((host, port.parse::<u16>().ok()?))
             })
-            .with_context(|| format!("README: `{line}` dials host:port"))?;
+            .with_context(|| format!("docs/compose.md: `{line}` dials host:port"))?;
         dialled.insert(address.1, address.0.to_owned());
     }
     let mut published = BTreeMap::new();
@@ -813,7 +819,7 @@ fn the_front_door_forwards_the_readme_ports_to_every_replica() -> Result<()> {
     assert_eq!(
         published.keys().collect::<Vec<_>>(),
         dialled.keys().collect::<Vec<_>>(),
-        "{FRONT_DOOR} publishes the ports the README's compose section dials with grpcurl, and \
+        "{FRONT_DOOR} publishes the ports docs/compose.md dials with grpcurl, and \
          only those"
     );
 
@@ -894,7 +900,7 @@ fn the_front_door_forwards_the_readme_ports_to_every_replica() -> Result<()> {
             .with_context(|| format!("{HAPROXY_CFG}: server-template count {slots} is a number"))?;
         assert!(
             slots >= replicas,
-            "{HAPROXY_CFG}: {slots} server slots for {service}, the README runs {replicas} replicas"
+            "{HAPROXY_CFG}: {slots} server slots for {service}, docs/compose.md runs {replicas} replicas"
         );
         let option = |name: &str| {
             options
@@ -1078,8 +1084,8 @@ fn compose_serves_tls_mutual_tls_and_tokens_from_the_certs_job() -> Result<()> {
 }
 
 #[test]
-fn every_setting_the_code_reads_is_in_the_readme_table() -> Result<()> {
-    let readme = read("README.md")?;
+fn every_setting_the_code_reads_is_in_the_configuration_reference() -> Result<()> {
+    let readme = read("docs/configuration.md")?;
     let mut code = String::new();
     for dir in [
         "src",
@@ -1110,7 +1116,7 @@ fn every_setting_the_code_reads_is_in_the_readme_table() -> Result<()> {
     for setting in settings.iter().chain(&otel) {
         assert!(
             readme.contains(&format!("| `{setting}` |")),
-            "README's configuration table has {setting}"
+            "docs/configuration.md has {setting}"
         );
     }
     // And the other way round for those: a row for a variable nobody reads would mislead.
@@ -1118,7 +1124,7 @@ fn every_setting_the_code_reads_is_in_the_readme_table() -> Result<()> {
         let name = format!("OTEL_{}", row.split('`').next().unwrap_or_default());
         assert!(
             otel.contains(&name.as_str()),
-            "README documents {name}, which platform/src/telemetry.rs does not name"
+            "docs/configuration.md documents {name}, which platform/src/telemetry.rs does not name"
         );
     }
     Ok(())

@@ -1,5 +1,5 @@
 //! `ordermesh-bench`: every benchmark, ours beside its raw baseline in the same run, printed as a
-//! table of ratios. The method, the machine and the figures are in BENCHMARKS.md.
+//! table of ratios. The method, the machine and the figures are in docs/benchmarks.md.
 //!
 //! ```text
 //! cargo run --release -p ordermesh-bench --bin ordermesh-bench            # everything
@@ -46,7 +46,7 @@ struct Cli {
 
 type Bench = for<'a> fn(&'a Scale) -> Pin<Box<dyn Future<Output = Result<Vec<Comparison>>> + 'a>>;
 
-/// Every benchmark, by name, in the order of BENCHMARKS.md.
+/// Every benchmark, by name, in the order of docs/benchmarks.md.
 const BENCHMARKS: &[(&str, &str, Bench)] = &[
     (
         "create-order-latency",

@@ -1,6 +1,7 @@
-//! The README's walkthrough is executable documentation: every `grpcurl` and `kcat` command in its
-//! `sh` blocks is run, as written, against a running mesh. Only the addresses and the topic are
-//! swapped for this test's own (it runs on port 0, beside other tests).
+//! The docs are executable documentation: every `grpcurl` and `kcat` command in the `sh` blocks of
+//! the README and of every page in `docs/` is run, as written, against a running mesh, in reading
+//! order (the README, the walkthrough, the failure modes, then the other pages). Only the addresses
+//! and the topic are swapped for this test's own (it runs on port 0, beside other tests).
 
 use anyhow::{Context, Result};
 
@@ -9,10 +10,36 @@ use super::{
     helpers::spawn_mesh,
 };
 
-/// The commands of the README's `sh` blocks that start with `grpcurl` or `kcat`, with backslash
+/// The pages to read, in order: the README and the walkthrough first (they place the first
+/// orders), then the failure modes, then every other page in `docs/`, so a new page is never
+/// left out.
+fn pages() -> Result<Vec<std::path::PathBuf>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let first = ["README.md", "docs/walkthrough.md", "docs/failure-modes.md"].map(|p| root.join(p));
+    let mut rest: Vec<_> = std::fs::read_dir(root.join("docs"))?
+        .map(|entry| Ok(entry?.path()))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md") && !first.contains(p))
+        .collect();
+    rest.sort();
+    Ok(first.into_iter().chain(rest).collect())
+}
+
+/// The commands of the docs' `sh` blocks that start with `grpcurl` or `kcat`, with backslash
 /// continuations joined.
-fn readme_commands() -> Result<Vec<String>> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))?;
+fn doc_commands() -> Result<Vec<String>> {
+    let mut commands = Vec::new();
+    for page in pages()? {
+        let text =
+            std::fs::read_to_string(&page).with_context(|| format!("read {}", page.display()))?;
+        commands.extend(commands_in(&text));
+    }
+    Ok(commands)
+}
+
+/// The `grpcurl` and `kcat` commands of one page's `sh` blocks.
+fn commands_in(readme: &str) -> Vec<String> {
     let mut commands = Vec::new();
     let mut in_sh = false;
     let mut pending = String::new();
@@ -35,15 +62,15 @@ fn readme_commands() -> Result<Vec<String>> {
             commands.push(command);
         }
     }
-    Ok(commands)
+    commands
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_walkthrough_runs_as_written() -> Result<()> {
-    let commands = readme_commands()?;
+async fn every_command_in_the_docs_runs_as_written() -> Result<()> {
+    let commands = doc_commands()?;
     assert!(
         commands.len() >= 8,
-        "the walkthrough has its commands: {commands:#?}"
+        "the docs have their commands: {commands:#?}"
     );
     let (Some(_), Some(_)) = (tool("grpcurl")?, tool("kcat")?) else {
         return Ok(());
@@ -84,7 +111,7 @@ async fn the_readme_walkthrough_runs_as_written() -> Result<()> {
         // Commands that demonstrate an error (declined payment, bad input) end in `|| true`.
         let output = sh(&swap(command))
             .await
-            .with_context(|| format!("README command: {command}"))?;
+            .with_context(|| format!("docs command: {command}"))?;
         transcript.push(output);
     }
 
@@ -97,10 +124,7 @@ async fn the_readme_walkthrough_runs_as_written() -> Result<()> {
         "CHANNEL_EMAIL",
         "CHANNEL_SMS",
     ] {
-        assert!(
-            all.contains(expected),
-            "the walkthrough shows {expected}:\n{all}"
-        );
+        assert!(all.contains(expected), "the docs show {expected}:\n{all}");
     }
     mesh.shutdown().await
 }
