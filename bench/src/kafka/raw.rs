@@ -1,0 +1,156 @@
+//! The raw baselines of the Kafka benchmarks: plain rdkafka clients set exactly as ours are (the
+//! order service's publisher, the notifier's channel consumer), doing what ours does per message
+//! (send with key, payload and CloudEvents headers; decode OrderPlaced and store its offset) and
+//! nothing more. Whatever ours costs beyond these is what the benchmarks measure, so a setting
+//! changed in a service must be changed here too.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use futures::{StreamExt as _, TryStreamExt as _, future, stream};
+use ordermesh::events;
+use ordermesh_kafka::KafkaHeaders;
+use rdkafka::{
+    Message as _,
+    consumer::{CommitMode, Consumer as _, StreamConsumer},
+    error::KafkaError,
+    producer::{FutureProducer, FutureRecord},
+    types::RDKafkaErrorCode,
+    util::Timeout,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    payload::Event,
+    setup::{ACK_TIMEOUT, IN_FLIGHT, STALL, drop_blocking, fresh_name},
+};
+
+/// A `FutureProducer` with exactly `EventPublisher`'s settings (order/src/publisher.rs).
+pub(super) fn raw_producer(brokers: &str) -> Result<FutureProducer> {
+    Ok(ordermesh_kafka::KafkaSettings::plaintext(brokers)
+        .client_config("ordermesh-order")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", ACK_TIMEOUT.as_millis().to_string())
+        .create()?)
+}
+
+/// A `StreamConsumer` of `topic` in a fresh group with exactly the settings of the notifier's
+/// channel consumer (notifier/src/consumer.rs, `ChannelConsumer::new`), the session timeout taken
+/// from the same configuration the notifier starts from.
+pub(super) fn raw_consumer(
+    brokers: &str,
+    topic: &str,
+    fetch_wait_ms: u64,
+) -> Result<StreamConsumer> {
+    let session_timeout = ordermesh_notifier::Config::from_env()?.session_timeout_ms;
+    let consumer: StreamConsumer = ordermesh_kafka::KafkaSettings::plaintext(brokers)
+        .client_config("ordermesh-notifier-email")
+        .set("group.id", fresh_name("bench-raw"))
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", session_timeout.to_string())
+        .set("heartbeat.interval.ms", (session_timeout / 4).to_string())
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        // The notifier's STATISTICS_INTERVAL (for its lag metric).
+        .set("statistics.interval.ms", "5000")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}
+
+/// Receives one message, decodes it as OrderPlaced and stores its offset. Consumer errors are
+/// reports (librdkafka reconnects by itself): the loop waits and goes on, as the notifier's does.
+pub(super) async fn next_event(consumer: &StreamConsumer) -> Result<()> {
+    loop {
+        let received = tokio::time::timeout(STALL, consumer.recv())
+            .await
+            .context("no message for a while")?;
+        match received {
+            Ok(message) => {
+                let event = events::decode_order_placed(message.payload().unwrap_or_default())?;
+                std::hint::black_box(event);
+                consumer.store_offset_from_message(&message)?;
+                return Ok(());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The raw consumer of the latency benchmark: handles events until `stop`, counting each, and
+/// gives the consumer back to be committed and closed, with the error that ended it early, if one
+/// did.
+pub(super) async fn consume_loop(
+    consumer: StreamConsumer,
+    handled: Arc<AtomicU64>,
+    stop: CancellationToken,
+) -> (StreamConsumer, Option<anyhow::Error>) {
+    loop {
+        tokio::select! {
+            // Only between messages, as the notifier's loop.
+            _ = stop.cancelled() => return (consumer, None),
+            event = next_event(&consumer) => match event {
+                Ok(()) => {
+                    handled.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(error) => return (consumer, Some(error)),
+            },
+        }
+    }
+}
+
+/// Commits the stored offsets and closes `consumer`, on a blocking thread (both wait for the
+/// broker), as the notifier does on shutdown. Outside every measurement.
+pub(super) async fn commit_and_close(consumer: StreamConsumer) {
+    let _ = tokio::task::spawn_blocking(move || {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::debug!(%error, "final commit of a benchmark consumer failed"),
+        }
+        drop(consumer);
+    })
+    .await;
+}
+
+/// Sends `events` as `EventPublisher` does (key, payload, CloudEvents headers), waiting for each
+/// acknowledgement, up to [`IN_FLIGHT`] at once.
+pub(super) async fn send_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    events: &[Event],
+) -> Result<()> {
+    stream::iter(events)
+        .map(|event| async move {
+            let record = FutureRecord::to(topic)
+                .key(event.order_id.as_bytes())
+                .payload(&event.payload)
+                .headers(event.headers.to_kafka());
+            producer
+                .send(record, Timeout::Never)
+                .await
+                .map(|_| ())
+                .map_err(|(error, _)| error)
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_for_each(|()| future::ok(()))
+        .await
+        .context("publish through FutureProducer")
+}
+
+/// Fills `topic` with `events` through a raw producer of its own.
+pub(super) async fn send_raw_to(brokers: &str, topic: &str, events: &[Event]) -> Result<()> {
+    let producer = raw_producer(brokers)?;
+    let sent = send_raw(&producer, topic, events).await;
+    drop_blocking(producer).await;
+    sent
+}
