@@ -9,7 +9,8 @@
 #![allow(unreachable_pub, dead_code)]
 #![allow(clippy::unwrap_used)]
 
-#[path = "mesh/helpers.rs"]
+#[path = "mesh/support/helpers.rs"]
+#[allow(unused_imports)]
 mod helpers;
 
 use anyhow::{Context, Result, ensure};
@@ -21,7 +22,7 @@ use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData
 use ordermesh_platform::telemetry::LogFormat;
 use tonic::Request;
 
-use helpers::{eventually_async, order_request, spawn_mesh};
+use helpers::{eventually, order_request, spawn_mesh};
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 /// The caller's own span, as if grpcurl's caller were traced.
@@ -108,7 +109,7 @@ async fn one_create_order_is_one_trace_through_payment_kafka_and_both_notificati
             .filter(|s| s.span_context.trace_id() == trace_id)
             .collect())
     };
-    eventually_async("eight spans in the caller's trace", || async {
+    eventually("eight spans in the caller's trace", || async {
         Ok(traced()?.len() >= 8)
     })
     .await?;

@@ -31,10 +31,8 @@ use ordermesh::{
     proto::order::v1::OrderStatus, proto::order::v1::order_service_client::OrderServiceClient,
     proto::types::v1::Money,
 };
+use ordermesh_testkit::{EVENTUALLY, eventually, is_serving};
 use tokio::process::Command;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
 
 /// A span as the collector saw it: (service.name, span name, trace id).
 type SeenSpan = (String, String, Vec<u8>);
@@ -112,30 +110,15 @@ impl Collector {
     }
 }
 
-/// Bounds a hang, not a speed: the runner normally answers within a second or two.
-const EVENTUALLY: Duration = Duration::from_secs(60);
-
 fn free_addr() -> Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 async fn wait_serving(addr: SocketAddr) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    loop {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-            .connect()
-            .await;
-        if let Ok(mut client) = channel.map(HealthClient::new)
-            && let Ok(answer) = client.check(HealthCheckRequest::default()).await
-            && answer.into_inner().status() == ServingStatus::Serving
-        {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{addr} not SERVING after {EVENTUALLY:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(&format!("{addr} SERVING"), || async move {
+        Ok(is_serving(addr).await)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

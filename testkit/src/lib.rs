@@ -42,4 +42,4 @@ pub use process::Process;
 pub use tansu::Tansu;
 pub use tls_terminator::TlsTerminator;
 pub use tools::tool;
-pub use wait::{EVENTUALLY, eventually, is_serving};
+pub use wait::{EVENTUALLY, eventually, eventually_sync, is_serving};

@@ -28,6 +28,12 @@ where
     }
 }
 
+/// [`eventually`] for a check that needs no waiting of its own (it reads state the test shares
+/// with a server, a counter or a mailbox).
+pub async fn eventually_sync(what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
+    eventually(what, || std::future::ready(Ok(check()))).await
+}
+
 /// Whether the gRPC server at `addr` answers its health check with SERVING.
 pub async fn is_serving(addr: SocketAddr) -> bool {
     use tonic_health::pb::{

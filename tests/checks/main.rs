@@ -7,3 +7,4 @@
 
 mod compose;
 mod dependencies;
+mod docs;

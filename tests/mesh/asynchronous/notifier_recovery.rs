@@ -9,8 +9,10 @@ use ordermesh::{proto::notification::v1::Channel, proto::notification::v1::Notif
 use ordermesh_notifier::Channel as NotifierChannel;
 
 use super::{
-    helpers::{EVENTUALLY, MeshOptions, Running, TestMesh, eventually, spawn_mesh_with},
-    servers::{SMS_TOKEN, SmsGateway},
+    support::helpers::{
+        EVENTUALLY, MeshOptions, Running, TestMesh, eventually_sync, spawn_mesh_with,
+    },
+    support::servers::{SMS_TOKEN, SmsGateway},
 };
 
 fn order_ids(orders: Vec<ordermesh::proto::order::v1::Order>) -> Vec<String> {
@@ -74,7 +76,7 @@ async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it
 
     // Assert: both groups read from the beginning, each event handled once per channel.
     mesh.wait_for_notifications(40).await?;
-    eventually("each channel counted 20 sent", || {
+    eventually_sync("each channel counted 20 sent", || {
         NotifierChannel::ALL
             .iter()
             .all(|c| mesh.notifier_stats[c].sent.load(Ordering::Relaxed) >= 20)
@@ -129,7 +131,7 @@ async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or
     // nothing it had already done (the graceful stop committed exactly what was handled).
     mesh.wait_for_notifications(ORDERS * 2).await?;
     let rest = ORDERS * 2 - first_run.len();
-    eventually("the second run counted the rest as sent", || {
+    eventually_sync("the second run counted the rest as sent", || {
         sent(&mesh) as usize >= rest
     })
     .await?;
@@ -169,7 +171,7 @@ async fn a_rebalance_mid_backlog_moves_partitions_without_loss_or_a_second_send(
     let sms_sent = |stats: &HashMap<NotifierChannel, std::sync::Arc<ordermesh_notifier::Stats>>| {
         stats[&NotifierChannel::Sms].sent.load(Ordering::Relaxed)
     };
-    eventually("the first replica part-way through", || {
+    eventually_sync("the first replica part-way through", || {
         sms_sent(&mesh.notifier_stats) >= 20
     })
     .await?;
@@ -191,7 +193,7 @@ async fn a_rebalance_mid_backlog_moves_partitions_without_loss_or_a_second_send(
         ordermesh_notifier::run_with_stats(listener, config, stop, stats).await
     })
     .await?;
-    eventually("the second replica has SMS partitions and sends", || {
+    eventually_sync("the second replica has SMS partitions and sends", || {
         sms_sent(&second_stats) > 0
     })
     .await?;
@@ -204,7 +206,7 @@ async fn a_rebalance_mid_backlog_moves_partitions_without_loss_or_a_second_send(
     // Assert: every order notified once per channel, and the gateway took each SMS exactly once:
     // a message redelivered to the second replica while the first was still sending it was not
     // sent again.
-    eventually("every SMS at the gateway", || {
+    eventually_sync("every SMS at the gateway", || {
         gateway.accepted().len() >= ORDERS
     })
     .await?;

@@ -17,7 +17,9 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use super::helpers::{MeshOptions, eventually, header, order_request, spawn_mesh_with};
+use super::support::helpers::{
+    MeshOptions, eventually_sync, header, order_request, spawn_mesh_with,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the_partition()
@@ -105,7 +107,7 @@ async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the
 
     // Assert: each channel got past every bad message to the valid one, parking each unusable one on
     // its dead-letter topic and skipping the foreign one.
-    eventually(
+    eventually_sync(
         "the valid event behind the poison is handled by both channels",
         || {
             Channel::ALL
@@ -247,7 +249,7 @@ async fn a_header_name_that_is_not_utf8_is_parked_not_a_crash() -> Result<()> {
 
     mesh.start_notifier().await?;
 
-    eventually(
+    eventually_sync(
         "the valid event behind the bad header is handled by both channels",
         || {
             Channel::ALL

@@ -13,7 +13,7 @@ use ordermesh_kafka::{KafkaSettings, SaslMechanism, SecurityProtocol};
 use ordermesh_notifier::Channel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-use super::helpers::{MeshOptions, order_request, spawn_mesh_on_tansu};
+use super::support::helpers::{MeshOptions, order_request, spawn_mesh_on_tansu};
 
 /// Whether a client made from `settings` gets the cluster's metadata within a few seconds.
 async fn metadata_with(settings: &KafkaSettings) -> Result<(), String> {

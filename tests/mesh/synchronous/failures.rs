@@ -1,3 +1,7 @@
+//! When payment says no or is not there: a decline fails the order with the reason and publishes
+//! nothing, payment's error details reach the client, payment down is UNAVAILABLE within the
+//! deadline and a retry resumes the order, and an unknown order is NOT_FOUND.
+
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -9,7 +13,7 @@ use ordermesh::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use super::helpers::{MeshOptions, order_request, spawn_mesh, spawn_mesh_with};
+use super::support::helpers::{MeshOptions, order_request, spawn_mesh, spawn_mesh_with};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_declined_payment_fails_the_order_with_the_reason_and_publishes_nothing() -> Result<()> {

@@ -13,8 +13,8 @@ use rdkafka::Message;
 
 use ordermesh_testkit::Broker;
 
-use super::helpers::{
-    MeshOptions, TestMesh, eventually_async, spawn_mesh_on_tansu, spawn_mesh_with,
+use super::support::helpers::{
+    MeshOptions, TestMesh, eventually, spawn_mesh_on_tansu, spawn_mesh_with,
 };
 
 /// Orders = events on the topic (each event id once) = emails = SMS.
@@ -76,7 +76,7 @@ async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
     }
     // Operators see the backlog on the metrics endpoint.
     let order_service = mesh.order()?;
-    eventually_async("the backlog gauge shows the 6 waiting events", || async {
+    eventually("the backlog gauge shows the 6 waiting events", || async {
         let metrics = order_service.scrape().await?;
         Ok(metrics.sum("ordermesh_outbox_backlog", &[]) == 6.0)
     })
@@ -88,7 +88,7 @@ async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
     // Assert: the relay delivers every event once, the orders say so, and both channels notify once.
     assert_all_delivered_once(&mesh, &orders).await?;
     let order_service = mesh.order()?;
-    eventually_async("the backlog gauge back to 0", || async {
+    eventually("the backlog gauge back to 0", || async {
         let metrics = order_service.scrape().await?;
         Ok(metrics.sum("ordermesh_outbox_backlog", &[]) == 0.0)
     })

@@ -1,3 +1,6 @@
+//! The path everything goes right on: a paid order is stored, published and notified once per
+//! channel, and ListOrders pages through every order once.
+
 use anyhow::Result;
 use ordermesh::{
     events, proto::notification::v1::Channel, proto::notification::v1::ListNotificationsRequest,
@@ -7,7 +10,7 @@ use ordermesh::{
 };
 use rdkafka::Message;
 
-use super::helpers::{header, order_request, spawn_mesh};
+use super::support::helpers::{header, order_request, spawn_mesh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Result<()> {

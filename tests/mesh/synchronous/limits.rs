@@ -6,7 +6,7 @@ use anyhow::Result;
 use ordermesh::proto::order::v1::ListOrdersRequest;
 use tonic::Code;
 
-use super::helpers::{order_request, spawn_mesh};
+use super::support::helpers::{order_request, spawn_mesh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on() -> Result<()> {

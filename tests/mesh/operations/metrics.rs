@@ -4,8 +4,8 @@
 use anyhow::{Result, ensure};
 use tonic::{Code, Request};
 
-use super::helpers::{
-    MeshOptions, Metrics, eventually_async, order_request, spawn_mesh, spawn_mesh_with,
+use super::support::helpers::{
+    MeshOptions, Metrics, eventually, order_request, spawn_mesh, spawn_mesh_with,
 };
 
 const CALLS: &str = "rpc_server_call_duration_seconds_count";
@@ -76,7 +76,7 @@ async fn counters_move_as_orders_are_placed_and_faults_injected() -> Result<()> 
 
     // The notifier counts once the offset is stored, just after the notification is recorded:
     // wait for it. Lag comes from librdkafka's statistics, every few seconds.
-    eventually_async("the notifier counted both channels", || async {
+    eventually("the notifier counted both channels", || async {
         let m = notifier.scrape().await?;
         Ok(m.sum(
             "ordermesh_notifications_sent_total",

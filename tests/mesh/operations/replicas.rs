@@ -18,8 +18,10 @@ use ordermesh::{
 use ordermesh_notifier::{Channel, Stats};
 
 use super::{
-    helpers::{EVENTUALLY, Metrics, Running, Severable, TestMesh, order_request, spawn_mesh},
-    ledger::all_orders,
+    support::helpers::{
+        EVENTUALLY, Metrics, Running, Severable, TestMesh, order_request, spawn_mesh,
+    },
+    support::ledger::all_orders,
 };
 
 /// The ledger check: every order accepted is stored once and PAID, charged once, published once,

@@ -22,7 +22,7 @@ use ordermesh_platform::listeners::Listeners;
 // Shared with the crates' own process tests.
 pub use ordermesh_testkit::Databases;
 use ordermesh_testkit::{Broker, Tansu};
-pub use ordermesh_testkit::{eventually as eventually_async, unused_addr};
+pub use ordermesh_testkit::{EVENTUALLY, eventually, eventually_sync, unused_addr};
 use rdkafka::{
     ClientConfig, Message,
     consumer::{BaseConsumer, Consumer, StreamConsumer},
@@ -31,22 +31,6 @@ use rdkafka::{
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel as GrpcChannel, ClientTlsConfig};
-
-/// Upper bound for anything that happens asynchronously (a consumer group forming, a notification
-/// arriving). Generous: it only bounds a failing test, a passing one does not wait for it.
-pub const EVENTUALLY: Duration = Duration::from_secs(60);
-
-/// Polls `check` until it holds, or fails naming `what` after [`EVENTUALLY`].
-pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + EVENTUALLY;
-    while !check() {
-        if tokio::time::Instant::now() > deadline {
-            bail!("not so after {EVENTUALLY:?}: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
-}
 
 /// Ends the test process if a test runs far longer than any should, naming the test: a hang then
 /// fails the run within minutes instead of using up all of CI's time. Also when a test fails and

@@ -17,7 +17,7 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::helpers::{Running, databases_for, order_request};
+use super::support::helpers::{Running, databases_for, order_request};
 
 /// A client's TLS: trusting `ca`, presenting `identity` (a `<name>.pem`/`.key` pair in `dir`).
 fn client_tls(dir: &Path, ca: &str, identity: Option<&str>) -> Result<ClientTlsConfig> {

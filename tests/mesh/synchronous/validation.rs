@@ -1,3 +1,6 @@
+//! Bad input is refused with INVALID_ARGUMENT naming the field, and changes nothing; so are bad
+//! ListOrders parameters.
+
 use anyhow::Result;
 use ordermesh::{
     proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
@@ -6,7 +9,7 @@ use ordermesh::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use super::helpers::{MeshOptions, order_request, spawn_mesh_with};
+use super::support::helpers::{MeshOptions, order_request, spawn_mesh_with};
 
 /// A bad request, the field it must be refused for.
 fn invalid_requests() -> Vec<(&'static str, CreateOrderRequest, &'static str)> {

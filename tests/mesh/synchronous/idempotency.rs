@@ -1,3 +1,6 @@
+//! One request id is one order, one charge and one event: sent twice, sent concurrently, and
+//! straight to payment with one idempotency key.
+
 use anyhow::Result;
 use ordermesh::{
     proto::order::v1::ListOrdersRequest, proto::order::v1::OrderStatus,
@@ -5,7 +8,7 @@ use ordermesh::{
 };
 use tonic::Code;
 
-use super::helpers::{order_request, spawn_mesh};
+use super::support::helpers::{order_request, spawn_mesh};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result<()> {

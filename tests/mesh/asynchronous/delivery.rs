@@ -12,11 +12,11 @@ use ordermesh::{
 use ordermesh_notifier::{Channel, ReplayReport, dead_letter, replay_dead_letters};
 
 use super::{
-    helpers::{
-        MeshOptions, TestMesh, eventually, eventually_async, header, spawn_mesh_on_tansu,
+    support::helpers::{
+        MeshOptions, TestMesh, eventually, eventually_sync, header, spawn_mesh_on_tansu,
         spawn_mesh_with, unused_addr,
     },
-    servers::{SMS_TOKEN, SmsGateway, SmtpServer, read_maildir, smtp_available},
+    support::servers::{SMS_TOKEN, SmsGateway, SmtpServer, read_maildir, smtp_available},
 };
 
 /// A mesh whose notifier (not started yet) sends email to `smtp` and SMS to `gateway`, retrying
@@ -146,7 +146,7 @@ async fn emails_and_sms_reach_real_servers_once_per_order() -> Result<()> {
     mesh.start_notifier().await?;
 
     let orders = mesh.place_orders("deliver", 5).await?;
-    eventually("5 emails and 5 SMS delivered", || {
+    eventually_sync("5 emails and 5 SMS delivered", || {
         smtp.emails().is_ok_and(|e| e.len() >= 5) && gateway.accepted().len() >= 5
     })
     .await?;
@@ -185,7 +185,7 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
 
     // Every event was taken off the partition and is waiting for a retry: the consumer moved on
     // past each failure, and each notification has already been tried more than once.
-    eventually_async(
+    eventually(
         "all 8 notifications retrying, each tried twice or more",
         || async {
             let all = mesh.all_notifications().await?;
@@ -211,7 +211,7 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
     );
     // The metrics say so too: retries scheduled per group, nothing sent.
     let notifier = mesh.notifier.as_ref().context("running")?;
-    eventually_async("retries counted for both groups", || async {
+    eventually("retries counted for both groups", || async {
         let metrics = notifier.scrape().await?;
         let retried = |group: &str| {
             metrics.sum(
@@ -230,13 +230,13 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
     let smtp = SmtpServer::start(smtp_addr, &mesh.dir.path().join("mail")).await?;
     gateway.answer(202);
 
-    eventually_async("all 8 notifications sent", || async {
+    eventually("all 8 notifications sent", || async {
         let all = mesh.all_notifications().await?;
         Ok(all.len() == 8 && all.iter().all(|n| n.status() == NotificationStatus::Sent))
     })
     .await?;
     let notifier = mesh.notifier.as_ref().context("running")?;
-    eventually_async("4 sent per channel, counted", || async {
+    eventually("4 sent per channel, counted", || async {
         let metrics = notifier.scrape().await?;
         let sent = |channel| {
             metrics.sum(
@@ -328,7 +328,7 @@ async fn dead_letter_and_replay(mesh: TestMesh) -> Result<()> {
             assert_eq!(get("ce_type"), ordermesh::events::ORDER_PLACED_TYPE);
         }
     }
-    eventually_async("4 notifications FAILED", || async {
+    eventually("4 notifications FAILED", || async {
         let all = mesh.all_notifications().await?;
         Ok(all.len() == 4 && all.iter().all(|n| n.status() == NotificationStatus::Failed))
     })

@@ -2,41 +2,13 @@
 //! files) and kcat reading the topic. Without the tools a local run says so and skips; under CI=true
 //! (where `.ci/run` installs them) a missing tool fails.
 
-use std::process::Output;
-
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use tokio::process::Command;
 
-use super::helpers::spawn_mesh;
-
-/// The tool's path, None to skip (locally), or an error (in CI).
-pub use ordermesh_testkit::tool;
-
-/// Runs a command line through `sh -c`, failing with its output if it exits non-zero or runs for
-/// more than a minute (killed then).
-pub async fn sh(command: &str) -> Result<String> {
-    let run = Command::new("sh")
-        .arg("-c")
-        .arg(command)
-        .kill_on_drop(true)
-        .output();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = tokio::time::timeout(std::time::Duration::from_secs(60), run)
-        .await
-        .with_context(|| format!("`{command}` still running after 60 s"))?
-        .with_context(|| format!("run {command}"))?;
-    let stdout = String::from_utf8_lossy(&stdout).into_owned();
-    if !status.success() {
-        bail!(
-            "`{command}` failed ({status}):\n{stdout}\n{}",
-            String::from_utf8_lossy(&stderr)
-        );
-    }
-    Ok(stdout)
-}
+use super::support::{
+    helpers::spawn_mesh,
+    shell::{sh, tool},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() -> Result<()> {
@@ -101,7 +73,7 @@ async fn kcat_reads_the_event_with_its_cloudevents_headers() -> Result<()> {
     let created = mesh
         .order_client()
         .await?
-        .create_order(super::helpers::order_request("kcat-1", "tok_visa"))
+        .create_order(super::support::helpers::order_request("kcat-1", "tok_visa"))
         .await?
         .into_inner();
 

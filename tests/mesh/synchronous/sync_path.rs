@@ -22,7 +22,7 @@ use tonic_health::pb::{
 };
 use tonic_types::StatusExt;
 
-use super::helpers::{
+use super::support::helpers::{
     EVENTUALLY, MeshOptions, TestMesh, order_request, spawn_mesh, spawn_mesh_with,
 };
 

@@ -15,8 +15,10 @@ use tonic::{Code, Request};
 use tonic_types::StatusExt;
 
 use super::{
-    helpers::{MeshOptions, Running, TestMesh, eventually_async, order_request, spawn_mesh_with},
-    ledger::{all_orders, assert_ledger},
+    support::helpers::{
+        MeshOptions, Running, TestMesh, eventually, order_request, spawn_mesh_with,
+    },
+    support::ledger::{all_orders, assert_ledger},
     sync_path::create,
 };
 
@@ -246,7 +248,7 @@ async fn a_charge_whose_caller_gave_up_is_settled_paid_by_the_reconciler() -> Re
     assert_eq!(error.code(), Code::Unavailable, "{error:?}");
     let order = pending_order(&mesh, "gone-1").await?;
     assert_eq!(order.status(), OrderStatus::PendingPayment);
-    eventually_async("the reconciler pays the order", || async {
+    eventually("the reconciler pays the order", || async {
         Ok(get(&mesh, &order.order_id).await?.status() == OrderStatus::Paid)
     })
     .await?;
@@ -285,7 +287,7 @@ async fn a_never_charged_order_is_abandoned_and_a_charge_delayed_past_the_grace_
     let late_charge = tokio::spawn(async move { payment.charge(late).await });
 
     // Act: the reconciler settles the order while the charge is delayed.
-    eventually_async("the reconciler abandons the order", || async {
+    eventually("the reconciler abandons the order", || async {
         Ok(get(&mesh, &order.order_id).await?.status() == OrderStatus::Abandoned)
     })
     .await?;
@@ -350,7 +352,7 @@ async fn two_order_replicas_reconciling_one_backlog_settle_each_order_once() -> 
     let replica: Running = mesh.spawn_order_replica(&payment_url).await?;
 
     // Act: both reconcile.
-    eventually_async("every order is settled", || async {
+    eventually("every order is settled", || async {
         Ok(all_orders(&mesh)
             .await?
             .iter()
@@ -421,7 +423,7 @@ async fn with_the_broker_down_a_caller_with_a_1_s_deadline_gets_its_paid_order_i
     assert!(order.event_pending, "{order:?}");
     assert!(waited < Duration::from_secs(1), "{waited:?}");
     mesh.broker.up().await?;
-    eventually_async("the event is published", || async {
+    eventually("the event is published", || async {
         Ok(!get(&mesh, &order.order_id).await?.event_pending)
     })
     .await?;

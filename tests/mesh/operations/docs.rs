@@ -6,8 +6,8 @@
 use anyhow::{Context, Result};
 
 use super::{
-    black_box::{sh, tool},
-    helpers::spawn_mesh,
+    support::helpers::spawn_mesh,
+    support::shell::{sh, tool},
 };
 
 /// The pages to read, in order: the README and the walkthrough first (they place the first

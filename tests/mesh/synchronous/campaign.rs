@@ -10,8 +10,8 @@ use anyhow::{Context, Result, ensure};
 use ordermesh_bench::campaign::{self, Report, plan};
 
 use super::{
-    helpers::{MeshOptions, spawn_mesh_with},
-    ledger,
+    support::helpers::{MeshOptions, spawn_mesh_with},
+    support::ledger,
 };
 
 const REQUESTS: usize = 500;

@@ -16,7 +16,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 
-use super::helpers::{MeshOptions, header, order_request, spawn_mesh_with};
+use super::support::helpers::{MeshOptions, header, order_request, spawn_mesh_with};
 
 /// Dead-letter headers as a notifier wrote them for a message first parked on 1 January.
 fn parked(headers: OwnedHeaders) -> OwnedHeaders {

@@ -16,7 +16,7 @@ use ordermesh_platform::{
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::helpers::{MeshOptions, eventually_async, order_request, spawn_mesh_with};
+use super::support::helpers::{MeshOptions, eventually, order_request, spawn_mesh_with};
 
 const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 
@@ -140,7 +140,7 @@ async fn the_public_apis_need_a_valid_token_with_the_methods_scope() -> Result<(
         let request = with_token(ListNotificationsRequest::default(), Some(&reader));
         async move { Ok::<_, anyhow::Error>(client.list_notifications(request).await?.into_inner()) }
     };
-    eventually_async("the placed order's email and SMS sent", || async {
+    eventually("the placed order's email and SMS sent", || async {
         Ok(list().await?.notifications.len() >= 2)
     })
     .await?;
