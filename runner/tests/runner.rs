@@ -123,13 +123,14 @@ async fn wait_serving(addr: SocketAddr) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_runner_starts_the_whole_mesh_and_stops_it_on_sigterm() -> Result<()> {
-    // Arrange: free ports instead of the defaults, so the test runs beside anything else.
+    // Arrange: free ports instead of the defaults, so the test runs beside anything else. The
+    // collector binds first: a port picked free and released could otherwise be handed to it.
     let data = tempfile::tempdir()?;
+    let collector = Collector::default();
+    let otlp = collector.start().await?;
     let (kafka, order, payment, notifier) =
         (free_addr()?, free_addr()?, free_addr()?, free_addr()?);
     let admin = [free_addr()?, free_addr()?, free_addr()?];
-    let collector = Collector::default();
-    let otlp = collector.start().await?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_ordermesh"))
         .env_remove("KAFKA_BROKERS")
         .env("ORDERMESH_EMBEDDED_KAFKA_ADDR", kafka.to_string())
