@@ -254,8 +254,8 @@ where
     Ok(Telemetry { provider })
 }
 
-/// The log lines: `format`, filtered by `filter`, to `writer`, with trace ids (see
-/// [`WithTraceIds`]).
+/// The log lines: `format`, filtered by `filter`, to `writer`, each with its trace and span ids
+/// (added by this module's `WithTraceIds`).
 pub fn log_layer<S, W>(
     format: LogFormat,
     filter: EnvFilter,
