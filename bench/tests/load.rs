@@ -76,9 +76,9 @@ async fn the_load_generator_reports_its_calls_and_audits_the_notifications() -> 
         forward_fault_headers: true,
         // The grace must exceed the payment deadline (a reconciler must not close the key of a
         // call still charging).
-        payment_timeout_ms: 2_000,
-        reconcile_grace_ms: 2_500,
-        reconcile_interval_ms: 200,
+        payment_timeout: std::time::Duration::from_millis(2_000),
+        reconcile_grace: std::time::Duration::from_millis(2_500),
+        reconcile_interval: std::time::Duration::from_millis(200),
         ..ordermesh_order::Config::from_env()?
     };
     let (order, stop_order) = start(|listener, stop| async move {

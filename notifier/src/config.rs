@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use clap::builder::TypedValueParser;
 use ordermesh_platform::{
     auth::{AuthKey, Secret},
     cli::ServiceSettings,
@@ -59,15 +60,27 @@ pub struct Config {
 
     /// Consumer session timeout, in milliseconds: how soon the group gives a silent member's
     /// partitions to another (Kafka's own range is 6000 to 300000 by default).
-    #[arg(long, env = "NOTIFIER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
-    pub session_timeout_ms: u64,
+    #[arg(
+        long = "session-timeout-ms",
+        value_name = "MS",
+        env = "NOTIFIER_SESSION_TIMEOUT_MS",
+        default_value = "10000",
+        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+    )]
+    pub session_timeout: Duration,
 
     /// Longest time the broker may hold a fetch that finds nothing, in milliseconds (librdkafka's
     /// fetch.wait.max.ms). Kafka answers as soon as data arrives, so this only bounds idle polling;
     /// a broker that holds the fetch regardless (the embedded mock, tansu) adds up to this much
     /// latency to a lone event.
-    #[arg(long, env = "NOTIFIER_FETCH_WAIT_MAX_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=300_000))]
-    pub fetch_wait_max_ms: u64,
+    #[arg(
+        long = "fetch-wait-max-ms",
+        value_name = "MS",
+        env = "NOTIFIER_FETCH_WAIT_MAX_MS",
+        default_value = "500",
+        value_parser = clap::value_parser!(u64).range(1..=300_000).map(Duration::from_millis)
+    )]
+    pub fetch_wait_max: Duration,
 
     /// SMTP server for email, e.g. `smtp://mail.internal:25`, `smtps://user:pass@smtp.example.com`
     /// or `smtp://host:587?tls=required`. Unset: emails are recorded and logged, not sent. It may
@@ -93,28 +106,52 @@ pub struct Config {
     pub sms_webhook_token: Option<Secret>,
 
     /// Time limit of one send (connect included), in milliseconds.
-    #[arg(long, env = "NOTIFIER_SEND_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub send_timeout_ms: u64,
+    #[arg(
+        long = "send-timeout-ms",
+        value_name = "MS",
+        env = "NOTIFIER_SEND_TIMEOUT_MS",
+        default_value = "10000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub send_timeout: Duration,
 
     /// Sends tried per notification before it is parked on the dead-letter topic (1 = no retry).
     #[arg(long, env = "NOTIFIER_SEND_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub send_attempts: u32,
 
     /// Wait before the first retry, in milliseconds; doubled after each failure, with jitter.
-    #[arg(long, env = "NOTIFIER_RETRY_BACKOFF_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub retry_backoff_ms: u64,
+    #[arg(
+        long = "retry-backoff-ms",
+        value_name = "MS",
+        env = "NOTIFIER_RETRY_BACKOFF_MS",
+        default_value = "1000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub retry_backoff: Duration,
 
     /// Longest wait between two retries, in milliseconds.
-    #[arg(long, env = "NOTIFIER_RETRY_MAX_BACKOFF_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub retry_max_backoff_ms: u64,
+    #[arg(
+        long = "retry-max-backoff-ms",
+        value_name = "MS",
+        env = "NOTIFIER_RETRY_MAX_BACKOFF_MS",
+        default_value = "60000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub retry_max_backoff: Duration,
 
     /// Most requests served at once; beyond it calls are refused with RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "NOTIFIER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
 
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
-    #[arg(long, env = "NOTIFIER_DRAIN_GRACE_MS", default_value_t = 10_000)]
-    pub drain_grace_ms: u64,
+    #[arg(
+        long = "drain-grace-ms",
+        value_name = "MS",
+        env = "NOTIFIER_DRAIN_GRACE_MS",
+        default_value = "10000",
+        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+    )]
+    pub drain_grace: Duration,
 
     /// Key (at least 32 bytes) that bearer tokens are signed with (HS256); set, every
     /// NotificationService call needs a token with the method's scope. Unset: the API is open.
@@ -144,22 +181,12 @@ impl Config {
         }
     }
 
-    pub(crate) fn session_timeout(&self) -> Duration {
-        Duration::from_millis(self.session_timeout_ms)
-    }
-
-    pub(crate) fn send_timeout(&self) -> Duration {
-        Duration::from_millis(self.send_timeout_ms)
-    }
-
     /// When to retry a notification after its `failures`-th failed send.
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             attempts: self.send_attempts,
-            backoff: Duration::from_millis(self.retry_backoff_ms),
-            max_backoff: Duration::from_millis(
-                self.retry_max_backoff_ms.max(self.retry_backoff_ms),
-            ),
+            backoff: self.retry_backoff,
+            max_backoff: self.retry_max_backoff.max(self.retry_backoff),
         }
     }
 
@@ -170,10 +197,6 @@ impl Config {
             key: self.tls_key.clone(),
             client_ca: None,
         }
-    }
-
-    pub(crate) fn drain_grace(&self) -> Duration {
-        Duration::from_millis(self.drain_grace_ms)
     }
 }
 

@@ -70,7 +70,7 @@ impl ChannelConsumer {
         meter: &Meter,
     ) -> KafkaResult<Self> {
         let channel = handler.channel;
-        let session_timeout = config.session_timeout();
+        let session_timeout = config.session_timeout;
         let consumer: StreamConsumer<RebalanceContext> = config
             .kafka
             .client_config(&format!(
@@ -98,7 +98,10 @@ impl ChannelConsumer {
                 "heartbeat.interval.ms",
                 (session_timeout / 4).as_millis().to_string(),
             )
-            .set("fetch.wait.max.ms", config.fetch_wait_max_ms.to_string())
+            .set(
+                "fetch.wait.max.ms",
+                config.fetch_wait_max.as_millis().to_string(),
+            )
             // Statistics (the lag metric) come from librdkafka on this interval.
             .set(
                 "statistics.interval.ms",

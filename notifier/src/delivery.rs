@@ -94,7 +94,7 @@ struct SmsRequest<'a> {
 impl Sender {
     /// The sender `config` asks for on `channel`.
     pub(crate) fn new(channel: Channel, config: &Config) -> Result<Self, DeliveryConfigError> {
-        let timeout = config.send_timeout();
+        let timeout = config.send_timeout;
         let how =
             match channel {
                 Channel::Email => match config.smtp_url.as_deref().filter(|u| !u.is_empty()) {
@@ -350,7 +350,7 @@ mod tests {
 
     fn config() -> Config {
         let mut config = Config::from_env().expect("defaults parse");
-        config.send_timeout_ms = 500;
+        config.send_timeout = Duration::from_millis(500);
         config
     }
 

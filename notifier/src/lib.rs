@@ -202,7 +202,7 @@ pub async fn run_with_stats(
             stop.cancel();
         }
     };
-    grpc::serve(router, health, listener, signal, config.drain_grace()).await?;
+    grpc::serve(router, health, listener, signal, config.drain_grace).await?;
     // The server has stopped; wait for each consumer to finish its message and commit.
     stop.cancel();
     ensured.abort();

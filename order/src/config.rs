@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use clap::builder::TypedValueParser;
 use ordermesh_platform::{
     auth::{AuthKey, Secret},
     cli::ServiceSettings,
@@ -45,38 +46,80 @@ pub struct Config {
     pub payment_url: String,
 
     /// How often the host names of ORDER_PAYMENT_URL are resolved again, in milliseconds.
-    #[arg(long, env = "ORDER_PAYMENT_RESOLVE_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
-    pub payment_resolve_interval_ms: u64,
+    #[arg(
+        long = "payment-resolve-interval-ms",
+        value_name = "MS",
+        env = "ORDER_PAYMENT_RESOLVE_INTERVAL_MS",
+        default_value = "5000",
+        value_parser = clap::value_parser!(u64).range(100..).map(Duration::from_millis)
+    )]
+    pub payment_resolve_interval: Duration,
 
     /// How often each payment endpoint's health is checked, in milliseconds; one not SERVING gets
     /// no calls until it is again.
-    #[arg(long, env = "ORDER_PAYMENT_HEALTH_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(100..))]
-    pub payment_health_interval_ms: u64,
+    #[arg(
+        long = "payment-health-interval-ms",
+        value_name = "MS",
+        env = "ORDER_PAYMENT_HEALTH_INTERVAL_MS",
+        default_value = "1000",
+        value_parser = clap::value_parser!(u64).range(100..).map(Duration::from_millis)
+    )]
+    pub payment_health_interval: Duration,
 
     /// Deadline of the whole Charge call, retries included, in milliseconds (a shorter deadline of
     /// the CreateOrder caller wins).
-    #[arg(long, env = "ORDER_PAYMENT_TIMEOUT_MS", default_value_t = 3_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub payment_timeout_ms: u64,
+    #[arg(
+        long = "payment-timeout-ms",
+        value_name = "MS",
+        env = "ORDER_PAYMENT_TIMEOUT_MS",
+        default_value = "3000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub payment_timeout: Duration,
 
     /// Deadline of one Charge attempt, in milliseconds.
-    #[arg(long, env = "ORDER_PAYMENT_ATTEMPT_TIMEOUT_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub payment_attempt_timeout_ms: u64,
+    #[arg(
+        long = "payment-attempt-timeout-ms",
+        value_name = "MS",
+        env = "ORDER_PAYMENT_ATTEMPT_TIMEOUT_MS",
+        default_value = "1000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub payment_attempt_timeout: Duration,
 
     /// Time kept free before the caller's deadline to record the outcome and answer, in milliseconds.
-    #[arg(long, env = "ORDER_DEADLINE_MARGIN_MS", default_value_t = 50)]
-    pub deadline_margin_ms: u64,
+    #[arg(
+        long = "deadline-margin-ms",
+        value_name = "MS",
+        env = "ORDER_DEADLINE_MARGIN_MS",
+        default_value = "50",
+        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+    )]
+    pub deadline_margin: Duration,
 
     /// Most Charge attempts per CreateOrder, the first included.
     #[arg(long, env = "ORDER_PAYMENT_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub payment_max_attempts: u32,
 
     /// First retry backoff, in milliseconds; it doubles per retry, plus up to 100% jitter.
-    #[arg(long, env = "ORDER_PAYMENT_BACKOFF_BASE_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
-    pub payment_backoff_base_ms: u64,
+    #[arg(
+        long = "payment-backoff-base-ms",
+        value_name = "MS",
+        env = "ORDER_PAYMENT_BACKOFF_BASE_MS",
+        default_value = "50",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub payment_backoff_base: Duration,
 
     /// Longest retry backoff, in milliseconds.
-    #[arg(long, env = "ORDER_PAYMENT_BACKOFF_MAX_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub payment_backoff_max_ms: u64,
+    #[arg(
+        long = "payment-backoff-max-ms",
+        value_name = "MS",
+        env = "ORDER_PAYMENT_BACKOFF_MAX_MS",
+        default_value = "1000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub payment_backoff_max: Duration,
 
     /// Retries allowed as a percentage of Charge calls (over the last 10 s), beyond the minimum.
     #[arg(long, env = "ORDER_PAYMENT_RETRY_BUDGET_PERCENT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=1000))]
@@ -99,16 +142,28 @@ pub struct Config {
     pub breaker_failure_rate_percent: u32,
 
     /// Breaker: an attempt slower than this, in milliseconds, is slow.
-    #[arg(long, env = "ORDER_BREAKER_SLOW_CALL_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub breaker_slow_call_ms: u64,
+    #[arg(
+        long = "breaker-slow-call-ms",
+        value_name = "MS",
+        env = "ORDER_BREAKER_SLOW_CALL_MS",
+        default_value = "2000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub breaker_slow_call: Duration,
 
     /// Breaker: open when at least this percentage of the window was slow.
     #[arg(long, env = "ORDER_BREAKER_SLOW_CALL_RATE_PERCENT", default_value_t = 80, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub breaker_slow_call_rate_percent: u32,
 
     /// Breaker: how long it stays open before probing, in milliseconds.
-    #[arg(long, env = "ORDER_BREAKER_OPEN_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub breaker_open_ms: u64,
+    #[arg(
+        long = "breaker-open-ms",
+        value_name = "MS",
+        env = "ORDER_BREAKER_OPEN_MS",
+        default_value = "5000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub breaker_open: Duration,
 
     /// Breaker: probes let through when half-open; all must succeed to close it.
     #[arg(long, env = "ORDER_BREAKER_HALF_OPEN_PROBES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -125,8 +180,14 @@ pub struct Config {
     /// How long CreateOrder waits for the broker to acknowledge its event, in milliseconds, before
     /// answering with the event pending (the outbox relay keeps trying). Also the producer's
     /// message.timeout.ms, after which the relay retries the event.
-    #[arg(long, env = "ORDER_PUBLISH_TIMEOUT_MS", default_value_t = 5_000)]
-    pub publish_timeout_ms: u64,
+    #[arg(
+        long = "publish-timeout-ms",
+        value_name = "MS",
+        env = "ORDER_PUBLISH_TIMEOUT_MS",
+        default_value = "5000",
+        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+    )]
+    pub publish_timeout: Duration,
 
     /// Pass the caller's fault injection headers (x-fault-*) on to payment. For demos and tests
     /// only: with it on, any caller of CreateOrder can make payment misbehave.
@@ -136,24 +197,48 @@ pub struct Config {
     /// Reconciler: how long an order must have waited for payment (since a CreateOrder last tried
     /// to charge it) before the reconciler settles it with payment, in milliseconds. Must exceed
     /// ORDER_PAYMENT_TIMEOUT_MS, so it never competes with a live call.
-    #[arg(long, env = "ORDER_RECONCILE_GRACE_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub reconcile_grace_ms: u64,
+    #[arg(
+        long = "reconcile-grace-ms",
+        value_name = "MS",
+        env = "ORDER_RECONCILE_GRACE_MS",
+        default_value = "60000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub reconcile_grace: Duration,
 
     /// Reconciler: how often it looks for pending orders past the grace period, in milliseconds.
-    #[arg(long, env = "ORDER_RECONCILE_INTERVAL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
-    pub reconcile_interval_ms: u64,
+    #[arg(
+        long = "reconcile-interval-ms",
+        value_name = "MS",
+        env = "ORDER_RECONCILE_INTERVAL_MS",
+        default_value = "5000",
+        value_parser = clap::value_parser!(u64).range(10..).map(Duration::from_millis)
+    )]
+    pub reconcile_interval: Duration,
 
     /// One try at settling an order's charge key with payment (CloseChargeKey), in milliseconds.
-    #[arg(long, env = "ORDER_SETTLE_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
-    pub settle_timeout_ms: u64,
+    #[arg(
+        long = "settle-timeout-ms",
+        value_name = "MS",
+        env = "ORDER_SETTLE_TIMEOUT_MS",
+        default_value = "2000",
+        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+    )]
+    pub settle_timeout: Duration,
 
     /// Most requests served at once; beyond it calls are refused with RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "ORDER_MAX_CONCURRENT_REQUESTS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
 
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
-    #[arg(long, env = "ORDER_DRAIN_GRACE_MS", default_value_t = 10_000)]
-    pub drain_grace_ms: u64,
+    #[arg(
+        long = "drain-grace-ms",
+        value_name = "MS",
+        env = "ORDER_DRAIN_GRACE_MS",
+        default_value = "10000",
+        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+    )]
+    pub drain_grace: Duration,
 
     /// TLS: the server's certificate chain (PEM). With ORDER_TLS_KEY; without both, plaintext.
     #[arg(long, env = "ORDER_TLS_CERT")]
@@ -192,27 +277,26 @@ impl Config {
     }
 
     pub(crate) fn payment_client(&self) -> PaymentClientConfig {
-        let ms = Duration::from_millis;
         let share = |percent: u32| f64::from(percent) / 100.0;
         PaymentClientConfig {
             url: self.payment_url.clone(),
-            resolve_interval: ms(self.payment_resolve_interval_ms),
-            health_interval: ms(self.payment_health_interval_ms),
-            timeout: ms(self.payment_timeout_ms),
-            attempt_timeout: ms(self.payment_attempt_timeout_ms),
-            deadline_margin: ms(self.deadline_margin_ms),
+            resolve_interval: self.payment_resolve_interval,
+            health_interval: self.payment_health_interval,
+            timeout: self.payment_timeout,
+            attempt_timeout: self.payment_attempt_timeout,
+            deadline_margin: self.deadline_margin,
             max_attempts: self.payment_max_attempts,
-            backoff_base: ms(self.payment_backoff_base_ms),
-            backoff_max: ms(self.payment_backoff_max_ms),
+            backoff_base: self.payment_backoff_base,
+            backoff_max: self.payment_backoff_max,
             retry_budget_ratio: self.payment_retry_budget_percent as f32 / 100.0,
             retry_min_per_sec: self.payment_retry_min_per_sec,
             breaker: BreakerConfig {
                 window: self.breaker_window as usize,
                 min_calls: self.breaker_min_calls as usize,
                 failure_rate: share(self.breaker_failure_rate_percent),
-                slow_call: ms(self.breaker_slow_call_ms),
+                slow_call: self.breaker_slow_call,
                 slow_call_rate: share(self.breaker_slow_call_rate_percent),
-                open_for: ms(self.breaker_open_ms),
+                open_for: self.breaker_open,
                 half_open_probes: self.breaker_half_open_probes,
             },
             tls: ClientTlsFiles {
@@ -234,29 +318,21 @@ impl Config {
         }
     }
 
-    pub(crate) fn publish_timeout(&self) -> Duration {
-        Duration::from_millis(self.publish_timeout_ms)
-    }
-
     pub(crate) fn create_settings(&self) -> crate::api::CreateSettings {
         crate::api::CreateSettings {
-            publish_wait: self.publish_timeout(),
-            deadline_margin: Duration::from_millis(self.deadline_margin_ms),
-            settle_timeout: Duration::from_millis(self.settle_timeout_ms),
+            publish_wait: self.publish_timeout,
+            deadline_margin: self.deadline_margin,
+            settle_timeout: self.settle_timeout,
             forward_faults: self.forward_fault_headers,
         }
     }
 
     pub(crate) fn reconciler(&self) -> crate::reconciler::ReconcilerSettings {
         crate::reconciler::ReconcilerSettings {
-            grace: Duration::from_millis(self.reconcile_grace_ms),
-            interval: Duration::from_millis(self.reconcile_interval_ms),
-            settle_timeout: Duration::from_millis(self.settle_timeout_ms),
+            grace: self.reconcile_grace,
+            interval: self.reconcile_interval,
+            settle_timeout: self.settle_timeout,
         }
-    }
-
-    pub(crate) fn drain_grace(&self) -> Duration {
-        Duration::from_millis(self.drain_grace_ms)
     }
 }
 
@@ -280,10 +356,11 @@ impl ServiceSettings for Config {
                 self.breaker_min_calls, self.breaker_window
             )));
         }
-        if self.reconcile_grace_ms <= self.payment_timeout_ms {
+        if self.reconcile_grace <= self.payment_timeout {
             return Err(RunError::Config(format!(
                 "ORDER_RECONCILE_GRACE_MS ({}) must exceed ORDER_PAYMENT_TIMEOUT_MS ({}): the reconciler would close the charge keys of calls still charging",
-                self.reconcile_grace_ms, self.payment_timeout_ms
+                self.reconcile_grace.as_millis(),
+                self.payment_timeout.as_millis()
             )));
         }
         self.kafka.check()?;

@@ -137,7 +137,7 @@ pub async fn run(
     let publisher = publisher::EventPublisher::new(
         &config.kafka,
         &config.events_topic,
-        config.publish_timeout(),
+        config.publish_timeout,
         metrics.meter(),
     )
     .map_err(|e| kafka_error(e.into()))?;
@@ -145,7 +145,7 @@ pub async fn run(
     let store = store::Store::new(pool);
     // The relay is the only publisher; it runs until the server has drained, so calls in flight
     // still get their events acknowledged.
-    let relay = relay::Relay::new(store.clone(), config.publish_timeout(), metrics.meter());
+    let relay = relay::Relay::new(store.clone(), config.publish_timeout, metrics.meter());
     let stop_background = CancellationToken::new();
     let relay_task = tokio::spawn(
         relay
@@ -192,7 +192,7 @@ pub async fn run(
     health
         .set_serving::<OrderServiceServer<api::OrderApi>>()
         .await;
-    grpc::serve(router, health, listener, shutdown, config.drain_grace()).await?;
+    grpc::serve(router, health, listener, shutdown, config.drain_grace).await?;
     stop_background.cancel();
     topics.abort();
     if let Err(error) = relay_task.await {
@@ -202,7 +202,7 @@ pub async fn run(
         tracing::error!(%error, "reconciler panicked");
     }
     // Flushing blocks until the broker answers: keep it off the async workers.
-    let timeout = config.publish_timeout();
+    let timeout = config.publish_timeout;
     match tokio::task::spawn_blocking(move || publisher.flush(timeout)).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::warn!(%error, "events still queued at shutdown"),

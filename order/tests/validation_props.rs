@@ -493,7 +493,7 @@ impl Services {
         let payment_addr = payment_listener.local_addr()?;
         let payment_config = ordermesh_payment::Config {
             database_url: databases.url("payment"),
-            drain_grace_ms: 2_000,
+            drain_grace: std::time::Duration::from_millis(2_000),
             ..ordermesh_payment::Config::from_env()?
         };
         let payment = tokio::spawn(run_until(stop.clone(), |shutdown| {
@@ -507,7 +507,7 @@ impl Services {
             payment_url: format!("http://{payment_addr}"),
             kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
             events_topic: topic.clone(),
-            drain_grace_ms: 2_000,
+            drain_grace: std::time::Duration::from_millis(2_000),
             ..ordermesh_order::Config::from_env()?
         };
         let order = tokio::spawn(run_until(stop.clone(), |shutdown| {

@@ -2,6 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use clap::builder::TypedValueParser;
 use ordermesh_platform::{
     cli::ServiceSettings, listeners::Address, tls::ServerTlsFiles as TlsFiles,
 };
@@ -34,8 +35,14 @@ pub struct Config {
     pub faults_enabled: bool,
 
     /// Fault for every Charge: delay in milliseconds before doing anything.
-    #[arg(long, env = "PAYMENT_FAULT_DELAY_MS", default_value_t = 0)]
-    pub fault_delay_ms: u64,
+    #[arg(
+        long = "fault-delay-ms",
+        value_name = "MS",
+        env = "PAYMENT_FAULT_DELAY_MS",
+        default_value = "0",
+        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+    )]
+    pub fault_delay: Duration,
 
     /// Fault for every Charge: fail with this gRPC code (e.g. unavailable).
     #[arg(long, env = "PAYMENT_FAULT_ABORT", value_parser = crate::fault::parse_code_arg)]
@@ -54,8 +61,14 @@ pub struct Config {
     pub max_concurrent_requests: u32,
 
     /// How long in-flight calls may finish after SIGTERM, in milliseconds.
-    #[arg(long, env = "PAYMENT_DRAIN_GRACE_MS", default_value_t = 10_000)]
-    pub drain_grace_ms: u64,
+    #[arg(
+        long = "drain-grace-ms",
+        value_name = "MS",
+        env = "PAYMENT_DRAIN_GRACE_MS",
+        default_value = "10000",
+        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+    )]
+    pub drain_grace: Duration,
 
     /// TLS: the server's certificate chain (PEM). With PAYMENT_TLS_KEY; without both, plaintext.
     #[arg(long, env = "PAYMENT_TLS_CERT")]
@@ -89,7 +102,7 @@ impl Config {
     pub(crate) fn faults(&self) -> crate::fault::FaultConfig {
         crate::fault::FaultConfig {
             enabled: self.faults_enabled,
-            delay: Duration::from_millis(self.fault_delay_ms),
+            delay: self.fault_delay,
             abort: self.fault_abort,
             stage: self.fault_stage,
             percent: self.fault_percent,
@@ -103,10 +116,6 @@ impl Config {
             key: self.tls_key.clone(),
             client_ca: self.tls_client_ca.clone(),
         }
-    }
-
-    pub(crate) fn drain_grace(&self) -> Duration {
-        Duration::from_millis(self.drain_grace_ms)
     }
 }
 

@@ -84,7 +84,7 @@ pub async fn run(
     health
         .set_serving::<PaymentServiceServer<api::PaymentApi>>()
         .await;
-    grpc::serve(router, health, listener, shutdown, config.drain_grace()).await?;
+    grpc::serve(router, health, listener, shutdown, config.drain_grace).await?;
     admin.stop().await;
     metrics.shutdown();
     Ok(())

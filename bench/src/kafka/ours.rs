@@ -78,7 +78,7 @@ impl Notifier {
             // One channel, so one consumer group reads the topic.
             channels: vec![Channel::Email],
             email_group: fresh_name("bench-email"),
-            fetch_wait_max_ms: fetch_wait_ms,
+            fetch_wait_max: std::time::Duration::from_millis(fetch_wait_ms),
             // Log only: no mail server in the measurement. No tracing subscriber is installed in
             // the bench process, so those log lines cost nothing either.
             smtp_url: None,

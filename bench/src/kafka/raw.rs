@@ -50,7 +50,7 @@ pub(super) fn raw_consumer(
     topic: &str,
     fetch_wait_ms: u64,
 ) -> Result<StreamConsumer> {
-    let session_timeout = ordermesh_notifier::Config::from_env()?.session_timeout_ms;
+    let session_timeout = ordermesh_notifier::Config::from_env()?.session_timeout;
     let consumer: StreamConsumer = ordermesh_kafka::KafkaSettings::plaintext(brokers)
         .client_config("ordermesh-notifier-email")
         .set("group.id", fresh_name("bench-raw"))
@@ -58,8 +58,14 @@ pub(super) fn raw_consumer(
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", session_timeout.to_string())
-        .set("heartbeat.interval.ms", (session_timeout / 4).to_string())
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout / 4).as_millis().to_string(),
+        )
         .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         // The notifier's STATISTICS_INTERVAL (for its lag metric).
         .set("statistics.interval.ms", "5000")

@@ -46,10 +46,10 @@ fn delivering_to(
         config.smtp_url = Some(smtp_url.clone());
         config.sms_webhook_url = Some(sms_url.clone());
         config.sms_webhook_token = Some(SMS_TOKEN.into());
-        config.send_timeout_ms = 2_000;
+        config.send_timeout = std::time::Duration::from_millis(2_000);
         config.send_attempts = attempts;
-        config.retry_backoff_ms = 50;
-        config.retry_max_backoff_ms = 400;
+        config.retry_backoff = std::time::Duration::from_millis(50);
+        config.retry_max_backoff = std::time::Duration::from_millis(400);
     });
     mesh
 }

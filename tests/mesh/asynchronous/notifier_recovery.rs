@@ -164,7 +164,7 @@ async fn a_rebalance_mid_backlog_moves_partitions_without_loss_or_a_second_send(
     mesh.notifier_settings = std::sync::Arc::new(move |config| {
         config.sms_webhook_url = Some(url.clone());
         config.sms_webhook_token = Some(SMS_TOKEN.into());
-        config.send_timeout_ms = 2_000;
+        config.send_timeout = std::time::Duration::from_millis(2_000);
     });
     let orders = order_ids(mesh.place_orders("rebalance", ORDERS).await?);
     mesh.start_notifier().await?;

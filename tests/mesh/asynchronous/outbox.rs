@@ -47,7 +47,7 @@ async fn assert_all_delivered_once(mesh: &TestMesh, orders: &[Order]) -> Result<
 const WAIT_FOR_BROKER: MeshOptions = MeshOptions {
     payment: true,
     notifier: true,
-    order: |config| config.publish_timeout_ms = 1_000,
+    order: |config| config.publish_timeout = std::time::Duration::from_millis(1_000),
     payment_config: |_| {},
     tansu: false,
     secured_kafka: false,
@@ -111,7 +111,7 @@ async fn events_still_pending_when_the_order_service_stops_are_published_once_af
 -> Result<()> {
     // Arrange: orders accepted while the broker is down, then the order service stops.
     let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        order: |config| config.publish_timeout_ms = 500,
+        order: |config| config.publish_timeout = std::time::Duration::from_millis(500),
         ..Default::default()
     })
     .await?

@@ -70,7 +70,7 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
     let file = |name: &str| -> Option<PathBuf> { Some(certs.join(name)) };
     let payment_config = ordermesh_payment::Config {
         database_url: databases.url("payment"),
-        drain_grace_ms: 2_000,
+        drain_grace: std::time::Duration::from_millis(2_000),
         tls_cert: file("payment.pem"),
         tls_key: file("payment.key"),
         tls_client_ca: file("ca.pem"),
@@ -150,7 +150,7 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> 
         tls_key: file("order.key"),
         kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
         events_topic: topic,
-        drain_grace_ms: 2_000,
+        drain_grace: std::time::Duration::from_millis(2_000),
         ..ordermesh_order::Config::from_env()?
     };
     let order = Running::spawn_tls(

@@ -470,10 +470,10 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
     let mut config = ordermesh_order::Config {
         database_url: databases.url("order"),
         payment_url: format!("http://{payment_addr}"),
-        payment_timeout_ms: 2_000,
+        payment_timeout: std::time::Duration::from_millis(2_000),
         kafka: kafka.clone(),
         events_topic: topic.clone(),
-        drain_grace_ms: 2_000,
+        drain_grace: std::time::Duration::from_millis(2_000),
         // The tests drive payment's faults through CreateOrder.
         forward_fault_headers: true,
         ..ordermesh_order::Config::from_env()?
@@ -523,7 +523,7 @@ async fn spawn_payment(
 ) -> Result<Running> {
     let mut config = ordermesh_payment::Config {
         database_url: database_url.to_owned(),
-        drain_grace_ms: 2_000,
+        drain_grace: std::time::Duration::from_millis(2_000),
         faults_enabled: true,
         ..ordermesh_payment::Config::from_env()?
     };
@@ -592,8 +592,8 @@ impl TestMesh {
             email_group: self.email_group.clone(),
             sms_group: self.sms_group.clone(),
             // The smallest Kafka allows by default: a restarted notifier rejoins sooner.
-            session_timeout_ms: 6_000,
-            drain_grace_ms: 2_000,
+            session_timeout: std::time::Duration::from_millis(6_000),
+            drain_grace: std::time::Duration::from_millis(2_000),
             ..ordermesh_notifier::Config::from_env()?
         };
         (self.notifier_settings)(&mut config);

@@ -34,8 +34,8 @@ async fn a_seeded_fault_campaign_leaves_the_ledger_keeping_the_money_promise() -
         order: |config| {
             config.breaker_window = 10_000;
             config.breaker_min_calls = 10_000;
-            config.reconcile_grace_ms = 2_500;
-            config.reconcile_interval_ms = 200;
+            config.reconcile_grace = std::time::Duration::from_millis(2_500);
+            config.reconcile_interval = std::time::Duration::from_millis(200);
         },
         ..Default::default()
     })

@@ -35,8 +35,8 @@ fn options(reconcile: bool) -> MeshOptions {
         order: if reconcile {
             |config| {
                 no_breaker(config);
-                config.reconcile_grace_ms = 2_500;
-                config.reconcile_interval_ms = 200;
+                config.reconcile_grace = std::time::Duration::from_millis(2_500);
+                config.reconcile_interval = std::time::Duration::from_millis(200);
             }
         } else {
             no_breaker
@@ -394,9 +394,9 @@ async fn with_the_broker_down_a_caller_with_a_1_s_deadline_gets_its_paid_order_i
     // Arrange: CreateOrder would wait 5 s for the broker; the broker is down.
     let Some(mut mesh) = spawn_mesh_with(MeshOptions {
         order: |config| {
-            config.publish_timeout_ms = 5_000;
+            config.publish_timeout = std::time::Duration::from_millis(5_000);
             // Room to answer before the caller's own timer, even on a loaded test machine.
-            config.deadline_margin_ms = 300;
+            config.deadline_margin = std::time::Duration::from_millis(300);
         },
         ..Default::default()
     })

@@ -127,10 +127,10 @@ async fn a_caller_deadline_shorter_than_the_payment_timeout_is_honoured() -> Res
     let Some(mesh) = spawn_mesh_with(MeshOptions {
         notifier: false,
         order: |config| {
-            config.payment_timeout_ms = 30_000;
-            config.payment_attempt_timeout_ms = 30_000;
+            config.payment_timeout = std::time::Duration::from_millis(30_000);
+            config.payment_attempt_timeout = std::time::Duration::from_millis(30_000);
             // Room to answer before the caller's own timer, even on a loaded test machine.
-            config.deadline_margin_ms = 300;
+            config.deadline_margin = std::time::Duration::from_millis(300);
         },
         ..Default::default()
     })
@@ -228,7 +228,7 @@ async fn the_breaker_opens_when_payment_is_gone_fails_fast_and_closes_when_it_is
             config.breaker_window = 4;
             config.breaker_min_calls = 4;
             config.breaker_failure_rate_percent = 50;
-            config.breaker_open_ms = 1_000;
+            config.breaker_open = std::time::Duration::from_millis(1_000);
             config.breaker_half_open_probes = 1;
         },
         ..Default::default()
@@ -474,9 +474,9 @@ async fn a_graceful_stop_lets_the_calls_in_flight_finish() -> Result<()> {
     let Some(mesh) = spawn_mesh_with(MeshOptions {
         notifier: false,
         order: |config| {
-            config.drain_grace_ms = 20_000;
-            config.payment_attempt_timeout_ms = 5_000;
-            config.payment_timeout_ms = 5_000;
+            config.drain_grace = std::time::Duration::from_millis(20_000);
+            config.payment_attempt_timeout = std::time::Duration::from_millis(5_000);
+            config.payment_timeout = std::time::Duration::from_millis(5_000);
         },
         ..Default::default()
     })

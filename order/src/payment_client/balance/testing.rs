@@ -104,7 +104,7 @@ pub(super) async fn payment_replica() -> (SocketAddr, oneshot::Sender<()>) {
     let addr = listener.local_addr().unwrap();
     let config = ordermesh_payment::Config {
         database_url: "sqlite::memory:".into(),
-        drain_grace_ms: 0,
+        drain_grace: std::time::Duration::from_millis(0),
         ..ordermesh_payment::Config::from_env().unwrap()
     };
     let (stop, stopped) = oneshot::channel::<()>();
