@@ -7,9 +7,17 @@ use anyhow::{Context, Result, ensure};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The README and every page in docs/, as paths relative to the repository.
+/// The README, the service crates' READMEs and every page in docs/, as paths relative to the
+/// repository.
 fn pages() -> Result<Vec<String>> {
-    let mut pages = vec!["README.md".to_owned()];
+    let mut pages: Vec<String> = [
+        "README.md",
+        "order/README.md",
+        "payment/README.md",
+        "notifier/README.md",
+    ]
+    .map(str::to_owned)
+    .into();
     for entry in std::fs::read_dir(Path::new(ROOT).join("docs"))? {
         let name = entry?.file_name().to_string_lossy().into_owned();
         if name.ends_with(".md") {
