@@ -10,12 +10,14 @@
 //!
 //! Payment does not link this crate: only the services that produce or consume events do.
 
+mod close;
 mod embedded;
 mod error;
 mod headers;
 mod settings;
 mod topics;
 
+pub use close::commit_and_close;
 pub use embedded::{DEFAULT_EMBEDDED_ADDR, EmbeddedBroker};
 pub use error::BrokerError;
 pub use headers::KafkaHeaders;

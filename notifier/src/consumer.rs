@@ -42,7 +42,7 @@ use crate::{
     handler::{Handler, Mode, Prepared, Verdict},
     letter::Letter,
     outcome::{Outcome, Stats},
-    rebalance::{RebalanceContext, STATISTICS_INTERVAL, commit_and_close},
+    rebalance::{RebalanceContext, STATISTICS_INTERVAL},
     status::Status,
     store::NotificationRow,
 };
@@ -155,7 +155,7 @@ impl ChannelConsumer {
                 break;
             }
         }
-        if let Err(error) = commit_and_close(self.consumer).await {
+        if let Err(error) = ordermesh_kafka::commit_and_close(self.consumer).await {
             tracing::warn!(channel, %error, "final offset commit failed; the broker will redeliver");
         }
         tracing::info!(channel, "consumer stopped");

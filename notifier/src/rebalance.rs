@@ -4,8 +4,9 @@
 //!
 //! Offsets are stored only after handling (see `consumer`) and reach the broker three ways: the
 //! auto-commit timer, every second; [`RebalanceContext`], before partitions are revoked, so their
-//! new owner starts right after the last message handled here; and [`commit_and_close`], once
-//! more when a consumer (a channel's, or a replay's) stops.
+//! new owner starts right after the last message handled here; and
+//! `ordermesh_kafka::commit_and_close`, once more when a consumer (a channel's, or a replay's)
+//! stops.
 //!
 //! librdkafka has one context per consumer and calls its statistics callback on it too, so the lag
 //! gauge, fed from those statistics, is recorded here as well.
@@ -88,24 +89,5 @@ impl ConsumerContext for RebalanceContext {
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(group = %self.group, partitions = partitions.count(), "partitions assigned");
         }
-    }
-}
-
-/// Commits the offsets stored so far and closes `consumer` (leaving its group). Both block until the
-/// broker answers, so they run on a blocking thread, and the consumer is dropped there too. Having
-/// nothing stored since the last commit is not an error.
-pub(crate) async fn commit_and_close<C: ConsumerContext + 'static>(
-    consumer: StreamConsumer<C>,
-) -> Result<(), String> {
-    let committed = tokio::task::spawn_blocking(move || {
-        let committed = consumer.commit_consumer_state(CommitMode::Sync);
-        drop(consumer);
-        committed
-    })
-    .await;
-    match committed {
-        Ok(Ok(())) | Ok(Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => Ok(()),
-        Ok(Err(error)) => Err(error.to_string()),
-        Err(error) => Err(format!("the commit did not run: {error}")),
     }
 }

@@ -25,7 +25,6 @@ use crate::{
     handler::{Handler, Mode},
     letter::Letter,
     outcome::Outcome,
-    rebalance::commit_and_close,
     store::Store,
 };
 
@@ -139,7 +138,7 @@ pub async fn replay_dead_letters(
             remaining.remove(&partition);
         }
     }
-    commit_and_close(consumer)
+    ordermesh_kafka::commit_and_close(consumer)
         .await
         .map_err(|e| RunError::Replay(format!("cannot commit the replay: {e}")))?;
     tracing::info!(?report, "dead letters replayed");

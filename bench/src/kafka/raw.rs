@@ -115,17 +115,12 @@ pub(super) async fn consume_loop(
     }
 }
 
-/// Commits the stored offsets and closes `consumer`, on a blocking thread (both wait for the
-/// broker), as the notifier does on shutdown. Outside every measurement.
+/// Commits the stored offsets and closes `consumer`, as the notifier does on shutdown (with the
+/// same function). Outside every measurement.
 pub(super) async fn commit_and_close(consumer: StreamConsumer) {
-    let _ = tokio::task::spawn_blocking(move || {
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(error) => tracing::debug!(%error, "final commit of a benchmark consumer failed"),
-        }
-        drop(consumer);
-    })
-    .await;
+    if let Err(error) = ordermesh_kafka::commit_and_close(consumer).await {
+        tracing::debug!(%error, "final commit of a benchmark consumer failed");
+    }
 }
 
 /// Sends `events` as `EventPublisher` does (key, payload, CloudEvents headers), waiting for each
