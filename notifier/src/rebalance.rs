@@ -19,7 +19,7 @@ use opentelemetry::{
 };
 use rdkafka::{
     ClientContext, Statistics,
-    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance},
     error::KafkaError,
     types::RDKafkaErrorCode,
 };

@@ -18,10 +18,8 @@ use ordermesh::events;
 use ordermesh_kafka::KafkaHeaders;
 use rdkafka::{
     Message as _,
-    consumer::{CommitMode, Consumer as _, StreamConsumer},
-    error::KafkaError,
+    consumer::{Consumer as _, StreamConsumer},
     producer::{FutureProducer, FutureRecord},
-    types::RDKafkaErrorCode,
     util::Timeout,
 };
 use tokio_util::sync::CancellationToken;
