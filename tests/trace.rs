@@ -3,7 +3,9 @@
 //! all share the caller's trace id, each the child of the span that caused it.
 //!
 //! A test binary of its own: the tracer is process-wide, and here it is the production setup
-//! (`ordermesh_platform::telemetry::install_to`) with an in-memory exporter instead of OTLP.
+//! (`ordermesh_platform::telemetry::install_to`) with an in-memory exporter instead of OTLP,
+//! installed once for the binary's tests. The test runs on both database backends at once, each
+//! with a trace id of its own to find its spans by (the trace context crosses the outbox table).
 
 // The mesh helpers are shared with the mesh tests; this binary uses a few of them.
 #![allow(unreachable_pub, dead_code)]
@@ -23,8 +25,15 @@ use ordermesh_platform::telemetry::LogFormat;
 use tonic::Request;
 
 use helpers::{eventually, order_request, spawn_mesh};
+use ordermesh_testkit::{Backend, on_both_backends};
 
-const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+/// The caller's trace id on each backend.
+fn trace_id(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Sqlite => "4bf92f3577b34da6a3ce929d0e0e4736",
+        Backend::Postgres => "5cf92f3577b34da6a3ce929d0e0e4737",
+    }
+}
 /// The caller's own span, as if grpcurl's caller were traced.
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
@@ -71,26 +80,45 @@ fn child_of(child: &SpanData, parent: &SpanData) -> Result<()> {
     Ok(())
 }
 
+/// The process-wide tracer, installed by the first test to ask: every finished span lands in the
+/// exporter returned.
+fn exporter() -> &'static InMemorySpanExporter {
+    static INSTALLED: std::sync::OnceLock<(
+        InMemorySpanExporter,
+        ordermesh_platform::telemetry::Telemetry,
+    )> = std::sync::OnceLock::new();
+    &INSTALLED
+        .get_or_init(|| {
+            let exporter = InMemorySpanExporter::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(exporter.clone())
+                .build();
+            let telemetry = ordermesh_platform::telemetry::install_to(
+                LogFormat::Text,
+                provider,
+                tracing_subscriber::fmt::TestWriter::default,
+            )
+            .expect("the tracer installs once per process");
+            (exporter, telemetry)
+        })
+        .0
+}
+
+#[on_both_backends]
 #[tokio::test]
-async fn one_create_order_is_one_trace_through_payment_kafka_and_both_notifications() -> Result<()>
-{
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
-    let _telemetry = ordermesh_platform::telemetry::install_to(
-        LogFormat::Text,
-        provider,
-        tracing_subscriber::fmt::TestWriter::default,
-    )?;
-    let Some(mesh) = spawn_mesh().await? else {
+async fn one_create_order_is_one_trace_through_payment_kafka_and_both_notifications(
+    backend: Backend,
+) -> Result<()> {
+    let exporter = exporter();
+    let trace = trace_id(backend);
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
 
     let mut request = Request::new(order_request("traced-1", "tok_visa"));
     request.metadata_mut().insert(
         "traceparent",
-        format!("00-{TRACE_ID}-{CALLER_SPAN}-01").parse()?,
+        format!("00-{trace}-{CALLER_SPAN}-01").parse()?,
     );
     let order = mesh
         .order_client()
@@ -101,7 +129,7 @@ async fn one_create_order_is_one_trace_through_payment_kafka_and_both_notificati
     mesh.wait_for_notifications(2).await?;
 
     // Spans are exported when they end, a moment after the work they cover: wait for all eight.
-    let trace_id = TraceId::from_hex(TRACE_ID)?;
+    let trace_id = TraceId::from_hex(trace)?;
     let traced = || -> Result<Vec<SpanData>> {
         Ok(exporter
             .get_finished_spans()?

@@ -390,28 +390,27 @@ impl Handler {
 mod tests {
     use super::*;
     use ordermesh::{events::CloudEventHeaders, proto::order::v1::Customer};
+    use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
     // Each test runs on SQLite (in memory) and on PostgreSQL, as the claim and lease statements are
     // what replicas sharing a database rely on.
-    ordermesh_testkit::on_both_backends!(
-        a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again,
-        a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over,
-        a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate,
-    );
 
-    /// A handler on a fresh database (see [`on_both_backends`]), with what keeps a PostgreSQL
-    /// server alive; None to skip.
-    async fn handler(postgres: bool) -> Option<(Handler, Option<ordermesh_testkit::Databases>)> {
+    /// A handler on a fresh database on `backend`, with what keeps a PostgreSQL server alive; None
+    /// to skip.
+    async fn handler(backend: Backend) -> Option<(Handler, Option<Databases>)> {
         let mut config = Config::from_env().expect("defaults parse");
-        let databases = if postgres {
-            let databases = ordermesh_testkit::Databases::for_test(std::path::Path::new("."), true)
-                .await
-                .expect("a PostgreSQL server")?;
-            config.database_url = databases.url("notifier");
-            Some(databases)
-        } else {
-            config.database_url = "sqlite::memory:".into();
-            None
+        let databases = match backend {
+            Backend::Postgres => {
+                let databases = Databases::for_test(std::path::Path::new("."), backend)
+                    .await
+                    .expect("a PostgreSQL server")?;
+                config.database_url = databases.url("notifier");
+                Some(databases)
+            }
+            Backend::Sqlite => {
+                config.database_url = "sqlite::memory:".into();
+                None
+            }
         };
         let store = Store::new(
             ordermesh_platform::db::open(&config.database_url, &crate::store::migrations())
@@ -452,8 +451,10 @@ mod tests {
         }
     }
 
-    async fn a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again(postgres: bool) {
-        let Some((handler, _databases)) = handler(postgres).await else {
+    #[on_both_backends]
+    #[tokio::test]
+    async fn a_claim_found_unsettled_is_handed_to_the_retry_loop_not_sent_again(backend: Backend) {
+        let Some((handler, _databases)) = handler(backend).await else {
             return;
         };
         let letter = letter();
@@ -504,10 +505,12 @@ mod tests {
         );
     }
 
+    #[on_both_backends]
+    #[tokio::test]
     async fn a_claim_kept_waiting_in_its_batch_is_renewed_before_its_send_or_given_up_if_handed_over(
-        postgres: bool,
+        backend: Backend,
     ) {
-        let Some((handler, _databases)) = handler(postgres).await else {
+        let Some((handler, _databases)) = handler(backend).await else {
             return;
         };
         let letter = letter();
@@ -553,8 +556,10 @@ mod tests {
         assert_eq!((row.status, row.attempts), (Status::Retrying, 0));
     }
 
-    async fn a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate(postgres: bool) {
-        let Some((handler, _databases)) = handler(postgres).await else {
+    #[on_both_backends]
+    #[tokio::test]
+    async fn a_new_event_is_sent_and_a_redelivery_of_it_is_a_duplicate(backend: Backend) {
+        let Some((handler, _databases)) = handler(backend).await else {
             return;
         };
         let letter = letter();

@@ -463,20 +463,21 @@ fn from_row(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
     // On SQLite (in memory) and on PostgreSQL: each statement writes or matches its status as a
     // literal, and both backends must agree with `Status`.
-    ordermesh_testkit::on_both_backends!(every_transition_stores_a_status_that_reads_back_typed);
 
     /// A store on a fresh database, with what keeps a PostgreSQL server alive; None to skip.
-    async fn store(postgres: bool) -> Option<(Store, Option<ordermesh_testkit::Databases>)> {
-        let (url, databases) = if postgres {
-            let databases = ordermesh_testkit::Databases::for_test(std::path::Path::new("."), true)
-                .await
-                .expect("a PostgreSQL server")?;
-            (databases.url("notifier"), Some(databases))
-        } else {
-            ("sqlite::memory:".to_owned(), None)
+    async fn store(backend: Backend) -> Option<(Store, Option<Databases>)> {
+        let (url, databases) = match backend {
+            Backend::Postgres => {
+                let databases = Databases::for_test(std::path::Path::new("."), backend)
+                    .await
+                    .expect("a PostgreSQL server")?;
+                (databases.url("notifier"), Some(databases))
+            }
+            Backend::Sqlite => ("sqlite::memory:".to_owned(), None),
         };
         let pool = ordermesh_platform::db::open(&url, &migrations())
             .await
@@ -506,8 +507,10 @@ mod tests {
         (row, letter)
     }
 
-    async fn every_transition_stores_a_status_that_reads_back_typed(postgres: bool) {
-        let Some((store, _databases)) = store(postgres).await else {
+    #[on_both_backends]
+    #[tokio::test]
+    async fn every_transition_stores_a_status_that_reads_back_typed(backend: Backend) {
+        let Some((store, _databases)) = store(backend).await else {
             return;
         };
         let now = 1_000_000;

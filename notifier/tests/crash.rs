@@ -2,8 +2,8 @@
 //! notifies every event once per channel (one record each), and the SMS gateway sees each SMS at
 //! most twice, the second time only for those in flight at the kill (one per partition: the
 //! notifier sends on its partitions concurrently), under the same Idempotency-Key so the gateway can
-//! drop it. Run against the embedded broker and against tansu; on
-//! SQLite here, and on PostgreSQL in `crash_postgres.rs` (this file compiled again).
+//! drop it. Run against the embedded broker and against tansu, each
+//! on SQLite and on PostgreSQL (`#[on_both_backends]`).
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -20,7 +20,9 @@ use ordermesh::{
     proto::order::v1::Customer, proto::types::v1::Money,
 };
 use ordermesh_kafka::KafkaHeaders;
-use ordermesh_testkit::{Broker, Databases, Process, Tansu, eventually, on_postgres, unused_addr};
+use ordermesh_testkit::{
+    Backend, Broker, Databases, Process, Tansu, eventually, on_both_backends, unused_addr,
+};
 use rdkafka::{
     ClientConfig,
     producer::{FutureProducer, FutureRecord},
@@ -136,10 +138,8 @@ async fn start_notifier(
     Ok(notifier)
 }
 
-async fn scenario(dir: TempDir, broker: Broker, topic: &str) -> Result<()> {
-    let Some(databases) =
-        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
-    else {
+async fn scenario(backend: Backend, dir: TempDir, broker: Broker, topic: &str) -> Result<()> {
+    let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
         return Ok(());
     };
     let database = databases.url("notifier");
@@ -205,8 +205,11 @@ async fn scenario(dir: TempDir, broker: Broker, topic: &str) -> Result<()> {
     Ok(())
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_backlog_notifies_each_event_once_after_restart_embedded() -> Result<()> {
+async fn killed_mid_backlog_notifies_each_event_once_after_restart_embedded(
+    backend: Backend,
+) -> Result<()> {
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
     let dead_letters = [
         ordermesh_notifier::dead_letter::topic(&topic, ordermesh_notifier::Channel::Email),
@@ -216,11 +219,14 @@ async fn killed_mid_backlog_notifies_each_event_once_after_restart_embedded() ->
         &[&topic, &dead_letters[0], &dead_letters[1]],
         PARTITIONS as i32,
     )?;
-    scenario(tempfile::tempdir()?, broker, &topic).await
+    scenario(backend, tempfile::tempdir()?, broker, &topic).await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_mid_backlog_notifies_each_event_once_after_restart_tansu() -> Result<()> {
+async fn killed_mid_backlog_notifies_each_event_once_after_restart_tansu(
+    backend: Backend,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(tansu) = Tansu::start_in(dir.path()).await? else {
         return Ok(());
@@ -232,5 +238,5 @@ async fn killed_mid_backlog_notifies_each_event_once_after_restart_tansu() -> Re
         PARTITIONS as i32,
     )
     .await?;
-    scenario(dir, Broker::Tansu(Box::new(tansu)), &topic).await
+    scenario(backend, dir, Broker::Tansu(Box::new(tansu)), &topic).await
 }

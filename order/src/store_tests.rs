@@ -3,24 +3,20 @@
 //! that lost its claim change nothing.
 
 use ordermesh_platform::db;
+use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
 use super::*;
 
-ordermesh_testkit::on_both_backends!(
-    a_reconciler_takes_only_idle_orders_and_none_leased_to_another,
-    a_reconciler_that_lost_its_claim_changes_nothing,
-    a_call_starting_to_charge_holds_the_reconciler_off,
-);
-
 /// A store on a fresh database, with what keeps a PostgreSQL server alive; None to skip.
-async fn store(postgres: bool) -> Option<(Store, Option<ordermesh_testkit::Databases>)> {
-    let (url, databases) = if postgres {
-        let databases = ordermesh_testkit::Databases::for_test(std::path::Path::new("."), true)
-            .await
-            .expect("a PostgreSQL server")?;
-        (databases.url("order"), Some(databases))
-    } else {
-        ("sqlite::memory:".to_owned(), None)
+async fn store(backend: Backend) -> Option<(Store, Option<Databases>)> {
+    let (url, databases) = match backend {
+        Backend::Postgres => {
+            let databases = Databases::for_test(std::path::Path::new("."), backend)
+                .await
+                .expect("a PostgreSQL server")?;
+            (databases.url("order"), Some(databases))
+        }
+        Backend::Sqlite => ("sqlite::memory:".to_owned(), None),
     };
     let pool = db::open(&url, &migrations()).await.expect("database");
     Some((Store::new(pool), databases))
@@ -54,8 +50,10 @@ const NOW: i64 = 1_000_000;
 const GRACE: i64 = 60_000;
 const LEASE: i64 = 30_000;
 
-async fn a_reconciler_takes_only_idle_orders_and_none_leased_to_another(postgres: bool) {
-    let Some((store, _db)) = store(postgres).await else {
+#[on_both_backends]
+#[tokio::test]
+async fn a_reconciler_takes_only_idle_orders_and_none_leased_to_another(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
         return;
     };
     pending(&store, "ord_idle", NOW - 2 * GRACE).await;
@@ -87,8 +85,10 @@ async fn a_reconciler_takes_only_idle_orders_and_none_leased_to_another(postgres
     assert_eq!(ids(&b), ["ord_idle"]);
 }
 
-async fn a_reconciler_that_lost_its_claim_changes_nothing(postgres: bool) {
-    let Some((store, _db)) = store(postgres).await else {
+#[on_both_backends]
+#[tokio::test]
+async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
         return;
     };
     let order = pending(&store, "ord_1", NOW - 2 * GRACE).await;
@@ -165,8 +165,10 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(postgres: bool) {
     assert_eq!(store.backlog().await.expect("backlog"), 1, "one event, b's");
 }
 
-async fn a_call_starting_to_charge_holds_the_reconciler_off(postgres: bool) {
-    let Some((store, _db)) = store(postgres).await else {
+#[on_both_backends]
+#[tokio::test]
+async fn a_call_starting_to_charge_holds_the_reconciler_off(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
         return;
     };
     let order = pending(&store, "ord_1", NOW - 2 * GRACE).await;

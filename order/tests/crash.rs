@@ -1,7 +1,7 @@
 //! The order service as a real process, killed with SIGKILL while its orders' events are stored but
 //! not yet published (the broker is down): restarted, it publishes every event exactly once. Run
-//! against the embedded broker and against tansu, a broker nobody here wrote; on SQLite here, and on
-//! PostgreSQL in `crash_postgres.rs` (this file compiled again). And killed between a charge and its
+//! against the embedded broker and against tansu, a broker nobody here wrote, each on SQLite and on
+//! PostgreSQL (`#[on_both_backends]`). And killed between a charge and its
 //! record: restarted, its reconciler finds the charge and the order is paid.
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +15,9 @@ use ordermesh::{
     proto::payment::v1::ListPaymentsRequest,
     proto::payment::v1::payment_service_client::PaymentServiceClient, proto::types::v1::Money,
 };
-use ordermesh_testkit::{Broker, Databases, Process, Tansu, eventually, on_postgres, unused_addr};
+use ordermesh_testkit::{
+    Backend, Broker, Databases, Process, Tansu, eventually, on_both_backends, unused_addr,
+};
 use tempfile::TempDir;
 
 fn order_request(request_id: &str) -> CreateOrderRequest {
@@ -71,10 +73,8 @@ async fn start_order(
     Ok(order)
 }
 
-async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
-    let Some(databases) =
-        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
-    else {
+async fn scenario(backend: Backend, dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
+    let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
         return Ok(());
     };
     eprintln!("running against: {} ({databases:?})", broker.name());
@@ -183,32 +183,38 @@ async fn scenario(dir: TempDir, mut broker: Broker, topic: &str) -> Result<()> {
     Ok(())
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_with_events_unpublished_publishes_each_once_after_restart_embedded() -> Result<()> {
+async fn killed_with_events_unpublished_publishes_each_once_after_restart_embedded(
+    backend: Backend,
+) -> Result<()> {
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
     let broker = Broker::embedded(&[&topic], 3)?;
-    scenario(tempfile::tempdir()?, broker, &topic).await
+    scenario(backend, tempfile::tempdir()?, broker, &topic).await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_with_events_unpublished_publishes_each_once_after_restart_tansu() -> Result<()> {
+async fn killed_with_events_unpublished_publishes_each_once_after_restart_tansu(
+    backend: Backend,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let Some(tansu) = Tansu::start_in(dir.path()).await? else {
         return Ok(());
     };
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
-    scenario(dir, Broker::Tansu(Box::new(tansu)), &topic).await
+    scenario(backend, dir, Broker::Tansu(Box::new(tansu)), &topic).await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_between_the_charge_and_its_record_is_settled_paid_by_the_reconciler_after_restart()
--> Result<()> {
+async fn killed_between_the_charge_and_its_record_is_settled_paid_by_the_reconciler_after_restart(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: payment in this process, answering 10 s after it stored the charge; the order
     // binary waiting up to 20 s for it, and forwarding the fault headers.
     let dir = tempfile::tempdir()?;
-    let Some(databases) =
-        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
-    else {
+    let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
         return Ok(());
     };
     let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());

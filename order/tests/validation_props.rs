@@ -6,8 +6,8 @@
 //! Two levels: the validation function alone, on many generated requests, checked against the rules
 //! restated independently below (`Spec`); and the real order service over gRPC, with payment and an
 //! embedded Kafka-protocol broker, on a few dozen requests, after which exactly the accepted ones
-//! exist as orders, charges and events. The services keep their data in SQLite here, and in
-//! PostgreSQL in `validation_props_postgres.rs` (this file compiled again).
+//! exist as orders, charges and events. The service-level test runs on SQLite and on
+//! PostgreSQL (`#[on_both_backends]`).
 
 use std::{
     collections::BTreeSet,
@@ -23,7 +23,7 @@ use ordermesh::{
     proto::order::v1::order_service_client::OrderServiceClient, proto::types::v1::Money,
 };
 use ordermesh_order::OrderError;
-use ordermesh_testkit::{Broker, Databases, eventually, is_serving, on_postgres};
+use ordermesh_testkit::{Backend, Broker, Databases, eventually, is_serving, on_both_backends};
 use proptest::{
     collection::vec,
     prelude::*,
@@ -478,11 +478,9 @@ struct Services {
 
 impl Services {
     /// None when the test is to skip (PostgreSQL wanted but not installed, CI not set).
-    async fn start() -> Result<Option<Self>> {
+    async fn start(backend: Backend) -> Result<Option<Self>> {
         let dir = tempfile::tempdir()?;
-        let Some(databases) =
-            Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
-        else {
+        let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
             return Ok(None);
         };
         let topic = format!("order-events-{}", uuid::Uuid::new_v4().simple());
@@ -591,13 +589,16 @@ where
         .map_err(anyhow::Error::from)
 }
 
+#[on_both_backends]
 #[test]
-fn over_grpc_a_request_is_accepted_whole_or_refused_and_leaves_nothing() -> Result<()> {
+fn over_grpc_a_request_is_accepted_whole_or_refused_and_leaves_nothing(
+    backend: Backend,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let Some(services) = runtime.block_on(Services::start())? else {
+    let Some(services) = runtime.block_on(Services::start(backend))? else {
         return Ok(());
     };
     let client = runtime.block_on(services.client())?;

@@ -1,20 +1,19 @@
 //! The payment binary as a real process: it serves, and SIGTERM (what `docker stop` sends) stops it
 //! cleanly, exit code 0, its port released. Having an integration test is also what makes `cargo
-//! test --workspace` build this binary, which the resident-memory benchmark runs. On SQLite here,
-//! and on PostgreSQL in `binary_postgres.rs` (this file compiled again).
+//! test --workspace` build this binary, which the resident-memory benchmark runs. On SQLite and
+//! on PostgreSQL (`#[on_both_backends]`).
 
 use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result};
-use ordermesh_testkit::{Databases, Process, is_serving, on_postgres, unused_addr};
+use ordermesh_testkit::{Backend, Databases, Process, is_serving, on_both_backends, unused_addr};
 
+#[on_both_backends]
 #[tokio::test]
-async fn serves_then_exits_cleanly_on_sigterm() -> Result<()> {
+async fn serves_then_exits_cleanly_on_sigterm(backend: Backend) -> Result<()> {
     // Arrange: the binary on a free port, its database in a temporary directory (or server).
     let dir = tempfile::tempdir()?;
-    let Some(databases) =
-        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
-    else {
+    let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
         return Ok(());
     };
     let addr = unused_addr().await?;
@@ -58,12 +57,11 @@ async fn serves_then_exits_cleanly_on_sigterm() -> Result<()> {
 
 /// What compose's health check runs against a payment serving mutual TLS: `payment healthcheck
 /// --ca` with the service's own settings passes; without the CA it cannot pass.
+#[on_both_backends]
 #[tokio::test]
-async fn the_healthcheck_subcommand_speaks_mutual_tls() -> Result<()> {
+async fn the_healthcheck_subcommand_speaks_mutual_tls(backend: Backend) -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some(databases) =
-        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
-    else {
+    let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
         return Ok(());
     };
     let certs = dir.path().join("certs");

@@ -4,8 +4,7 @@
 //! (it would grow by the inflated size, twice over with the decode, if the limit did not apply to
 //! the inflated bytes), the same connection serves the next charge, and nothing is recorded for the
 //! refused one. Peak memory is the kernel's VmHWM of the server process, which only this test
-//! talks to. On SQLite here, and on PostgreSQL in `compression_postgres.rs` (this file compiled
-//! again).
+//! talks to. On SQLite and on PostgreSQL (`#[on_both_backends]`).
 
 use std::path::Path;
 
@@ -14,7 +13,7 @@ use ordermesh::{
     proto::payment::v1::ChargeRequest,
     proto::payment::v1::payment_service_client::PaymentServiceClient, proto::types::v1::Money,
 };
-use ordermesh_testkit::{Databases, Process, on_postgres, unused_addr};
+use ordermesh_testkit::{Backend, Databases, Process, on_both_backends, unused_addr};
 use tonic::{Code, codec::CompressionEncoding};
 
 /// Inflated size of the bomb's one string field.
@@ -45,15 +44,15 @@ fn peak_rss_kib(pid: u32) -> Result<u64> {
         .context("VmHWM in /proc/<pid>/status")
 }
 
+#[on_both_backends]
 #[tokio::test]
-async fn a_compression_bomb_is_refused_without_inflating_and_the_connection_goes_on() -> Result<()>
-{
+async fn a_compression_bomb_is_refused_without_inflating_and_the_connection_goes_on(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: the binary on a free port; one client (one HTTP/2 connection) that gzips every
     // request.
     let dir = tempfile::tempdir()?;
-    let Some(databases) =
-        Databases::for_test(dir.path(), on_postgres(env!("CARGO_CRATE_NAME"))).await?
-    else {
+    let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
         return Ok(());
     };
     let database = databases.url("payment");

@@ -5,17 +5,20 @@
 //! is PERMISSION_DENIED. Only the API service is wrapped: health and reflection stay open. Without a
 //! key configured the API is open, as in the quick start; a service says so loudly when that API is
 //! reachable off loopback.
+//!
+//! The services only check tokens. Issuing them is an identity provider's job; in the quick start
+//! and the tests that is the runner (`ordermesh token`, `ordermesh_runner::tokens`), which signs
+//! the [`Claims`] defined here with the same key.
 
 use std::{
     fmt,
     str::FromStr,
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use futures::future::{Either, Ready, ready};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 use tonic::{Status, server::NamedService};
 use tower::{Layer, Service};
@@ -62,16 +65,27 @@ impl FromStr for Secret {
     }
 }
 
-/// Why a key cannot be used, or a token made.
+/// Why a key cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("{setting} is {len} bytes; use at least {MIN_KEY_BYTES} (e.g. `openssl rand -hex 32`)")]
     ShortKey { setting: &'static str, len: usize },
-    #[error("cannot sign the token: {0}")]
-    Sign(#[from] jsonwebtoken::errors::Error),
 }
 
-/// What a token says.
+/// The bytes of key `secret` (from setting `setting`), if long enough: the one rule for a key,
+/// whether it checks tokens here or signs them in an issuer.
+pub fn key_bytes<'s>(setting: &'static str, secret: &'s Secret) -> Result<&'s [u8], AuthError> {
+    let bytes = secret.expose().as_bytes();
+    if bytes.len() < MIN_KEY_BYTES {
+        return Err(AuthError::ShortKey {
+            setting,
+            len: bytes.len(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// What a token says: the contract between the issuer and the services.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// Who the token was issued to.
@@ -82,10 +96,9 @@ pub struct Claims {
     pub scope: String,
 }
 
-/// The key tokens are signed and checked with.
+/// The key tokens are checked with (the issuer signs them with the same one).
 #[derive(Clone)]
 pub struct AuthKey {
-    encoding: Arc<EncodingKey>,
     decoding: Arc<DecodingKey>,
 }
 
@@ -98,39 +111,9 @@ impl fmt::Debug for AuthKey {
 impl AuthKey {
     /// The key from setting `setting`, if long enough.
     pub fn new(setting: &'static str, secret: &Secret) -> Result<Self, AuthError> {
-        let bytes = secret.expose().as_bytes();
-        if bytes.len() < MIN_KEY_BYTES {
-            return Err(AuthError::ShortKey {
-                setting,
-                len: bytes.len(),
-            });
-        }
         Ok(Self {
-            encoding: Arc::new(EncodingKey::from_secret(bytes)),
-            decoding: Arc::new(DecodingKey::from_secret(bytes)),
+            decoding: Arc::new(DecodingKey::from_secret(key_bytes(setting, secret)?)),
         })
-    }
-
-    /// A token for `subject` granting `scopes`, valid for `ttl`.
-    pub fn issue(
-        &self,
-        subject: &str,
-        scopes: &[&str],
-        ttl: Duration,
-    ) -> Result<String, AuthError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let claims = Claims {
-            sub: subject.to_owned(),
-            exp: (now + ttl).as_secs(),
-            scope: scopes.join(" "),
-        };
-        Ok(jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.encoding,
-        )?)
     }
 
     /// The claims of `token` if it is signed with this key and not expired.
@@ -260,12 +243,35 @@ pub fn warn_if_open(service: &str, listener: &tokio::net::TcpListener, key: bool
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use jsonwebtoken::{EncodingKey, Header};
+
     use super::*;
 
     const RULES: &[(&str, &str)] = &[("/pkg.S/Write", ORDERS_WRITE), ("/pkg.S/Read", ORDERS_READ)];
 
     fn key(secret: &str) -> AuthKey {
         AuthKey::new("TEST_KEY", &Secret(secret.to_owned())).expect("long enough")
+    }
+
+    /// A token signed with `secret` (what the runner's issuer makes), expiring `exp`.
+    fn signed(secret: &str, scope: &str, exp: u64) -> String {
+        let claims = Claims {
+            sub: "ada".into(),
+            exp,
+            scope: scope.into(),
+        };
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).expect("token")
+    }
+
+    fn in_a_minute() -> u64 {
+        (SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            + Duration::from_secs(60))
+        .as_secs()
     }
 
     fn headers(token: &str) -> http::HeaderMap {
@@ -279,11 +285,9 @@ mod tests {
 
     #[test]
     fn tokens_are_checked_for_signature_expiry_and_scope() {
-        let ours = key("0123456789abcdef0123456789abcdef");
-        let layer = AuthLayer::new(Some(ours.clone()), RULES);
-        let reader = ours
-            .issue("ada", &[ORDERS_READ], Duration::from_secs(60))
-            .expect("token");
+        const OURS: &str = "0123456789abcdef0123456789abcdef";
+        let layer = AuthLayer::new(Some(key(OURS)), RULES);
+        let reader = signed(OURS, ORDERS_READ, in_a_minute());
         assert!(layer.check("/pkg.S/Read", &headers(&reader)).is_ok());
         let denied = layer
             .check("/pkg.S/Write", &headers(&reader))
@@ -301,22 +305,18 @@ mod tests {
         assert_eq!(missing.code(), tonic::Code::Unauthenticated);
         assert!(missing.message().contains("authorization: Bearer"));
 
-        let forged = key("another key, just as long as ours!")
-            .issue("ada", &[ORDERS_WRITE], Duration::from_secs(60))
-            .expect("token");
+        let forged = signed(
+            "another key, just as long as ours!",
+            ORDERS_WRITE,
+            in_a_minute(),
+        );
         let bad = layer
             .check("/pkg.S/Write", &headers(&forged))
             .expect_err("other key");
         assert_eq!(bad.code(), tonic::Code::Unauthenticated);
         assert!(bad.message().contains("signature"), "{}", bad.message());
 
-        let claims = Claims {
-            sub: "ada".into(),
-            exp: 1,
-            scope: ORDERS_WRITE.into(),
-        };
-        let expired =
-            jsonwebtoken::encode(&Header::default(), &claims, &ours.encoding).expect("token");
+        let expired = signed(OURS, ORDERS_WRITE, 1);
         let late = layer
             .check("/pkg.S/Write", &headers(&expired))
             .expect_err("expired");

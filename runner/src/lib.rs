@@ -5,3 +5,4 @@
 pub mod cli;
 pub mod config_reference;
 pub mod dev_certs;
+pub mod tokens;

@@ -30,11 +30,12 @@ async fn main() -> anyhow::Result<()> {
             subject,
             ttl_secs,
         }) => {
-            let key = ordermesh_platform::auth::AuthKey::new("ORDERMESH_AUTH_KEY (--key)", key)?;
+            let issuer =
+                ordermesh_runner::tokens::TokenIssuer::new("ORDERMESH_AUTH_KEY (--key)", key)?;
             let scopes: Vec<&str> = scope.iter().map(String::as_str).collect();
             println!(
                 "{}",
-                key.issue(subject, &scopes, std::time::Duration::from_secs(*ttl_secs))?
+                issuer.issue(subject, &scopes, std::time::Duration::from_secs(*ttl_secs))?
             );
             return Ok(());
         }

@@ -1,28 +1,82 @@
-//! The one way a unit test runs on both database backends: a macro that turns `async fn t(postgres:
-//! bool)` into two `#[tokio::test]`s, so SQLite and PostgreSQL are proved by the same body and a
-//! name in the test output says which one failed.
-//!
-//! `#[macro_export]` puts the macro at the crate root (`ordermesh_testkit::on_both_backends!`)
-//! wherever it is defined. The test bodies make their own databases with
-//! [`Databases::for_test`](crate::Databases::for_test).
+//! The two database backends a service runs on, and the one way a test runs on both: the
+//! [`on_both_backends`](crate::on_both_backends) attribute, for unit tests and end-to-end tests
+//! alike. The test takes a [`Backend`] and makes its databases with [`Databases::for_test`]; the
+//! attribute turns it into `<test>::on_sqlite` and `<test>::on_postgres`, so both backends are
+//! proved by one body and the test's name says which one failed (`cargo test on_postgres` runs
+//! one side).
 
-/// Runs each named test twice: `$test(false)` on SQLite and `$test(true)` on PostgreSQL, as
-/// `<test>::on_sqlite` and `<test>::on_postgres`. For unit tests of the statements that replicas
-/// sharing a database rely on; each test makes its own database
-/// ([`Databases::for_test`](crate::Databases::for_test) skips the PostgreSQL one where PostgreSQL
-/// is not installed and CI is not set).
-#[macro_export]
-macro_rules! on_both_backends {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[tokio::test]
-            async fn on_sqlite() {
-                super::$test(false).await
-            }
-            #[tokio::test]
-            async fn on_postgres() {
-                super::$test(true).await
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Result;
+
+use crate::Postgres;
+
+/// Marks an `async fn t(backend: Backend)` test to run once on each backend. Put it above the
+/// test's own attribute, which it moves onto the two tests it generates:
+///
+/// ```text
+/// #[ordermesh_testkit::on_both_backends]
+/// #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// async fn a_paid_order_is_notified(backend: Backend) -> Result<()> { ... }
+/// ```
+///
+/// runs as `a_paid_order_is_notified::on_sqlite` and `a_paid_order_is_notified::on_postgres`.
+pub use ordermesh_testkit_macros::on_both_backends;
+
+/// The database a test's services run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file per service, in the test's temporary directory.
+    Sqlite,
+    /// A PostgreSQL server of the test's own, a database per service.
+    Postgres,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Sqlite => "SQLite",
+            Backend::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+/// Where one test's services keep their data.
+#[derive(Debug)]
+pub enum Databases {
+    /// A SQLite file per service in this directory.
+    Sqlite(PathBuf),
+    /// A database per service (`order`, `payment`, `notifier`) on a server of the test's own.
+    Postgres(Postgres),
+}
+
+impl Databases {
+    /// On `backend`: SQLite files in `dir`, or a fresh PostgreSQL server with the three databases
+    /// created (empty; each service migrates its own). None when the test is to skip: PostgreSQL
+    /// is wanted but not installed here, and CI is not set.
+    pub async fn for_test(dir: &Path, backend: Backend) -> Result<Option<Self>> {
+        match backend {
+            Backend::Sqlite => Ok(Some(Self::Sqlite(dir.to_owned()))),
+            Backend::Postgres => {
+                let Some(server) = Postgres::start().await? else {
+                    return Ok(None);
+                };
+                for name in ["order", "payment", "notifier"] {
+                    server.create_database(name).await?;
+                }
+                Ok(Some(Self::Postgres(server)))
             }
         }
-    )*};
+    }
+
+    /// The database URL of service `name`.
+    pub fn url(&self, name: &str) -> String {
+        match self {
+            Databases::Sqlite(dir) => format!("sqlite://{}/{name}.db", dir.display()),
+            Databases::Postgres(server) => server.url(name),
+        }
+    }
 }

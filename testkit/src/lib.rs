@@ -17,9 +17,9 @@
 //! - `tansu`: the tansu broker as such a process, stopped and started with its storage.
 //! - `broker`: the broker a test runs against, embedded or tansu, behind one type.
 //! - `tls_terminator`: TLS in front of a plaintext broker.
-//! - [`postgres`]: a PostgreSQL server of a test's own, and where a test's services keep their
-//!   data.
-//! - `backends`: [`on_both_backends!`], running a unit test on SQLite and on PostgreSQL.
+//! - [`postgres`]: a PostgreSQL server of a test's own.
+//! - `backends`: the two database backends, where a test's services keep their data on each, and
+//!   [`on_both_backends`], the one way a test runs on both.
 //!
 //! The modules are private and everything is re-exported here, so a test names one path,
 //! `ordermesh_testkit::X` (only `postgres` is public, for its template helpers).
@@ -36,8 +36,9 @@ mod tools;
 mod wait;
 
 pub use addr::unused_addr;
+pub use backends::{Backend, Databases, on_both_backends};
 pub use broker::Broker;
-pub use postgres::{Databases, Postgres, on_postgres};
+pub use postgres::Postgres;
 pub use process::Process;
 pub use tansu::Tansu;
 pub use tls_terminator::TlsTerminator;

@@ -3,6 +3,7 @@
 //! leaves the message on the dead-letter topic with headers that say why, and a replay after the
 //! fix delivers it once. Every scenario ends by counting orders = events = emails = SMS.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::{collections::HashMap, sync::Arc};
 
 use anyhow::{Context, Result, ensure};
@@ -22,14 +23,18 @@ use super::{
 /// A mesh whose notifier (not started yet) sends email to `smtp` and SMS to `gateway`, retrying
 /// quickly, at most `attempts` sends per notification.
 async fn mesh_delivering_to(
+    backend: Backend,
     smtp: std::net::SocketAddr,
     gateway: &SmsGateway,
     attempts: u32,
 ) -> Result<Option<TestMesh>> {
-    let mesh = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        ..Default::default()
-    })
+    let mesh = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?;
     Ok(mesh.map(|mesh| delivering_to(mesh, smtp, gateway, attempts)))
 }
@@ -132,14 +137,15 @@ fn assert_each_delivered_once(
     Ok(())
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn emails_and_sms_reach_real_servers_once_per_order() -> Result<()> {
+async fn emails_and_sms_reach_real_servers_once_per_order(backend: Backend) -> Result<()> {
     if !smtp_available().await? {
         return Ok(());
     }
     let gateway = SmsGateway::start().await;
     let smtp_addr = unused_addr().await?;
-    let Some(mut mesh) = mesh_delivering_to(smtp_addr, &gateway, 8).await? else {
+    let Some(mut mesh) = mesh_delivering_to(backend, smtp_addr, &gateway, 8).await? else {
         return Ok(());
     };
     let smtp = SmtpServer::start(smtp_addr, &mesh.dir.path().join("mail")).await?;
@@ -166,8 +172,11 @@ async fn emails_and_sms_reach_real_servers_once_per_order() -> Result<()> {
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() -> Result<()> {
+async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back(
+    backend: Backend,
+) -> Result<()> {
     if !smtp_available().await? {
         return Ok(());
     }
@@ -175,7 +184,7 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
     let gateway = SmsGateway::start().await;
     gateway.answer(503);
     let smtp_addr = unused_addr().await?;
-    let Some(mut mesh) = mesh_delivering_to(smtp_addr, &gateway, 1_000).await? else {
+    let Some(mut mesh) = mesh_delivering_to(backend, smtp_addr, &gateway, 1_000).await? else {
         return Ok(());
     };
     mesh.start_notifier().await?;
@@ -254,15 +263,21 @@ async fn servers_down_are_retried_without_blocking_and_deliver_once_when_back() 
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_retries_is_dead_lettered_with_why_and_replay_delivers_once() -> Result<()> {
+async fn out_of_retries_is_dead_lettered_with_why_and_replay_delivers_once(
+    backend: Backend,
+) -> Result<()> {
     if !smtp_available().await? {
         return Ok(());
     }
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        ..Default::default()
-    })
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -270,9 +285,11 @@ async fn out_of_retries_is_dead_lettered_with_why_and_replay_delivers_once() -> 
     dead_letter_and_replay(mesh).await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn out_of_retries_on_tansu_is_dead_lettered_with_why_and_replay_delivers_once() -> Result<()>
-{
+async fn out_of_retries_on_tansu_is_dead_lettered_with_why_and_replay_delivers_once(
+    backend: Backend,
+) -> Result<()> {
     if !smtp_available().await? {
         return Ok(());
     }
@@ -280,7 +297,7 @@ async fn out_of_retries_on_tansu_is_dead_lettered_with_why_and_replay_delivers_o
         notifier: false,
         ..Default::default()
     };
-    match spawn_mesh_on_tansu(options).await? {
+    match spawn_mesh_on_tansu(backend, options).await? {
         Some(mesh) => dead_letter_and_replay(mesh).await,
         None => Ok(()),
     }

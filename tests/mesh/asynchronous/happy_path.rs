@@ -8,14 +8,18 @@ use ordermesh::{
     proto::order::v1::OrderStatus, proto::payment::v1::GetPaymentRequest,
     proto::payment::v1::PaymentStatus,
 };
+use ordermesh_testkit::{Backend, on_both_backends};
 use rdkafka::Message;
 
 use super::support::helpers::{header, order_request, spawn_mesh};
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Result<()> {
+async fn a_paid_order_is_stored_published_and_notified_once_per_channel(
+    backend: Backend,
+) -> Result<()> {
     // Arrange
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let mut orders = mesh.order_client().await?;
@@ -131,9 +135,10 @@ async fn a_paid_order_is_stored_published_and_notified_once_per_channel() -> Res
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn list_orders_pages_through_every_order_once() -> Result<()> {
-    let Some(mesh) = spawn_mesh().await? else {
+async fn list_orders_pages_through_every_order_once(backend: Backend) -> Result<()> {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let mut orders = mesh.order_client().await?;

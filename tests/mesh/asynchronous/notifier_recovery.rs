@@ -1,6 +1,7 @@
 //! The notifier being down loses nothing: events wait in Kafka, and every one is handled once per
 //! channel when it is back, also when it was stopped in the middle of a backlog.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::{collections::HashMap, sync::atomic::Ordering, time::Duration};
 
 use anyhow::{Result, ensure};
@@ -55,15 +56,20 @@ fn duplicates(mesh: &TestMesh) -> u64 {
         .sum()
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it_returns()
--> Result<()> {
+async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it_returns(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: no notifier; orders pile up in Kafka.
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        payment: true,
-        notifier: false,
-        ..Default::default()
-    })
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: true,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -93,16 +99,21 @@ async fn orders_placed_while_the_notifier_is_down_are_each_notified_once_when_it
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or_repeat()
--> Result<()> {
+async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or_repeat(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: a backlog of events with the notifier down.
     const ORDERS: usize = 300;
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        payment: true,
-        notifier: false,
-        ..Default::default()
-    })
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: true,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -145,17 +156,23 @@ async fn a_notifier_stopped_mid_backlog_resumes_where_it_stopped_without_loss_or
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rebalance_mid_backlog_moves_partitions_without_loss_or_a_second_send() -> Result<()> {
+async fn a_rebalance_mid_backlog_moves_partitions_without_loss_or_a_second_send(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: a backlog of SMS to a gateway taking 100 ms each (about 13 s for one replica, which
     // sends on its three partitions at once), and a notifier part-way through it.
     const ORDERS: usize = 400;
     let gateway = SmsGateway::start_slow(Duration::from_millis(100)).await;
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        payment: true,
-        notifier: false,
-        ..Default::default()
-    })
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: true,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());

@@ -2,6 +2,7 @@
 //! once, whatever the broker or the order service was doing. Every scenario ends by counting:
 //! orders = events = emails = SMS.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::collections::HashSet;
 
 use anyhow::{Result, ensure};
@@ -53,10 +54,12 @@ const WAIT_FOR_BROKER: MeshOptions = MeshOptions {
     secured_kafka: false,
 };
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_follow_once()
--> Result<()> {
-    match spawn_mesh_with(WAIT_FOR_BROKER).await? {
+async fn orders_placed_while_the_broker_is_down_are_accepted_and_their_events_follow_once(
+    backend: Backend,
+) -> Result<()> {
+    match spawn_mesh_with(backend, WAIT_FOR_BROKER).await? {
         Some(mesh) => broker_down_while_ordering(mesh).await,
         None => Ok(()),
     }
@@ -106,14 +109,19 @@ async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_still_pending_when_the_order_service_stops_are_published_once_after_it_restarts()
--> Result<()> {
+async fn events_still_pending_when_the_order_service_stops_are_published_once_after_it_restarts(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: orders accepted while the broker is down, then the order service stops.
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        order: |config| config.publish_timeout = std::time::Duration::from_millis(500),
-        ..Default::default()
-    })
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            order: |config| config.publish_timeout = std::time::Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -134,17 +142,23 @@ async fn events_still_pending_when_the_order_service_stops_are_published_once_af
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restart_while_notifiers_consume_loses_and_repeats_nothing() -> Result<()> {
-    match spawn_mesh_with(WAIT_FOR_BROKER).await? {
+async fn a_broker_restart_while_notifiers_consume_loses_and_repeats_nothing(
+    backend: Backend,
+) -> Result<()> {
+    match spawn_mesh_with(backend, WAIT_FOR_BROKER).await? {
         Some(mesh) => broker_restart_while_consuming(mesh).await,
         None => Ok(()),
     }
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tansu_restart_while_notifiers_consume_loses_and_repeats_nothing() -> Result<()> {
-    match spawn_mesh_on_tansu(WAIT_FOR_BROKER).await? {
+async fn a_tansu_restart_while_notifiers_consume_loses_and_repeats_nothing(
+    backend: Backend,
+) -> Result<()> {
+    match spawn_mesh_on_tansu(backend, WAIT_FOR_BROKER).await? {
         Some(mesh) => broker_restart_while_consuming(mesh).await,
         None => Ok(()),
     }

@@ -4,6 +4,7 @@
 //! the events behind them are still handled. The fuzz target `event_decode` covers the decoder
 //! itself far more widely; this is the whole consumer on a real broker.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::{sync::atomic::Ordering, time::Duration};
 
 use anyhow::{Result, ensure};
@@ -21,16 +22,21 @@ use super::support::helpers::{
     MeshOptions, eventually_sync, header, order_request, spawn_mesh_with,
 };
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the_partition()
--> Result<()> {
+async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the_partition(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: garbage, half-events and another event type on partition 0, then a valid OrderPlaced
     // behind them on the same partition.
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        payment: false,
-        notifier: false,
-        ..Default::default()
-    })
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: false,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -195,17 +201,21 @@ async fn unusable_messages_are_parked_on_dead_letter_topics_and_do_not_block_the
 /// A header whose name is not UTF-8 (sent by kcat, which passes the bytes through) made rdkafka
 /// panic inside the notifier's read of the message. Now the message is parked, payload kept, and
 /// the valid event behind it is still handled.
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_header_name_that_is_not_utf8_is_parked_not_a_crash() -> Result<()> {
+async fn a_header_name_that_is_not_utf8_is_parked_not_a_crash(backend: Backend) -> Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let Some(kcat) = ordermesh_testkit::tool("kcat")? else {
         return Ok(());
     };
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        payment: false,
-        notifier: false,
-        ..Default::default()
-    })
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: false,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());

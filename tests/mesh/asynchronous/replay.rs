@@ -1,6 +1,7 @@
 //! Dead letters are replayed once the cause is fixed: what now works is notified, what still fails is
 //! parked again with its history, and a replay starts where the last one stopped.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -38,14 +39,20 @@ fn parked(headers: OwnedHeaders) -> OwnedHeaders {
     })
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replay_notifies_what_now_works_parks_again_what_does_not_and_resumes() -> Result<()> {
+async fn replay_notifies_what_now_works_parks_again_what_does_not_and_resumes(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: on the email dead-letter topic, a valid event (parked by a buggy notifier) and garbage.
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        payment: false,
-        notifier: false,
-        ..Default::default()
-    })
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: false,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());

@@ -3,6 +3,7 @@
 //! (where `.ci/run` installs them) a missing tool fails.
 
 use anyhow::{Context, Result};
+use ordermesh_testkit::{Backend, on_both_backends};
 use tokio::process::Command;
 
 use super::support::{
@@ -10,13 +11,16 @@ use super::support::{
     shell::{sh, tool},
 };
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() -> Result<()> {
+async fn grpcurl_finds_every_service_through_reflection_and_places_an_order(
+    backend: Backend,
+) -> Result<()> {
     let Some(grpcurl) = tool("grpcurl")? else {
         return Ok(());
     };
     let grpcurl = grpcurl.display();
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let payment = mesh.payment.as_ref().context("payment")?.addr;
@@ -62,12 +66,13 @@ async fn grpcurl_finds_every_service_through_reflection_and_places_an_order() ->
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kcat_reads_the_event_with_its_cloudevents_headers() -> Result<()> {
+async fn kcat_reads_the_event_with_its_cloudevents_headers(backend: Backend) -> Result<()> {
     let Some(kcat) = tool("kcat")? else {
         return Ok(());
     };
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let created = mesh

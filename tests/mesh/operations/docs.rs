@@ -4,6 +4,7 @@
 //! and the topic are swapped for this test's own (it runs on port 0, beside other tests).
 
 use anyhow::{Context, Result};
+use ordermesh_testkit::{Backend, on_both_backends};
 
 use super::{
     support::helpers::spawn_mesh,
@@ -65,8 +66,9 @@ fn commands_in(readme: &str) -> Vec<String> {
     commands
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_command_in_the_docs_runs_as_written() -> Result<()> {
+async fn every_command_in_the_docs_runs_as_written(backend: Backend) -> Result<()> {
     let commands = doc_commands()?;
     assert!(
         commands.len() >= 8,
@@ -75,7 +77,7 @@ async fn every_command_in_the_docs_runs_as_written() -> Result<()> {
     let (Some(_), Some(_)) = (tool("grpcurl")?, tool("kcat")?) else {
         return Ok(());
     };
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let order = mesh.order_addr()?.to_string();

@@ -2,6 +2,7 @@
 //! and as faults are injected, and they say what happened (codes, channels, groups).
 
 use anyhow::{Result, ensure};
+use ordermesh_testkit::{Backend, on_both_backends};
 use tonic::{Code, Request};
 
 use super::support::helpers::{
@@ -19,9 +20,10 @@ fn calls(metrics: &Metrics, name: &str, method: &str, code: Code) -> f64 {
     )
 }
 
+#[on_both_backends]
 #[tokio::test]
-async fn counters_move_as_orders_are_placed_and_faults_injected() -> Result<()> {
-    let Some(mesh) = spawn_mesh().await? else {
+async fn counters_move_as_orders_are_placed_and_faults_injected(backend: Backend) -> Result<()> {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let order = mesh.order()?;
@@ -147,13 +149,17 @@ async fn counters_move_as_orders_are_placed_and_faults_injected() -> Result<()> 
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test]
-async fn shed_calls_are_counted_as_resource_exhausted() -> Result<()> {
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        order: |config| config.max_concurrent_requests = 1,
-        ..MeshOptions::default()
-    })
+async fn shed_calls_are_counted_as_resource_exhausted(backend: Backend) -> Result<()> {
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            order: |config| config.max_concurrent_requests = 1,
+            ..MeshOptions::default()
+        },
+    )
     .await?
     else {
         return Ok(());

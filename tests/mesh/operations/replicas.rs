@@ -1,8 +1,8 @@
-//! Several replicas of a service on one database (run on PostgreSQL by the `mesh_postgres` binary,
-//! and on one SQLite file here): whatever replica a request reaches, and however many copies of it
+//! Several replicas of a service on one database (a PostgreSQL server, or one SQLite file): whatever replica a request reaches, and however many copies of it
 //! race, the database's unique keys and the relays' leases make one order, one charge and one event
 //! of it. Each test ends with the ledger check: orders accepted = charges = emails = SMS.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::{
     collections::{HashMap, HashSet},
     sync::{Arc, atomic::Ordering},
@@ -83,12 +83,14 @@ pub async fn ledger_check(mesh: &TestMesh, accepted: &HashSet<String>) -> Result
     Ok(())
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duplicates_split_across_two_order_and_two_payment_replicas_make_one_order_charge_and_event()
--> Result<()> {
+async fn duplicates_split_across_two_order_and_two_payment_replicas_make_one_order_charge_and_event(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: order replicas A and B on one database, A calling payment replica 1 and B payment
     // replica 2, both payment replicas on one database.
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let payment_2 = mesh.spawn_payment_replica().await?;
@@ -134,10 +136,11 @@ async fn duplicates_split_across_two_order_and_two_payment_replicas_make_one_ord
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_relays_on_one_outbox_publish_every_event_once() -> Result<()> {
+async fn two_relays_on_one_outbox_publish_every_event_once(backend: Backend) -> Result<()> {
     // Arrange: a second order replica, whose relay shares the outbox with the first's.
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let order_b = mesh
@@ -175,12 +178,14 @@ async fn two_relays_on_one_outbox_publish_every_event_once() -> Result<()> {
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_replica_killed_under_load_moves_its_traffic_to_the_others_and_accepted_orders_complete()
--> Result<()> {
+async fn a_payment_replica_killed_under_load_moves_its_traffic_to_the_others_and_accepted_orders_complete(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: three payment replicas on one database, and an order replica balancing over all
     // three (ORDER_PAYMENT_URL a list of them).
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let payment_2 = mesh.spawn_payment_replica().await?;
@@ -328,11 +333,13 @@ fn emails_sent(stats: &HashMap<Channel, Arc<Stats>>) -> u64 {
     stats[&Channel::Email].sent.load(Ordering::Relaxed)
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn notifier_replicas_share_the_partitions_and_one_leaving_and_one_joining_loses_and_repeats_nothing()
--> Result<()> {
+async fn notifier_replicas_share_the_partitions_and_one_leaving_and_one_joining_loses_and_repeats_nothing(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: two notifier replicas in each channel's group, both at work on the first orders.
-    let Some(mut mesh) = spawn_mesh().await? else {
+    let Some(mut mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let (second, second_stats) = mesh.spawn_notifier_replica().await?;

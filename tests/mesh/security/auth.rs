@@ -3,6 +3,8 @@
 //! nothing for a refused call (no order, charge, event or notification), and keep health and
 //! reflection open.
 
+use ordermesh_runner::tokens::TokenIssuer;
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
@@ -11,7 +13,7 @@ use ordermesh::{
     proto::order::v1::ListOrdersRequest, proto::order::v1::OrderStatus,
 };
 use ordermesh_platform::{
-    auth::AuthKey, auth::NOTIFICATIONS_READ, auth::ORDERS_READ, auth::ORDERS_WRITE, auth::Secret,
+    auth::NOTIFICATIONS_READ, auth::ORDERS_READ, auth::ORDERS_WRITE, auth::Secret,
 };
 use tonic::{Code, Request};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -20,8 +22,8 @@ use super::support::helpers::{MeshOptions, eventually, order_request, spawn_mesh
 
 const KEY: &str = "test-key-0123456789abcdef0123456789abcdef";
 
-fn key(secret: &str) -> AuthKey {
-    AuthKey::new("test", &secret.parse::<Secret>().unwrap()).unwrap()
+fn key(secret: &str) -> TokenIssuer {
+    TokenIssuer::new("test", &secret.parse::<Secret>().unwrap()).unwrap()
 }
 
 fn token(scopes: &[&str]) -> String {
@@ -40,13 +42,17 @@ fn with_token<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_public_apis_need_a_valid_token_with_the_methods_scope() -> Result<()> {
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        order: |config| config.auth_key = Some(KEY.parse().unwrap()),
-        ..Default::default()
-    })
+async fn the_public_apis_need_a_valid_token_with_the_methods_scope(backend: Backend) -> Result<()> {
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            order: |config| config.auth_key = Some(KEY.parse().unwrap()),
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());

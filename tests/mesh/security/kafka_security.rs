@@ -6,6 +6,7 @@
 //! does not serve TLS yet, so it sits behind a TLS terminator holding the development CA's `kafka`
 //! certificate, and advertises the terminator, so every connection (bootstrap and broker) is TLS.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
@@ -29,13 +30,18 @@ async fn metadata_with(settings: &KafkaSettings) -> Result<(), String> {
     .map_err(|e| e.to_string())?
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mesh_runs_on_a_broker_requiring_tls_and_scram_and_wrong_settings_get_nothing()
--> Result<()> {
-    let Some(mesh) = spawn_mesh_on_tansu(MeshOptions {
-        secured_kafka: true,
-        ..Default::default()
-    })
+async fn the_mesh_runs_on_a_broker_requiring_tls_and_scram_and_wrong_settings_get_nothing(
+    backend: Backend,
+) -> Result<()> {
+    let Some(mesh) = spawn_mesh_on_tansu(
+        backend,
+        MeshOptions {
+            secured_kafka: true,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());

@@ -2,6 +2,7 @@
 //! dev-certs` writes: payment takes Charge only from a client whose certificate chains to the mesh
 //! CA and names the order service.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -57,12 +58,15 @@ fn charge(key: &str) -> ChargeRequest {
     }
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls() -> Result<()> {
+async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: the development certificates, and payment requiring a client certificate from the
     // mesh CA.
     let dir = tempfile::tempdir()?;
-    let Some(databases) = databases_for(&dir).await? else {
+    let Some(databases) = databases_for(&dir, backend).await? else {
         return Ok(());
     };
     let certs = dir.path().join("certs");

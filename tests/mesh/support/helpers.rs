@@ -2,10 +2,10 @@
 //! each on a port-0 listener with its own database, a random topic and random consumer groups, so
 //! tests run in parallel without seeing each other.
 //!
-//! The databases are SQLite files in the test's directory; in the `mesh_postgres` test binary (this
-//! same suite, built a second time by `tests/mesh_postgres.rs`) they are databases on a PostgreSQL
-//! server of the test's own. Where PostgreSQL is not installed (and CI is not set) the tests of that
-//! binary skip.
+//! Every mesh is on the [`Backend`] its test was given: SQLite files in the test's directory, or
+//! databases on a PostgreSQL server of the test's own. The tests take it from
+//! `#[on_both_backends]`, which runs each as `<test>::on_sqlite` and `<test>::on_postgres`. Where
+//! PostgreSQL is not installed (and CI is not set) the PostgreSQL side skips.
 
 use std::{collections::HashMap, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -20,6 +20,7 @@ use ordermesh::{
 use ordermesh_notifier::{Channel, Stats};
 use ordermesh_platform::listeners::Listeners;
 // Shared with the crates' own process tests.
+use ordermesh_testkit::Backend;
 pub use ordermesh_testkit::Databases;
 use ordermesh_testkit::{Broker, Tansu};
 pub use ordermesh_testkit::{EVENTUALLY, eventually, eventually_sync, unused_addr};
@@ -384,28 +385,36 @@ impl Default for MeshOptions {
     }
 }
 
-/// A mesh with the default settings; None when the test is to skip (see [`Databases::for_test`]).
-pub async fn spawn_mesh() -> Result<Option<TestMesh>> {
-    spawn_mesh_with(MeshOptions::default()).await
+/// A mesh with the default settings on `backend`; None when the test is to skip (see
+/// [`Databases::for_test`]).
+pub async fn spawn_mesh(backend: Backend) -> Result<Option<TestMesh>> {
+    spawn_mesh_with(backend, MeshOptions::default()).await
 }
 
-/// A mesh on the embedded broker; None when the test is to skip (see [`Databases::for_test`]).
-pub async fn spawn_mesh_with(options: MeshOptions) -> Result<Option<TestMesh>> {
+/// A mesh on the embedded broker and `backend`; None when the test is to skip (see
+/// [`Databases::for_test`]).
+pub async fn spawn_mesh_with(backend: Backend, options: MeshOptions) -> Result<Option<TestMesh>> {
     assert!(!options.tansu, "use spawn_mesh_on_tansu");
-    spawn_mesh_inner(options).await
+    spawn_mesh_inner(backend, options).await
 }
 
 /// A mesh on tansu, an independent Kafka-compatible broker on SQLite storage; None (the test then
 /// skips) where tansu is not installed and CI is not set.
-pub async fn spawn_mesh_on_tansu(options: MeshOptions) -> Result<Option<TestMesh>> {
-    spawn_mesh_inner(MeshOptions {
-        tansu: true,
-        ..options
-    })
+pub async fn spawn_mesh_on_tansu(
+    backend: Backend,
+    options: MeshOptions,
+) -> Result<Option<TestMesh>> {
+    spawn_mesh_inner(
+        backend,
+        MeshOptions {
+            tansu: true,
+            ..options
+        },
+    )
     .await
 }
 
-async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
+async fn spawn_mesh_inner(backend: Backend, options: MeshOptions) -> Result<Option<TestMesh>> {
     // Logs go through the test harness, so they show only for a failing test (RUST_LOG to choose).
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -422,7 +431,7 @@ async fn spawn_mesh_inner(options: MeshOptions) -> Result<Option<TestMesh>> {
         Channel::ALL.map(|c| ordermesh_notifier::dead_letter::topic(&topic, c));
     let topics = [&topic, &dead_letter_topics[0], &dead_letter_topics[1]].map(String::as_str);
     let dir = tempfile::tempdir()?;
-    let Some(databases) = databases_for(&dir).await? else {
+    let Some(databases) = databases_for(&dir, backend).await? else {
         return Ok(None);
     };
     ensure!(
@@ -841,15 +850,9 @@ fn fresh_consumer_config(kafka: &ordermesh_kafka::KafkaSettings) -> ClientConfig
     config
 }
 
-/// Whether this test binary runs the suite on PostgreSQL (`tests/mesh_postgres.rs`) rather than
-/// SQLite (`tests/mesh/main.rs`): the same code, compiled into two binaries.
-pub fn on_postgres() -> bool {
-    ordermesh_testkit::on_postgres(env!("CARGO_CRATE_NAME"))
-}
-
-/// The databases of a test in `dir`, on this binary's backend; None when the test is to skip.
-pub async fn databases_for(dir: &TempDir) -> Result<Option<Databases>> {
-    Databases::for_test(dir.path(), on_postgres()).await
+/// The databases of a test in `dir`, on `backend`; None when the test is to skip.
+pub async fn databases_for(dir: &TempDir, backend: Backend) -> Result<Option<Databases>> {
+    Databases::for_test(dir.path(), backend).await
 }
 
 /// A valid CreateOrder request: 2 x 19.99 USD, paid with `token`.

@@ -4,6 +4,7 @@
 //! ids sent again; then, once the reconciler has settled every pending order, the ledger must keep
 //! the money promise. The seed is printed; `ORDERMESH_CAMPAIGN_SEED=<seed>` replays it.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -25,20 +26,26 @@ fn seed() -> Result<u64> {
     }
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_seeded_fault_campaign_leaves_the_ledger_keeping_the_money_promise() -> Result<()> {
+async fn a_seeded_fault_campaign_leaves_the_ledger_keeping_the_money_promise(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: the reconciler settles what the calls leave pending after 2.5 s. The breaker never
     // opens: open, it would answer most calls UNAVAILABLE without reaching payment, and so
     // without the faults under test.
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        order: |config| {
-            config.breaker_window = 10_000;
-            config.breaker_min_calls = 10_000;
-            config.reconcile_grace = std::time::Duration::from_millis(2_500);
-            config.reconcile_interval = std::time::Duration::from_millis(200);
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            order: |config| {
+                config.breaker_window = 10_000;
+                config.breaker_min_calls = 10_000;
+                config.reconcile_grace = std::time::Duration::from_millis(2_500);
+                config.reconcile_interval = std::time::Duration::from_millis(200);
+            },
+            ..Default::default()
         },
-        ..Default::default()
-    })
+    )
     .await?
     else {
         return Ok(());

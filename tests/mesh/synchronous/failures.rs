@@ -2,6 +2,7 @@
 //! nothing, payment's error details reach the client, payment down is UNAVAILABLE within the
 //! deadline and a retry resumes the order, and an unknown order is NOT_FOUND.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -15,10 +16,13 @@ use tonic_types::StatusExt;
 
 use super::support::helpers::{MeshOptions, order_request, spawn_mesh, spawn_mesh_with};
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_declined_payment_fails_the_order_with_the_reason_and_publishes_nothing() -> Result<()> {
+async fn a_declined_payment_fails_the_order_with_the_reason_and_publishes_nothing(
+    backend: Backend,
+) -> Result<()> {
     // Arrange
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let mut orders = mesh.order_client().await?;
@@ -66,9 +70,10 @@ async fn a_declined_payment_fails_the_order_with_the_reason_and_publishes_nothin
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_payment_services_error_details_reach_the_client() -> Result<()> {
-    let Some(mesh) = spawn_mesh().await? else {
+async fn the_payment_services_error_details_reach_the_client(backend: Backend) -> Result<()> {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let mut orders = mesh.order_client().await?;
@@ -100,15 +105,20 @@ async fn the_payment_services_error_details_reach_the_client() -> Result<()> {
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payment_down_is_unavailable_within_the_deadline_and_a_retry_resumes_the_order()
--> Result<()> {
+async fn payment_down_is_unavailable_within_the_deadline_and_a_retry_resumes_the_order(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: no payment service.
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        payment: true,
-        notifier: false,
-        ..Default::default()
-    })
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: true,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -166,13 +176,17 @@ async fn payment_down_is_unavailable_within_the_deadline_and_a_retry_resumes_the
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unknown_order_is_not_found() -> Result<()> {
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        payment: true,
-        notifier: false,
-        ..Default::default()
-    })
+async fn an_unknown_order_is_not_found(backend: Backend) -> Result<()> {
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: true,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());

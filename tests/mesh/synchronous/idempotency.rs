@@ -6,14 +6,18 @@ use ordermesh::{
     proto::order::v1::ListOrdersRequest, proto::order::v1::OrderStatus,
     proto::payment::v1::ChargeRequest, proto::payment::v1::PaymentStatus, proto::types::v1::Money,
 };
+use ordermesh_testkit::{Backend, on_both_backends};
 use tonic::Code;
 
 use super::support::helpers::{order_request, spawn_mesh};
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result<()> {
+async fn the_same_request_id_twice_is_one_order_one_charge_one_event(
+    backend: Backend,
+) -> Result<()> {
     // Arrange
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let mut orders = mesh.order_client().await?;
@@ -60,9 +64,10 @@ async fn the_same_request_id_twice_is_one_order_one_charge_one_event() -> Result
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payment_charges_once_per_idempotency_key() -> Result<()> {
-    let Some(mesh) = spawn_mesh().await? else {
+async fn payment_charges_once_per_idempotency_key(backend: Backend) -> Result<()> {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let mut payments = mesh.payment_client().await?;
@@ -92,10 +97,13 @@ async fn payment_charges_once_per_idempotency_key() -> Result<()> {
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_copies_of_one_request_make_one_order_one_charge_one_event() -> Result<()> {
+async fn concurrent_copies_of_one_request_make_one_order_one_charge_one_event(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: a client that retries before its first call has answered, several times over.
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let client = mesh.order_client().await?;

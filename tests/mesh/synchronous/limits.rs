@@ -4,13 +4,17 @@
 
 use anyhow::Result;
 use ordermesh::proto::order::v1::ListOrdersRequest;
+use ordermesh_testkit::{Backend, on_both_backends};
 use tonic::Code;
 
 use super::support::helpers::{order_request, spawn_mesh};
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on() -> Result<()> {
-    let Some(mesh) = spawn_mesh().await? else {
+async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on(
+    backend: Backend,
+) -> Result<()> {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     // One client, so one HTTP/2 connection for every call below.
@@ -59,9 +63,10 @@ async fn an_oversized_request_is_resource_exhausted_and_the_connection_goes_on()
 /// SETTINGS, so one connection cannot hold more calls open than that: a well-behaved client queues
 /// the rest, and a stream beyond it is refused by the HTTP/2 layer. Read with a raw HTTP/2 client,
 /// as any peer would see it.
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_is_announced_a_limit_of_concurrent_streams() -> Result<()> {
-    let Some(mesh) = spawn_mesh().await? else {
+async fn a_connection_is_announced_a_limit_of_concurrent_streams(backend: Backend) -> Result<()> {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let tcp = tokio::net::TcpStream::connect(mesh.order_addr()?).await?;

@@ -2,6 +2,7 @@
 //! ends in a paid order or is given back (here: never lands). Each test drives a sequence that
 //! broke it before the charge keys could be settled (issue 17), then runs the ledger check.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
@@ -83,10 +84,13 @@ async fn pending_order(mesh: &TestMesh, request_id: &str) -> Result<Order> {
         .with_context(|| format!("an order for {request_id}"))
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_after_a_lost_charge_answer_keeps_the_order_and_its_one_charge() -> Result<()> {
+async fn a_refusal_after_a_lost_charge_answer_keeps_the_order_and_its_one_charge(
+    backend: Backend,
+) -> Result<()> {
     // Arrange
-    let Some(mesh) = spawn_mesh_with(options(false)).await? else {
+    let Some(mesh) = spawn_mesh_with(backend, options(false)).await? else {
         return Ok(());
     };
     let request = order_request("dc-1", "tok_visa");
@@ -123,10 +127,13 @@ async fn a_refusal_after_a_lost_charge_answer_keeps_the_order_and_its_one_charge
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_refusal_after_an_uncertain_attempt_is_settled_by_what_payment_holds() -> Result<()> {
+async fn every_refusal_after_an_uncertain_attempt_is_settled_by_what_payment_holds(
+    backend: Backend,
+) -> Result<()> {
     // Arrange
-    let Some(mesh) = spawn_mesh_with(options(false)).await? else {
+    let Some(mesh) = spawn_mesh_with(backend, options(false)).await? else {
         return Ok(());
     };
     let refusals = [
@@ -178,11 +185,13 @@ async fn every_refusal_after_an_uncertain_attempt_is_settled_by_what_payment_hol
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bare_failed_precondition_is_not_a_decline_and_a_refusal_on_the_first_try_pays_what_stood()
--> Result<()> {
+async fn a_bare_failed_precondition_is_not_a_decline_and_a_refusal_on_the_first_try_pays_what_stood(
+    backend: Backend,
+) -> Result<()> {
     // Arrange
-    let Some(mesh) = spawn_mesh_with(options(false)).await? else {
+    let Some(mesh) = spawn_mesh_with(backend, options(false)).await? else {
         return Ok(());
     };
 
@@ -228,10 +237,13 @@ async fn a_bare_failed_precondition_is_not_a_decline_and_a_refusal_on_the_first_
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_charge_whose_caller_gave_up_is_settled_paid_by_the_reconciler() -> Result<()> {
+async fn a_charge_whose_caller_gave_up_is_settled_paid_by_the_reconciler(
+    backend: Backend,
+) -> Result<()> {
     // Arrange
-    let Some(mesh) = spawn_mesh_with(options(true)).await? else {
+    let Some(mesh) = spawn_mesh_with(backend, options(true)).await? else {
         return Ok(());
     };
 
@@ -264,12 +276,14 @@ async fn a_charge_whose_caller_gave_up_is_settled_paid_by_the_reconciler() -> Re
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_never_charged_order_is_abandoned_and_a_charge_delayed_past_the_grace_cannot_land()
--> Result<()> {
+async fn a_never_charged_order_is_abandoned_and_a_charge_delayed_past_the_grace_cannot_land(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: an order left pending with nothing charged, and a Charge for its key on its way to
     // payment, delayed past the reconciler's grace period.
-    let Some(mesh) = spawn_mesh_with(options(true)).await? else {
+    let Some(mesh) = spawn_mesh_with(backend, options(true)).await? else {
         return Ok(());
     };
     let request = order_request("never-1", "tok_visa");
@@ -325,11 +339,14 @@ async fn a_never_charged_order_is_abandoned_and_a_charge_delayed_past_the_grace_
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_order_replicas_reconciling_one_backlog_settle_each_order_once() -> Result<()> {
+async fn two_order_replicas_reconciling_one_backlog_settle_each_order_once(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: a backlog of pending orders, charged and not, and a second order replica on the
     // same database, so two reconcilers find it.
-    let Some(mesh) = spawn_mesh_with(options(true)).await? else {
+    let Some(mesh) = spawn_mesh_with(backend, options(true)).await? else {
         return Ok(());
     };
     let (charged, uncharged) = (6, 4);
@@ -388,18 +405,23 @@ async fn two_order_replicas_reconciling_one_backlog_settle_each_order_once() -> 
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_broker_down_a_caller_with_a_1_s_deadline_gets_its_paid_order_in_time()
--> Result<()> {
+async fn with_the_broker_down_a_caller_with_a_1_s_deadline_gets_its_paid_order_in_time(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: CreateOrder would wait 5 s for the broker; the broker is down.
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        order: |config| {
-            config.publish_timeout = std::time::Duration::from_millis(5_000);
-            // Room to answer before the caller's own timer, even on a loaded test machine.
-            config.deadline_margin = std::time::Duration::from_millis(300);
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            order: |config| {
+                config.publish_timeout = std::time::Duration::from_millis(5_000);
+                // Room to answer before the caller's own timer, even on a loaded test machine.
+                config.deadline_margin = std::time::Duration::from_millis(300);
+            },
+            ..Default::default()
         },
-        ..Default::default()
-    })
+    )
     .await?
     else {
         return Ok(());
@@ -431,8 +453,11 @@ async fn with_the_broker_down_a_caller_with_a_1_s_deadline_gets_its_paid_order_i
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_headers_reach_payment_only_where_both_switches_are_on() -> Result<()> {
+async fn fault_headers_reach_payment_only_where_both_switches_are_on(
+    backend: Backend,
+) -> Result<()> {
     // Off by default, both of them: a deployment copied from this template has no fault injection.
     let order_defaults = ordermesh_order::Config::from_env()?;
     let payment_defaults = ordermesh_payment::Config::from_env()?;
@@ -440,11 +465,14 @@ async fn fault_headers_reach_payment_only_where_both_switches_are_on() -> Result
     assert!(!payment_defaults.faults_enabled);
 
     // Arrange: payment would inject, order does not forward.
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        order: |config| config.forward_fault_headers = false,
-        ..Default::default()
-    })
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            order: |config| config.forward_fault_headers = false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -469,16 +497,21 @@ async fn fault_headers_reach_payment_only_where_both_switches_are_on() -> Result
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_payment_gone_a_full_backlog_of_unsettleable_orders_does_not_hold_up_a_stop()
--> Result<()> {
+async fn with_payment_gone_a_full_backlog_of_unsettleable_orders_does_not_hold_up_a_stop(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: no payment at all, and more pending orders past the grace period than the
     // reconciler takes in one round; none can be settled.
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        payment: false,
-        notifier: false,
-        ..options(true)
-    })
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: false,
+            notifier: false,
+            ..options(true)
+        },
+    )
     .await?
     else {
         return Ok(());

@@ -1,6 +1,7 @@
 //! The synchronous path under failure, driven the way a user drives it: fault injection headers on
 //! CreateOrder that the order service passes on to payment.
 
+use ordermesh_testkit::{Backend, on_both_backends};
 use std::{
     sync::{
         Arc,
@@ -48,11 +49,13 @@ pub async fn create(
         .map(tonic::Response::into_inner)
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_answer_lost_after_the_charge_is_retried_into_one_paid_order_and_one_charge()
--> Result<()> {
+async fn an_answer_lost_after_the_charge_is_retried_into_one_paid_order_and_one_charge(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: payment stores the charge, then the first attempt's answer is lost.
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let headers = [
@@ -75,11 +78,13 @@ async fn an_answer_lost_after_the_charge_is_retried_into_one_paid_order_and_one_
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_payment_slower_than_the_deadline_is_deadline_exceeded_and_a_later_retry_charges_once()
--> Result<()> {
+async fn a_payment_slower_than_the_deadline_is_deadline_exceeded_and_a_later_retry_charges_once(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: the order service's payment deadline is 2 s; payment takes 10 s.
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let request = order_request("slow-1", "tok_visa");
@@ -121,19 +126,25 @@ async fn a_payment_slower_than_the_deadline_is_deadline_exceeded_and_a_later_ret
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_caller_deadline_shorter_than_the_payment_timeout_is_honoured() -> Result<()> {
+async fn a_caller_deadline_shorter_than_the_payment_timeout_is_honoured(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: the order service would wait 30 s for payment, payment takes 10 s, the caller gives 1 s.
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        order: |config| {
-            config.payment_timeout = std::time::Duration::from_millis(30_000);
-            config.payment_attempt_timeout = std::time::Duration::from_millis(30_000);
-            // Room to answer before the caller's own timer, even on a loaded test machine.
-            config.deadline_margin = std::time::Duration::from_millis(300);
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            order: |config| {
+                config.payment_timeout = std::time::Duration::from_millis(30_000);
+                config.payment_attempt_timeout = std::time::Duration::from_millis(30_000);
+                // Room to answer before the caller's own timer, even on a loaded test machine.
+                config.deadline_margin = std::time::Duration::from_millis(300);
+            },
+            ..Default::default()
         },
-        ..Default::default()
-    })
+    )
     .await?
     else {
         return Ok(());
@@ -168,10 +179,11 @@ async fn a_caller_deadline_shorter_than_the_payment_timeout_is_honoured() -> Res
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn declines_and_bad_input_are_never_retried() -> Result<()> {
+async fn declines_and_bad_input_are_never_retried(backend: Backend) -> Result<()> {
     // A declined card answered once is the answer: one payment row, not three.
-    let Some(mesh) = spawn_mesh().await? else {
+    let Some(mesh) = spawn_mesh(backend).await? else {
         return Ok(());
     };
     let error = create(&mesh, order_request("decl-once", "tok_declined"), &[])
@@ -217,22 +229,27 @@ fn black_hole(listener: TcpListener) -> (Arc<AtomicUsize>, tokio::task::JoinHand
     (accepted, task)
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_breaker_opens_when_payment_is_gone_fails_fast_and_closes_when_it_is_back() -> Result<()>
-{
+async fn the_breaker_opens_when_payment_is_gone_fails_fast_and_closes_when_it_is_back(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: a small breaker, one attempt per order so each order is one breaker call.
-    let Some(mut mesh) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        order: |config| {
-            config.payment_max_attempts = 1;
-            config.breaker_window = 4;
-            config.breaker_min_calls = 4;
-            config.breaker_failure_rate_percent = 50;
-            config.breaker_open = std::time::Duration::from_millis(1_000);
-            config.breaker_half_open_probes = 1;
+    let Some(mut mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            order: |config| {
+                config.payment_max_attempts = 1;
+                config.breaker_window = 4;
+                config.breaker_min_calls = 4;
+                config.breaker_failure_rate_percent = 50;
+                config.breaker_open = std::time::Duration::from_millis(1_000);
+                config.breaker_half_open_probes = 1;
+            },
+            ..Default::default()
         },
-        ..Default::default()
-    })
+    )
     .await?
     else {
         return Ok(());
@@ -348,15 +365,20 @@ async fn the_breaker_opens_when_payment_is_gone_fails_fast_and_closes_when_it_is
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn beyond_the_concurrency_limit_calls_are_shed_none_hang_and_accepted_orders_are_complete()
--> Result<()> {
+async fn beyond_the_concurrency_limit_calls_are_shed_none_hang_and_accepted_orders_are_complete(
+    backend: Backend,
+) -> Result<()> {
     // Arrange: order serves 4 calls at once; payment takes 500 ms per charge.
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        order: |config| config.max_concurrent_requests = 4,
-        ..Default::default()
-    })
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            order: |config| config.max_concurrent_requests = 4,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -425,14 +447,20 @@ async fn beyond_the_concurrency_limit_calls_are_shed_none_hang_and_accepted_orde
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn faults_can_be_configured_for_every_call_and_switched_off_entirely() -> Result<()> {
+async fn faults_can_be_configured_for_every_call_and_switched_off_entirely(
+    backend: Backend,
+) -> Result<()> {
     // Configured: every Charge fails with UNAVAILABLE, so CreateOrder does too, after its retries.
-    let Some(faulty) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        payment_config: |config| config.fault_abort = Some(Code::Unavailable),
-        ..Default::default()
-    })
+    let Some(faulty) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            payment_config: |config| config.fault_abort = Some(Code::Unavailable),
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -449,11 +477,14 @@ async fn faults_can_be_configured_for_every_call_and_switched_off_entirely() -> 
     faulty.shutdown().await?;
 
     // Switched off: the headers are ignored and the order goes through.
-    let Some(off) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        payment_config: |config| config.faults_enabled = false,
-        ..Default::default()
-    })
+    let Some(off) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            payment_config: |config| config.faults_enabled = false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -468,18 +499,22 @@ async fn faults_can_be_configured_for_every_call_and_switched_off_entirely() -> 
     off.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_stop_lets_the_calls_in_flight_finish() -> Result<()> {
+async fn a_graceful_stop_lets_the_calls_in_flight_finish(backend: Backend) -> Result<()> {
     // Arrange: a CreateOrder that will take 1.5 s, in flight (its order row exists) when the stop comes.
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        notifier: false,
-        order: |config| {
-            config.drain_grace = std::time::Duration::from_millis(20_000);
-            config.payment_attempt_timeout = std::time::Duration::from_millis(5_000);
-            config.payment_timeout = std::time::Duration::from_millis(5_000);
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            notifier: false,
+            order: |config| {
+                config.drain_grace = std::time::Duration::from_millis(20_000);
+                config.payment_attempt_timeout = std::time::Duration::from_millis(5_000);
+                config.payment_timeout = std::time::Duration::from_millis(5_000);
+            },
+            ..Default::default()
         },
-        ..Default::default()
-    })
+    )
     .await?
     else {
         return Ok(());

@@ -6,6 +6,7 @@ use ordermesh::{
     proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
     proto::order::v1::ListOrdersRequest, proto::types::v1::Money,
 };
+use ordermesh_testkit::{Backend, on_both_backends};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -144,13 +145,19 @@ fn invalid_requests() -> Vec<(&'static str, CreateOrderRequest, &'static str)> {
     ]
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_requests_are_refused_naming_the_field_and_change_nothing() -> Result<()> {
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        payment: true,
-        notifier: false,
-        ..Default::default()
-    })
+async fn invalid_requests_are_refused_naming_the_field_and_change_nothing(
+    backend: Backend,
+) -> Result<()> {
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: true,
+            notifier: false,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
@@ -188,13 +195,17 @@ async fn invalid_requests_are_refused_naming_the_field_and_change_nothing() -> R
     mesh.shutdown().await
 }
 
+#[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_list_parameters_are_refused() -> Result<()> {
-    let Some(mesh) = spawn_mesh_with(MeshOptions {
-        payment: true,
-        notifier: true,
-        ..Default::default()
-    })
+async fn bad_list_parameters_are_refused(backend: Backend) -> Result<()> {
+    let Some(mesh) = spawn_mesh_with(
+        backend,
+        MeshOptions {
+            payment: true,
+            notifier: true,
+            ..Default::default()
+        },
+    )
     .await?
     else {
         return Ok(());
