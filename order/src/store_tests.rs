@@ -9,15 +9,7 @@ use super::*;
 
 /// A store on a fresh database, with what keeps a PostgreSQL server alive; None to skip.
 async fn store(backend: Backend) -> Option<(Store, Option<Databases>)> {
-    let (url, databases) = match backend {
-        Backend::Postgres => {
-            let databases = Databases::for_test(std::path::Path::new("."), backend)
-                .await
-                .expect("a PostgreSQL server")?;
-            (databases.url("order"), Some(databases))
-        }
-        Backend::Sqlite => ("sqlite::memory:".to_owned(), None),
-    };
+    let (url, databases) = ordermesh_testkit::unit_database(backend, "order").await?;
     let pool = db::open(&url, &migrations()).await.expect("database");
     Some((Store::new(pool), databases))
 }

@@ -80,3 +80,19 @@ impl Databases {
         }
     }
 }
+
+/// The database of a unit test of `service`'s store on `backend`: its URL (SQLite in memory, or a
+/// database on a PostgreSQL server of the test's own) and what keeps that server running, to be
+/// held for as long as the test uses it. None when the test is to skip (see
+/// [`Databases::for_test`]). Panics where a test would: it has nothing else to do then.
+pub async fn unit_database(backend: Backend, service: &str) -> Option<(String, Option<Databases>)> {
+    match backend {
+        Backend::Sqlite => Some(("sqlite::memory:".to_owned(), None)),
+        Backend::Postgres => {
+            let databases = Databases::for_test(Path::new("."), backend)
+                .await
+                .expect("a PostgreSQL server")?;
+            Some((databases.url(service), Some(databases)))
+        }
+    }
+}

@@ -36,7 +36,7 @@ mod tools;
 mod wait;
 
 pub use addr::unused_addr;
-pub use backends::{Backend, Databases, on_both_backends};
+pub use backends::{Backend, Databases, on_both_backends, unit_database};
 pub use broker::Broker;
 pub use postgres::Postgres;
 pub use process::Process;
