@@ -308,9 +308,10 @@ impl ChannelConsumer {
         (handled, true)
     }
 
-    /// Releases the claims a batch made for `rest` (the messages it will not handle, each with the
-    /// row found for its claim). Best effort: a claim left behind is still handled, by the retry
-    /// loop once its lease is over.
+    /// Hands the claims a batch made for `rest` (the messages it will not handle, each with the
+    /// row found for its claim) to the retry loop, due now. Best effort: a claim left behind is
+    /// still handled, by whoever reads the message again (it hands the claim to the retry loop,
+    /// due when the claim's lease is over).
     async fn release_unsent(&self, rest: Vec<(&Prepared, Option<NotificationRow>)>) {
         let ours: Vec<String> = rest
             .into_iter()
@@ -319,7 +320,7 @@ impl ChannelConsumer {
                     if record.status == Status::Pending
                         && record.notification_id == claim.notification_id =>
                 {
-                    Some(claim.notification_id.clone())
+                    claim.claim_token.clone()
                 }
                 _ => None,
             })
@@ -327,8 +328,9 @@ impl ChannelConsumer {
         if ours.is_empty() {
             return;
         }
-        if let Err(error) = self.handler.store.release_claims(&ours).await {
-            tracing::warn!(channel = self.handler.channel.as_str(), %error, "claims not released; the retry loop will take them");
+        let now = ordermesh::timestamp::now_millis();
+        if let Err(error) = self.handler.store.release_claims(&ours, now).await {
+            tracing::warn!(channel = self.handler.channel.as_str(), %error, "claims not released; whoever reads them again hands them to the retry loop");
         }
     }
 

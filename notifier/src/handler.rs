@@ -19,7 +19,9 @@
 //! The invariant a reader must keep: a notification is sent only by the holder of its PENDING claim
 //! while the claim's lease lasts, by the retry loop once it is RETRYING (and leased), or by a
 //! replay once it is FAILED. Whatever else finds it unsettled hands it to the retry loop rather than
-//! send it a second time.
+//! send it a second time. Each holder records what became of its send with its claim token
+//! (`store`'s state machine); one whose claim was taken over meanwhile records nothing, and
+//! [`Handler::stale`] says so in the log and in `ordermesh.notifications.stale_writes`.
 
 use opentelemetry::metrics::Meter;
 use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
@@ -58,8 +60,18 @@ pub(crate) enum Verdict {
         attempts: u32,
         first_failure_ms: i64,
         /// The notification to mark FAILED once parked, if one was recorded.
-        notification: Option<(String, i32)>,
+        notification: Option<Held>,
     },
+}
+
+/// A notification as its holder holds it: what a holder's writes name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    pub(crate) notification_id: String,
+    /// The claim or lease token the holder holds it by.
+    pub(crate) token: String,
+    /// Sends made so far, this one included.
+    pub(crate) attempts: i32,
 }
 
 /// What a message needs, as far as can be told without the database.
@@ -170,6 +182,19 @@ impl Handler {
         }
     }
 
+    /// Says that the holder of `row` lost it before recording `write` (its claim was handed over
+    /// and leased, or it was settled by another): nothing was changed.
+    fn stale(&self, row: &NotificationRow, write: &'static str) {
+        tracing::warn!(
+            channel = self.channel.as_str(),
+            event_id = %row.event_id,
+            notification_id = %row.notification_id,
+            write,
+            "not recorded: this claim was taken over meanwhile; the new holder decides"
+        );
+        self.metrics.stale_write(write);
+    }
+
     /// What can be decided about `letter` without the database: not ours, poison, or the
     /// notification to claim.
     pub(crate) fn prepare(&self, letter: &Letter, now: i64) -> Prepared {
@@ -271,8 +296,27 @@ impl Handler {
                 }
                 Ok(Verdict::Done(Outcome::Duplicate))
             }
-            // FAILED in a replay: the cause is said to be fixed; one more send.
-            (Status::Failed, Mode::Replay) => self.attempt(record, event, false).await,
+            // FAILED in a replay: the cause is said to be fixed; one more send, under a claim
+            // of the replay's own (a second replay running at once finds it PENDING, above).
+            (Status::Failed, Mode::Replay) => {
+                let token = crate::store::new_token();
+                let lease = self.sender.claim_lease().as_millis() as i64;
+                let until = timestamp::now_millis().saturating_add(lease);
+                if !self
+                    .store
+                    .take_for_replay(&record.notification_id, &token, until)
+                    .await?
+                {
+                    tracing::info!(channel = channel.as_str(), %event_id, "taken by another replay");
+                    return Ok(Verdict::Done(Outcome::Duplicate));
+                }
+                let held = NotificationRow {
+                    status: Status::Pending,
+                    claim_token: Some(token),
+                    ..record.clone()
+                };
+                self.attempt(&held, event, false).await
+            }
         }
     }
 
@@ -286,25 +330,40 @@ impl Handler {
         if now < claim.created_at_ms.saturating_add(lease / 2) {
             return Ok(true);
         }
+        let Some(token) = &claim.claim_token else {
+            return Ok(false);
+        };
         self.store
-            .renew_claim(&claim.notification_id, now.saturating_add(lease))
+            .renew_claim(&claim.notification_id, token, now.saturating_add(lease))
             .await
     }
 
-    /// Sends `row`'s notification once and records the result. A transient failure is scheduled
-    /// for retry when `may_retry` and attempts remain; otherwise the verdict is to park.
+    /// Sends `row`'s notification once, as the holder of its claim token, and records the result.
+    /// A transient failure is scheduled for retry when `may_retry` and attempts remain; otherwise
+    /// the verdict is to park.
     pub(crate) async fn attempt(
         &self,
         row: &NotificationRow,
         event: &OrderPlaced,
         may_retry: bool,
     ) -> Result<Verdict, sqlx::Error> {
+        let Some(token) = row.claim_token.as_deref() else {
+            // Only a holder sends; a row held by nobody is the retry schedule's.
+            self.stale(row, "send");
+            return Ok(Verdict::Done(Outcome::Duplicate));
+        };
         let attempts = row.attempts + 1;
         let failure = match self.sender.send(self.channel, &row.recipient, event).await {
             Ok(()) => {
-                self.store
-                    .mark_sent(&row.notification_id, timestamp::now_millis())
-                    .await?;
+                if !self
+                    .store
+                    .mark_sent(&row.notification_id, token, timestamp::now_millis())
+                    .await?
+                {
+                    // Sent, but too late to say so: the new holder may send it again (the one
+                    // repeat the contract allows, under the same Message-ID / Idempotency-Key).
+                    self.stale(row, "mark_sent");
+                }
                 return Ok(Verdict::Done(Outcome::Sent));
             }
             Err(failure) => failure,
@@ -325,9 +384,14 @@ impl Handler {
                     "send failed, will retry"
                 );
                 let next = now.saturating_add(delay.as_millis() as i64);
-                self.store
-                    .schedule_retry(&row.notification_id, attempts, &error, now, next)
-                    .await?;
+                if !self
+                    .store
+                    .schedule_retry(&row.notification_id, token, attempts, &error, now, next)
+                    .await?
+                {
+                    self.stale(row, "schedule_retry");
+                    return Ok(Verdict::Done(Outcome::Duplicate));
+                }
                 Ok(Verdict::Done(Outcome::Retrying))
             }
             SendError::Transient(error) | SendError::Permanent(error) => {
@@ -337,7 +401,11 @@ impl Handler {
                     reason: error,
                     attempts: round,
                     first_failure_ms,
-                    notification: Some((row.notification_id.clone(), attempts)),
+                    notification: Some(Held {
+                        notification_id: row.notification_id.clone(),
+                        token: token.to_owned(),
+                        attempts,
+                    }),
                 })
             }
         }
@@ -377,10 +445,26 @@ impl Handler {
             %reason,
             "message parked on the dead-letter topic"
         );
-        if let Some((notification_id, total)) = notification {
-            self.store
-                .mark_failed(&notification_id, total, &reason, timestamp::now_millis())
-                .await?;
+        if let Some(held) = notification
+            && !self
+                .store
+                .mark_failed(
+                    &held.notification_id,
+                    &held.token,
+                    held.attempts,
+                    &reason,
+                    timestamp::now_millis(),
+                )
+                .await?
+        {
+            // Parked, but no longer ours to mark: the new holder settles the row.
+            tracing::warn!(
+                channel = self.channel.as_str(),
+                notification_id = %held.notification_id,
+                write = "mark_failed",
+                "not recorded: this claim was taken over meanwhile; the new holder decides"
+            );
+            self.metrics.stale_write("mark_failed");
         }
         Ok(Outcome::DeadLettered)
     }
@@ -399,19 +483,8 @@ mod tests {
     /// to skip.
     async fn handler(backend: Backend) -> Option<(Handler, Option<Databases>)> {
         let mut config = Config::from_env().expect("defaults parse");
-        let databases = match backend {
-            Backend::Postgres => {
-                let databases = Databases::for_test(std::path::Path::new("."), backend)
-                    .await
-                    .expect("a PostgreSQL server")?;
-                config.database_url = databases.url("notifier");
-                Some(databases)
-            }
-            Backend::Sqlite => {
-                config.database_url = "sqlite::memory:".into();
-                None
-            }
-        };
+        let (url, databases) = ordermesh_testkit::unit_database(backend, "notifier").await?;
+        config.database_url = url;
         let store = Store::new(
             ordermesh_platform::db::open(&config.database_url, &crate::store::migrations())
                 .await
@@ -489,12 +562,16 @@ mod tests {
             "not due while their send may still be under way"
         );
 
-        // They finish: nothing is left to retry.
-        handler
-            .store
-            .mark_sent("ntf_theirs", now)
-            .await
-            .expect("sent");
+        // They finish within their lease: their send is recorded, and nothing is left to retry.
+        let their_token = theirs.claim_token.as_deref().expect("token");
+        assert!(
+            handler
+                .store
+                .mark_sent("ntf_theirs", their_token, now)
+                .await
+                .expect("sent"),
+            "a hand-over leaves the claimant its send until its lease ends"
+        );
         assert!(
             handler
                 .store
@@ -570,6 +647,84 @@ mod tests {
         assert_eq!(
             handler.decide(&letter, Mode::Live).await.expect("decide"),
             Verdict::Done(Outcome::Duplicate)
+        );
+    }
+
+    /// Issue 19, interleaving 1: replica A claims M; a rebalance moves M's partition to B, whose
+    /// batch claim finds A's row; A is stopped before reaching M and releases its unsent claims;
+    /// then B acts on the row it found. M must still be sent, and once.
+    #[on_both_backends]
+    #[tokio::test]
+    async fn a_claim_released_by_a_stopping_replica_after_another_found_it_is_still_sent_once(
+        backend: Backend,
+    ) {
+        let Some((handler, _databases)) = handler(backend).await else {
+            return;
+        };
+        let letter = letter();
+        let now = timestamp::now_millis();
+        let claim_of = |prepared| match prepared {
+            Prepared::Claim { claim, event } => (claim, event),
+            Prepared::Decided(verdict) => panic!("an event to claim, not {verdict:?}"),
+        };
+        // A claims M.
+        let (a_claim, _) = claim_of(handler.prepare(&letter, now));
+        handler.store.claim(&a_claim, &letter).await.expect("claim");
+        // B claims M in its batch (same database, same channel): it finds A's row.
+        let (b_claim, event) = claim_of(handler.prepare(&letter, now));
+        let found = handler
+            .store
+            .claim_all(&[(&b_claim, &letter)])
+            .await
+            .expect("batch claim")
+            .pop()
+            .expect("a row");
+        assert_eq!(found.notification_id, a_claim.notification_id);
+        // A is stopped before it reached M: it releases its unsent claims.
+        handler
+            .store
+            .release_claims(&[a_claim.claim_token.clone().expect("token")], now)
+            .await
+            .expect("release");
+        // B acts on the row it found: not its claim, so it does not send it now.
+        let verdict = handler
+            .after_claim(&found, &b_claim, &event, Mode::Live)
+            .await
+            .expect("verdict");
+        assert_eq!(verdict, Verdict::Done(Outcome::Duplicate));
+
+        // Not lost: the retry loop has it, due now, and sends it once.
+        let mut due = handler
+            .store
+            .due_retries(Channel::Email, now, 10)
+            .await
+            .expect("due");
+        assert_eq!(due.len(), 1, "M is waiting for the retry loop");
+        let (mut row, _) = due.remove(0);
+        let seen_due = row.next_attempt_at_ms.expect("due time");
+        assert!(
+            handler
+                .store
+                .lease_retry(&row.notification_id, seen_due, now + 1_000, "retry-loop")
+                .await
+                .expect("lease")
+        );
+        row.claim_token = Some("retry-loop".into());
+        assert_eq!(
+            handler.attempt(&row, &event, true).await.expect("send"),
+            Verdict::Done(Outcome::Sent)
+        );
+        let rows = handler
+            .store
+            .list(&crate::store::Filter::default(), 0, 10)
+            .await
+            .expect("list");
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.status, r.attempts))
+                .collect::<Vec<_>>(),
+            [(Status::Sent, 1)],
+            "one row, sent once"
         );
     }
 }

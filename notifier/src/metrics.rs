@@ -7,6 +7,7 @@
 //! | `ordermesh.consumer.dead_lettered` | group | messages parked on the dead-letter topic |
 //! | `ordermesh.consumer.lag` | group, topic, partition | messages on the partition not yet handled (librdkafka's statistics, every 5 s; recorded by the consumer's context in `rebalance`) |
 //! | `ordermesh.notifications.sent` | channel | notifications delivered (first send or retry) |
+//! | `ordermesh.notifications.stale_writes` | channel, write | writes refused because the writer's claim was taken over meanwhile (see `store`) |
 //! | `messaging.process.duration` | group, topic | time to handle one message |
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub(crate) struct ChannelMetrics {
     retried: Counter<u64>,
     dead_lettered: Counter<u64>,
     sent: Counter<u64>,
+    stale_writes: Counter<u64>,
     process_duration: Histogram<f64>,
 }
 
@@ -53,12 +55,24 @@ impl ChannelMetrics {
                 .u64_counter("ordermesh.notifications.sent")
                 .with_description("Notifications delivered, by channel")
                 .build(),
+            stale_writes: meter
+                .u64_counter("ordermesh.notifications.stale_writes")
+                .with_description(
+                    "Writes refused because the writer's claim was taken over meanwhile",
+                )
+                .build(),
             process_duration: ordermesh_platform::metrics::duration_histogram(
                 meter,
                 "messaging.process.duration",
                 "Time to handle one consumed event, sending included",
             ),
         }
+    }
+
+    /// Counts a write refused because its writer no longer held the notification.
+    pub(crate) fn stale_write(&self, write: &'static str) {
+        self.stale_writes
+            .add(1, &[self.channel.clone(), KeyValue::new("write", write)]);
     }
 
     /// Counts the outcome of handling a message: `consumed` when it came from the consumer (not

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
-    handler::{HandleError, Handler, Verdict},
+    handler::{HandleError, Handler, Held, Verdict},
     outcome::{Outcome, Stats},
 };
 
@@ -51,15 +51,18 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
         let now = timestamp::now_millis();
         let due = store.due_retries(handler.channel, now, BATCH).await?;
         let full = due.len() as i64 == BATCH;
-        for (row, letter) in due {
+        for (mut row, letter) in due {
             let seen_due = row.next_attempt_at_ms.unwrap_or(now);
             let until = now.saturating_add(lease.as_millis() as i64);
+            let token = crate::store::new_token();
             if !store
-                .lease_retry(&row.notification_id, seen_due, until)
+                .lease_retry(&row.notification_id, seen_due, until, &token)
                 .await?
             {
                 continue; // Another replica took it.
             }
+            // Ours until `until`: every write from here names this lease.
+            row.claim_token = Some(token.clone());
             // The retry continues the event's trace: the stored message keeps its headers.
             let span = handler.process_span(&letter, row.attempts as u32 + 1);
             let verdict =
@@ -75,7 +78,11 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
                         reason: format!("stored message no longer decodes: {error}"),
                         attempts: row.attempts as u32,
                         first_failure_ms: row.first_failure_at_ms.unwrap_or(now),
-                        notification: Some((row.notification_id.clone(), row.attempts)),
+                        notification: Some(Held {
+                            notification_id: row.notification_id.clone(),
+                            token,
+                            attempts: row.attempts,
+                        }),
                     },
                 };
             let outcome = handler

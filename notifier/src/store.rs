@@ -2,6 +2,27 @@
 //!
 //! A status a statement writes or matches is bound from [`Status`], whose text is the stored one,
 //! so no statement spells a status itself; the exception, and why, is at `due_retries`.
+//!
+//! Who may change a row is explicit: the row's `claim_token` names its holder (the consumer that
+//! claimed it, the retry loop that leased it, a replay that took it), and every change a holder
+//! makes is conditional on that token. A writer whose claim was taken over (its lease ran out and
+//! the retry loop leased the row, or it was settled meanwhile) changes nothing, and is told so
+//! (`false`), so it can say so in its log and count it. The states and their transitions:
+//!
+//! ```text
+//!             claim (INSERT, token T)
+//!                    |
+//!                    v
+//!   +--------- PENDING(T) ---- release on stop: RETRYING(-), due now ------+
+//!   |                |  \                                                   |
+//!   |  send ok: SENT |   redelivery elsewhere: RETRYING(T), due at T's lease end
+//!   |                |                                                      v
+//!   |   send failed: RETRYING(-), due after backoff <-- send failed -- RETRYING(L)
+//!   |                                                                  ^    |
+//!   |   out of attempts / permanent: FAILED(-)     lease when due (L) -+    | send ok: SENT
+//!   |                                                                       |
+//!   +-- FAILED(-) -- replay takes it: PENDING(R), leased -------------------+
+//! ```
 
 use std::collections::HashMap;
 
@@ -11,7 +32,7 @@ use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{channel::Channel, letter::Letter, status::Status};
 
-/// Rows per multi-row INSERT: 13 bound parameters each keeps a statement under SQLite's historical
+/// Rows per multi-row INSERT: 14 bound parameters each keeps a statement under SQLite's historical
 /// limit of 999 parameters (newer builds allow more; staying under costs nothing).
 const CLAIMS_PER_STATEMENT: usize = 64;
 /// Ids per `IN (...)` list, under the same limit.
@@ -36,10 +57,19 @@ pub(crate) struct NotificationRow {
     pub(crate) last_error: Option<String>,
     pub(crate) first_failure_at_ms: Option<i64>,
     pub(crate) next_attempt_at_ms: Option<i64>,
+    /// The holder of the row, if any (see the module's documentation).
+    pub(crate) claim_token: Option<String>,
+}
+
+/// A fresh token for a claim or a lease: unique, so a holder is told apart from every other,
+/// including an earlier claim of its own.
+pub(crate) fn new_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 impl NotificationRow {
-    /// A new PENDING notification of `event_id` on `channel`, read at `source`, recorded at `now_ms`.
+    /// A new PENDING notification of `event_id` on `channel`, read at `source`, recorded at `now_ms`,
+    /// with a claim token of its own.
     pub(crate) fn pending(
         notification_id: String,
         event_id: &str,
@@ -66,6 +96,7 @@ impl NotificationRow {
             last_error: None,
             first_failure_at_ms: None,
             next_attempt_at_ms: None,
+            claim_token: Some(new_token()),
         }
     }
 }
@@ -119,11 +150,11 @@ impl Store {
             let sql = format!(
                 "INSERT INTO notifications (notification_id, event_id, order_id, channel, recipient,
                      status, attempts, created_at_ms, source_topic, source_partition, source_offset,
-                     message_key, message_payload, message_headers)
+                     message_key, message_payload, message_headers, claim_token)
                  VALUES {}
                  ON CONFLICT (event_id, channel) DO NOTHING",
                 rows_of_placeholders(chunk.len(), &[
-                    "", "", "", "", "", "", "0", "", "", "", "", "", "", "",
+                    "", "", "", "", "", "", "0", "", "", "", "", "", "", "", "",
                 ])
             );
             let mut insert = sqlx::query(AssertSqlSafe(sql));
@@ -141,7 +172,8 @@ impl Store {
                     .bind(new.source_offset)
                     .bind(&letter.key)
                     .bind(&letter.payload)
-                    .bind(letter.headers_json());
+                    .bind(letter.headers_json())
+                    .bind(&new.claim_token);
             }
             // Not kept in the connection's statement cache: batches come in every size, and each
             // size is a different statement (caching them all cost the notifier about 5 MiB of
@@ -174,59 +206,80 @@ impl Store {
             .collect()
     }
 
-    /// Deletes PENDING claims that were never acted on (a stop in the middle of a batch), so the
-    /// messages are claimed afresh when they are read again.
+    /// Hands the PENDING claims holding `tokens` that were never acted on (a stop in the middle
+    /// of a batch) to the retry loop, due at `now_ms`. Not deleted: another replica may have found
+    /// the claim already (its partition moved there in a rebalance) and be relying on the row to
+    /// have it sent; handed over, it is sent once, by whichever retry loop takes it. Returns how
+    /// many were still ours to hand over.
     pub(crate) async fn release_claims(
         &self,
-        notification_ids: &[String],
-    ) -> Result<(), sqlx::Error> {
-        for chunk in notification_ids.chunks(IDS_PER_STATEMENT) {
+        tokens: &[String],
+        now_ms: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let mut released = 0;
+        for chunk in tokens.chunks(IDS_PER_STATEMENT) {
             let sql = format!(
-                "DELETE FROM notifications WHERE status = $1 AND notification_id IN ({})",
-                placeholders(2, chunk.len())
+                "UPDATE notifications SET status = $1, claim_token = NULL, next_attempt_at_ms = $2,
+                     last_error = 'released unsent by a stopping notifier'
+                 WHERE status = $3 AND claim_token IN ({})",
+                placeholders(4, chunk.len())
             );
-            let mut delete = sqlx::query(AssertSqlSafe(sql)).bind(Status::Pending.as_str());
-            for id in chunk {
-                delete = delete.bind(id);
+            let mut release = sqlx::query(AssertSqlSafe(sql))
+                .bind(Status::Retrying.as_str())
+                .bind(now_ms)
+                .bind(Status::Pending.as_str());
+            for token in chunk {
+                release = release.bind(token);
             }
-            delete.persistent(false).execute(&self.pool).await?;
+            released += release
+                .persistent(false)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
         }
-        Ok(())
+        Ok(released)
     }
 
-    /// Marks a notification sent, counting the attempt, and lets go of the message it kept.
+    /// Marks a notification sent by the holder of `token`, counting the attempt, and lets go of
+    /// the message it kept. False, changing nothing, if `token` no longer holds it.
     pub(crate) async fn mark_sent(
         &self,
         notification_id: &str,
+        token: &str,
         now_ms: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
             "UPDATE notifications SET status = $1, attempts = attempts + 1, sent_at_ms = $2,
                  next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
-                 message_headers = NULL
-             WHERE notification_id = $3",
+                 message_headers = NULL, claim_token = NULL
+             WHERE notification_id = $3 AND claim_token = $4",
         )
         .bind(Status::Sent.as_str())
         .bind(now_ms)
         .bind(notification_id)
+        .bind(token)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    /// Records the `attempts`-th failed send and when to try again.
+    /// Records, for the holder of `token`, the `attempts`-th failed send and when to try again:
+    /// the retry schedule holds it from now on. False, changing nothing, if `token` no longer
+    /// holds it.
     pub(crate) async fn schedule_retry(
         &self,
         notification_id: &str,
+        token: &str,
         attempts: i32,
         error: &str,
         now_ms: i64,
         next_attempt_at_ms: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
             "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, $4), next_attempt_at_ms = $5
-             WHERE notification_id = $6",
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, $4), next_attempt_at_ms = $5,
+                 claim_token = NULL
+             WHERE notification_id = $6 AND claim_token = $7",
         )
         .bind(Status::Retrying.as_str())
         .bind(attempts)
@@ -234,40 +287,70 @@ impl Store {
         .bind(now_ms)
         .bind(next_attempt_at_ms)
         .bind(notification_id)
+        .bind(token)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
-    /// Records that a notification was parked on the dead-letter topic after `attempts` sends; the
-    /// dead-letter topic holds the message from now on.
+    /// Records, for the holder of `token`, that a notification was parked on the dead-letter
+    /// topic after `attempts` sends; the dead-letter topic holds the message from now on. False,
+    /// changing nothing, if `token` no longer holds it.
     pub(crate) async fn mark_failed(
         &self,
         notification_id: &str,
+        token: &str,
         attempts: i32,
         error: &str,
         now_ms: i64,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
             "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
                  first_failure_at_ms = COALESCE(first_failure_at_ms, $4), next_attempt_at_ms = NULL,
-                 message_key = NULL, message_payload = NULL, message_headers = NULL
-             WHERE notification_id = $5",
+                 message_key = NULL, message_payload = NULL, message_headers = NULL,
+                 claim_token = NULL
+             WHERE notification_id = $5 AND claim_token = $6",
         )
         .bind(Status::Failed.as_str())
         .bind(attempts)
         .bind(error)
         .bind(now_ms)
         .bind(notification_id)
+        .bind(token)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Takes a FAILED (parked) notification for a replay's one more send: PENDING again, held by
+    /// `token` until `lease_until_ms`, as a fresh claim would be. False if it is not FAILED any
+    /// more (another replay took it).
+    pub(crate) async fn take_for_replay(
+        &self,
+        notification_id: &str,
+        token: &str,
+        lease_until_ms: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE notifications SET status = $1, claim_token = $2, next_attempt_at_ms = $3
+             WHERE notification_id = $4 AND status = $5",
+        )
+        .bind(Status::Pending.as_str())
+        .bind(token)
+        .bind(lease_until_ms)
+        .bind(notification_id)
+        .bind(Status::Failed.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Hands a PENDING notification found by a redelivery to the retry loop, due when its claim's
-    /// lease ends (`lease` after it was claimed, or as renewed), unless it was settled meanwhile. PENDING means another consumer may be sending it right now
-    /// (its partition moved to us in a rebalance) or a notifier stopped mid-send; either way the
-    /// outcome is not known yet, so it is not sent again before its claim could have finished.
+    /// lease ends (`lease` after it was claimed, or as renewed), unless it was settled meanwhile.
+    /// PENDING means another consumer may be sending it right now (its partition moved to us in a
+    /// rebalance) or a notifier stopped mid-send; either way the outcome is not known yet, so it is
+    /// not sent again before its claim could have finished. The claimant keeps its token until
+    /// then: its send, if it finishes, is recorded, and the retry loop finds it SENT.
     pub(crate) async fn hand_over_pending(
         &self,
         notification_id: &str,
@@ -290,21 +373,23 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Extends a PENDING claim's lease to `until_ms` (kept in `next_attempt_at_ms`, unused while
-    /// PENDING), if it is still PENDING: false if it was handed to the retry loop or settled
-    /// meanwhile, and so is no longer the claimant's to send.
+    /// Extends the PENDING claim held by `token` to `until_ms` (kept in `next_attempt_at_ms`,
+    /// unused while PENDING): false if it was handed to the retry loop or settled meanwhile, and
+    /// so is no longer the claimant's to send.
     pub(crate) async fn renew_claim(
         &self,
         notification_id: &str,
+        token: &str,
         until_ms: i64,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
             "UPDATE notifications SET next_attempt_at_ms = $1
-             WHERE notification_id = $2 AND status = $3",
+             WHERE notification_id = $2 AND status = $3 AND claim_token = $4",
         )
         .bind(until_ms)
         .bind(notification_id)
         .bind(Status::Pending.as_str())
+        .bind(token)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -360,20 +445,24 @@ impl Store {
         .await
     }
 
-    /// Takes a due retry for `lease_until_ms` by moving its due time, if nobody else moved it since
-    /// it was read as due at `seen_due_ms`: with several notifier replicas on one database, one of
-    /// them sends it. A holder that dies leaves it due again when the lease ends.
+    /// Takes a due retry for `token` until `lease_until_ms` by moving its due time, if nobody else
+    /// moved it since it was read as due at `seen_due_ms`: with several notifier replicas on one
+    /// database, one of them sends it. The token it takes over from (a claim handed over whose
+    /// lease has ended, an earlier lease) can change nothing any more. A holder that dies leaves
+    /// it due again when the lease ends.
     pub(crate) async fn lease_retry(
         &self,
         notification_id: &str,
         seen_due_ms: i64,
         lease_until_ms: i64,
+        token: &str,
     ) -> Result<bool, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE notifications SET next_attempt_at_ms = $1
-             WHERE notification_id = $2 AND status = $3 AND next_attempt_at_ms = $4",
+            "UPDATE notifications SET next_attempt_at_ms = $1, claim_token = $2
+             WHERE notification_id = $3 AND status = $4 AND next_attempt_at_ms = $5",
         )
         .bind(lease_until_ms)
+        .bind(token)
         .bind(notification_id)
         .bind(Status::Retrying.as_str())
         .bind(seen_due_ms)
@@ -457,6 +546,7 @@ fn from_row(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
         last_error: row.try_get("last_error")?,
         first_failure_at_ms: row.try_get("first_failure_at_ms")?,
         next_attempt_at_ms: row.try_get("next_attempt_at_ms")?,
+        claim_token: row.try_get("claim_token")?,
     })
 }
 
@@ -470,15 +560,7 @@ mod tests {
 
     /// A store on a fresh database, with what keeps a PostgreSQL server alive; None to skip.
     async fn store(backend: Backend) -> Option<(Store, Option<Databases>)> {
-        let (url, databases) = match backend {
-            Backend::Postgres => {
-                let databases = Databases::for_test(std::path::Path::new("."), backend)
-                    .await
-                    .expect("a PostgreSQL server")?;
-                (databases.url("notifier"), Some(databases))
-            }
-            Backend::Sqlite => ("sqlite::memory:".to_owned(), None),
-        };
+        let (url, databases) = ordermesh_testkit::unit_database(backend, "notifier").await?;
         let pool = ordermesh_platform::db::open(&url, &migrations())
             .await
             .expect("database");
@@ -528,13 +610,27 @@ mod tests {
             }
         };
 
-        // Claimed: PENDING, and renewable while it is.
+        // Claimed: PENDING, and renewable by its holder while it is.
         let (first, letter) = claim(1, now);
+        let token = first.claim_token.clone().expect("a claim has a token");
         let row = store.claim(&first, &letter).await.expect("claim");
         assert_eq!(row.status, Status::Pending);
-        assert!(store.renew_claim("ntf_1", now + 1).await.expect("renew"));
+        assert_eq!(row.claim_token.as_ref(), Some(&token));
+        assert!(
+            store
+                .renew_claim("ntf_1", &token, now + 1)
+                .await
+                .expect("renew")
+        );
+        assert!(
+            !store
+                .renew_claim("ntf_1", "not-the-holder", now + 1)
+                .await
+                .expect("renew"),
+            "only the holder renews"
+        );
 
-        // Handed over: RETRYING, due, leasable, and schedulable again.
+        // Handed over: RETRYING, due, leasable, and schedulable again by the lease's holder.
         assert!(
             store
                 .hand_over_pending("ntf_1", lease)
@@ -554,20 +650,38 @@ mod tests {
         assert_eq!(due[0].0.status, Status::Retrying);
         assert!(
             store
-                .lease_retry("ntf_1", now + 1, now + 2)
+                .lease_retry("ntf_1", now + 1, now + 2, "lease-1")
                 .await
                 .expect("lease")
         );
-        store
-            .schedule_retry("ntf_1", 1, "mail server down", now, now + 3)
-            .await
-            .expect("schedule");
+        assert!(
+            store
+                .schedule_retry("ntf_1", "lease-1", 1, "mail server down", now, now + 3)
+                .await
+                .expect("schedule")
+        );
         assert_eq!(status("ntf_1").await, Some(Status::Retrying));
 
-        // Sent: SENT, and no longer a claim to renew or hand over.
-        store.mark_sent("ntf_1", now + 3).await.expect("sent");
+        // Sent by the next lease's holder: SENT, and no longer a claim to renew or hand over.
+        assert!(
+            store
+                .lease_retry("ntf_1", now + 3, now + 4, "lease-2")
+                .await
+                .expect("lease")
+        );
+        assert!(
+            store
+                .mark_sent("ntf_1", "lease-2", now + 3)
+                .await
+                .expect("sent")
+        );
         assert_eq!(status("ntf_1").await, Some(Status::Sent));
-        assert!(!store.renew_claim("ntf_1", now + 4).await.expect("renew"));
+        assert!(
+            !store
+                .renew_claim("ntf_1", &token, now + 4)
+                .await
+                .expect("renew")
+        );
         assert!(
             !store
                 .hand_over_pending("ntf_1", lease)
@@ -579,24 +693,146 @@ mod tests {
             None
         );
 
-        // Parked: FAILED.
+        // Parked by its holder: FAILED; and taken again by a replay: PENDING under the replay's
+        // token, which alone may settle it.
         let (second, letter) = claim(2, now);
+        let second_token = second.claim_token.clone().expect("token");
         store.claim(&second, &letter).await.expect("claim");
-        store
-            .mark_failed("ntf_2", 1, "no such mailbox", now)
-            .await
-            .expect("failed");
+        assert!(
+            store
+                .mark_failed("ntf_2", &second_token, 1, "no such mailbox", now)
+                .await
+                .expect("failed")
+        );
+        assert_eq!(status("ntf_2").await, Some(Status::Failed));
+        assert!(
+            store
+                .take_for_replay("ntf_2", "replay", now + 5)
+                .await
+                .expect("take")
+        );
+        assert_eq!(status("ntf_2").await, Some(Status::Pending));
+        assert!(
+            !store
+                .take_for_replay("ntf_2", "another replay", now + 5)
+                .await
+                .expect("take"),
+            "a second replay finds it taken"
+        );
+        assert!(
+            store
+                .mark_failed("ntf_2", "replay", 2, "no such mailbox", now)
+                .await
+                .expect("failed")
+        );
         assert_eq!(status("ntf_2").await, Some(Status::Failed));
 
-        // Released: only a claim still PENDING is deleted.
+        // Released on stop: a claim still PENDING goes to the retry loop, due now; settled rows
+        // are left alone.
         let (third, letter) = claim(3, now);
         store.claim(&third, &letter).await.expect("claim");
-        store
-            .release_claims(&["ntf_1".into(), "ntf_2".into(), "ntf_3".into()])
+        let released = store
+            .release_claims(
+                &[
+                    token,
+                    second_token,
+                    third.claim_token.clone().expect("token"),
+                ],
+                now + 6,
+            )
             .await
             .expect("release");
-        assert_eq!(status("ntf_3").await, None);
+        assert_eq!(released, 1);
+        assert_eq!(status("ntf_3").await, Some(Status::Retrying));
         assert_eq!(status("ntf_1").await, Some(Status::Sent));
         assert_eq!(status("ntf_2").await, Some(Status::Failed));
+        let due = store
+            .due_retries(Channel::Email, now + 6, 10)
+            .await
+            .expect("due");
+        assert_eq!(
+            due.iter()
+                .map(|(row, _)| (row.notification_id.as_str(), row.claim_token.clone()))
+                .collect::<Vec<_>>(),
+            [("ntf_3", None)],
+            "due at once, held by nobody until a retry loop leases it"
+        );
+    }
+
+    /// Issue 19: a holder that lost its claim (handed over, then leased and sent by the retry
+    /// loop) must not turn the SENT row back into a retry or a failure.
+    #[on_both_backends]
+    #[tokio::test]
+    async fn a_stale_writer_after_a_hand_over_cannot_change_a_sent_row(backend: Backend) {
+        let Some((store, _databases)) = store(backend).await else {
+            return;
+        };
+        let now = 1_000_000;
+        let lease = std::time::Duration::from_secs(60);
+        let (first, letter) = claim(1, now);
+        let stale = first.claim_token.clone().expect("token");
+        store.claim(&first, &letter).await.expect("claim");
+        // A redelivery elsewhere hands it over; its lease ends; the retry loop leases and sends.
+        assert!(
+            store
+                .hand_over_pending("ntf_1", lease)
+                .await
+                .expect("hand over")
+        );
+        let due_at = now + lease.as_millis() as i64;
+        assert!(
+            store
+                .lease_retry("ntf_1", due_at, due_at + 1, "retry-loop")
+                .await
+                .expect("lease")
+        );
+        assert!(
+            store
+                .mark_sent("ntf_1", "retry-loop", due_at)
+                .await
+                .expect("sent")
+        );
+
+        // The first holder, late, reports a failed send, then a park: neither is recorded.
+        assert!(
+            !store
+                .schedule_retry("ntf_1", &stale, 1, "timed out", due_at, due_at + 10)
+                .await
+                .expect("schedule")
+        );
+        assert!(
+            !store
+                .mark_failed("ntf_1", &stale, 1, "timed out", due_at)
+                .await
+                .expect("failed")
+        );
+        assert!(
+            !store
+                .mark_sent("ntf_1", &stale, due_at)
+                .await
+                .expect("sent")
+        );
+        let rows = store.list(&Filter::default(), 0, 10).await.expect("list");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (
+                rows[0].status,
+                rows[0].attempts,
+                rows[0].last_error.as_deref()
+            ),
+            (
+                Status::Sent,
+                1,
+                Some("send interrupted or under way elsewhere; checking again")
+            )
+        );
+        assert!(
+            store
+                .due_retries(Channel::Email, due_at + 100, 10)
+                .await
+                .expect("due")
+                .is_empty(),
+            "nothing for the retry loop to send again or park"
+        );
     }
 }
