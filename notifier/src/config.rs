@@ -1,8 +1,8 @@
 //! Settings of the notifier: defaults, then environment variables, then flags.
 
+use ordermesh_platform::cli::millis;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::builder::TypedValueParser;
 use ordermesh_platform::{
     auth::{AuthKey, Secret},
     cli::ServiceSettings,
@@ -65,7 +65,7 @@ pub struct Config {
         value_name = "MS",
         env = "NOTIFIER_SESSION_TIMEOUT_MS",
         default_value = "10000",
-        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+        value_parser = millis(..)
     )]
     pub session_timeout: Duration,
 
@@ -78,7 +78,7 @@ pub struct Config {
         value_name = "MS",
         env = "NOTIFIER_FETCH_WAIT_MAX_MS",
         default_value = "500",
-        value_parser = clap::value_parser!(u64).range(1..=300_000).map(Duration::from_millis)
+        value_parser = millis(1..=300_000)
     )]
     pub fetch_wait_max: Duration,
 
@@ -111,7 +111,7 @@ pub struct Config {
         value_name = "MS",
         env = "NOTIFIER_SEND_TIMEOUT_MS",
         default_value = "10000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub send_timeout: Duration,
 
@@ -125,7 +125,7 @@ pub struct Config {
         value_name = "MS",
         env = "NOTIFIER_RETRY_BACKOFF_MS",
         default_value = "1000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub retry_backoff: Duration,
 
@@ -135,7 +135,7 @@ pub struct Config {
         value_name = "MS",
         env = "NOTIFIER_RETRY_MAX_BACKOFF_MS",
         default_value = "60000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub retry_max_backoff: Duration,
 
@@ -149,7 +149,7 @@ pub struct Config {
         value_name = "MS",
         env = "NOTIFIER_DRAIN_GRACE_MS",
         default_value = "10000",
-        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+        value_parser = millis(..)
     )]
     pub drain_grace: Duration,
 

@@ -1,8 +1,8 @@
 //! Settings of the order service: defaults, then environment variables, then flags.
 
+use ordermesh_platform::cli::millis;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::builder::TypedValueParser;
 use ordermesh_platform::{
     auth::{AuthKey, Secret},
     cli::ServiceSettings,
@@ -51,7 +51,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_PAYMENT_RESOLVE_INTERVAL_MS",
         default_value = "5000",
-        value_parser = clap::value_parser!(u64).range(100..).map(Duration::from_millis)
+        value_parser = millis(100..)
     )]
     pub payment_resolve_interval: Duration,
 
@@ -62,7 +62,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_PAYMENT_HEALTH_INTERVAL_MS",
         default_value = "1000",
-        value_parser = clap::value_parser!(u64).range(100..).map(Duration::from_millis)
+        value_parser = millis(100..)
     )]
     pub payment_health_interval: Duration,
 
@@ -73,7 +73,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_PAYMENT_TIMEOUT_MS",
         default_value = "3000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub payment_timeout: Duration,
 
@@ -83,7 +83,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_PAYMENT_ATTEMPT_TIMEOUT_MS",
         default_value = "1000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub payment_attempt_timeout: Duration,
 
@@ -93,7 +93,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_DEADLINE_MARGIN_MS",
         default_value = "50",
-        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+        value_parser = millis(..)
     )]
     pub deadline_margin: Duration,
 
@@ -107,7 +107,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_PAYMENT_BACKOFF_BASE_MS",
         default_value = "50",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub payment_backoff_base: Duration,
 
@@ -117,7 +117,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_PAYMENT_BACKOFF_MAX_MS",
         default_value = "1000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub payment_backoff_max: Duration,
 
@@ -147,7 +147,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_BREAKER_SLOW_CALL_MS",
         default_value = "2000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub breaker_slow_call: Duration,
 
@@ -161,7 +161,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_BREAKER_OPEN_MS",
         default_value = "5000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub breaker_open: Duration,
 
@@ -185,7 +185,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_PUBLISH_TIMEOUT_MS",
         default_value = "5000",
-        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+        value_parser = millis(..)
     )]
     pub publish_timeout: Duration,
 
@@ -202,7 +202,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_RECONCILE_GRACE_MS",
         default_value = "60000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub reconcile_grace: Duration,
 
@@ -212,7 +212,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_RECONCILE_INTERVAL_MS",
         default_value = "5000",
-        value_parser = clap::value_parser!(u64).range(10..).map(Duration::from_millis)
+        value_parser = millis(10..)
     )]
     pub reconcile_interval: Duration,
 
@@ -222,7 +222,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_SETTLE_TIMEOUT_MS",
         default_value = "2000",
-        value_parser = clap::value_parser!(u64).range(1..).map(Duration::from_millis)
+        value_parser = millis(1..)
     )]
     pub settle_timeout: Duration,
 
@@ -236,7 +236,7 @@ pub struct Config {
         value_name = "MS",
         env = "ORDER_DRAIN_GRACE_MS",
         default_value = "10000",
-        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+        value_parser = millis(..)
     )]
     pub drain_grace: Duration,
 

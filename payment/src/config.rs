@@ -1,8 +1,8 @@
 //! Settings of the payment service: defaults, then environment variables, then flags.
 
+use ordermesh_platform::cli::millis;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::builder::TypedValueParser;
 use ordermesh_platform::{
     cli::ServiceSettings, listeners::Address, tls::ServerTlsFiles as TlsFiles,
 };
@@ -40,7 +40,7 @@ pub struct Config {
         value_name = "MS",
         env = "PAYMENT_FAULT_DELAY_MS",
         default_value = "0",
-        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+        value_parser = millis(..)
     )]
     pub fault_delay: Duration,
 
@@ -66,7 +66,7 @@ pub struct Config {
         value_name = "MS",
         env = "PAYMENT_DRAIN_GRACE_MS",
         default_value = "10000",
-        value_parser = clap::value_parser!(u64).map(Duration::from_millis)
+        value_parser = millis(..)
     )]
     pub drain_grace: Duration,
 

@@ -2,9 +2,9 @@
 //! settings (flags over environment variables over defaults), the log format, and the
 //! `healthcheck` subcommand. Settings are checked before anything binds, connects or migrates.
 
-use std::{future::Future, path::PathBuf};
+use std::{future::Future, ops::RangeBounds, path::PathBuf, time::Duration};
 
-use clap::{CommandFactory, FromArgMatches};
+use clap::{CommandFactory, FromArgMatches, builder::TypedValueParser};
 
 use crate::{
     bootstrap,
@@ -12,6 +12,15 @@ use crate::{
     listeners::{Address, Listeners},
     telemetry::LogFormat,
 };
+
+/// The parser of a duration setting given in milliseconds within `range`, as every `*_MS` setting
+/// is: `#[arg(long = "x-ms", value_name = "MS", value_parser = millis(1..))]`. Out of range is
+/// refused naming the setting and the range, before anything starts.
+pub fn millis(range: impl RangeBounds<u64>) -> impl TypedValueParser<Value = Duration> {
+    clap::value_parser!(u64)
+        .range(range)
+        .map(Duration::from_millis)
+}
 
 /// What a service's settings tell the shared command line: its name, where it listens, and whether
 /// the settings make sense together.
