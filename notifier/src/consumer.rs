@@ -31,6 +31,7 @@ use futures::{FutureExt, future::join_all};
 use opentelemetry::metrics::Meter;
 use ordermesh::timestamp;
 use rdkafka::{
+    ClientConfig,
     consumer::{Consumer, StreamConsumer},
     error::KafkaResult,
 };
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{
+    channel::Channel,
     config::Config,
     handler::{Handler, Mode, Prepared, Verdict},
     letter::Letter,
@@ -61,6 +63,48 @@ pub(crate) struct ChannelConsumer {
     stats: Arc<Stats>,
 }
 
+/// The settings of `channel`'s consumer: public so the benchmarks' raw baseline
+/// (`bench/src/kafka/raw.rs`) runs with exactly these.
+pub fn client_config(config: &Config, channel: Channel) -> ClientConfig {
+    let session_timeout = config.session_timeout;
+    let mut client = config.kafka.client_config(&format!(
+        "ordermesh-notifier-{}",
+        channel.as_str().to_lowercase()
+    ));
+    client
+        .set("group.id", config.group(channel))
+        // See the module comment: offsets are stored by us, after handling.
+        .set("enable.auto.offset.store", "false")
+        // Stored offsets are committed every second and once more on shutdown.
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("auto.offset.reset", "earliest")
+        // Several notifier replicas share a channel's partitions. Cooperative-sticky moves only the
+        // partitions that must move when a member joins or leaves; the others keep being consumed
+        // through the rebalance (eager assignment stops every member).
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        // How long the group waits for a member that stopped heartbeating. Also how long a
+        // restarted notifier can wait to rejoin when the group did not see the old one leave.
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (session_timeout / 4).as_millis().to_string(),
+        )
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait_max.as_millis().to_string(),
+        )
+        // Statistics (the lag metric) come from librdkafka on this interval.
+        .set(
+            "statistics.interval.ms",
+            STATISTICS_INTERVAL.as_millis().to_string(),
+        );
+    client
+}
+
 impl ChannelConsumer {
     /// A consumer of `config.events_topic` in the group of `handler`'s channel.
     pub(crate) fn new(
@@ -69,44 +113,7 @@ impl ChannelConsumer {
         stats: Arc<Stats>,
         meter: &Meter,
     ) -> KafkaResult<Self> {
-        let channel = handler.channel;
-        let session_timeout = config.session_timeout;
-        let consumer: StreamConsumer<RebalanceContext> = config
-            .kafka
-            .client_config(&format!(
-                "ordermesh-notifier-{}",
-                channel.as_str().to_lowercase()
-            ))
-            .set("group.id", config.group(channel))
-            // See the module comment: offsets are stored by us, after handling.
-            .set("enable.auto.offset.store", "false")
-            // Stored offsets are committed every second and once more on shutdown.
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            .set("auto.offset.reset", "earliest")
-            // Several notifier replicas share a channel's partitions. Cooperative-sticky moves only
-            // the partitions that must move when a member joins or leaves; the others keep being
-            // consumed through the rebalance (eager assignment stops every member).
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            // How long the group waits for a member that stopped heartbeating. Also how long a
-            // restarted notifier can wait to rejoin when the group did not see the old one leave.
-            .set(
-                "session.timeout.ms",
-                session_timeout.as_millis().to_string(),
-            )
-            .set(
-                "heartbeat.interval.ms",
-                (session_timeout / 4).as_millis().to_string(),
-            )
-            .set(
-                "fetch.wait.max.ms",
-                config.fetch_wait_max.as_millis().to_string(),
-            )
-            // Statistics (the lag metric) come from librdkafka on this interval.
-            .set(
-                "statistics.interval.ms",
-                STATISTICS_INTERVAL.as_millis().to_string(),
-            )
+        let consumer: StreamConsumer<RebalanceContext> = client_config(config, handler.channel)
             .create_with_context(RebalanceContext::new(meter, &handler.group))?;
         consumer.subscribe(&[&config.events_topic])?;
         Ok(Self {

@@ -45,6 +45,7 @@ use tower::Layer;
 
 pub use channel::Channel;
 pub use config::{Command, Config};
+pub use consumer::client_config as consumer_client_config;
 
 /// The notifier service's schema migrations, for SQLite and for PostgreSQL (run at start-up by [`run`];
 /// public for the test that checks both backends end in the same schema).

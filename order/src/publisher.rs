@@ -11,6 +11,7 @@ use ordermesh::events::CloudEventHeaders;
 use ordermesh_kafka::{KafkaHeaders, KafkaSettings};
 use ordermesh_platform::trace_context;
 use rdkafka::{
+    ClientConfig,
     error::KafkaError,
     message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord, Producer},
@@ -41,6 +42,23 @@ impl std::fmt::Debug for EventPublisher {
     }
 }
 
+/// The producer's settings, `ack_timeout` bounding each publish: public so the benchmarks' raw
+/// baseline (`bench/src/kafka/raw.rs`) runs with exactly these.
+pub fn client_config(kafka: &KafkaSettings, ack_timeout: Duration) -> ClientConfig {
+    let mut config = kafka.client_config("ordermesh-order");
+    config
+        // The broker deduplicates the producer's own retries, so a network blip cannot write an
+        // event twice or reorder one order's events.
+        .set("enable.idempotence", "true")
+        // Acknowledged only once every in-sync replica has it.
+        .set("acks", "all")
+        // Every send has a caller waiting: do not hold records back to batch them. Records still
+        // batch naturally while earlier requests are in flight.
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", ack_timeout.as_millis().to_string());
+    config
+}
+
 impl EventPublisher {
     /// A producer for `topic`. `ack_timeout` bounds each publish, retries included. Publishes are
     /// counted in `messaging.client.sent.messages` (with `error.type` when not acknowledged).
@@ -50,18 +68,7 @@ impl EventPublisher {
         ack_timeout: Duration,
         meter: &Meter,
     ) -> Result<Self, KafkaError> {
-        let producer = kafka
-            .client_config("ordermesh-order")
-            // The broker deduplicates the producer's own retries, so a network blip cannot write an
-            // event twice or reorder one order's events.
-            .set("enable.idempotence", "true")
-            // Acknowledged only once every in-sync replica has it.
-            .set("acks", "all")
-            // Every send has a caller waiting: do not hold records back to batch them. Records
-            // still batch naturally while earlier requests are in flight.
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", ack_timeout.as_millis().to_string())
-            .create()?;
+        let producer = client_config(kafka, ack_timeout).create()?;
         Ok(Self {
             producer,
             topic: topic.to_owned(),

@@ -1,8 +1,9 @@
 //! The raw baselines of the Kafka benchmarks: plain rdkafka clients set exactly as ours are (the
 //! order service's publisher, the notifier's channel consumer), doing what ours does per message
 //! (send with key, payload and CloudEvents headers; decode OrderPlaced and store its offset) and
-//! nothing more. Whatever ours costs beyond these is what the benchmarks measure, so a setting
-//! changed in a service must be changed here too.
+//! nothing more. Whatever ours costs beyond these is what the benchmarks measure. The clients take
+//! their settings from the services' own `client_config` functions, so the two cannot drift apart
+//! (they had: the raw consumer lacked the notifier's cooperative-sticky assignment).
 
 use std::{
     sync::{
@@ -29,45 +30,29 @@ use super::{
     setup::{ACK_TIMEOUT, IN_FLIGHT, STALL, drop_blocking, fresh_name},
 };
 
-/// A `FutureProducer` with exactly `EventPublisher`'s settings (order/src/publisher.rs).
+/// A `FutureProducer` with `EventPublisher`'s own settings (order/src/publisher.rs).
 pub(super) fn raw_producer(brokers: &str) -> Result<FutureProducer> {
-    Ok(ordermesh_kafka::KafkaSettings::plaintext(brokers)
-        .client_config("ordermesh-order")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "1")
-        .set("message.timeout.ms", ACK_TIMEOUT.as_millis().to_string())
-        .create()?)
+    let kafka = ordermesh_kafka::KafkaSettings::plaintext(brokers);
+    Ok(ordermesh_order::publisher::client_config(&kafka, ACK_TIMEOUT).create()?)
 }
 
-/// A `StreamConsumer` of `topic` in a fresh group with exactly the settings of the notifier's
-/// channel consumer (notifier/src/consumer.rs, `ChannelConsumer::new`), the session timeout taken
-/// from the same configuration the notifier starts from.
+/// A `StreamConsumer` of `topic` in a fresh group with the notifier's own email consumer settings
+/// (notifier/src/consumer.rs), from the configuration the notifier starts from, waiting at most
+/// `fetch_wait_ms` for a fetch.
 pub(super) fn raw_consumer(
     brokers: &str,
     topic: &str,
     fetch_wait_ms: u64,
 ) -> Result<StreamConsumer> {
-    let session_timeout = ordermesh_notifier::Config::from_env()?.session_timeout;
-    let consumer: StreamConsumer = ordermesh_kafka::KafkaSettings::plaintext(brokers)
-        .client_config("ordermesh-notifier-email")
-        .set("group.id", fresh_name("bench-raw"))
-        .set("enable.auto.offset.store", "false")
-        .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
-        .set("auto.offset.reset", "earliest")
-        .set(
-            "session.timeout.ms",
-            session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (session_timeout / 4).as_millis().to_string(),
-        )
-        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
-        // The notifier's STATISTICS_INTERVAL (for its lag metric).
-        .set("statistics.interval.ms", "5000")
-        .create()?;
+    let config = ordermesh_notifier::Config {
+        kafka: ordermesh_kafka::KafkaSettings::plaintext(brokers),
+        fetch_wait_max: Duration::from_millis(fetch_wait_ms),
+        ..ordermesh_notifier::Config::from_env()?
+    };
+    let consumer: StreamConsumer =
+        ordermesh_notifier::consumer_client_config(&config, ordermesh_notifier::Channel::Email)
+            .set("group.id", fresh_name("bench-raw"))
+            .create()?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
 }
