@@ -182,13 +182,12 @@ impl Handler {
         }
     }
 
-    /// Says that the holder of `row` lost it before recording `write` (its claim was handed over
-    /// and leased, or it was settled by another): nothing was changed.
-    fn stale(&self, row: &NotificationRow, write: &'static str) {
+    /// Says that the holder of `notification_id` lost it before recording `write` (its claim was
+    /// handed over and leased, or it was settled by another): nothing was changed.
+    fn stale(&self, notification_id: &str, write: &'static str) {
         tracing::warn!(
             channel = self.channel.as_str(),
-            event_id = %row.event_id,
-            notification_id = %row.notification_id,
+            notification_id,
             write,
             "not recorded: this claim was taken over meanwhile; the new holder decides"
         );
@@ -349,7 +348,7 @@ impl Handler {
     ) -> Result<Verdict, sqlx::Error> {
         let Some(token) = row.claim_token.as_deref() else {
             // Only a holder sends; a row held by nobody is the retry schedule's.
-            self.stale(row, "send");
+            self.stale(&row.notification_id, "send");
             return Ok(Verdict::Done(Outcome::Duplicate));
         };
         let attempts = row.attempts + 1;
@@ -362,7 +361,7 @@ impl Handler {
                 {
                     // Sent, but too late to say so: the new holder may send it again (the one
                     // repeat the contract allows, under the same Message-ID / Idempotency-Key).
-                    self.stale(row, "mark_sent");
+                    self.stale(&row.notification_id, "mark_sent");
                 }
                 return Ok(Verdict::Done(Outcome::Sent));
             }
@@ -389,7 +388,7 @@ impl Handler {
                     .schedule_retry(&row.notification_id, token, attempts, &error, now, next)
                     .await?
                 {
-                    self.stale(row, "schedule_retry");
+                    self.stale(&row.notification_id, "schedule_retry");
                     return Ok(Verdict::Done(Outcome::Duplicate));
                 }
                 Ok(Verdict::Done(Outcome::Retrying))
@@ -458,13 +457,7 @@ impl Handler {
                 .await?
         {
             // Parked, but no longer ours to mark: the new holder settles the row.
-            tracing::warn!(
-                channel = self.channel.as_str(),
-                notification_id = %held.notification_id,
-                write = "mark_failed",
-                "not recorded: this claim was taken over meanwhile; the new holder decides"
-            );
-            self.metrics.stale_write("mark_failed");
+            self.stale(&held.notification_id, "mark_failed");
         }
         Ok(Outcome::DeadLettered)
     }

@@ -18,7 +18,7 @@ use tonic::{
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use super::support::helpers::{Running, databases_for, order_request};
+use super::support::helpers::{Databases, Running, order_request};
 
 /// A client's TLS: trusting `ca`, presenting `identity` (a `<name>.pem`/`.key` pair in `dir`).
 fn client_tls(dir: &Path, ca: &str, identity: Option<&str>) -> Result<ClientTlsConfig> {
@@ -66,7 +66,7 @@ async fn payment_takes_charges_only_from_the_order_service_over_mutual_tls(
     // Arrange: the development certificates, and payment requiring a client certificate from the
     // mesh CA.
     let dir = tempfile::tempdir()?;
-    let Some(databases) = databases_for(&dir, backend).await? else {
+    let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
         return Ok(());
     };
     let certs = dir.path().join("certs");

@@ -431,7 +431,7 @@ async fn spawn_mesh_inner(backend: Backend, options: MeshOptions) -> Result<Opti
         Channel::ALL.map(|c| ordermesh_notifier::dead_letter::topic(&topic, c));
     let topics = [&topic, &dead_letter_topics[0], &dead_letter_topics[1]].map(String::as_str);
     let dir = tempfile::tempdir()?;
-    let Some(databases) = databases_for(&dir, backend).await? else {
+    let Some(databases) = Databases::for_test(dir.path(), backend).await? else {
         return Ok(None);
     };
     ensure!(
@@ -848,11 +848,6 @@ fn fresh_consumer_config(kafka: &ordermesh_kafka::KafkaSettings) -> ClientConfig
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false");
     config
-}
-
-/// The databases of a test in `dir`, on `backend`; None when the test is to skip.
-pub async fn databases_for(dir: &TempDir, backend: Backend) -> Result<Option<Databases>> {
-    Databases::for_test(dir.path(), backend).await
 }
 
 /// A valid CreateOrder request: 2 x 19.99 USD, paid with `token`.
