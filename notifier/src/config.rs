@@ -69,6 +69,20 @@ pub struct Config {
     )]
     pub session_timeout: Duration,
 
+    /// Longest time, in milliseconds, the consumer may spend on one batch between two polls
+    /// (librdkafka's max.poll.interval.ms): a member silent for longer is dropped from its group.
+    /// Sends of a batch start only in its first half, and a send (NOTIFIER_SEND_TIMEOUT_MS) and a
+    /// park on the dead-letter topic are each bounded by a fifth of it, so a batch ends in time
+    /// whatever the mail server or the SMS gateway does. At least NOTIFIER_SESSION_TIMEOUT_MS.
+    #[arg(
+        long = "max-poll-interval-ms",
+        value_name = "MS",
+        env = "NOTIFIER_MAX_POLL_INTERVAL_MS",
+        default_value = "300000",
+        value_parser = millis(1..=86_400_000)
+    )]
+    pub max_poll_interval: Duration,
+
     /// Longest time the broker may hold a fetch that finds nothing, in milliseconds (librdkafka's
     /// fetch.wait.max.ms). Kafka answers as soon as data arrives, so this only bounds idle polling;
     /// a broker that holds the fetch regardless (the embedded mock, tansu) adds up to this much
@@ -181,6 +195,18 @@ impl Config {
         }
     }
 
+    /// How long after a batch starts its sends may start: half of `max_poll_interval`. The last
+    /// one, at most a send timeout and a park later, still ends within the interval (see `check`).
+    pub(crate) fn send_budget(&self) -> Duration {
+        self.max_poll_interval / 2
+    }
+
+    /// How long parking a message on the dead-letter topic may take before it counts as failed
+    /// (the producer's message.timeout.ms): 30 s, or a fifth of `max_poll_interval` if less.
+    pub(crate) fn park_timeout(&self) -> Duration {
+        (self.max_poll_interval / 5).min(Duration::from_secs(30))
+    }
+
     /// When to retry a notification after its `failures`-th failed send.
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
@@ -230,6 +256,18 @@ impl ServiceSettings for Config {
             return Err(RunError::NoChannel);
         }
         self.kafka.check()?;
+        if self.max_poll_interval < self.session_timeout {
+            return Err(RunError::PollBelowSession {
+                max_poll_ms: self.max_poll_interval.as_millis(),
+                session_ms: self.session_timeout.as_millis(),
+            });
+        }
+        if self.send_timeout > self.max_poll_interval / 5 {
+            return Err(RunError::SendOutlastsPoll {
+                send_ms: self.send_timeout.as_millis(),
+                max_poll_ms: self.max_poll_interval.as_millis(),
+            });
+        }
         if let Some(secret) = &self.auth_key {
             AuthKey::new("NOTIFIER_AUTH_KEY", secret)?;
         }

@@ -44,13 +44,46 @@ use crate::{
     handler::{Handler, Mode, Prepared, Verdict},
     letter::Letter,
     outcome::{Outcome, Stats},
+    read_again::ReadAgain,
     rebalance::{RebalanceContext, STATISTICS_INTERVAL},
     status::Status,
     store::NotificationRow,
 };
 
 /// One message of a batch: the letter, what preparing it decided, and the row its claim found.
-type Step<'l, 'p> = (&'l Letter, &'p Prepared, Option<NotificationRow>);
+type Step<'l, 'p> = (&'l Letter, (&'p Prepared, Option<NotificationRow>));
+
+/// How a partition's share of a batch ended.
+#[derive(Debug)]
+enum End<'a> {
+    /// Every letter handled (the partition named by its first letter).
+    Done(&'a Letter),
+    /// Asked to stop before this letter; whoever holds the partition next reads it again.
+    Stopped,
+    /// The batch's time ran out before this letter: read again from it at once.
+    OutOfTime(&'a Letter),
+    /// This letter could not be finished (the database or the dead-letter topic is failing):
+    /// read again from it after a backoff.
+    Failed(&'a Letter),
+}
+
+/// Groups `items` by their letter's partition, each group in the order read and named by its
+/// first letter.
+fn partitions<'l, T>(
+    items: impl IntoIterator<Item = (&'l Letter, T)>,
+) -> Vec<(&'l Letter, Vec<(&'l Letter, T)>)> {
+    let mut groups: Vec<(&Letter, Vec<(&Letter, T)>)> = Vec::new();
+    for (letter, item) in items {
+        let same = |(first, _): &&mut (&Letter, Vec<(&Letter, T)>)| {
+            first.partition == letter.partition && first.topic == letter.topic
+        };
+        match groups.iter_mut().find(same) {
+            Some((_, group)) => group.push((letter, item)),
+            None => groups.push((letter, vec![(letter, item)])),
+        }
+    }
+    groups
+}
 
 /// The most messages handled as one batch. Enough that a backlog drains at the database's pace
 /// rather than its commit rate; few enough that a stop finishes the batch in hand quickly.
@@ -61,6 +94,8 @@ pub(crate) struct ChannelConsumer {
     consumer: StreamConsumer<RebalanceContext>,
     handler: Handler,
     stats: Arc<Stats>,
+    /// How long after a batch starts its sends may start (`Config::send_budget`).
+    send_budget: Duration,
 }
 
 /// The settings of `channel`'s consumer: public so the benchmarks' raw baseline
@@ -93,6 +128,13 @@ pub fn client_config(config: &Config, channel: Channel) -> ClientConfig {
             "heartbeat.interval.ms",
             (session_timeout / 4).as_millis().to_string(),
         )
+        // How long the consumer may go without polling before librdkafka leaves the group for
+        // it. Set here rather than left to the default so that the batch budget derived from it
+        // (`Config::send_budget`) is the one in force.
+        .set(
+            "max.poll.interval.ms",
+            config.max_poll_interval.as_millis().to_string(),
+        )
         .set(
             "fetch.wait.max.ms",
             config.fetch_wait_max.as_millis().to_string(),
@@ -120,6 +162,7 @@ impl ChannelConsumer {
             consumer,
             handler,
             stats,
+            send_budget: config.send_budget(),
         })
     }
 
@@ -128,10 +171,13 @@ impl ChannelConsumer {
     pub(crate) async fn run(self, stop: CancellationToken) {
         let channel = self.handler.channel.as_str();
         tracing::info!(channel, sender = %self.handler.sender.describe(), "consumer started");
+        let mut again = ReadAgain::default();
         loop {
+            again.resume_due(&self.consumer);
             let first = tokio::select! {
                 // Only between batches: messages once taken are always finished.
                 _ = stop.cancelled() => break,
+                _ = again.next_resume() => continue,
                 message = self.consumer.recv() => message,
             };
             let mut letters = match first {
@@ -156,9 +202,36 @@ impl ChannelConsumer {
                     None => break,
                 }
             }
-            let (handled, complete) = self.process_batch(&letters, &stop).await;
+            let (handled, ends) = self.process_batch(&letters, &stop).await;
             self.store_offsets(&handled);
-            if !complete {
+            let mut stopped = false;
+            for end in ends {
+                match end {
+                    End::Done(letter) => again.handled(&letter.topic, letter.partition),
+                    End::Stopped => stopped = true,
+                    End::OutOfTime(letter) => {
+                        tracing::info!(
+                            channel,
+                            partition = letter.partition,
+                            offset = letter.offset,
+                            "batch out of time; reading the rest again"
+                        );
+                        again.at_once(&self.consumer, letter);
+                    }
+                    End::Failed(letter) => {
+                        let wait = again.after_failure(&self.consumer, letter);
+                        self.handler.metrics.partition_paused();
+                        tracing::warn!(
+                            channel,
+                            partition = letter.partition,
+                            offset = letter.offset,
+                            ?wait,
+                            "partition paused; its other messages wait, the others flow"
+                        );
+                    }
+                }
+            }
+            if stopped {
                 break;
             }
         }
@@ -174,16 +247,20 @@ impl ChannelConsumer {
     /// slow send holds up only its own partition. Each send is still recorded (SENT) as soon as it
     /// is done, so a crash leaves at most one notification per partition in flight unrecorded.
     ///
-    /// Returns the letters handled (in each partition, the first ones: all of them, unless asked to
-    /// stop while a send was slow or the database or the dead-letter topic was failing), and
-    /// whether that is all of them.
+    /// No send starts after the batch's budget (half of `max.poll.interval.ms`; a send and a park
+    /// are bounded so that the last one ends within the interval): the poll loop calls librdkafka
+    /// again in time to stay in its group, whatever the senders do.
+    ///
+    /// Returns the letters handled (in each partition, the first ones), and how each partition's
+    /// share ended.
     async fn process_batch<'a>(
         &self,
         letters: &'a [Letter],
         stop: &CancellationToken,
-    ) -> (Vec<&'a Letter>, bool) {
+    ) -> (Vec<&'a Letter>, Vec<End<'a>>) {
         let handler = &self.handler;
         let started = Instant::now();
+        let deadline = started + self.send_budget;
         let now = timestamp::now_millis();
         let mut in_batch = HashSet::new();
         let prepared: Vec<Prepared> = letters
@@ -209,73 +286,72 @@ impl ChannelConsumer {
         let records = if claims.is_empty() {
             Vec::new()
         } else {
-            match self
-                .until_done(stop, || handler.store.claim_all(&claims))
-                .await
-            {
-                Some(records) => records,
-                None => return (Vec::new(), false),
+            match handler.store.claim_all(&claims).await {
+                Ok(records) => records,
+                // Nothing handled: every partition of the batch is read again after a backoff.
+                Err(error) => {
+                    tracing::error!(channel = handler.channel.as_str(), %error, "cannot record the batch's notifications");
+                    let firsts = partitions(letters.iter().map(|letter| (letter, ())))
+                        .into_iter()
+                        .map(|(first, _)| End::Failed(first))
+                        .collect();
+                    return (Vec::new(), firsts);
+                }
             }
         };
         // The row found for each letter that claimed one (claim_all answers in the claims' order).
         let mut records = records.into_iter();
-        let steps: Vec<Step<'_, '_>> = letters
-            .iter()
-            .zip(&prepared)
-            .map(|(letter, prepared)| {
-                let record = match prepared {
-                    Prepared::Claim { .. } => records.next(),
-                    Prepared::Decided(_) => None,
-                };
-                (letter, prepared, record)
-            })
-            .collect();
-        // Each partition's steps, in the order read.
-        let mut partitions: Vec<Vec<Step<'_, '_>>> = Vec::new();
-        for step in steps {
-            let same = |p: &&mut Vec<Step<'_, '_>>| {
-                p[0].0.partition == step.0.partition && p[0].0.topic == step.0.topic
+        let steps = letters.iter().zip(&prepared).map(|(letter, prepared)| {
+            let record = match prepared {
+                Prepared::Claim { .. } => records.next(),
+                Prepared::Decided(_) => None,
             };
-            match partitions.iter_mut().find(same) {
-                Some(partition) => partition.push(step),
-                None => partitions.push(vec![step]),
-            }
+            (letter, (prepared, record))
+        });
+        let done =
+            join_all(partitions(steps).into_iter().map(|(first, steps)| {
+                self.process_partition(first, steps, started, deadline, stop)
+            }))
+            .await;
+        let mut handled = Vec::with_capacity(letters.len());
+        let mut ends = Vec::with_capacity(done.len());
+        for (letters, end) in done {
+            handled.extend(letters);
+            ends.push(end);
         }
-        let done = join_all(
-            partitions
-                .into_iter()
-                .map(|steps| self.process_partition(steps, started, stop)),
-        )
-        .await;
-        let complete = done.iter().all(|(_, complete)| *complete);
-        (
-            done.into_iter().flat_map(|(handled, _)| handled).collect(),
-            complete,
-        )
+        (handled, ends)
     }
 
     /// One partition's share of a batch, in order; see [`ChannelConsumer::process_batch`]. Returns
-    /// the letters handled (the first ones) and whether that is all of them.
+    /// the letters handled (the first ones) and how it ended.
     async fn process_partition<'a>(
         &self,
+        first: &'a Letter,
         steps: Vec<Step<'a, '_>>,
         started: Instant,
+        deadline: Instant,
         stop: &CancellationToken,
-    ) -> (Vec<&'a Letter>, bool) {
+    ) -> (Vec<&'a Letter>, End<'a>) {
         let handler = &self.handler;
         let mut handled = Vec::with_capacity(steps.len());
         let mut steps = steps.into_iter();
-        while let Some((letter, prepared, record)) = steps.next() {
+        while let Some((letter, (prepared, record))) = steps.next() {
             // A stop is honoured between messages, not only between batches: a batch of slow sends
-            // must not hold a shutdown up. The claims not acted on are released, so the next run
-            // takes those messages afresh (not as unsettled claims to wait out).
-            if stop.is_cancelled() {
-                let rest: Vec<(&Prepared, Option<NotificationRow>)> =
-                    std::iter::once((prepared, record))
-                        .chain(steps.map(|(_, prepared, record)| (prepared, record)))
-                        .collect();
+            // must not hold a shutdown up. Nor may it hold up the poll loop past its budget. The
+            // claims not acted on are released to the retry loop, due now: sent once, by whichever
+            // retry loop takes them, while whoever reads the messages again finds them taken.
+            let out_of_time = Instant::now() >= deadline;
+            if stop.is_cancelled() || out_of_time {
+                let rest = std::iter::once((prepared, record))
+                    .chain(steps.map(|(_, step)| step))
+                    .collect();
                 self.release_unsent(rest).await;
-                return (handled, false);
+                let end = if out_of_time {
+                    End::OutOfTime(letter)
+                } else {
+                    End::Stopped
+                };
+                return (handled, end);
             }
             let span = handler.process_span(letter, 1);
             let step = async {
@@ -283,7 +359,7 @@ impl ChannelConsumer {
                     (Prepared::Decided(verdict), _) => verdict.clone(),
                     (Prepared::Claim { claim, event }, Some(record)) => {
                         handler
-                            .after_claim(&record, claim, event, Mode::Live)
+                            .after_claim(&record, claim, event, Mode::Live, started)
                             .await?
                     }
                     // claim_all answers every claim, so this is not reached; the one-message path
@@ -301,18 +377,18 @@ impl ChannelConsumer {
                     handler.metrics.outcome(outcome, Some(started.elapsed()));
                 }
                 Err(error) => {
-                    tracing::error!(parent: &span, channel = handler.channel.as_str(), %error, "retrying");
-                    // On its own from here, with retries; it records its outcome itself. Its new
-                    // claim finds the batch's claim unsettled, so if the failure came after the
-                    // send, the retry loop (not this) checks it once the claim's lease is over.
-                    if !self.process(letter, stop).instrument(span).await {
-                        return (handled, false);
-                    }
+                    tracing::error!(parent: &span, channel = handler.channel.as_str(), %error, "cannot finish the message; its partition is read again from it after a backoff");
+                    // This letter's claim is left as it is: the send may have been made, and
+                    // whoever reads it again hands it to the retry loop to check once the claim's
+                    // lease is over. The ones after it were not reached.
+                    self.release_unsent(steps.map(|(_, step)| step).collect())
+                        .await;
+                    return (handled, End::Failed(letter));
                 }
             }
             handled.push(letter);
         }
-        (handled, true)
+        (handled, End::Done(first))
     }
 
     /// Hands the claims a batch made for `rest` (the messages it will not handle, each with the
@@ -335,8 +411,7 @@ impl ChannelConsumer {
         if ours.is_empty() {
             return;
         }
-        let now = ordermesh::timestamp::now_millis();
-        if let Err(error) = self.handler.store.release_claims(&ours, now).await {
+        if let Err(error) = self.handler.store.release_claims(&ours).await {
             tracing::warn!(channel = self.handler.channel.as_str(), %error, "claims not released; whoever reads them again hands them to the retry loop");
         }
     }
@@ -363,50 +438,6 @@ impl ChannelConsumer {
                 // handled. Its new owner gets them again and finds them already recorded.
                 tracing::warn!(channel = self.handler.channel.as_str(), %error, "offset not stored; messages will be redelivered");
             }
-        }
-    }
-
-    /// Runs `op` until it succeeds, backing off between failures (the messages stay in hand, their
-    /// offsets not stored); None if `stop` is cancelled first.
-    async fn until_done<T, E, F, Fut>(&self, stop: &CancellationToken, mut op: F) -> Option<T>
-    where
-        E: std::fmt::Display,
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-    {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match op().await {
-                Ok(done) => return Some(done),
-                Err(error) => {
-                    tracing::error!(channel = self.handler.channel.as_str(), %error, ?backoff, "retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return None,
-                        _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),
-                    }
-                }
-            }
-        }
-    }
-
-    /// Handles `letter` on its own, retrying while the database or the dead-letter topic is
-    /// failing. Returns false if asked to stop before the message was handled (its offset is then
-    /// not stored, so it is redelivered).
-    async fn process(&self, letter: &Letter, stop: &CancellationToken) -> bool {
-        let started = Instant::now();
-        match self
-            .until_done(stop, || self.handler.process(letter, Mode::Live))
-            .await
-        {
-            Some(outcome) => {
-                outcome.record_on(&tracing::Span::current());
-                self.stats.count(outcome);
-                self.handler
-                    .metrics
-                    .outcome(outcome, Some(started.elapsed()));
-                true
-            }
-            None => false,
         }
     }
 }

@@ -44,16 +44,15 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    pub(crate) fn new(kafka: &KafkaSettings) -> Result<Self, KafkaError> {
+    /// A producer whose park fails after `timeout` (the broker unreachable, the topic not
+    /// writable): bounded, so the consumer's poll loop goes on (see `read_again`).
+    pub(crate) fn new(kafka: &KafkaSettings, timeout: Duration) -> Result<Self, KafkaError> {
         let producer = kafka
             .client_config("ordermesh-notifier-dlq")
             // A parked message must be stored once and for good before its offset moves on.
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set(
-                "message.timeout.ms",
-                Duration::from_secs(30).as_millis().to_string(),
-            )
+            .set("message.timeout.ms", timeout.as_millis().to_string())
             .create()?;
         Ok(Self { producer })
     }

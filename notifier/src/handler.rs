@@ -23,6 +23,8 @@
 //! (`store`'s state machine); one whose claim was taken over meanwhile records nothing, and
 //! [`Handler::stale`] says so in the log and in `ordermesh.notifications.stale_writes`.
 
+use std::time::Instant;
+
 use opentelemetry::metrics::Meter;
 use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
 use rdkafka::error::KafkaError;
@@ -176,8 +178,10 @@ impl Handler {
         match self.prepare(letter, timestamp::now_millis()) {
             Prepared::Decided(verdict) => Ok(verdict),
             Prepared::Claim { claim, event } => {
+                let claimed = Instant::now();
                 let record = self.store.claim(&claim, letter).await?;
-                self.after_claim(&record, &claim, &event, mode).await
+                self.after_claim(&record, &claim, &event, mode, claimed)
+                    .await
             }
         }
     }
@@ -244,26 +248,27 @@ impl Handler {
             channel,
             recipient,
             source,
-            now,
         );
         Prepared::Claim { claim, event }
     }
 
     /// Acts on `record`, the row found holding `claim`'s key: sends a new notification, or
-    /// recognises a redelivery.
+    /// recognises a redelivery. `claimed` is when the claim was asked for (its lease started
+    /// after).
     pub(crate) async fn after_claim(
         &self,
         record: &NotificationRow,
         claim: &NotificationRow,
         event: &OrderPlaced,
         mode: Mode,
+        claimed: Instant,
     ) -> Result<Verdict, sqlx::Error> {
         let channel = self.channel;
         let event_id = &event.event_id;
         match (record.status, mode) {
             // Recorded by this claim: send, if the claim is still ours.
             (Status::Pending, _) if record.notification_id == claim.notification_id => {
-                if !self.hold_claim(record).await? {
+                if !self.hold_claim(record, claimed).await? {
                     tracing::info!(channel = channel.as_str(), %event_id, "claim handed to the retry loop while waiting in its batch");
                     return Ok(Verdict::Done(Outcome::Duplicate));
                 }
@@ -299,11 +304,9 @@ impl Handler {
             // of the replay's own (a second replay running at once finds it PENDING, above).
             (Status::Failed, Mode::Replay) => {
                 let token = crate::store::new_token();
-                let lease = self.sender.claim_lease().as_millis() as i64;
-                let until = timestamp::now_millis().saturating_add(lease);
                 if !self
                     .store
-                    .take_for_replay(&record.notification_id, &token, until)
+                    .take_for_replay(&record.notification_id, &token, self.sender.claim_lease())
                     .await?
                 {
                     tracing::info!(channel = channel.as_str(), %event_id, "taken by another replay");
@@ -323,17 +326,24 @@ impl Handler {
     /// its lease, so a send must start while at least half of it is left (a send takes at most the
     /// send timeout, under half). A claim that waited longer in its batch (slow sends before it) is
     /// renewed first, unless it was handed to the retry loop meanwhile: then it is not ours.
-    async fn hold_claim(&self, claim: &NotificationRow) -> Result<bool, sqlx::Error> {
-        let lease = self.sender.claim_lease().as_millis() as i64;
-        let now = timestamp::now_millis();
-        if now < claim.created_at_ms.saturating_add(lease / 2) {
+    ///
+    /// The age is measured here, on this process's monotonic clock, from `claimed` (before the
+    /// claim was written, so never less than the lease's own age): no comparison of this host's
+    /// clock with the database's.
+    async fn hold_claim(
+        &self,
+        claim: &NotificationRow,
+        claimed: Instant,
+    ) -> Result<bool, sqlx::Error> {
+        let lease = self.sender.claim_lease();
+        if claimed.elapsed() < lease / 2 {
             return Ok(true);
         }
         let Some(token) = &claim.claim_token else {
             return Ok(false);
         };
         self.store
-            .renew_claim(&claim.notification_id, token, now.saturating_add(lease))
+            .renew_claim(&claim.notification_id, token, lease)
             .await
     }
 
@@ -354,11 +364,7 @@ impl Handler {
         let attempts = row.attempts + 1;
         let failure = match self.sender.send(self.channel, &row.recipient, event).await {
             Ok(()) => {
-                if !self
-                    .store
-                    .mark_sent(&row.notification_id, token, timestamp::now_millis())
-                    .await?
-                {
+                if !self.store.mark_sent(&row.notification_id, token).await? {
                     // Sent, but too late to say so: the new holder may send it again (the one
                     // repeat the contract allows, under the same Message-ID / Idempotency-Key).
                     self.stale(&row.notification_id, "mark_sent");
@@ -382,10 +388,9 @@ impl Handler {
                     %error,
                     "send failed, will retry"
                 );
-                let next = now.saturating_add(delay.as_millis() as i64);
                 if !self
                     .store
-                    .schedule_retry(&row.notification_id, token, attempts, &error, now, next)
+                    .schedule_retry(&row.notification_id, token, attempts, &error, delay)
                     .await?
                 {
                     self.stale(&row.notification_id, "schedule_retry");
@@ -447,13 +452,7 @@ impl Handler {
         if let Some(held) = notification
             && !self
                 .store
-                .mark_failed(
-                    &held.notification_id,
-                    &held.token,
-                    held.attempts,
-                    &reason,
-                    timestamp::now_millis(),
-                )
+                .mark_failed(&held.notification_id, &held.token, held.attempts, &reason)
                 .await?
         {
             // Parked, but no longer ours to mark: the new holder settles the row.
@@ -484,9 +483,11 @@ mod tests {
                 .expect("database"),
         );
         // Creating a producer does not connect; nothing here is parked.
-        let dead_letters =
-            DeadLetters::new(&ordermesh_kafka::KafkaSettings::plaintext("127.0.0.1:1"))
-                .expect("producer");
+        let dead_letters = DeadLetters::new(
+            &ordermesh_kafka::KafkaSettings::plaintext("127.0.0.1:1"),
+            config.park_timeout(),
+        )
+        .expect("producer");
         let sender = Sender::new(Channel::Email, &config).expect("log-only sender");
         let meter = opentelemetry::global::meter("test");
         let handler = Handler::new(&config, Channel::Email, store, sender, dead_letters, &meter);
@@ -526,7 +527,6 @@ mod tests {
         let letter = letter();
         // Another consumer (a replica that lost the partition in a rebalance, or a notifier killed
         // mid-send) claimed the event and has not settled it.
-        let now = timestamp::now_millis();
         let theirs = NotificationRow::pending(
             "ntf_theirs".into(),
             "evt_1",
@@ -534,21 +534,21 @@ mod tests {
             Channel::Email,
             "ada@example.com".into(),
             ("order-events".into(), 0, 7),
-            now,
         );
-        handler.store.claim(&theirs, &letter).await.expect("claim");
+        let claimed = handler.store.claim(&theirs, &letter).await.expect("claim");
 
-        // The redelivery does not send; it schedules a check once their claim could have ended.
+        // The redelivery does not send; it schedules a check once their claim could have ended
+        // (by the database's clock, from when the database stored their claim).
         let verdict = handler.decide(&letter, Mode::Live).await.expect("decide");
         assert_eq!(verdict, Verdict::Done(Outcome::Duplicate));
         let lease = handler.sender.claim_lease().as_millis() as i64;
         let row = handler.store.claim(&theirs, &letter).await.expect("read");
         assert_eq!(row.status, Status::Retrying);
-        assert_eq!(row.next_attempt_at_ms, Some(now + lease));
+        assert_eq!(row.next_attempt_at_ms, Some(claimed.created_at_ms + lease));
         assert!(
             handler
                 .store
-                .due_retries(Channel::Email, now + lease - 1, 10)
+                .due_retries(Channel::Email, 10)
                 .await
                 .expect("due")
                 .is_empty(),
@@ -560,18 +560,19 @@ mod tests {
         assert!(
             handler
                 .store
-                .mark_sent("ntf_theirs", their_token, now)
+                .mark_sent("ntf_theirs", their_token)
                 .await
                 .expect("sent"),
             "a hand-over leaves the claimant its send until its lease ends"
         );
-        assert!(
+        assert_eq!(
             handler
                 .store
-                .due_retries(Channel::Email, now + lease + 1, 10)
+                .next_retry_in(Channel::Email)
                 .await
-                .expect("due")
-                .is_empty()
+                .expect("next"),
+            None,
+            "nothing left to retry"
         );
     }
 
@@ -587,8 +588,6 @@ mod tests {
         let event = events::decode_order_placed(letter.payload.as_deref().unwrap()).unwrap();
         let lease = handler.sender.claim_lease();
         let lease_ms = lease.as_millis() as i64;
-        // Claimed a whole lease ago: the sends before it in its batch were slow.
-        let claimed_at = timestamp::now_millis() - lease_ms;
         let ours = NotificationRow::pending(
             "ntf_ours".into(),
             "evt_1",
@@ -596,13 +595,18 @@ mod tests {
             Channel::Email,
             "ada@example.com".into(),
             ("order-events".into(), 0, 7),
-            claimed_at,
         );
         let record = handler.store.claim(&ours, &letter).await.expect("claim");
+        // Asked for a whole lease ago: the sends before it in its batch were slow.
+        let claimed = Instant::now()
+            .checked_sub(lease)
+            .expect("the monotonic clock runs back a lease");
+        // Some time on the database's clock too, so a renewed end differs from the original.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
 
         // Still PENDING: the lease is renewed, so a redelivery elsewhere now hands it over due at
-        // the renewed end, not at the original one (which has passed).
-        assert!(handler.hold_claim(&record).await.expect("hold"));
+        // the renewed end, not at the original one.
+        assert!(handler.hold_claim(&record, claimed).await.expect("hold"));
         assert!(
             handler
                 .store
@@ -612,12 +616,12 @@ mod tests {
         );
         let row = handler.store.claim(&ours, &letter).await.expect("read");
         assert_eq!(row.status, Status::Retrying);
-        assert!(row.next_attempt_at_ms.expect("due") > claimed_at + lease_ms);
+        assert!(row.next_attempt_at_ms.expect("due") >= record.created_at_ms + lease_ms + 20);
 
         // Handed over: no longer ours to send; the retry loop has it.
         assert_eq!(
             handler
-                .after_claim(&record, &ours, &event, Mode::Live)
+                .after_claim(&record, &ours, &event, Mode::Live, claimed)
                 .await
                 .expect("verdict"),
             Verdict::Done(Outcome::Duplicate)
@@ -676,12 +680,12 @@ mod tests {
         // A is stopped before it reached M: it releases its unsent claims.
         handler
             .store
-            .release_claims(&[a_claim.claim_token.clone().expect("token")], now)
+            .release_claims(&[a_claim.claim_token.clone().expect("token")])
             .await
             .expect("release");
         // B acts on the row it found: not its claim, so it does not send it now.
         let verdict = handler
-            .after_claim(&found, &b_claim, &event, Mode::Live)
+            .after_claim(&found, &b_claim, &event, Mode::Live, Instant::now())
             .await
             .expect("verdict");
         assert_eq!(verdict, Verdict::Done(Outcome::Duplicate));
@@ -689,7 +693,7 @@ mod tests {
         // Not lost: the retry loop has it, due now, and sends it once.
         let mut due = handler
             .store
-            .due_retries(Channel::Email, now, 10)
+            .due_retries(Channel::Email, 10)
             .await
             .expect("due");
         assert_eq!(due.len(), 1, "M is waiting for the retry loop");
@@ -698,7 +702,12 @@ mod tests {
         assert!(
             handler
                 .store
-                .lease_retry(&row.notification_id, seen_due, now + 1_000, "retry-loop")
+                .lease_retry(
+                    &row.notification_id,
+                    seen_due,
+                    std::time::Duration::from_secs(1),
+                    "retry-loop"
+                )
                 .await
                 .expect("lease")
         );

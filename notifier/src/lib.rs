@@ -25,6 +25,7 @@ mod handler;
 mod letter;
 mod metrics;
 mod outcome;
+mod read_again;
 mod rebalance;
 mod replay;
 mod retry;
@@ -72,6 +73,14 @@ pub enum RunError {
     Delivery(#[from] DeliveryConfigError),
     #[error("no channel configured (NOTIFIER_CHANNELS): give email, sms or both")]
     NoChannel,
+    #[error(
+        "NOTIFIER_MAX_POLL_INTERVAL_MS ({max_poll_ms} ms) must be at least NOTIFIER_SESSION_TIMEOUT_MS ({session_ms} ms)"
+    )]
+    PollBelowSession { max_poll_ms: u128, session_ms: u128 },
+    #[error(
+        "NOTIFIER_SEND_TIMEOUT_MS ({send_ms} ms) must be at most a fifth of NOTIFIER_MAX_POLL_INTERVAL_MS ({max_poll_ms} ms), so that a batch's last send ends before the group drops the consumer: raise the interval or lower the timeout"
+    )]
+    SendOutlastsPoll { send_ms: u128, max_poll_ms: u128 },
     #[error(transparent)]
     Serve(#[from] grpc::ServeError),
     #[error(transparent)]
@@ -138,8 +147,8 @@ pub async fn run_with_stats(
         topics,
         ordermesh_kafka::DEFAULT_PARTITIONS,
     );
-    let dead_letters =
-        dead_letter::DeadLetters::new(&config.kafka).map_err(|e| kafka_error(e.into()))?;
+    let dead_letters = dead_letter::DeadLetters::new(&config.kafka, config.park_timeout())
+        .map_err(|e| kafka_error(e.into()))?;
 
     // One token stops the consumers and the server alike.
     let stop = CancellationToken::new();

@@ -6,6 +6,8 @@
 //! | `ordermesh.consumer.retried` | group | sends that failed and were scheduled again (consumer and retry loop) |
 //! | `ordermesh.consumer.dead_lettered` | group | messages parked on the dead-letter topic |
 //! | `ordermesh.consumer.lag` | group, topic, partition | messages on the partition not yet handled (librdkafka's statistics, every 5 s; recorded by the consumer's context in `rebalance`) |
+//! | `ordermesh.consumer.rebalances` | group, change | partitions assigned to or revoked from the consumer (recorded in `rebalance`) |
+//! | `ordermesh.consumer.partitions_paused` | group | times a partition was paused because its next message could not be finished (`read_again`) |
 //! | `ordermesh.notifications.sent` | channel | notifications delivered (first send or retry) |
 //! | `ordermesh.notifications.stale_writes` | channel, write | writes refused because the writer's claim was taken over meanwhile (see `store`) |
 //! | `messaging.process.duration` | group, topic | time to handle one message |
@@ -30,6 +32,7 @@ pub(crate) struct ChannelMetrics {
     dead_lettered: Counter<u64>,
     sent: Counter<u64>,
     stale_writes: Counter<u64>,
+    partitions_paused: Counter<u64>,
     process_duration: Histogram<f64>,
 }
 
@@ -61,6 +64,12 @@ impl ChannelMetrics {
                     "Writes refused because the writer's claim was taken over meanwhile",
                 )
                 .build(),
+            partitions_paused: meter
+                .u64_counter("ordermesh.consumer.partitions_paused")
+                .with_description(
+                    "Partitions paused because their next message could not be finished (database or dead-letter topic failing)",
+                )
+                .build(),
             process_duration: ordermesh_platform::metrics::duration_histogram(
                 meter,
                 "messaging.process.duration",
@@ -73,6 +82,12 @@ impl ChannelMetrics {
     pub(crate) fn stale_write(&self, write: &'static str) {
         self.stale_writes
             .add(1, &[self.channel.clone(), KeyValue::new("write", write)]);
+    }
+
+    /// Counts a partition paused after a failure.
+    pub(crate) fn partition_paused(&self) {
+        self.partitions_paused
+            .add(1, std::slice::from_ref(&self.group));
     }
 
     /// Counts the outcome of handling a message: `consumed` when it came from the consumer (not

@@ -9,13 +9,15 @@
 //! stops.
 //!
 //! librdkafka has one context per consumer and calls its statistics callback on it too, so the lag
-//! gauge, fed from those statistics, is recorded here as well.
+//! gauge, fed from those statistics, is recorded here as well, with a count of the rebalances: a
+//! consumer that keeps losing its partitions (a member dropped for polling too late, replicas
+//! restarting) shows there.
 
 use std::time::Duration;
 
 use opentelemetry::{
     KeyValue,
-    metrics::{Gauge, Meter},
+    metrics::{Counter, Gauge, Meter},
 };
 use rdkafka::{
     ClientContext, Statistics,
@@ -32,6 +34,7 @@ pub(crate) const STATISTICS_INTERVAL: Duration = Duration::from_secs(5);
 pub(crate) struct RebalanceContext {
     group: String,
     lag: Gauge<i64>,
+    rebalances: Counter<u64>,
 }
 
 impl RebalanceContext {
@@ -42,7 +45,22 @@ impl RebalanceContext {
                 .i64_gauge("ordermesh.consumer.lag")
                 .with_description("Events on a partition not yet handled by the group (high watermark minus the offset stored after handling)")
                 .build(),
+            rebalances: meter
+                .u64_counter("ordermesh.consumer.rebalances")
+                .with_description("Partitions assigned to or revoked from this consumer, by change")
+                .build(),
         }
+    }
+
+    /// Counts `partitions` that were `change`d (assigned or revoked).
+    fn count(&self, change: &'static str, partitions: usize) {
+        self.rebalances.add(
+            partitions as u64,
+            &[
+                KeyValue::new("messaging.consumer.group.name", self.group.clone()),
+                KeyValue::new("change", change),
+            ],
+        );
     }
 }
 
@@ -75,6 +93,7 @@ impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
             tracing::info!(group = %self.group, partitions = partitions.count(), "partitions revoked; committing what was handled");
+            self.count("revoked", partitions.count());
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 // Nothing stored since the last commit.
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
@@ -88,6 +107,7 @@ impl ConsumerContext for RebalanceContext {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(partitions) = rebalance {
             tracing::info!(group = %self.group, partitions = partitions.count(), "partitions assigned");
+            self.count("assigned", partitions.count());
         }
     }
 }

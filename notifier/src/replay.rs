@@ -56,7 +56,8 @@ pub async fn replay_dead_letters(
     let store = Store::new(
         ordermesh_platform::db::open(&config.database_url, &crate::store::migrations()).await?,
     );
-    let dead_letters = DeadLetters::new(&config.kafka).map_err(kafka_error)?;
+    let dead_letters =
+        DeadLetters::new(&config.kafka, config.park_timeout()).map_err(kafka_error)?;
     let handler = Handler::new(
         config,
         channel,

@@ -48,20 +48,21 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
     let store = &handler.store;
     let lease = handler.sender.claim_lease();
     loop {
-        let now = timestamp::now_millis();
-        let due = store.due_retries(handler.channel, now, BATCH).await?;
+        let due = store.due_retries(handler.channel, BATCH).await?;
         let full = due.len() as i64 == BATCH;
         for (mut row, letter) in due {
-            let seen_due = row.next_attempt_at_ms.unwrap_or(now);
-            let until = now.saturating_add(lease.as_millis() as i64);
+            // Due, so it has a due time; the lease is taken only if nobody moved it since.
+            let Some(seen_due) = row.next_attempt_at_ms else {
+                continue;
+            };
             let token = crate::store::new_token();
             if !store
-                .lease_retry(&row.notification_id, seen_due, until, &token)
+                .lease_retry(&row.notification_id, seen_due, lease, &token)
                 .await?
             {
                 continue; // Another replica took it.
             }
-            // Ours until `until`: every write from here names this lease.
+            // Ours for the lease: every write from here names it.
             row.claim_token = Some(token.clone());
             // The retry continues the event's trace: the stored message keeps its headers.
             let span = handler.process_span(&letter, row.attempts as u32 + 1);
@@ -77,7 +78,9 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
                     Err(error) => Verdict::Park {
                         reason: format!("stored message no longer decodes: {error}"),
                         attempts: row.attempts as u32,
-                        first_failure_ms: row.first_failure_at_ms.unwrap_or(now),
+                        first_failure_ms: row
+                            .first_failure_at_ms
+                            .unwrap_or_else(timestamp::now_millis),
                         notification: Some(Held {
                             notification_id: row.notification_id.clone(),
                             token,
@@ -100,10 +103,10 @@ async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleE
             break;
         }
     }
-    let now = timestamp::now_millis();
-    let wait = match store.next_retry_at(handler.channel).await? {
-        Some(next) => Duration::from_millis(next.saturating_sub(now).max(0) as u64).min(POLL),
-        None => POLL,
-    };
+    // By the database's clock, which judges what is due.
+    let wait = store
+        .next_retry_in(handler.channel)
+        .await?
+        .map_or(POLL, |wait| wait.min(POLL));
     Ok(wait)
 }

@@ -3,6 +3,10 @@
 //! A status a statement writes or matches is bound from [`Status`], whose text is the stored one,
 //! so no statement spells a status itself; the exception, and why, is at `due_retries`.
 //!
+//! Every time a statement writes or compares (when a claim was made, when a lease ends, when a
+//! retry is due) is read from the database's clock in the statement itself, and callers pass
+//! durations, never instants: replicas on hosts whose clocks differ still agree on who holds what.
+//!
 //! Who may change a row is explicit: the row's `claim_token` names its holder (the consumer that
 //! claimed it, the retry loop that leased it, a replay that took it), and every change a holder
 //! makes is conditional on that token. A writer whose claim was taken over (its lease ran out and
@@ -24,15 +28,15 @@
 //!   +-- FAILED(-) -- replay takes it: PENDING(R), leased -------------------+
 //! ```
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
-use ordermesh_platform::{db::Migrations, db::Pool};
+use ordermesh_platform::db::{Backend, Migrations, Pool};
 // The batch statements are built from numbered placeholders only, never from values.
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
 use crate::{channel::Channel, letter::Letter, status::Status};
 
-/// Rows per multi-row INSERT: 14 bound parameters each keeps a statement under SQLite's historical
+/// Rows per multi-row INSERT: 13 bound parameters each keeps a statement under SQLite's historical
 /// limit of 999 parameters (newer builds allow more; staying under costs nothing).
 const CLAIMS_PER_STATEMENT: usize = 64;
 /// Ids per `IN (...)` list, under the same limit.
@@ -68,8 +72,8 @@ pub(crate) fn new_token() -> String {
 }
 
 impl NotificationRow {
-    /// A new PENDING notification of `event_id` on `channel`, read at `source`, recorded at `now_ms`,
-    /// with a claim token of its own.
+    /// A new PENDING notification of `event_id` on `channel`, read at `source`, with a claim token
+    /// of its own. Its `created_at_ms` is the database's to set when it stores the claim.
     pub(crate) fn pending(
         notification_id: String,
         event_id: &str,
@@ -77,7 +81,6 @@ impl NotificationRow {
         channel: Channel,
         recipient: String,
         (source_topic, source_partition, source_offset): (String, i32, i64),
-        now_ms: i64,
     ) -> Self {
         Self {
             seq: 0,
@@ -88,7 +91,7 @@ impl NotificationRow {
             recipient,
             status: Status::Pending,
             attempts: 0,
-            created_at_ms: now_ms,
+            created_at_ms: 0,
             sent_at_ms: None,
             source_topic,
             source_partition,
@@ -111,6 +114,9 @@ pub(crate) struct Filter {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     pool: Pool,
+    /// The database's clock as SQL (`Backend::now_millis_sql`): every time the store writes or
+    /// compares is the database's, so replicas whose clocks differ agree on every lease.
+    now: &'static str,
 }
 
 /// The notifier service's schema, for SQLite and for PostgreSQL.
@@ -123,7 +129,8 @@ pub(crate) fn migrations() -> Migrations {
 
 impl Store {
     pub(crate) fn new(pool: Pool) -> Self {
-        Self { pool }
+        let now = Backend::of_pool(&pool).now_millis_sql();
+        Self { pool, now }
     }
 
     /// Records a PENDING notification for (event, channel), keeping `letter` (the message as read)
@@ -140,7 +147,8 @@ impl Store {
 
     /// [`Store::claim`] for a batch of messages, in one transaction: one commit for the whole batch
     /// instead of one per message is what lets a consumer keep up with a busy topic. Returns the row
-    /// holding each claim's key, in the order of `claims`.
+    /// holding each claim's key, in the order of `claims`. A claim's lease starts at its
+    /// `created_at_ms`, from the database's clock.
     pub(crate) async fn claim_all(
         &self,
         claims: &[(&NotificationRow, &Letter)],
@@ -154,7 +162,7 @@ impl Store {
                  VALUES {}
                  ON CONFLICT (event_id, channel) DO NOTHING",
                 rows_of_placeholders(chunk.len(), &[
-                    "", "", "", "", "", "", "0", "", "", "", "", "", "", "", "",
+                    "", "", "", "", "", "", "0", self.now, "", "", "", "", "", "", "",
                 ])
             );
             let mut insert = sqlx::query(AssertSqlSafe(sql));
@@ -166,7 +174,6 @@ impl Store {
                     .bind(new.channel.as_str())
                     .bind(&new.recipient)
                     .bind(Status::Pending.as_str())
-                    .bind(new.created_at_ms)
                     .bind(&new.source_topic)
                     .bind(new.source_partition)
                     .bind(new.source_offset)
@@ -207,26 +214,22 @@ impl Store {
     }
 
     /// Hands the PENDING claims holding `tokens` that were never acted on (a stop in the middle
-    /// of a batch) to the retry loop, due at `now_ms`. Not deleted: another replica may have found
+    /// of a batch) to the retry loop, due now. Not deleted: another replica may have found
     /// the claim already (its partition moved there in a rebalance) and be relying on the row to
     /// have it sent; handed over, it is sent once, by whichever retry loop takes it. Returns how
     /// many were still ours to hand over.
-    pub(crate) async fn release_claims(
-        &self,
-        tokens: &[String],
-        now_ms: i64,
-    ) -> Result<u64, sqlx::Error> {
+    pub(crate) async fn release_claims(&self, tokens: &[String]) -> Result<u64, sqlx::Error> {
         let mut released = 0;
         for chunk in tokens.chunks(IDS_PER_STATEMENT) {
             let sql = format!(
-                "UPDATE notifications SET status = $1, claim_token = NULL, next_attempt_at_ms = $2,
+                "UPDATE notifications SET status = $1, claim_token = NULL, next_attempt_at_ms = {now},
                      last_error = 'released unsent by a stopping notifier'
-                 WHERE status = $3 AND claim_token IN ({})",
-                placeholders(4, chunk.len())
+                 WHERE status = $2 AND claim_token IN ({})",
+                placeholders(3, chunk.len()),
+                now = self.now,
             );
             let mut release = sqlx::query(AssertSqlSafe(sql))
                 .bind(Status::Retrying.as_str())
-                .bind(now_ms)
                 .bind(Status::Pending.as_str());
             for token in chunk {
                 release = release.bind(token);
@@ -246,16 +249,15 @@ impl Store {
         &self,
         notification_id: &str,
         token: &str,
-        now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE notifications SET status = $1, attempts = attempts + 1, sent_at_ms = $2,
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE notifications SET status = $1, attempts = attempts + 1, sent_at_ms = {now},
                  next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
                  message_headers = NULL, claim_token = NULL
-             WHERE notification_id = $3 AND claim_token = $4",
-        )
+             WHERE notification_id = $2 AND claim_token = $3",
+            now = self.now
+        )))
         .bind(Status::Sent.as_str())
-        .bind(now_ms)
         .bind(notification_id)
         .bind(token)
         .execute(&self.pool)
@@ -263,8 +265,8 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Records, for the holder of `token`, the `attempts`-th failed send and when to try again:
-    /// the retry schedule holds it from now on. False, changing nothing, if `token` no longer
+    /// Records, for the holder of `token`, the `attempts`-th failed send, to be tried again
+    /// `delay` from now: the retry schedule holds it from now on. False, changing nothing, if `token` no longer
     /// holds it.
     pub(crate) async fn schedule_retry(
         &self,
@@ -272,20 +274,19 @@ impl Store {
         token: &str,
         attempts: i32,
         error: &str,
-        now_ms: i64,
-        next_attempt_at_ms: i64,
+        delay: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
+        let done = sqlx::query(AssertSqlSafe(format!(
             "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, $4), next_attempt_at_ms = $5,
-                 claim_token = NULL
-             WHERE notification_id = $6 AND claim_token = $7",
-        )
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
+                 next_attempt_at_ms = {now} + $4, claim_token = NULL
+             WHERE notification_id = $5 AND claim_token = $6",
+            now = self.now
+        )))
         .bind(Status::Retrying.as_str())
         .bind(attempts)
         .bind(error)
-        .bind(now_ms)
-        .bind(next_attempt_at_ms)
+        .bind(millis(delay))
         .bind(notification_id)
         .bind(token)
         .execute(&self.pool)
@@ -302,19 +303,18 @@ impl Store {
         token: &str,
         attempts: i32,
         error: &str,
-        now_ms: i64,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
+        let done = sqlx::query(AssertSqlSafe(format!(
             "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, $4), next_attempt_at_ms = NULL,
-                 message_key = NULL, message_payload = NULL, message_headers = NULL,
-                 claim_token = NULL
-             WHERE notification_id = $5 AND claim_token = $6",
-        )
+                 first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
+                 next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
+                 message_headers = NULL, claim_token = NULL
+             WHERE notification_id = $4 AND claim_token = $5",
+            now = self.now
+        )))
         .bind(Status::Failed.as_str())
         .bind(attempts)
         .bind(error)
-        .bind(now_ms)
         .bind(notification_id)
         .bind(token)
         .execute(&self.pool)
@@ -323,21 +323,22 @@ impl Store {
     }
 
     /// Takes a FAILED (parked) notification for a replay's one more send: PENDING again, held by
-    /// `token` until `lease_until_ms`, as a fresh claim would be. False if it is not FAILED any
+    /// `token` for `lease` from now, as a fresh claim would be. False if it is not FAILED any
     /// more (another replay took it).
     pub(crate) async fn take_for_replay(
         &self,
         notification_id: &str,
         token: &str,
-        lease_until_ms: i64,
+        lease: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE notifications SET status = $1, claim_token = $2, next_attempt_at_ms = $3
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE notifications SET status = $1, claim_token = $2, next_attempt_at_ms = {now} + $3
              WHERE notification_id = $4 AND status = $5",
-        )
+            now = self.now
+        )))
         .bind(Status::Pending.as_str())
         .bind(token)
-        .bind(lease_until_ms)
+        .bind(millis(lease))
         .bind(notification_id)
         .bind(Status::Failed.as_str())
         .execute(&self.pool)
@@ -354,7 +355,7 @@ impl Store {
     pub(crate) async fn hand_over_pending(
         &self,
         notification_id: &str,
-        lease: std::time::Duration,
+        lease: Duration,
     ) -> Result<bool, sqlx::Error> {
         // Due when the claim's lease ends: renewed (see `renew_claim`) or from its creation. One
         // statement, so a renewal and a hand-over cannot interleave.
@@ -365,7 +366,7 @@ impl Store {
              WHERE notification_id = $3 AND status = $4",
         )
         .bind(Status::Retrying.as_str())
-        .bind(lease.as_millis() as i64)
+        .bind(millis(lease))
         .bind(notification_id)
         .bind(Status::Pending.as_str())
         .execute(&self.pool)
@@ -373,20 +374,21 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Extends the PENDING claim held by `token` to `until_ms` (kept in `next_attempt_at_ms`,
+    /// Extends the PENDING claim held by `token` to `lease` from now (kept in `next_attempt_at_ms`,
     /// unused while PENDING): false if it was handed to the retry loop or settled meanwhile, and
     /// so is no longer the claimant's to send.
     pub(crate) async fn renew_claim(
         &self,
         notification_id: &str,
         token: &str,
-        until_ms: i64,
+        lease: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE notifications SET next_attempt_at_ms = $1
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE notifications SET next_attempt_at_ms = {now} + $1
              WHERE notification_id = $2 AND status = $3 AND claim_token = $4",
-        )
-        .bind(until_ms)
+            now = self.now
+        )))
+        .bind(millis(lease))
         .bind(notification_id)
         .bind(Status::Pending.as_str())
         .bind(token)
@@ -395,7 +397,7 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Up to `limit` of `channel`'s retries due at `now_ms`, soonest first, with their messages.
+    /// Up to `limit` of `channel`'s retries due now, soonest first, with their messages.
     ///
     /// This statement and [`Store::next_retry_at`] spell RETRYING out rather than bind it: they are
     /// what the partial index `notifications_due` (`WHERE status = 'RETRYING'`) is for, and
@@ -405,16 +407,15 @@ impl Store {
     pub(crate) async fn due_retries(
         &self,
         channel: Channel,
-        now_ms: i64,
         limit: i64,
     ) -> Result<Vec<(NotificationRow, Letter)>, sqlx::Error> {
-        sqlx::query(
+        sqlx::query(AssertSqlSafe(format!(
             "SELECT * FROM notifications
-             WHERE status = 'RETRYING' AND channel = $1 AND next_attempt_at_ms <= $2
-             ORDER BY next_attempt_at_ms LIMIT $3",
-        )
+             WHERE status = 'RETRYING' AND channel = $1 AND next_attempt_at_ms <= {now}
+             ORDER BY next_attempt_at_ms LIMIT $2",
+            now = self.now
+        )))
         .bind(channel.as_str())
-        .bind(now_ms)
         .bind(limit)
         .try_map(|row: AnyRow| {
             let letter = Letter::from_parts(
@@ -433,19 +434,25 @@ impl Store {
         .await
     }
 
-    /// When `channel`'s next retry is due, if any is waiting. RETRYING is spelt out for the partial
-    /// index; see [`Store::due_retries`].
-    pub(crate) async fn next_retry_at(&self, channel: Channel) -> Result<Option<i64>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT MIN(next_attempt_at_ms) FROM notifications
+    /// How long until `channel`'s next retry is due (zero if one is due), if any is waiting: by
+    /// the database's clock, as [`Store::due_retries`] judges it. RETRYING is spelt out for the
+    /// partial index; see [`Store::due_retries`].
+    pub(crate) async fn next_retry_in(
+        &self,
+        channel: Channel,
+    ) -> Result<Option<Duration>, sqlx::Error> {
+        let wait: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT MIN(next_attempt_at_ms) - {now} FROM notifications
              WHERE status = 'RETRYING' AND channel = $1",
-        )
+            now = self.now
+        )))
         .bind(channel.as_str())
         .fetch_one(&self.pool)
-        .await
+        .await?;
+        Ok(wait.map(|ms| Duration::from_millis(ms.max(0) as u64)))
     }
 
-    /// Takes a due retry for `token` until `lease_until_ms` by moving its due time, if nobody else
+    /// Takes a due retry for `token` for `lease` from now by moving its due time, if nobody else
     /// moved it since it was read as due at `seen_due_ms`: with several notifier replicas on one
     /// database, one of them sends it. The token it takes over from (a claim handed over whose
     /// lease has ended, an earlier lease) can change nothing any more. A holder that dies leaves
@@ -454,14 +461,15 @@ impl Store {
         &self,
         notification_id: &str,
         seen_due_ms: i64,
-        lease_until_ms: i64,
+        lease: Duration,
         token: &str,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE notifications SET next_attempt_at_ms = $1, claim_token = $2
+        let done = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE notifications SET next_attempt_at_ms = {now} + $1, claim_token = $2
              WHERE notification_id = $3 AND status = $4 AND next_attempt_at_ms = $5",
-        )
-        .bind(lease_until_ms)
+            now = self.now
+        )))
+        .bind(millis(lease))
         .bind(token)
         .bind(notification_id)
         .bind(Status::Retrying.as_str())
@@ -503,8 +511,13 @@ fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `duration` in whole milliseconds, as stored times are.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// The VALUES rows of a multi-row INSERT: `rows` tuples of `columns`, where an empty column is the
-/// next numbered placeholder and any other is written as is (a constant).
+/// next numbered placeholder and any other is written as is (a constant, or the database's clock).
 fn rows_of_placeholders(rows: usize, columns: &[&str]) -> String {
     let mut next = 1;
     let mut row = |_| {
@@ -553,6 +566,7 @@ fn from_row(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ordermesh::timestamp;
     use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
     // On SQLite (in memory) and on PostgreSQL: each statement writes or matches its status as a
@@ -568,7 +582,7 @@ mod tests {
     }
 
     /// A PENDING claim of event `n` and the message it was read from.
-    fn claim(n: i64, now_ms: i64) -> (NotificationRow, Letter) {
+    fn claim(n: i64) -> (NotificationRow, Letter) {
         let row = NotificationRow::pending(
             format!("ntf_{n}"),
             &format!("evt_{n}"),
@@ -576,7 +590,6 @@ mod tests {
             Channel::Email,
             "ada@example.com".into(),
             ("order-events".into(), 0, n),
-            now_ms,
         );
         let letter = Letter {
             topic: "order-events".into(),
@@ -589,172 +602,203 @@ mod tests {
         (row, letter)
     }
 
+    /// The row of `id` as stored.
+    async fn row(store: &Store, id: &str) -> NotificationRow {
+        store
+            .list(&Filter::default(), 0, 100)
+            .await
+            .expect("list reads every status back")
+            .into_iter()
+            .find(|r| r.notification_id == id)
+            .expect("the row")
+    }
+
+    // Times are the database's (see the module's documentation): a test cannot set them, so it
+    // makes a retry due now with a zero lease or delay, and not due with a long one.
+    const NOW: Duration = Duration::ZERO;
+    const LONG: Duration = Duration::from_secs(60);
+
     #[on_both_backends]
     #[tokio::test]
     async fn every_transition_stores_a_status_that_reads_back_typed(backend: Backend) {
         let Some((store, _databases)) = store(backend).await else {
             return;
         };
-        let now = 1_000_000;
-        let lease = std::time::Duration::from_secs(60);
         let status = |id: &'static str| {
             let store = store.clone();
-            async move {
-                let rows = store
-                    .list(&Filter::default(), 0, 100)
-                    .await
-                    .expect("list reads every status back");
-                rows.into_iter()
-                    .find(|r| r.notification_id == id)
-                    .map(|r| r.status)
-            }
+            async move { row(&store, id).await.status }
         };
 
-        // Claimed: PENDING, and renewable by its holder while it is.
-        let (first, letter) = claim(1, now);
+        // Claimed: PENDING at the database's time, and renewable by its holder while it is.
+        let (first, letter) = claim(1);
         let token = first.claim_token.clone().expect("a claim has a token");
-        let row = store.claim(&first, &letter).await.expect("claim");
-        assert_eq!(row.status, Status::Pending);
-        assert_eq!(row.claim_token.as_ref(), Some(&token));
+        let before = timestamp::now_millis();
+        let claimed = store.claim(&first, &letter).await.expect("claim");
+        assert_eq!(claimed.status, Status::Pending);
+        assert_eq!(claimed.claim_token.as_ref(), Some(&token));
+        // The database's clock and this test's are the same host's here.
+        assert!(
+            (before - 1_000..=timestamp::now_millis() + 1_000).contains(&claimed.created_at_ms),
+            "created at the database's now, in milliseconds since the epoch: {}",
+            claimed.created_at_ms
+        );
         assert!(
             store
-                .renew_claim("ntf_1", &token, now + 1)
+                .renew_claim("ntf_1", &token, LONG)
                 .await
                 .expect("renew")
         );
         assert!(
             !store
-                .renew_claim("ntf_1", "not-the-holder", now + 1)
+                .renew_claim("ntf_1", "not-the-holder", LONG)
                 .await
                 .expect("renew"),
             "only the holder renews"
         );
 
-        // Handed over: RETRYING, due, leasable, and schedulable again by the lease's holder.
+        // Handed over: RETRYING, due at the renewed lease's end, not before.
         assert!(
             store
-                .hand_over_pending("ntf_1", lease)
+                .hand_over_pending("ntf_1", NOW)
                 .await
                 .expect("hand over")
         );
-        assert_eq!(status("ntf_1").await, Some(Status::Retrying));
-        assert_eq!(
-            store.next_retry_at(Channel::Email).await.expect("next"),
-            Some(now + 1)
-        );
-        let due = store
-            .due_retries(Channel::Email, now + 1, 10)
+        assert_eq!(status("ntf_1").await, Status::Retrying);
+        let wait = store
+            .next_retry_in(Channel::Email)
             .await
-            .expect("due");
-        assert_eq!(due.len(), 1);
-        assert_eq!(due[0].0.status, Status::Retrying);
+            .expect("next")
+            .expect("one waiting");
+        assert!(wait > LONG - Duration::from_secs(5), "due in {wait:?}");
         assert!(
             store
-                .lease_retry("ntf_1", now + 1, now + 2, "lease-1")
+                .due_retries(Channel::Email, 10)
+                .await
+                .expect("due")
+                .is_empty()
+        );
+
+        // Leased when due, and scheduled again by the lease's holder.
+        let (second, letter) = claim(2);
+        store.claim(&second, &letter).await.expect("claim");
+        assert!(
+            store
+                .hand_over_pending("ntf_2", NOW)
+                .await
+                .expect("hand over")
+        );
+        let due = store.due_retries(Channel::Email, 10).await.expect("due");
+        assert_eq!(
+            due.iter()
+                .map(|(row, _)| (row.notification_id.as_str(), row.status))
+                .collect::<Vec<_>>(),
+            [("ntf_2", Status::Retrying)]
+        );
+        let seen_due = due[0].0.next_attempt_at_ms.expect("due time");
+        assert!(
+            store
+                .lease_retry("ntf_2", seen_due, LONG, "lease-1")
                 .await
                 .expect("lease")
         );
         assert!(
+            !store
+                .lease_retry("ntf_2", seen_due, LONG, "lease-x")
+                .await
+                .expect("lease"),
+            "leased once"
+        );
+        assert!(
             store
-                .schedule_retry("ntf_1", "lease-1", 1, "mail server down", now, now + 3)
+                .schedule_retry("ntf_2", "lease-1", 1, "mail server down", NOW)
                 .await
                 .expect("schedule")
         );
-        assert_eq!(status("ntf_1").await, Some(Status::Retrying));
+        assert_eq!(status("ntf_2").await, Status::Retrying);
 
         // Sent by the next lease's holder: SENT, and no longer a claim to renew or hand over.
+        let seen_due = row(&store, "ntf_2")
+            .await
+            .next_attempt_at_ms
+            .expect("due time");
         assert!(
             store
-                .lease_retry("ntf_1", now + 3, now + 4, "lease-2")
+                .lease_retry("ntf_2", seen_due, LONG, "lease-2")
                 .await
                 .expect("lease")
         );
-        assert!(
-            store
-                .mark_sent("ntf_1", "lease-2", now + 3)
-                .await
-                .expect("sent")
-        );
-        assert_eq!(status("ntf_1").await, Some(Status::Sent));
+        assert!(store.mark_sent("ntf_2", "lease-2").await.expect("sent"));
+        assert_eq!(status("ntf_2").await, Status::Sent);
+        assert!(row(&store, "ntf_2").await.sent_at_ms.is_some());
         assert!(
             !store
-                .renew_claim("ntf_1", &token, now + 4)
+                .renew_claim("ntf_2", "lease-2", LONG)
                 .await
                 .expect("renew")
         );
         assert!(
             !store
-                .hand_over_pending("ntf_1", lease)
+                .hand_over_pending("ntf_2", NOW)
                 .await
                 .expect("hand over")
-        );
-        assert_eq!(
-            store.next_retry_at(Channel::Email).await.expect("next"),
-            None
         );
 
         // Parked by its holder: FAILED; and taken again by a replay: PENDING under the replay's
         // token, which alone may settle it.
-        let (second, letter) = claim(2, now);
-        let second_token = second.claim_token.clone().expect("token");
-        store.claim(&second, &letter).await.expect("claim");
+        let (third, letter) = claim(3);
+        let third_token = third.claim_token.clone().expect("token");
+        store.claim(&third, &letter).await.expect("claim");
         assert!(
             store
-                .mark_failed("ntf_2", &second_token, 1, "no such mailbox", now)
+                .mark_failed("ntf_3", &third_token, 1, "no such mailbox")
                 .await
                 .expect("failed")
         );
-        assert_eq!(status("ntf_2").await, Some(Status::Failed));
+        assert_eq!(status("ntf_3").await, Status::Failed);
         assert!(
             store
-                .take_for_replay("ntf_2", "replay", now + 5)
+                .take_for_replay("ntf_3", "replay", LONG)
                 .await
                 .expect("take")
         );
-        assert_eq!(status("ntf_2").await, Some(Status::Pending));
+        assert_eq!(status("ntf_3").await, Status::Pending);
         assert!(
             !store
-                .take_for_replay("ntf_2", "another replay", now + 5)
+                .take_for_replay("ntf_3", "another replay", LONG)
                 .await
                 .expect("take"),
             "a second replay finds it taken"
         );
         assert!(
             store
-                .mark_failed("ntf_2", "replay", 2, "no such mailbox", now)
+                .mark_failed("ntf_3", "replay", 2, "no such mailbox")
                 .await
                 .expect("failed")
         );
-        assert_eq!(status("ntf_2").await, Some(Status::Failed));
+        assert_eq!(status("ntf_3").await, Status::Failed);
 
         // Released on stop: a claim still PENDING goes to the retry loop, due now; settled rows
         // are left alone.
-        let (third, letter) = claim(3, now);
-        store.claim(&third, &letter).await.expect("claim");
+        let (fourth, letter) = claim(4);
+        store.claim(&fourth, &letter).await.expect("claim");
         let released = store
-            .release_claims(
-                &[
-                    token,
-                    second_token,
-                    third.claim_token.clone().expect("token"),
-                ],
-                now + 6,
-            )
+            .release_claims(&[
+                "lease-2".to_owned(),
+                third_token,
+                fourth.claim_token.clone().expect("token"),
+            ])
             .await
             .expect("release");
         assert_eq!(released, 1);
-        assert_eq!(status("ntf_3").await, Some(Status::Retrying));
-        assert_eq!(status("ntf_1").await, Some(Status::Sent));
-        assert_eq!(status("ntf_2").await, Some(Status::Failed));
-        let due = store
-            .due_retries(Channel::Email, now + 6, 10)
-            .await
-            .expect("due");
+        assert_eq!(status("ntf_4").await, Status::Retrying);
+        assert_eq!(status("ntf_2").await, Status::Sent);
+        assert_eq!(status("ntf_3").await, Status::Failed);
+        let due = store.due_retries(Channel::Email, 10).await.expect("due");
         assert_eq!(
             due.iter()
                 .map(|(row, _)| (row.notification_id.as_str(), row.claim_token.clone()))
                 .collect::<Vec<_>>(),
-            [("ntf_3", None)],
+            [("ntf_4", None)],
             "due at once, held by nobody until a retry loop leases it"
         );
     }
@@ -767,51 +811,42 @@ mod tests {
         let Some((store, _databases)) = store(backend).await else {
             return;
         };
-        let now = 1_000_000;
-        let lease = std::time::Duration::from_secs(60);
-        let (first, letter) = claim(1, now);
+        let (first, letter) = claim(1);
         let stale = first.claim_token.clone().expect("token");
         store.claim(&first, &letter).await.expect("claim");
         // A redelivery elsewhere hands it over; its lease ends; the retry loop leases and sends.
         assert!(
             store
-                .hand_over_pending("ntf_1", lease)
+                .hand_over_pending("ntf_1", NOW)
                 .await
                 .expect("hand over")
         );
-        let due_at = now + lease.as_millis() as i64;
+        let due_at = row(&store, "ntf_1")
+            .await
+            .next_attempt_at_ms
+            .expect("due time");
         assert!(
             store
-                .lease_retry("ntf_1", due_at, due_at + 1, "retry-loop")
+                .lease_retry("ntf_1", due_at, LONG, "retry-loop")
                 .await
                 .expect("lease")
         );
-        assert!(
-            store
-                .mark_sent("ntf_1", "retry-loop", due_at)
-                .await
-                .expect("sent")
-        );
+        assert!(store.mark_sent("ntf_1", "retry-loop").await.expect("sent"));
 
         // The first holder, late, reports a failed send, then a park: neither is recorded.
         assert!(
             !store
-                .schedule_retry("ntf_1", &stale, 1, "timed out", due_at, due_at + 10)
+                .schedule_retry("ntf_1", &stale, 1, "timed out", NOW)
                 .await
                 .expect("schedule")
         );
         assert!(
             !store
-                .mark_failed("ntf_1", &stale, 1, "timed out", due_at)
+                .mark_failed("ntf_1", &stale, 1, "timed out")
                 .await
                 .expect("failed")
         );
-        assert!(
-            !store
-                .mark_sent("ntf_1", &stale, due_at)
-                .await
-                .expect("sent")
-        );
+        assert!(!store.mark_sent("ntf_1", &stale).await.expect("sent"));
         let rows = store.list(&Filter::default(), 0, 10).await.expect("list");
         assert_eq!(rows.len(), 1);
         assert_eq!(
@@ -828,7 +863,7 @@ mod tests {
         );
         assert!(
             store
-                .due_retries(Channel::Email, due_at + 100, 10)
+                .due_retries(Channel::Email, 10)
                 .await
                 .expect("due")
                 .is_empty(),

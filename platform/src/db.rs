@@ -51,6 +51,19 @@ impl Backend {
             _ => Backend::Sqlite,
         }
     }
+
+    /// The database's clock, in milliseconds since the Unix epoch, as an SQL expression. Leases
+    /// and due times that replicas sharing a database compare are computed from this one clock,
+    /// not from each replica's own: two hosts' clocks can differ by more than a lease's margin.
+    /// PostgreSQL: `clock_timestamp()`, the time of the statement rather than `now()`'s start of
+    /// its transaction (a batch's claims are timed when written). SQLite: `julianday('now')`
+    /// (millisecond precision, in every SQLite version), from the Julian day of the epoch.
+    pub fn now_millis_sql(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+            Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
+    }
 }
 
 /// A service's schema migrations: the same numbered steps, written for each backend.

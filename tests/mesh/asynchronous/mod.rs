@@ -9,4 +9,5 @@ mod happy_path;
 mod notifier_recovery;
 mod outbox;
 mod poison;
+mod poll_loop;
 mod replay;
