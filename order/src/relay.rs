@@ -134,9 +134,7 @@ impl Relay {
         }
         let mut measured = Instant::now();
         loop {
-            let now = timestamp::now_millis();
-            let until = now + self.lease.as_millis() as i64;
-            let batch = match self.store.claim_events(&self.id, now, until, BATCH).await {
+            let batch = match self.store.claim_events(&self.id, self.lease, BATCH).await {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::error!(%error, "cannot read the outbox");

@@ -2,7 +2,8 @@
 
 use ordermesh_platform::{db::Backend, db::Migrations, db::Pool};
 use serde::{Deserialize, Serialize};
-use sqlx::{Row, any::AnyRow};
+use sqlx::{AssertSqlSafe, Row, any::AnyRow};
+use std::{sync::Arc, time::Duration};
 
 /// An order's status as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,33 +134,36 @@ pub(crate) struct OrderRow {
 pub(crate) struct Store {
     pool: Pool,
     backend: Backend,
+    /// [`claim_events_sql`] for this backend, written once.
+    claim_events: Arc<str>,
 }
 
-/// [`Store::claim_events`]: lease rows nobody holds, oldest first, none behind an unpublished row of
-/// the same order. The text between the two halves is the backend's row locking, if any.
-macro_rules! claim_events {
-    ($lock:literal) => {
-        concat!(
-            "UPDATE outbox SET claimed_by = $1, claimed_until_ms = $2
-             WHERE seq IN (
-                 SELECT seq FROM outbox o
-                 WHERE o.published_at_ms IS NULL
-                   AND (o.claimed_until_ms IS NULL OR o.claimed_until_ms <= $3)
-                   AND NOT EXISTS (
-                       SELECT 1 FROM outbox earlier
-                       WHERE earlier.order_id = o.order_id AND earlier.seq < o.seq
-                         AND earlier.published_at_ms IS NULL)
-                 ORDER BY seq LIMIT $4 ",
-            $lock,
-            ")
-               AND published_at_ms IS NULL
-               AND (claimed_until_ms IS NULL OR claimed_until_ms <= $3)
-             RETURNING seq, event_id, order_id, payload, created_at_ms, trace_context"
-        )
+/// [`Store::claim_events`]: lease rows nobody holds for `$2` milliseconds, oldest first, none behind
+/// an unpublished row of the same order. Leases are read and written on the database's clock, so
+/// relays on hosts whose clocks differ agree on when one ends. PostgreSQL locks the rows it takes
+/// (`FOR UPDATE SKIP LOCKED`); SQLite runs one writer at a time.
+fn claim_events_sql(backend: Backend) -> String {
+    let now = backend.now_millis_sql();
+    let lock = match backend {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
     };
+    format!(
+        "UPDATE outbox SET claimed_by = $1, claimed_until_ms = {now} + $2
+         WHERE seq IN (
+             SELECT seq FROM outbox o
+             WHERE o.published_at_ms IS NULL
+               AND (o.claimed_until_ms IS NULL OR o.claimed_until_ms <= {now})
+               AND NOT EXISTS (
+                   SELECT 1 FROM outbox earlier
+                   WHERE earlier.order_id = o.order_id AND earlier.seq < o.seq
+                     AND earlier.published_at_ms IS NULL)
+             ORDER BY seq LIMIT $3 {lock})
+           AND published_at_ms IS NULL
+           AND (claimed_until_ms IS NULL OR claimed_until_ms <= {now})
+         RETURNING seq, event_id, order_id, payload, created_at_ms, trace_context"
+    )
 }
-const CLAIM_EVENTS_POSTGRES: &str = claim_events!("FOR UPDATE SKIP LOCKED");
-const CLAIM_EVENTS_SQLITE: &str = claim_events!("");
 
 /// [`Store::claim_pending`]: lease pending orders idle since $4 that nobody holds, longest idle
 /// first. The text between the two halves is the backend's row locking, if any. (Parameters first
@@ -197,7 +201,11 @@ pub(crate) fn migrations() -> Migrations {
 impl Store {
     pub(crate) fn new(pool: Pool) -> Self {
         let backend = Backend::of_pool(&pool);
-        Self { pool, backend }
+        Self {
+            pool,
+            backend,
+            claim_events: claim_events_sql(backend).into(),
+        }
     }
 
     /// Stores `new` (a PENDING_PAYMENT order) unless an order with its request_id exists, and returns
@@ -445,7 +453,7 @@ impl Store {
         Ok(())
     }
 
-    /// Leases up to `limit` unpublished outbox rows to relay `relay` until `until_ms`, oldest first,
+    /// Leases up to `limit` unpublished outbox rows to relay `relay` for `lease`, oldest first,
     /// and returns them. Rows under another relay's live lease are left to it, and so is every later
     /// row of an order whose earlier row is still unpublished, so each order's events go out in order
     /// whichever relays run. A lease that ends (its relay died, or is stuck) frees the rows again.
@@ -456,18 +464,13 @@ impl Store {
     pub(crate) async fn claim_events(
         &self,
         relay: &str,
-        now_ms: i64,
-        until_ms: i64,
+        lease: Duration,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-        let sql = match self.backend {
-            Backend::Postgres => CLAIM_EVENTS_POSTGRES,
-            Backend::Sqlite => CLAIM_EVENTS_SQLITE,
-        };
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(sql)
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        let mut rows: Vec<OutboxRow> = sqlx::query_as(AssertSqlSafe(&*self.claim_events))
             .bind(relay)
-            .bind(until_ms)
-            .bind(now_ms)
+            .bind(lease_ms)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;

@@ -1,4 +1,4 @@
-//! The reconciler's lease and the settlement's conditions, on both backends: what several order
+//! The reconciler's and the outbox relay's leases and the settlement's conditions, on both backends: what several order
 //! replicas sharing one database rely on to settle each pending order once, and what makes a writer
 //! that lost its claim change nothing.
 
@@ -185,5 +185,60 @@ async fn a_call_starting_to_charge_holds_the_reconciler_off(backend: Backend) {
             .begin_payment(&order.order_id, NOW)
             .await
             .expect("write")
+    );
+}
+
+#[on_both_backends]
+#[tokio::test]
+async fn an_outbox_lease_holds_other_relays_off_until_it_ends_on_the_databases_clock(
+    backend: Backend,
+) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let order = pending(&store, "ord_1", NOW).await;
+    let paid = Paid {
+        payment_id: "pay_1",
+        event_id: "evt_1",
+        trace_context: None,
+        now_ms: NOW,
+    };
+    store
+        .mark_paid(&order.order_id, paid, Writer::Call, |_| {
+            Ok(b"event".to_vec())
+        })
+        .await
+        .expect("paid");
+    let long = std::time::Duration::from_secs(60);
+
+    // Leased to a: b finds nothing while the lease lasts.
+    let a = store.claim_events("a", long, 10).await.expect("claim");
+    assert_eq!(a.len(), 1);
+    assert!(
+        store
+            .claim_events("b", long, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // a gives it up after a failed publish: b may take it, for no time at all ...
+    store
+        .mark_failed_attempt(&a[0], "broker down")
+        .await
+        .expect("give up");
+    let b = store
+        .claim_events("b", std::time::Duration::ZERO, 10)
+        .await
+        .expect("claim");
+    assert_eq!(b.len(), 1);
+    // ... so its lease has ended by the database's clock as soon as it is written.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        store
+            .claim_events("a", long, 10)
+            .await
+            .expect("claim")
+            .len(),
+        1
     );
 }
