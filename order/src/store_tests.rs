@@ -1,6 +1,6 @@
-//! The reconciler's and the outbox relay's leases and the settlement's conditions, on both backends: what several order
-//! replicas sharing one database rely on to settle each pending order once, and what makes a writer
-//! that lost its claim change nothing.
+//! The reconciler's and the outbox relay's leases and the settlement's conditions, on both
+//! backends: what several order replicas sharing one database rely on to settle each pending order
+//! once and publish each event once, and what makes a writer that lost its claim change nothing.
 
 use ordermesh_platform::db;
 use ordermesh_testkit::{Backend, Databases, on_both_backends};
