@@ -2,7 +2,8 @@
 //! (`load`, the `ordermesh-load` binary), and benchmarks that put each hop beside its raw baseline
 //! in the same run (`compare`, the `ordermesh-bench` binary). The ledger audit of the money promise
 //! (`audit`, shared with the mesh tests) and the fault campaign that drives it (`campaign`,
-//! `ordermesh-load --faults random`).
+//! `ordermesh-load --faults random`). The notifier's process-churn campaign (`churn`, the
+//! `ordermesh-churn` binary and `notifier/tests/churn.rs`).
 //!
 //! Our machines are shared and noisy, so an absolute time alone means little: every benchmark runs
 //! ours and the raw baseline alternately, several rounds, and reports the median ratio and its
@@ -11,6 +12,7 @@
 
 pub mod audit;
 pub mod campaign;
+pub mod churn;
 pub mod compare;
 pub mod echo;
 pub mod events;

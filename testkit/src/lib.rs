@@ -1,7 +1,7 @@
 //! Test support shared by the ordermesh suites: the Kafka-protocol broker a test runs against (the
 //! embedded mock cluster, or `tansu`, an independent broker nobody here wrote), service binaries
-//! run as real processes so a test can SIGKILL them, a PostgreSQL server of a test's own, and the
-//! waits they need.
+//! run as real processes so a test can SIGKILL them, a PostgreSQL server of a test's own, the
+//! servers the notifier delivers to, and the waits they need.
 //!
 //! Tools from outside the Rust toolchain are found on PATH or in `~/.cargo/bin` (tansu, kcat, ...)
 //! or, for PostgreSQL, under `/usr/lib/postgresql`. Without them a local run says so and skips;
@@ -20,6 +20,8 @@
 //! - [`postgres`]: a PostgreSQL server of a test's own.
 //! - `backends`: the two database backends, where a test's services keep their data on each, and
 //!   [`on_both_backends`], the one way a test runs on both.
+//! - `smtp`, `sms_gateway`: the servers the notifier delivers to (aiosmtpd into a Maildir, and a
+//!   wiremock SMS gateway), each recording every delivery with its identity and time.
 //!
 //! The modules are private and everything is re-exported here, so a test names one path,
 //! `ordermesh_testkit::X` (only `postgres` is public, for its template helpers).
@@ -30,6 +32,8 @@ mod backends;
 mod broker;
 pub mod postgres;
 mod process;
+mod sms_gateway;
+mod smtp;
 mod tansu;
 mod tls_terminator;
 mod tools;
@@ -40,6 +44,8 @@ pub use backends::{Backend, Databases, on_both_backends, unit_database};
 pub use broker::Broker;
 pub use postgres::Postgres;
 pub use process::Process;
+pub use sms_gateway::{SMS_TOKEN, Sms, SmsGateway};
+pub use smtp::{Email, SmtpServer, read_maildir, smtp_available};
 pub use tansu::Tansu;
 pub use tls_terminator::TlsTerminator;
 pub use tools::tool;
