@@ -1,16 +1,48 @@
-//! Reading every event on a topic, for the audit: each partition from its low watermark to the
-//! high watermark it had when reading began, with a consumer of no group (assigned partitions,
-//! nothing committed), so reading changes nothing for anyone else.
+//! Order events on a topic, as the tools and tests see them: [`publish_order_placed`] publishes one
+//! as the order service's relay does (for the notifier's tests and campaigns, which need events and
+//! no order service), and [`read_events`] reads every one back for an audit: each partition from
+//! its low watermark to the high watermark it had when reading began, with a consumer of no group
+//! (assigned partitions, nothing committed), so reading changes nothing for anyone else.
 
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use ordermesh_kafka::KafkaSettings;
+use ordermesh::{
+    events::{CloudEventHeaders, encode_order_placed},
+    proto::events::v1::OrderPlaced,
+};
+use ordermesh_kafka::{KafkaHeaders, KafkaSettings};
 use rdkafka::{
     Message, Offset, TopicPartitionList,
     consumer::{BaseConsumer, Consumer},
     message::Headers,
+    producer::{FutureProducer, FutureRecord},
 };
+
+/// Publishes `event` on `topic` as the order service's relay does (protobuf payload, CloudEvents
+/// headers, keyed by order id so one order's events share a partition), to `partition` if given,
+/// and waits for the broker's acknowledgement.
+pub async fn publish_order_placed(
+    producer: &FutureProducer,
+    topic: &str,
+    event: &OrderPlaced,
+    partition: Option<i32>,
+) -> Result<()> {
+    let payload = encode_order_placed(event)?;
+    let mut record = FutureRecord::to(topic)
+        .key(&event.order_id)
+        .payload(&payload)
+        .headers(CloudEventHeaders::order_placed(event).to_kafka());
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(error, _)| error)
+        .with_context(|| format!("publish {} to {topic}", event.event_id))?;
+    Ok(())
+}
 
 /// Every message on `topic` as (key, `ce_id` header): for order events, (order id, event id).
 pub async fn read_events(

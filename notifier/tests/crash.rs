@@ -6,54 +6,23 @@
 //! on SQLite and on PostgreSQL (`#[on_both_backends]`).
 #![allow(clippy::unwrap_used)]
 
-use std::{
-    collections::HashMap,
-    net::SocketAddr,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Result;
 use ordermesh::{
-    events::CloudEventHeaders, events::encode_order_placed, proto::events::v1::OrderPlaced,
-    proto::order::v1::Customer, proto::types::v1::Money,
+    proto::events::v1::OrderPlaced, proto::order::v1::Customer, proto::types::v1::Money,
 };
-use ordermesh_kafka::KafkaHeaders;
+use ordermesh_bench::events::publish_order_placed;
 use ordermesh_testkit::{
-    Backend, Broker, Databases, Process, Tansu, eventually, on_both_backends, unused_addr,
+    Backend, Broker, Databases, Process, SMS_TOKEN, SmsGateway, Tansu, eventually,
+    on_both_backends, unused_addr,
 };
-use rdkafka::{
-    ClientConfig,
-    producer::{FutureProducer, FutureRecord},
-    util::Timeout,
-};
+use rdkafka::{ClientConfig, producer::FutureProducer};
 use tempfile::TempDir;
-use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate, matchers};
 
 const EVENTS: usize = 120;
 /// Partitions of the events topic.
 const PARTITIONS: usize = 3;
-
-/// An SMS gateway that takes 20 ms per SMS, so the backlog takes seconds and a kill lands in it.
-#[derive(Clone, Default)]
-struct SlowGateway {
-    /// Idempotency-Key of every request, in arrival order.
-    keys: Arc<Mutex<Vec<String>>>,
-}
-
-impl Respond for SlowGateway {
-    fn respond(&self, request: &Request) -> ResponseTemplate {
-        let key = request
-            .headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        self.keys.lock().unwrap().push(key);
-        ResponseTemplate::new(202).set_delay(Duration::from_millis(20))
-    }
-}
 
 async fn publish_events(broker: &Broker, topic: &str) -> Result<()> {
     let producer: FutureProducer = ClientConfig::new()
@@ -74,18 +43,7 @@ async fn publish_events(broker: &Broker, topic: &str) -> Result<()> {
             }),
             ..Default::default()
         };
-        let payload = encode_order_placed(&event)?;
-        let headers = CloudEventHeaders::order_placed(&event).to_kafka();
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .key(&event.order_id)
-                    .payload(&payload)
-                    .headers(headers),
-                Timeout::After(Duration::from_secs(30)),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
+        publish_order_placed(&producer, topic, &event, None).await?;
     }
     Ok(())
 }
@@ -125,6 +83,7 @@ async fn start_notifier(
             ("NOTIFIER_EMAIL_GROUP", format!("{topic}-email")),
             ("NOTIFIER_SMS_GROUP", format!("{topic}-sms")),
             ("NOTIFIER_SMS_WEBHOOK_URL", gateway.to_owned()),
+            ("NOTIFIER_SMS_WEBHOOK_TOKEN", SMS_TOKEN.to_owned()),
             // The SMS in flight at the kill is sent again once its claim could have finished:
             // twice this, plus a second.
             ("NOTIFIER_SEND_TIMEOUT_MS", "2000".to_owned()),
@@ -145,14 +104,9 @@ async fn scenario(backend: Backend, dir: TempDir, broker: Broker, topic: &str) -
     let database = databases.url("notifier");
     eprintln!("running against: {} ({databases:?})", broker.name());
     publish_events(&broker, topic).await?;
-    let server = MockServer::start().await;
-    let gateway = SlowGateway::default();
-    Mock::given(matchers::method("POST"))
-        .and(matchers::path("/sms"))
-        .respond_with(gateway.clone())
-        .mount(&server)
-        .await;
-    let gateway_url = format!("{}/sms", server.uri());
+    // 20 ms per SMS, so the backlog takes seconds and a kill lands in it.
+    let gateway = SmsGateway::start_slow(Duration::from_millis(20)).await;
+    let gateway_url = gateway.url();
 
     let addr = unused_addr().await?;
     let notifier =
@@ -191,7 +145,11 @@ async fn scenario(backend: Backend, dir: TempDir, broker: Broker, topic: &str) -
     // ... every SMS reached the gateway, and a resend is at most one in flight at the kill per
     // partition (the notifier sends on its partitions concurrently, each in order), with the same
     // Idempotency-Key.
-    let keys = gateway.keys.lock().unwrap().clone();
+    let keys: Vec<String> = gateway
+        .accepted()
+        .into_iter()
+        .map(|sms| sms.idempotency_key)
+        .collect();
     let mut per_key: HashMap<&str, usize> = HashMap::new();
     for key in &keys {
         *per_key.entry(key.as_str()).or_default() += 1;

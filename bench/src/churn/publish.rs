@@ -2,19 +2,11 @@
 //! relay publishes them (protobuf payload, CloudEvents headers, keyed by order id, so one order's
 //! events stay on one partition), in the plan's bursts.
 
-use std::time::Duration;
-
 use anyhow::Result;
 use ordermesh::{
-    events::CloudEventHeaders, events::encode_order_placed, proto::events::v1::OrderPlaced,
-    proto::order::v1::Customer, proto::types::v1::Money,
+    proto::events::v1::OrderPlaced, proto::order::v1::Customer, proto::types::v1::Money,
 };
-use ordermesh_kafka::KafkaHeaders;
-use rdkafka::{
-    ClientConfig,
-    producer::{FutureProducer, FutureRecord},
-    util::Timeout,
-};
+use rdkafka::{ClientConfig, producer::FutureProducer};
 use tokio::time::Instant;
 
 use super::plan::Burst;
@@ -66,17 +58,5 @@ fn event(prefix: &str, i: usize) -> OrderPlaced {
 }
 
 async fn send(producer: &FutureProducer, topic: &str, event: OrderPlaced) -> Result<()> {
-    let payload = encode_order_placed(&event)?;
-    let headers = CloudEventHeaders::order_placed(&event).to_kafka();
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(&event.order_id)
-                .payload(&payload)
-                .headers(headers),
-            Timeout::After(Duration::from_secs(30)),
-        )
-        .await
-        .map_err(|(e, _)| e)?;
-    Ok(())
+    crate::events::publish_order_placed(producer, topic, &event, None).await
 }

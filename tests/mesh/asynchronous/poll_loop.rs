@@ -11,11 +11,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use ordermesh::{
-    events::{CloudEventHeaders, encode_order_placed},
-    proto::events::v1::OrderPlaced,
-};
-use ordermesh_kafka::KafkaHeaders;
+use ordermesh::proto::events::v1::OrderPlaced;
+use ordermesh_bench::events::publish_order_placed;
 use ordermesh_notifier::{Channel, dead_letter};
 use ordermesh_testkit::{Backend, Broker};
 use rdkafka::{
@@ -54,18 +51,7 @@ async fn publish(mesh: &TestMesh, prefix: &str, count: usize, partition: i32) ->
             customer: order_request("x", "tok_visa").customer,
             ..Default::default()
         };
-        let payload = encode_order_placed(&event)?;
-        producer
-            .send(
-                FutureRecord::to(&mesh.topic)
-                    .key(&event.order_id)
-                    .payload(&payload)
-                    .headers(CloudEventHeaders::order_placed(&event).to_kafka())
-                    .partition(partition),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)?;
+        publish_order_placed(&producer, &mesh.topic, &event, Some(partition)).await?;
     }
     Ok(())
 }
