@@ -152,12 +152,7 @@ impl OrderApi {
         // The reconciler leaves the order alone for its grace period from now on (an order this
         // call created was stored with the time already). If it settled the order meanwhile, that
         // is the answer.
-        if !created
-            && !self
-                .store
-                .begin_payment(&order.order_id, timestamp::now_millis())
-                .await?
-        {
+        if !created && !self.store.begin_payment(&order.order_id).await? {
             return match self.store.get(&order.order_id).await? {
                 Some(settled) if settled.status == store::Status::Paid => Ok(settled),
                 Some(settled) => Err(failure(settled)),

@@ -114,25 +114,23 @@ impl Reconciler {
     /// One round: measure the pending orders, lease those past the grace period, settle each
     /// (until `stop`: the rest keep their lease until it runs out). Returns how many it settled.
     pub(crate) async fn round(&self, stop: &CancellationToken) -> usize {
-        let now = timestamp::now_millis();
-        let idle_since = now - self.settings.grace.as_millis() as i64;
-        match self.store.pending_summary(idle_since).await {
-            Ok((pending, idle, oldest)) => {
+        let grace = self.settings.grace;
+        match self.store.pending_summary(grace).await {
+            Ok((pending, idle, oldest_age_ms)) => {
                 self.pending
                     .record(pending - idle, &[KeyValue::new("age", "within_grace")]);
                 self.pending
                     .record(idle, &[KeyValue::new("age", "past_grace")]);
-                let age = oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+                let age = oldest_age_ms.map_or(0.0, |ms| ms.max(0) as f64 / 1000.0);
                 self.oldest.record(age, &[]);
             }
             Err(error) => tracing::warn!(%error, "cannot count pending orders"),
         }
         // Long enough for every order of a full round to be settled in turn, with room to spare.
         let lease = self.settings.settle_timeout * 2 * BATCH as u32 + Duration::from_secs(10);
-        let until = now + lease.as_millis() as i64;
         let orders = match self
             .store
-            .claim_pending(&self.id, idle_since, now, until, BATCH)
+            .claim_pending(&self.id, grace, lease, BATCH)
             .await
         {
             Ok(orders) => orders,
@@ -154,6 +152,7 @@ impl Reconciler {
     /// Settles one leased order at payment and records the outcome; false if payment could not
     /// say what its key holds (the order is left for a later round).
     async fn settle(&self, order: &OrderRow) -> bool {
+        // This host's clock against the database's: near enough for a log line, never for a lease.
         let waited_ms = timestamp::now_millis() - order.payment_attempted_at_ms;
         let reason = format!(
             "no charge reached payment within the grace period ({} ms after the last attempt); \
@@ -167,10 +166,7 @@ impl Reconciler {
             self.settings.settle_timeout,
         )
         .await;
-        let writer = Writer::Reconciler {
-            id: &self.id,
-            now_ms: timestamp::now_millis(),
-        };
+        let writer = Writer::Reconciler { id: &self.id };
         let recorded = settle::record(&self.store, order, &settled, writer).await;
         self.settlements
             .add(1, &[KeyValue::new("outcome", settled.label())]);

@@ -74,37 +74,36 @@ pub(crate) struct Paid<'a> {
 /// Every settlement writes what payment answered for the order's charge key, and what a key holds
 /// never changes once stored (charged, declined or closed), so two writers of one order can only
 /// agree; the first one's write counts and the other's changes nothing. The reconciler also writes
-/// only while it holds its lease on the order: a reconciler that lost its claim changes nothing.
+/// only while it holds its lease on the order (by the database's clock, in the write itself): a
+/// reconciler that lost its claim changes nothing.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Writer<'a> {
     /// The CreateOrder call that charged the order.
     Call,
-    /// The reconciler `id`, while its lease is live at `now_ms`.
-    Reconciler { id: &'a str, now_ms: i64 },
+    /// The reconciler `id`, while its lease is live.
+    Reconciler { id: &'a str },
 }
 
 impl<'a> Writer<'a> {
-    /// The claimant the row must name ('' for a call: no claim asked) and the time its lease must
-    /// outlive; bound to the last two parameters of a [`settle!`] statement.
-    fn claim(self) -> (&'a str, i64) {
+    /// The claimant the row must name ('' for a call: no claim asked); bound to the last
+    /// parameter of a settlement statement ([`settle_sql`]).
+    fn claimant(self) -> &'a str {
         match self {
-            Writer::Call => ("", 0),
-            Writer::Reconciler { id, now_ms } => (id, now_ms),
+            Writer::Call => "",
+            Writer::Reconciler { id } => id,
         }
     }
 }
 
-/// The condition of every settlement: the order is still pending and, for the reconciler, still
-/// leased to it. Appended to an UPDATE whose other parameters are $1..$3; $4 is the order id.
-macro_rules! settle {
-    ($set:literal) => {
-        concat!(
-            "UPDATE orders SET ",
-            $set,
-            " WHERE order_id = $4 AND status = 'PENDING_PAYMENT'
-               AND ($5 = '' OR (reconcile_claimed_by = $5 AND reconcile_claimed_until_ms > $6))"
-        )
-    };
+/// A settlement: `set` on an order that is still pending and, for the reconciler, still leased to
+/// it now. `set` uses $1..$3; $4 is the order id, $5 the claimant.
+fn settle_sql(backend: Backend, set: &str) -> String {
+    let now = backend.now_millis_sql();
+    format!(
+        "UPDATE orders SET {set}
+         WHERE order_id = $4 AND status = 'PENDING_PAYMENT'
+           AND ($5 = '' OR (reconcile_claimed_by = $5 AND reconcile_claimed_until_ms > {now}))"
+    )
 }
 
 /// An order as stored.
@@ -133,9 +132,61 @@ pub(crate) struct OrderRow {
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     pool: Pool,
-    backend: Backend,
-    /// [`claim_events_sql`] for this backend, written once.
-    claim_events: Arc<str>,
+    sql: Arc<Statements>,
+}
+
+/// The statements whose text depends on the backend (its clock, its row locking), written once.
+/// Every time a lease or the reconciler's grace period is measured against is the database's, read
+/// in the statement itself: replicas on hosts whose clocks differ agree on every lease.
+#[derive(Debug)]
+struct Statements {
+    insert_order: String,
+    begin_payment: String,
+    claim_pending: String,
+    pending_summary: String,
+    settle_paid: String,
+    settle_failed: String,
+    settle_abandoned: String,
+    claim_events: String,
+}
+
+impl Statements {
+    fn new(backend: Backend) -> Self {
+        let now = backend.now_millis_sql();
+        Self {
+            insert_order: format!(
+                "INSERT INTO orders (order_id, request_id, request_fingerprint, customer_email,
+                     customer_phone, items_json, currency_code, total_minor_units, status,
+                     created_at_ms, updated_at_ms, payment_attempted_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {now})
+                 ON CONFLICT (request_id) DO NOTHING"
+            ),
+            begin_payment: format!(
+                "UPDATE orders SET payment_attempted_at_ms = {now}
+                 WHERE order_id = $1 AND status = 'PENDING_PAYMENT'"
+            ),
+            claim_pending: claim_pending_sql(backend),
+            pending_summary: format!(
+                "SELECT COUNT(*) AS pending,
+                        COALESCE(SUM(CASE WHEN payment_attempted_at_ms <= {now} - $1 THEN 1 ELSE 0 END), 0) AS idle,
+                        {now} - MIN(payment_attempted_at_ms) AS oldest_age_ms
+                 FROM orders WHERE status = 'PENDING_PAYMENT'"
+            ),
+            settle_paid: settle_sql(
+                backend,
+                "status = 'PAID', payment_id = $1, event_id = $2, updated_at_ms = $3",
+            ),
+            settle_failed: settle_sql(
+                backend,
+                "status = 'PAYMENT_FAILED', payment_id = $1, failure_reason = $2, updated_at_ms = $3",
+            ),
+            settle_abandoned: settle_sql(
+                backend,
+                "status = 'ABANDONED', payment_id = $1, failure_reason = $2, updated_at_ms = $3",
+            ),
+            claim_events: claim_events_sql(backend),
+        }
+    }
 }
 
 /// [`Store::claim_events`]: lease rows nobody holds for `$2` milliseconds, oldest first, none behind
@@ -165,30 +216,35 @@ fn claim_events_sql(backend: Backend) -> String {
     )
 }
 
-/// [`Store::claim_pending`]: lease pending orders idle since $4 that nobody holds, longest idle
-/// first. The text between the two halves is the backend's row locking, if any. (Parameters first
-/// appear in number order: SQLite numbers them as they appear.)
-macro_rules! claim_pending {
-    ($lock:literal) => {
-        concat!(
-            "UPDATE orders SET reconcile_claimed_by = $1, reconcile_claimed_until_ms = $2
-             WHERE seq IN (
-                 SELECT seq FROM orders
-                 WHERE status = 'PENDING_PAYMENT'
-                   AND (reconcile_claimed_until_ms IS NULL OR reconcile_claimed_until_ms <= $3)
-                   AND payment_attempted_at_ms <= $4
-                 ORDER BY payment_attempted_at_ms LIMIT $5 ",
-            $lock,
-            ")
-               AND status = 'PENDING_PAYMENT'
-               AND (reconcile_claimed_until_ms IS NULL OR reconcile_claimed_until_ms <= $3)
-               AND payment_attempted_at_ms <= $4
-             RETURNING *"
-        )
+/// [`Store::claim_pending`]: lease pending orders that no CreateOrder has tried to charge for `$3`
+/// milliseconds and that nobody holds, for `$2` milliseconds, longest idle first. PostgreSQL locks
+/// the rows it takes (`FOR UPDATE SKIP LOCKED`) and the conditions are checked again on them.
+/// (Parameters first appear in number order: SQLite numbers them as they appear.)
+fn claim_pending_sql(backend: Backend) -> String {
+    let now = backend.now_millis_sql();
+    let lock = match backend {
+        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        Backend::Sqlite => "",
     };
+    format!(
+        "UPDATE orders SET reconcile_claimed_by = $1, reconcile_claimed_until_ms = {now} + $2
+         WHERE seq IN (
+             SELECT seq FROM orders
+             WHERE status = 'PENDING_PAYMENT'
+               AND (reconcile_claimed_until_ms IS NULL OR reconcile_claimed_until_ms <= {now})
+               AND payment_attempted_at_ms <= {now} - $3
+             ORDER BY payment_attempted_at_ms LIMIT $4 {lock})
+           AND status = 'PENDING_PAYMENT'
+           AND (reconcile_claimed_until_ms IS NULL OR reconcile_claimed_until_ms <= {now})
+           AND payment_attempted_at_ms <= {now} - $3
+         RETURNING *"
+    )
 }
-const CLAIM_PENDING_POSTGRES: &str = claim_pending!("FOR UPDATE SKIP LOCKED");
-const CLAIM_PENDING_SQLITE: &str = claim_pending!("");
+
+/// `duration` in whole milliseconds, as stored times are.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
 
 /// The order service's schema, for SQLite and for PostgreSQL.
 pub(crate) fn migrations() -> Migrations {
@@ -200,39 +256,30 @@ pub(crate) fn migrations() -> Migrations {
 
 impl Store {
     pub(crate) fn new(pool: Pool) -> Self {
-        let backend = Backend::of_pool(&pool);
-        Self {
-            pool,
-            backend,
-            claim_events: claim_events_sql(backend).into(),
-        }
+        let sql = Arc::new(Statements::new(Backend::of_pool(&pool)));
+        Self { pool, sql }
     }
 
     /// Stores `new` (a PENDING_PAYMENT order) unless an order with its request_id exists, and returns
-    /// whichever row holds the request_id now. The unique constraint decides races.
+    /// whichever row holds the request_id now. The unique constraint decides races. Its first charge
+    /// attempt is timed by the database's clock, as the reconciler's grace period is measured.
     pub(crate) async fn insert_or_get(&self, new: &OrderRow) -> Result<OrderRow, sqlx::Error> {
         let items =
             serde_json::to_string(&new.items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(
-            "INSERT INTO orders (order_id, request_id, request_fingerprint, customer_email,
-                 customer_phone, items_json, currency_code, total_minor_units, status,
-                 created_at_ms, updated_at_ms, payment_attempted_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(&new.order_id)
-        .bind(&new.request_id)
-        .bind(&new.request_fingerprint)
-        .bind(&new.customer_email)
-        .bind(&new.customer_phone)
-        .bind(items)
-        .bind(&new.currency_code)
-        .bind(new.total_minor_units)
-        .bind(new.status.as_str())
-        .bind(new.created_at_ms)
-        .bind(new.updated_at_ms)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(AssertSqlSafe(self.sql.insert_order.as_str()))
+            .bind(&new.order_id)
+            .bind(&new.request_id)
+            .bind(&new.request_fingerprint)
+            .bind(&new.customer_email)
+            .bind(&new.customer_phone)
+            .bind(items)
+            .bind(&new.currency_code)
+            .bind(new.total_minor_units)
+            .bind(new.status.as_str())
+            .bind(new.created_at_ms)
+            .bind(new.updated_at_ms)
+            .execute(&self.pool)
+            .await?;
         self.fetch_one(
             "SELECT * FROM orders WHERE request_id = $1",
             &new.request_id,
@@ -256,20 +303,16 @@ impl Store {
             trace_context,
             now_ms,
         } = paid;
-        let (claimant, lease_after) = writer.claim();
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(settle!(
-            "status = 'PAID', payment_id = $1, event_id = $2, updated_at_ms = $3"
-        ))
-        .bind(payment_id)
-        .bind(event_id)
-        .bind(now_ms)
-        .bind(order_id)
-        .bind(claimant)
-        .bind(lease_after)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let changed = sqlx::query(AssertSqlSafe(self.sql.settle_paid.as_str()))
+            .bind(payment_id)
+            .bind(event_id)
+            .bind(now_ms)
+            .bind(order_id)
+            .bind(writer.claimant())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         let order = sqlx::query("SELECT * FROM orders WHERE order_id = $1")
             .bind(order_id)
             .try_map(|row: AnyRow| from_row(&row))
@@ -303,7 +346,7 @@ impl Store {
         writer: Writer<'_>,
     ) -> Result<OrderRow, sqlx::Error> {
         self.settle(
-            settle!("status = 'PAYMENT_FAILED', payment_id = $1, failure_reason = $2, updated_at_ms = $3"),
+            &self.sql.settle_failed,
             [payment_id, reason],
             now_ms,
             order_id,
@@ -322,9 +365,7 @@ impl Store {
         writer: Writer<'_>,
     ) -> Result<OrderRow, sqlx::Error> {
         self.settle(
-            settle!(
-                "status = 'ABANDONED', payment_id = $1, failure_reason = $2, updated_at_ms = $3"
-            ),
+            &self.sql.settle_abandoned,
             ["", reason],
             now_ms,
             order_id,
@@ -333,23 +374,21 @@ impl Store {
         .await
     }
 
-    /// Runs one of the [`settle!`] statements without an event, and reads the order back.
+    /// Runs one of the settlement statements without an event, and reads the order back.
     async fn settle(
         &self,
-        sql: &'static str,
+        sql: &str,
         [first, second]: [&str; 2],
         now_ms: i64,
         order_id: &str,
         writer: Writer<'_>,
     ) -> Result<OrderRow, sqlx::Error> {
-        let (claimant, lease_after) = writer.claim();
-        sqlx::query(sql)
+        sqlx::query(AssertSqlSafe(sql))
             .bind(first)
             .bind(second)
             .bind(now_ms)
             .bind(order_id)
-            .bind(claimant)
-            .bind(lease_after)
+            .bind(writer.claimant())
             .execute(&self.pool)
             .await?;
         self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
@@ -358,45 +397,30 @@ impl Store {
 
     /// Records that a CreateOrder starts to charge the pending order now: the reconciler leaves it
     /// alone for its grace period from here. False if the order is no longer pending.
-    pub(crate) async fn begin_payment(
-        &self,
-        order_id: &str,
-        now_ms: i64,
-    ) -> Result<bool, sqlx::Error> {
-        let changed = sqlx::query(
-            "UPDATE orders SET payment_attempted_at_ms = $1
-             WHERE order_id = $2 AND status = 'PENDING_PAYMENT'",
-        )
-        .bind(now_ms)
-        .bind(order_id)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+    pub(crate) async fn begin_payment(&self, order_id: &str) -> Result<bool, sqlx::Error> {
+        let changed = sqlx::query(AssertSqlSafe(self.sql.begin_payment.as_str()))
+            .bind(order_id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(changed == 1)
     }
 
-    /// Leases up to `limit` pending orders that no CreateOrder has tried to charge since
-    /// `idle_since_ms` to reconciler `reconciler` until `until_ms`, longest idle first, and returns
-    /// them. Orders under another reconciler's live lease are left to it; a lease that ends (its
+    /// Leases up to `limit` pending orders that no CreateOrder has tried to charge for `grace` to
+    /// reconciler `reconciler` for `lease`, longest idle first, and returns them. Orders under another reconciler's live lease are left to it; a lease that ends (its
     /// reconciler died) frees the order again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets
     /// replicas claiming at once take disjoint orders; the conditions are checked again on the row.
     pub(crate) async fn claim_pending(
         &self,
         reconciler: &str,
-        idle_since_ms: i64,
-        now_ms: i64,
-        until_ms: i64,
+        grace: Duration,
+        lease: Duration,
         limit: i64,
     ) -> Result<Vec<OrderRow>, sqlx::Error> {
-        let sql = match self.backend {
-            Backend::Postgres => CLAIM_PENDING_POSTGRES,
-            Backend::Sqlite => CLAIM_PENDING_SQLITE,
-        };
-        let mut rows: Vec<OrderRow> = sqlx::query(sql)
+        let mut rows: Vec<OrderRow> = sqlx::query(AssertSqlSafe(self.sql.claim_pending.as_str()))
             .bind(reconciler)
-            .bind(until_ms)
-            .bind(now_ms)
-            .bind(idle_since_ms)
+            .bind(millis(lease))
+            .bind(millis(grace))
             .bind(limit)
             .try_map(|row: AnyRow| from_row(&row))
             .fetch_all(&self.pool)
@@ -422,25 +446,20 @@ impl Store {
         Ok(())
     }
 
-    /// Pending orders: how many, how many have been left alone since `idle_since_ms`, and when
-    /// the longest-idle one was last tried (None when none is pending).
+    /// Pending orders: how many, how many have been left alone for `grace`, and how long ago the
+    /// longest-idle one was last tried, in milliseconds (None when none is pending).
     pub(crate) async fn pending_summary(
         &self,
-        idle_since_ms: i64,
+        grace: Duration,
     ) -> Result<(i64, i64, Option<i64>), sqlx::Error> {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS pending,
-                    COALESCE(SUM(CASE WHEN payment_attempted_at_ms <= $1 THEN 1 ELSE 0 END), 0) AS idle,
-                    MIN(payment_attempted_at_ms) AS oldest
-             FROM orders WHERE status = 'PENDING_PAYMENT'",
-        )
-        .bind(idle_since_ms)
-        .fetch_one(&self.pool)
-        .await?;
+        let row = sqlx::query(AssertSqlSafe(self.sql.pending_summary.as_str()))
+            .bind(millis(grace))
+            .fetch_one(&self.pool)
+            .await?;
         Ok((
             row.try_get("pending")?,
             row.try_get("idle")?,
-            row.try_get("oldest")?,
+            row.try_get("oldest_age_ms")?,
         ))
     }
 
@@ -467,13 +486,13 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let mut rows: Vec<OutboxRow> = sqlx::query_as(AssertSqlSafe(&*self.claim_events))
-            .bind(relay)
-            .bind(lease_ms)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+        let mut rows: Vec<OutboxRow> =
+            sqlx::query_as(AssertSqlSafe(self.sql.claim_events.as_str()))
+                .bind(relay)
+                .bind(millis(lease))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
         rows.sort_by_key(|row| row.seq);
         Ok(rows)
     }

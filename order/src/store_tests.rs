@@ -2,6 +2,8 @@
 //! backends: what several order replicas sharing one database rely on to settle each pending order
 //! once and publish each event once, and what makes a writer that lost its claim change nothing.
 
+use std::time::Duration;
+
 use ordermesh_platform::db;
 use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
@@ -14,8 +16,8 @@ async fn store(backend: Backend) -> Option<(Store, Option<Databases>)> {
     Some((Store::new(pool), databases))
 }
 
-/// A pending order whose last charge attempt began at `attempted_ms`.
-async fn pending(store: &Store, id: &str, attempted_ms: i64) -> OrderRow {
+/// A pending order, its charge last attempted now (by the database's clock), or `idle` ago.
+async fn pending(store: &Store, id: &str, idle: Duration) -> OrderRow {
     let row = OrderRow {
         seq: 0,
         order_id: id.to_owned(),
@@ -31,16 +33,31 @@ async fn pending(store: &Store, id: &str, attempted_ms: i64) -> OrderRow {
         failure_reason: String::new(),
         event_id: String::new(),
         event_published_at_ms: None,
-        created_at_ms: attempted_ms,
-        updated_at_ms: attempted_ms,
-        payment_attempted_at_ms: attempted_ms,
+        created_at_ms: NOW,
+        updated_at_ms: NOW,
+        payment_attempted_at_ms: NOW,
     };
-    store.insert_or_get(&row).await.expect("insert")
+    store.insert_or_get(&row).await.expect("insert");
+    // Times are the database's: a test cannot wait a grace period, so it moves the attempt back.
+    sqlx::query(
+        "UPDATE orders SET payment_attempted_at_ms = payment_attempted_at_ms - $1
+         WHERE order_id = $2",
+    )
+    .bind(super::millis(idle))
+    .bind(id)
+    .execute(&store.pool)
+    .await
+    .expect("idle");
+    store.get(id).await.expect("read").expect("stored")
 }
 
+/// Stored times the tests write themselves (a settlement's `updated_at_ms`); leases and the grace
+/// period are measured on the database's clock.
 const NOW: i64 = 1_000_000;
-const GRACE: i64 = 60_000;
-const LEASE: i64 = 30_000;
+const GRACE: Duration = Duration::from_secs(60);
+const LEASE: Duration = Duration::from_secs(60);
+/// A lease short enough to see end: the tests sleep past it.
+const SHORT: Duration = Duration::from_millis(1_500);
 
 #[on_both_backends]
 #[tokio::test]
@@ -48,16 +65,15 @@ async fn a_reconciler_takes_only_idle_orders_and_none_leased_to_another(backend:
     let Some((store, _db)) = store(backend).await else {
         return;
     };
-    pending(&store, "ord_idle", NOW - 2 * GRACE).await;
-    pending(&store, "ord_fresh", NOW).await;
-    let idle_since = NOW - GRACE;
+    pending(&store, "ord_idle", 2 * GRACE).await;
+    pending(&store, "ord_fresh", Duration::ZERO).await;
 
     let a = store
-        .claim_pending("a", idle_since, NOW, NOW + LEASE, 10)
+        .claim_pending("a", GRACE, SHORT, 10)
         .await
         .expect("claim");
     let b = store
-        .claim_pending("b", idle_since, NOW, NOW + LEASE, 10)
+        .claim_pending("b", GRACE, LEASE, 10)
         .await
         .expect("claim");
     let ids = |rows: &[OrderRow]| rows.iter().map(|r| r.order_id.clone()).collect::<Vec<_>>();
@@ -69,9 +85,9 @@ async fn a_reconciler_takes_only_idle_orders_and_none_leased_to_another(backend:
     assert!(b.is_empty(), "leased to a: {b:?}");
 
     // a's lease runs out (a died): b takes the order.
-    let later = NOW + LEASE + 1;
+    tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
     let b = store
-        .claim_pending("b", later - GRACE, later, later + LEASE, 10)
+        .claim_pending("b", GRACE, LEASE, 10)
         .await
         .expect("claim");
     assert_eq!(ids(&b), ["ord_idle"]);
@@ -83,25 +99,31 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
     let Some((store, _db)) = store(backend).await else {
         return;
     };
-    let order = pending(&store, "ord_1", NOW - 2 * GRACE).await;
-    store
-        .claim_pending("a", NOW - GRACE, NOW, NOW + LEASE, 10)
+    let order = pending(&store, "ord_1", 2 * GRACE).await;
+    let a = store
+        .claim_pending("a", GRACE, SHORT, 10)
         .await
         .expect("claim");
-    // a stalls past its lease; b claims the order.
-    let later = NOW + LEASE + 1;
-    store
-        .claim_pending("b", later - GRACE, later, later + LEASE, 10)
+    assert_eq!(a.len(), 1);
+    // a stalls past its lease (by the database's clock): its write changes nothing, even before
+    // another reconciler takes the order.
+    tokio::time::sleep(SHORT + Duration::from_millis(100)).await;
+    let stale = Writer::Reconciler { id: "a" };
+    let after = store
+        .mark_failed(&order.order_id, "pay_a", "a was late", NOW, stale)
+        .await
+        .expect("write");
+    assert_eq!(after.status, Status::PendingPayment, "{after:?}");
+    // b claims the order.
+    let b = store
+        .claim_pending("b", GRACE, LEASE, 10)
         .await
         .expect("claim");
+    assert_eq!(b.len(), 1);
 
     // a, late, writes what it found: nothing changes.
-    let stale = Writer::Reconciler {
-        id: "a",
-        now_ms: later,
-    };
     let after = store
-        .mark_abandoned(&order.order_id, "a was late", later, stale)
+        .mark_abandoned(&order.order_id, "a was late", NOW, stale)
         .await
         .expect("write");
     assert_eq!(after.status, Status::PendingPayment, "{after:?}");
@@ -112,7 +134,7 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
                 payment_id: "pay_a",
                 event_id: "evt_a",
                 trace_context: None,
-                now_ms: later,
+                now_ms: NOW,
             },
             stale,
             |_| Ok(b"{}".to_vec()),
@@ -127,10 +149,7 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
     );
 
     // b, holding the lease, settles it; then nobody else can.
-    let current = Writer::Reconciler {
-        id: "b",
-        now_ms: later,
-    };
+    let current = Writer::Reconciler { id: "b" };
     let paid = store
         .mark_paid(
             &order.order_id,
@@ -138,7 +157,7 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
                 payment_id: "pay_b",
                 event_id: "evt_b",
                 trace_context: None,
-                now_ms: later,
+                now_ms: NOW,
             },
             current,
             |_| Ok(b"{}".to_vec()),
@@ -150,7 +169,7 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
         (Status::Paid, "pay_b")
     );
     let again = store
-        .mark_failed(&order.order_id, "pay_x", "declined", later, Writer::Call)
+        .mark_failed(&order.order_id, "pay_x", "declined", NOW, Writer::Call)
         .await
         .expect("write");
     assert_eq!(again.status, Status::Paid, "a settled order stays settled");
@@ -163,29 +182,27 @@ async fn a_call_starting_to_charge_holds_the_reconciler_off(backend: Backend) {
     let Some((store, _db)) = store(backend).await else {
         return;
     };
-    let order = pending(&store, "ord_1", NOW - 2 * GRACE).await;
+    let order = pending(&store, "ord_1", 2 * GRACE).await;
+    let (count, idle, oldest) = store.pending_summary(GRACE).await.expect("summary");
+    assert_eq!((count, idle), (1, 1));
     assert!(
-        store
-            .begin_payment(&order.order_id, NOW)
-            .await
-            .expect("write")
+        oldest.is_some_and(|age| age >= super::millis(2 * GRACE)),
+        "{oldest:?}"
     );
+    assert!(store.begin_payment(&order.order_id).await.expect("write"));
     let claimed = store
-        .claim_pending("a", NOW - GRACE, NOW, NOW + LEASE, 10)
+        .claim_pending("a", GRACE, LEASE, 10)
         .await
         .expect("claim");
     assert!(claimed.is_empty(), "a call is charging it: {claimed:?}");
+    let (count, idle, _) = store.pending_summary(GRACE).await.expect("summary");
+    assert_eq!((count, idle), (1, 0), "within its grace again");
     // Settled orders are not charged again.
     store
         .mark_abandoned(&order.order_id, "given up", NOW, Writer::Call)
         .await
         .expect("write");
-    assert!(
-        !store
-            .begin_payment(&order.order_id, NOW)
-            .await
-            .expect("write")
-    );
+    assert!(!store.begin_payment(&order.order_id).await.expect("write"));
 }
 
 #[on_both_backends]
@@ -196,7 +213,7 @@ async fn an_outbox_lease_holds_other_relays_off_until_it_ends_on_the_databases_c
     let Some((store, _db)) = store(backend).await else {
         return;
     };
-    let order = pending(&store, "ord_1", NOW).await;
+    let order = pending(&store, "ord_1", Duration::ZERO).await;
     let paid = Paid {
         payment_id: "pay_1",
         event_id: "evt_1",
@@ -209,7 +226,7 @@ async fn an_outbox_lease_holds_other_relays_off_until_it_ends_on_the_databases_c
         })
         .await
         .expect("paid");
-    let long = std::time::Duration::from_secs(60);
+    let long = Duration::from_secs(60);
 
     // Leased to a: b finds nothing while the lease lasts.
     let a = store.claim_events("a", long, 10).await.expect("claim");
@@ -227,12 +244,12 @@ async fn an_outbox_lease_holds_other_relays_off_until_it_ends_on_the_databases_c
         .await
         .expect("give up");
     let b = store
-        .claim_events("b", std::time::Duration::ZERO, 10)
+        .claim_events("b", Duration::ZERO, 10)
         .await
         .expect("claim");
     assert_eq!(b.len(), 1);
     // ... so its lease has ended by the database's clock as soon as it is written.
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(
         store
             .claim_events("a", long, 10)
