@@ -27,7 +27,7 @@ const BATCH: i64 = 64;
 pub(crate) async fn run(handler: Handler, stats: Arc<Stats>, stop: CancellationToken) {
     let channel = handler.channel.as_str();
     loop {
-        let wait = match due_round(&handler, &stats).await {
+        let wait = match due_round(&handler, &stats, &stop).await {
             Ok(wait) => wait,
             Err(error) => {
                 // The leases run out and the retries become due again.
@@ -43,14 +43,24 @@ pub(crate) async fn run(handler: Handler, stats: Arc<Stats>, stop: CancellationT
     tracing::info!(channel, "retry loop stopped");
 }
 
-/// Sends every retry due now; returns how long to sleep before the next look.
-async fn due_round(handler: &Handler, stats: &Stats) -> Result<Duration, HandleError> {
+/// Sends every retry due now, until `stop` is cancelled (checked between sends: with a mail server
+/// that times every send out, a round of due retries would otherwise hold a shutdown up for a
+/// send timeout each); returns how long to sleep before the next look.
+async fn due_round(
+    handler: &Handler,
+    stats: &Stats,
+    stop: &CancellationToken,
+) -> Result<Duration, HandleError> {
     let store = &handler.store;
     let lease = handler.sender.claim_lease();
     loop {
         let due = store.due_retries(handler.channel, BATCH).await?;
         let full = due.len() as i64 == BATCH;
         for (mut row, letter) in due {
+            // Not leased yet: left due for whichever retry loop looks next.
+            if stop.is_cancelled() {
+                return Ok(POLL);
+            }
             // Due, so it has a due time; the lease is taken only if nobody moved it since.
             let Some(seen_due) = row.next_attempt_at_ms else {
                 continue;

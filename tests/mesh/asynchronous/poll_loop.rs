@@ -74,6 +74,20 @@ fn dead_letter_leader(mesh: &TestMesh, leader: Option<i32>) -> Result<()> {
     Ok(())
 }
 
+/// A mail server that accepts connections and says nothing, so every send runs into its timeout;
+/// abort the task to free its address.
+async fn silent_smtp() -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
+    let addr = unused_addr().await?;
+    let silent = TcpListener::bind(addr).await?;
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    Ok((addr, holding))
+}
+
 /// A count from `channel`'s outcome counters.
 fn counted(
     mesh: &TestMesh,
@@ -92,16 +106,8 @@ async fn a_mail_server_that_accepts_and_never_answers_keeps_the_consumer_in_its_
     let Some(mut mesh) = mesh().await? else {
         return Ok(());
     };
-    // Arrange: where the mail server will be, silent for now: it accepts connections and says
-    // nothing, so every send runs into its timeout.
-    let smtp = unused_addr().await?;
-    let silent = TcpListener::bind(smtp).await?;
-    let holding = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = silent.accept().await {
-            held.push(stream);
-        }
-    });
+    // Arrange: where the mail server will be, silent for now.
+    let (smtp, holding) = silent_smtp().await?;
     // A backlog on one partition: 30 sends of 1 s each, against a poll interval of 6 s.
     const EVENTS: usize = 30;
     publish(&mesh, "silent", EVENTS, 0).await?;
@@ -226,5 +232,55 @@ async fn a_dead_letter_topic_that_cannot_be_written_holds_only_its_own_partition
         || async { Ok(parked(&mesh) == [1, 1]) },
     )
     .await?;
+    mesh.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_the_mail_server_is_silent_does_not_wait_out_every_due_retry() -> Result<()> {
+    let Some(mut mesh) = mesh().await? else {
+        return Ok(());
+    };
+    // Arrange: 30 emails whose sends time out after 1 s each. The consumer's batch runs out of
+    // time after 3 s (half the poll interval) and hands the rest to the retry loop, due at once: a
+    // round of some 27 sends of 1 s each.
+    let (smtp, holding) = silent_smtp().await?;
+    publish(&mesh, "stop", 30, 0).await?;
+    let smtp_url = format!("smtp://{smtp}");
+    mesh.notifier_settings = Arc::new(move |config| {
+        config.channels = vec![Channel::Email];
+        config.smtp_url = Some(smtp_url.clone());
+        config.send_timeout = Duration::from_millis(1_000);
+        config.max_poll_interval = Duration::from_millis(6_000);
+        config.send_attempts = 100;
+    });
+    mesh.start_notifier().await?;
+    // The rest handed over (read again, they are found taken: duplicates), then the retry loop's
+    // round of them under way.
+    let retrying =
+        |mesh: &TestMesh| counted(mesh, Channel::Email, |s| s.retrying.load(Ordering::Relaxed));
+    eventually("the rest of the batch handed to the retry loop", || async {
+        Ok(counted(&mesh, Channel::Email, |s| {
+            s.duplicates.load(Ordering::Relaxed)
+        }) >= 20)
+    })
+    .await?;
+    let before = retrying(&mesh);
+    eventually("the retry loop's round under way", || async {
+        Ok(retrying(&mesh) >= before + 2)
+    })
+    .await?;
+
+    // Act
+    let asked = tokio::time::Instant::now();
+    mesh.stop_notifier().await?;
+    let took = asked.elapsed();
+
+    // Assert: the stop waits for the sends in hand (1 s each), not for a send timeout per due
+    // retry of the round (over 20 s); 10 s leaves room for a slow machine.
+    ensure!(
+        took < Duration::from_secs(10),
+        "the notifier took {took:?} to stop"
+    );
+    holding.abort();
     mesh.shutdown().await
 }
