@@ -1,15 +1,16 @@
-//! Order events on a topic, as the tools and tests see them: [`publish_order_placed`] publishes one
-//! as the order service's relay does (for the notifier's tests and campaigns, which need events and
-//! no order service), and [`read_events`] reads every one back for an audit: each partition from
-//! its low watermark to the high watermark it had when reading began, with a consumer of no group
-//! (assigned partitions, nothing committed), so reading changes nothing for anyone else.
+//! Order events on a topic, as the tools and tests see them: [`publish_order_placed`] and
+//! [`publish_order_cancelled`] publish one as the order service's relay does (for the notifier's
+//! tests and campaigns, which need events and no order service), and [`read_events`] reads every
+//! one back for an audit: each partition from its low watermark to the high watermark it had when
+//! reading began, with a consumer of no group (assigned partitions, nothing committed), so reading
+//! changes nothing for anyone else.
 
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use ordermesh::{
-    events::{CloudEventHeaders, encode_order_placed},
-    proto::events::v1::OrderPlaced,
+    events::{CloudEventHeaders, Event, encode},
+    proto::events::v1::{OrderCancelled, OrderPlaced},
 };
 use ordermesh_kafka::{KafkaHeaders, KafkaSettings};
 use rdkafka::{
@@ -28,11 +29,34 @@ pub async fn publish_order_placed(
     event: &OrderPlaced,
     partition: Option<i32>,
 ) -> Result<()> {
-    let payload = encode_order_placed(event)?;
+    let headers = CloudEventHeaders::order_placed(event);
+    publish(producer, topic, event, &event.order_id, headers, partition).await
+}
+
+/// [`publish_order_placed`] for OrderCancelled.
+pub async fn publish_order_cancelled(
+    producer: &FutureProducer,
+    topic: &str,
+    event: &OrderCancelled,
+    partition: Option<i32>,
+) -> Result<()> {
+    let headers = CloudEventHeaders::order_cancelled(event);
+    publish(producer, topic, event, &event.order_id, headers, partition).await
+}
+
+async fn publish<E: Event>(
+    producer: &FutureProducer,
+    topic: &str,
+    event: &E,
+    order_id: &str,
+    headers: CloudEventHeaders,
+    partition: Option<i32>,
+) -> Result<()> {
+    let payload = encode(event)?;
     let mut record = FutureRecord::to(topic)
-        .key(&event.order_id)
+        .key(order_id)
         .payload(&payload)
-        .headers(CloudEventHeaders::order_placed(event).to_kafka());
+        .headers(headers.to_kafka());
     if let Some(partition) = partition {
         record = record.partition(partition);
     }
@@ -40,7 +64,7 @@ pub async fn publish_order_placed(
         .send(record, Duration::from_secs(30))
         .await
         .map_err(|(error, _)| error)
-        .with_context(|| format!("publish {} to {topic}", event.event_id))?;
+        .with_context(|| format!("publish {} {} to {topic}", E::TYPE, headers.id))?;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! The channels a customer is notified on. How each sends is in `delivery`.
 
-use ordermesh::{proto::events::v1::OrderPlaced, proto::notification::v1 as pb};
+use ordermesh::proto::notification::v1 as pb;
+
+use crate::notice::Notice;
 
 /// A notification channel. Each has its own consumer group, so each reads every event on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -43,10 +45,9 @@ impl Channel {
         }
     }
 
-    /// Where this channel sends to for `event`, if the event has it. Public for the `event_decode`
-    /// fuzz target (`fuzz/`), which runs it on every event it decodes.
-    pub fn recipient(self, event: &OrderPlaced) -> Option<String> {
-        let customer = event.customer.as_ref()?;
+    /// Where this channel sends to for `event`, if the event has it.
+    pub(crate) fn recipient(self, event: &Notice) -> Option<String> {
+        let customer = event.customer()?;
         let to = match self {
             Channel::Email => &customer.email,
             Channel::Sms => &customer.phone,

@@ -17,11 +17,10 @@ use lettre::{
     AsyncSmtpTransport, AsyncTransport, Tokio1Executor,
     message::{Mailbox, header::ContentType},
 };
-use ordermesh::proto::events::v1::OrderPlaced;
 use ordermesh_platform::pii;
 use tracing::Instrument;
 
-use crate::{channel::Channel, config::Config};
+use crate::{channel::Channel, config::Config, notice::Notice};
 
 /// Why a send failed, and whether another attempt can succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,17 +169,17 @@ impl Sender {
         &self,
         channel: Channel,
         recipient: &str,
-        event: &OrderPlaced,
+        event: &Notice,
     ) -> Result<(), SendError> {
-        let text = message_text(event);
+        let text = event.text();
         let sending = async {
             match &self.how {
                 How::Log => {
                     tracing::info!(
                         channel = channel.as_str(),
                         recipient = %masked(channel, recipient),
-                        order_id = %event.order_id,
-                        event_id = %event.event_id,
+                        order_id = %event.order_id(),
+                        event_id = %event.event_id(),
                         "notification recorded (no server configured): {text}"
                     );
                     Ok(())
@@ -200,7 +199,7 @@ impl Sender {
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             ordermesh.channel = channel.as_str(),
-            ordermesh.event_id = %event.event_id,
+            ordermesh.event_id = %event.event_id(),
             error.type = tracing::field::Empty,
         );
         // The transports have their own timeouts; this one also bounds what they do not cover
@@ -234,16 +233,6 @@ fn trace_headers() -> reqwest::header::HeaderMap {
     headers
 }
 
-/// The text of the notification, the same on both channels.
-fn message_text(event: &OrderPlaced) -> String {
-    let total = event.total.clone().unwrap_or_default();
-    format!(
-        "Your order {} is confirmed. Total: {}.",
-        event.order_id,
-        ordermesh::money::formatted(total.minor_units, &total.currency_code)
-    )
-}
-
 /// The recipient as logs may show it.
 fn masked(channel: Channel, recipient: &str) -> String {
     match channel {
@@ -256,7 +245,7 @@ async fn send_email(
     transport: &AsyncSmtpTransport<Tokio1Executor>,
     from: &Mailbox,
     recipient: &str,
-    event: &OrderPlaced,
+    event: &Notice,
     text: String,
 ) -> Result<(), SendError> {
     let to: Mailbox = recipient.parse().map_err(|e| {
@@ -268,9 +257,9 @@ async fn send_email(
     let email = lettre::Message::builder()
         .from(from.clone())
         .to(to)
-        .subject(format!("Order {} confirmed", event.order_id))
+        .subject(event.subject())
         // Stable per event: a resend after a crash is the same message to the receiving side.
-        .message_id(Some(format!("<{}.email@ordermesh>", event.event_id)))
+        .message_id(Some(format!("<{}.email@ordermesh>", event.event_id())))
         .header(ContentType::TEXT_PLAIN)
         .body(text)
         .map_err(|e| SendError::Permanent(format!("cannot build the email: {e}")))?;
@@ -290,19 +279,19 @@ async fn send_sms(
     url: &reqwest::Url,
     token: Option<&str>,
     recipient: &str,
-    event: &OrderPlaced,
+    event: &Notice,
     text: &str,
 ) -> Result<(), SendError> {
     let mut request = client
         .post(url.clone())
         // Stable per event: a gateway that deduplicates sends a resend after a crash only once.
-        .header("Idempotency-Key", format!("{}.sms", event.event_id))
+        .header("Idempotency-Key", format!("{}.sms", event.event_id()))
         // The gateway can join the trace: the send span's context in W3C headers.
         .headers(trace_headers())
         .json(&SmsRequest {
             to: recipient,
             body: text,
-            reference: &event.event_id,
+            reference: event.event_id(),
         });
     if let Some(token) = token {
         request = request.bearer_auth(token);
@@ -333,11 +322,11 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use ordermesh::proto::types::v1::Money;
+    use ordermesh::proto::{events::v1::OrderPlaced, types::v1::Money};
     use wiremock::{Mock, MockServer, ResponseTemplate, matchers};
 
-    fn event() -> OrderPlaced {
-        OrderPlaced {
+    fn event() -> Notice {
+        Notice::Placed(OrderPlaced {
             event_id: "evt_1".into(),
             order_id: "ord_1".into(),
             total: Some(Money {
@@ -345,7 +334,7 @@ mod tests {
                 minor_units: 12_305,
             }),
             ..Default::default()
-        }
+        })
     }
 
     fn config() -> Config {
@@ -357,7 +346,7 @@ mod tests {
     #[test]
     fn text_shows_the_total_in_major_units() {
         assert_eq!(
-            message_text(&event()),
+            event().text(),
             "Your order ord_1 is confirmed. Total: 123.05 EUR."
         );
     }

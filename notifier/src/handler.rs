@@ -26,7 +26,7 @@
 use std::time::Instant;
 
 use opentelemetry::metrics::Meter;
-use ordermesh::{events, proto::events::v1::OrderPlaced, timestamp};
+use ordermesh::{events, timestamp};
 use rdkafka::error::KafkaError;
 
 use crate::{
@@ -36,6 +36,7 @@ use crate::{
     delivery::{SendError, Sender},
     letter::{Letter, UNREADABLE_HEADERS},
     metrics::ChannelMetrics,
+    notice::Notice,
     outcome::Outcome,
     status::Status,
     store::{NotificationRow, Store},
@@ -86,7 +87,7 @@ pub(crate) enum Prepared {
     /// The notification to claim for the event.
     Claim {
         claim: NotificationRow,
-        event: OrderPlaced,
+        event: Notice,
     },
 }
 
@@ -213,18 +214,17 @@ impl Handler {
         if letter.header(UNREADABLE_HEADERS).is_some() {
             return poison("a header name is not UTF-8; the headers were dropped".to_owned());
         }
-        // Events without a type header are assumed to be OrderPlaced; other types are for other
-        // consumers.
+        // Read by its type (see `notice` for the policy); a type the notifier does not act on is
+        // for other consumers.
         let ce_type = letter.header(events::TYPE_HEADER).unwrap_or_default();
-        if !ce_type.is_empty() && ce_type != events::ORDER_PLACED_TYPE {
-            tracing::debug!(ce_type, topic = %letter.topic, offset = letter.offset, "not an OrderPlaced event, skipped");
-            return Prepared::Decided(Verdict::Done(Outcome::Skipped));
-        }
-        let event = match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default())
-        {
-            Ok(event) => event,
+        let event = match Notice::read(&ce_type, letter.payload.as_deref().unwrap_or_default()) {
+            Some(Ok(event)) => event,
             // A poison message must not block the partition: it is parked, and the consumer goes on.
-            Err(error) => return poison(error.to_string()),
+            Some(Err(error)) => return poison(error.to_string()),
+            None => {
+                tracing::info!(ce_type, topic = %letter.topic, partition = letter.partition, offset = letter.offset, "an event type the notifier does not act on, skipped");
+                return Prepared::Decided(Verdict::Done(Outcome::Skipped));
+            }
         };
         let Some(recipient) = channel.recipient(&event) else {
             return poison(format!(
@@ -243,8 +243,8 @@ impl Handler {
         };
         let claim = NotificationRow::pending(
             format!("ntf_{}", uuid::Uuid::now_v7().simple()),
-            &event.event_id,
-            &event.order_id,
+            event.event_id(),
+            event.order_id(),
             channel,
             recipient,
             source,
@@ -259,12 +259,12 @@ impl Handler {
         &self,
         record: &NotificationRow,
         claim: &NotificationRow,
-        event: &OrderPlaced,
+        event: &Notice,
         mode: Mode,
         claimed: Instant,
     ) -> Result<Verdict, sqlx::Error> {
         let channel = self.channel;
-        let event_id = &event.event_id;
+        let event_id = event.event_id();
         match (record.status, mode) {
             // Recorded by this claim: send, if the claim is still ours.
             (Status::Pending, _) if record.notification_id == claim.notification_id => {
@@ -353,7 +353,7 @@ impl Handler {
     pub(crate) async fn attempt(
         &self,
         row: &NotificationRow,
-        event: &OrderPlaced,
+        event: &Notice,
         may_retry: bool,
     ) -> Result<Verdict, sqlx::Error> {
         let Some(token) = row.claim_token.as_deref() else {
@@ -382,7 +382,7 @@ impl Handler {
                 let delay = self.policy.delay(attempts as u32);
                 tracing::warn!(
                     channel = self.channel.as_str(),
-                    event_id = %event.event_id,
+                    event_id = %event.event_id(),
                     attempts,
                     retry_in = ?delay,
                     %error,
@@ -465,7 +465,10 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ordermesh::{events::CloudEventHeaders, proto::order::v1::Customer};
+    use ordermesh::{
+        events::CloudEventHeaders,
+        proto::{events::v1::OrderPlaced, order::v1::Customer},
+    };
     use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
     // Each test runs on SQLite (in memory) and on PostgreSQL, as the claim and lease statements are
@@ -585,7 +588,9 @@ mod tests {
             return;
         };
         let letter = letter();
-        let event = events::decode_order_placed(letter.payload.as_deref().unwrap()).unwrap();
+        let event = Notice::Placed(
+            events::decode_order_placed(letter.payload.as_deref().unwrap()).unwrap(),
+        );
         let lease = handler.sender.claim_lease();
         let lease_ms = lease.as_millis() as i64;
         let ours = NotificationRow::pending(

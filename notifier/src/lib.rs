@@ -24,6 +24,7 @@ mod delivery;
 mod handler;
 mod letter;
 mod metrics;
+mod notice;
 mod outcome;
 mod read_again;
 mod rebalance;

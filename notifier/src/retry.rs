@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use crate::{
     handler::{HandleError, Handler, Held, Verdict},
+    notice::Notice,
     outcome::{Outcome, Stats},
 };
 
@@ -76,27 +77,34 @@ async fn due_round(
             row.claim_token = Some(token.clone());
             // The retry continues the event's trace: the stored message keeps its headers.
             let span = handler.process_span(&letter, row.attempts as u32 + 1);
+            // Read by the type it was stored with, as the consumer read it.
+            let ce_type = letter.header(events::TYPE_HEADER).unwrap_or_default();
+            let park = |reason: String| Verdict::Park {
+                reason,
+                attempts: row.attempts as u32,
+                first_failure_ms: row
+                    .first_failure_at_ms
+                    .unwrap_or_else(timestamp::now_millis),
+                notification: Some(Held {
+                    notification_id: row.notification_id.clone(),
+                    token: token.clone(),
+                    attempts: row.attempts,
+                }),
+            };
             let verdict =
-                match events::decode_order_placed(letter.payload.as_deref().unwrap_or_default()) {
-                    Ok(event) => {
+                match Notice::read(&ce_type, letter.payload.as_deref().unwrap_or_default()) {
+                    Some(Ok(event)) => {
                         handler
                             .attempt(&row, &event, true)
                             .instrument(span.clone())
                             .await?
                     }
-                    // It decoded when it was first handled; a row damaged since is parked as is.
-                    Err(error) => Verdict::Park {
-                        reason: format!("stored message no longer decodes: {error}"),
-                        attempts: row.attempts as u32,
-                        first_failure_ms: row
-                            .first_failure_at_ms
-                            .unwrap_or_else(timestamp::now_millis),
-                        notification: Some(Held {
-                            notification_id: row.notification_id.clone(),
-                            token,
-                            attempts: row.attempts,
-                        }),
-                    },
+                    // It was read when it was first handled; a row damaged since (or stored by
+                    // a notifier that knew a type this one does not) is parked as it is.
+                    Some(Err(error)) => park(format!("stored message no longer decodes: {error}")),
+                    None => park(format!(
+                        "stored message is of a type this notifier does not act on: {ce_type:?}"
+                    )),
                 };
             let outcome = handler
                 .settle(verdict, &letter)

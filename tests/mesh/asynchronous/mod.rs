@@ -4,6 +4,7 @@
 // The suite's shared helpers, reached from each test module as `super::support`.
 use super::support;
 
+mod cancellation;
 mod delivery;
 mod happy_path;
 mod notifier_recovery;
