@@ -147,8 +147,14 @@ impl Ledger {
     pub fn violations(&self) -> Vec<Violation> {
         let mut charges: HashMap<&str, Vec<&Payment>> = HashMap::new();
         for payment in &self.payments {
-            if payment.status() == PaymentStatus::Succeeded {
-                charges.entry(&payment.order_id).or_default().push(payment);
+            match payment.status() {
+                // A charge standing: the money is held.
+                PaymentStatus::Succeeded => {
+                    charges.entry(&payment.order_id).or_default().push(payment);
+                }
+                // Charged, then given back in full (a PAID order with only this has no charge
+                // standing); declined; or not a payment at all: no money held.
+                PaymentStatus::Refunded | PaymentStatus::Declined | PaymentStatus::Unspecified => {}
             }
         }
         let mut events_of: HashMap<&str, usize> = HashMap::new();

@@ -1,12 +1,15 @@
 //! The PaymentService gRPC implementation: validate, decide, store once, answer from what is stored.
+//! A refund the same way: validate, check the payment, store once (the store decides races), answer
+//! from what is stored.
 
 use ordermesh::{
     paging::PageRequest, proto::payment::v1::ChargeKeyState, proto::payment::v1::ChargeOutcome,
     proto::payment::v1::ChargeRequest, proto::payment::v1::CloseChargeKeyRequest,
     proto::payment::v1::GetChargeOutcomeRequest, proto::payment::v1::GetPaymentRequest,
     proto::payment::v1::ListPaymentsRequest, proto::payment::v1::ListPaymentsResponse,
-    proto::payment::v1::Payment, proto::payment::v1::PaymentStatus,
-    proto::payment::v1::payment_service_server::PaymentService, proto::types::v1::Money,
+    proto::payment::v1::Payment, proto::payment::v1::PaymentStatus, proto::payment::v1::Refund,
+    proto::payment::v1::RefundRequest, proto::payment::v1::payment_service_server::PaymentService,
+    proto::types::v1::Money,
 };
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
@@ -16,14 +19,14 @@ use crate::{
     decide::{APPROVED, DECLINED, Decision, decide},
     error::PaymentError,
     fault::{self, FaultConfig},
-    store::{KeyStatus, PaymentRow, Store},
+    store::{KeyStatus, PaymentRow, RefundRow, RefundWrite, Store},
 };
 
 /// Longest idempotency key, order id or token accepted.
 const MAX_ID_LEN: usize = 128;
 /// Largest single charge, in minor units: far above any real basket, far below overflow.
 const MAX_MINOR_UNITS: i64 = 1_000_000_000_000;
-/// Longest reason accepted for closing a key.
+/// Longest reason accepted for closing a key or for a refund.
 const MAX_REASON_LEN: usize = 512;
 
 #[derive(Debug, Clone)]
@@ -55,6 +58,8 @@ impl PaymentApi {
             decline_reason,
             close_reason: String::new(),
             created_at_ms: ordermesh::timestamp::now_millis(),
+            refunded_at_ms: None,
+            refund_id: String::new(),
         };
         let stored = self.store.insert_or_get(&candidate).await?;
         // Before the fingerprint: a closed key has none, and the caller must learn it was closed.
@@ -91,12 +96,7 @@ impl PaymentApi {
     async fn close(&self, req: CloseChargeKeyRequest) -> Result<ChargeOutcome, PaymentError> {
         let mut violations = Vec::new();
         check_key(&req.idempotency_key, &mut violations);
-        if req.reason.len() > MAX_REASON_LEN {
-            violations.push(FieldViolation::new(
-                "reason",
-                format!("at most {MAX_REASON_LEN} characters"),
-            ));
-        }
+        check_reason(&req.reason, &mut violations);
         if !violations.is_empty() {
             return Err(PaymentError::Invalid(violations));
         }
@@ -112,6 +112,8 @@ impl PaymentApi {
             decline_reason: String::new(),
             close_reason: req.reason,
             created_at_ms: ordermesh::timestamp::now_millis(),
+            refunded_at_ms: None,
+            refund_id: String::new(),
         };
         let stored = self.store.insert_or_get(&closed).await?;
         tracing::info!(
@@ -121,6 +123,123 @@ impl PaymentApi {
             "close charge key"
         );
         Ok(outcome(stored))
+    }
+
+    /// Refunds a SUCCEEDED payment in full, once per refund key and once per payment.
+    async fn refund(&self, req: RefundRequest) -> Result<Refund, PaymentError> {
+        let mut violations = Vec::new();
+        check_key(&req.idempotency_key, &mut violations);
+        check_payment_id(&req.payment_id, &mut violations);
+        check_reason(&req.reason, &mut violations);
+        if !violations.is_empty() {
+            return Err(PaymentError::Invalid(violations));
+        }
+        let request_fingerprint = refund_fingerprint(&req);
+        // A retry first: by then the payment is REFUNDED, and the caller must get its refund back
+        // rather than be told the payment is refunded already.
+        if let Some(stored) = self.store.refund_by_key(&req.idempotency_key).await? {
+            return replay(stored, &request_fingerprint);
+        }
+        let payment = self
+            .store
+            .get(&req.payment_id)
+            .await?
+            .ok_or_else(|| PaymentError::NotFound(req.payment_id.clone()))?;
+        not_refundable(&payment)?;
+        let candidate = RefundRow {
+            refund_id: format!("ref_{}", uuid::Uuid::now_v7().simple()),
+            idempotency_key: req.idempotency_key,
+            request_fingerprint,
+            payment_id: payment.payment_id,
+            order_id: payment.order_id,
+            currency_code: payment.currency_code,
+            minor_units: payment.minor_units,
+            reason: req.reason,
+            created_at_ms: ordermesh::timestamp::now_millis(),
+        };
+        match self.store.refund(&candidate).await? {
+            RefundWrite::Stored => {
+                tracing::info!(
+                    refund_id = %candidate.refund_id,
+                    payment_id = %candidate.payment_id,
+                    order_id = %candidate.order_id,
+                    "refund"
+                );
+                Ok(refund_to_proto(candidate))
+            }
+            // A copy of this request racing this one stored first (or another request took the
+            // key): the same answer as a retry after it.
+            RefundWrite::KeyTaken(stored) => replay(stored, &candidate.request_fingerprint),
+            RefundWrite::PaymentTaken(stored) => Err(PaymentError::AlreadyRefunded {
+                payment_id: stored.payment_id,
+                refund_id: stored.refund_id,
+            }),
+            // Refunded (or, impossibly, declined) since it was read: say which, from the row now.
+            RefundWrite::NotSucceeded => {
+                let now = self
+                    .store
+                    .get(&candidate.payment_id)
+                    .await?
+                    .ok_or_else(|| PaymentError::NotFound(candidate.payment_id.clone()))?;
+                not_refundable(&now)?;
+                // SUCCEEDED again cannot be (a payment never goes back); the caller may retry.
+                Err(PaymentError::Store(sqlx::Error::RowNotFound))
+            }
+        }
+    }
+}
+
+/// The answer to a refund key that is taken: the stored refund if the request is the same, else
+/// ALREADY_EXISTS.
+fn replay(stored: RefundRow, request_fingerprint: &str) -> Result<Refund, PaymentError> {
+    if stored.request_fingerprint != request_fingerprint {
+        return Err(PaymentError::RefundKeyReused {
+            key: stored.idempotency_key,
+        });
+    }
+    tracing::info!(
+        refund_id = %stored.refund_id,
+        payment_id = %stored.payment_id,
+        replay = true,
+        "refund"
+    );
+    Ok(refund_to_proto(stored))
+}
+
+/// Why `payment` cannot be refunded, if it cannot (only a SUCCEEDED payment can).
+fn not_refundable(payment: &PaymentRow) -> Result<(), PaymentError> {
+    match payment.status {
+        KeyStatus::Succeeded => Ok(()),
+        KeyStatus::Declined => Err(PaymentError::DeclinedNotRefundable {
+            payment_id: payment.payment_id.clone(),
+            reason: payment.decline_reason.clone(),
+        }),
+        KeyStatus::Refunded => Err(PaymentError::AlreadyRefunded {
+            payment_id: payment.payment_id.clone(),
+            refund_id: payment.refund_id.clone(),
+        }),
+        // A closed key holds no payment: as unknown as an id never issued.
+        KeyStatus::Closed => Err(PaymentError::NotFound(payment.payment_id.clone())),
+    }
+}
+
+/// Adds a violation unless `id` is a usable payment id.
+fn check_payment_id(id: &str, violations: &mut Vec<FieldViolation>) {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        violations.push(FieldViolation::new(
+            "payment_id",
+            format!("required, at most {MAX_ID_LEN} characters"),
+        ));
+    }
+}
+
+/// Adds a violation unless `reason` is short enough to keep.
+fn check_reason(reason: &str, violations: &mut Vec<FieldViolation>) {
+    if reason.len() > MAX_REASON_LEN {
+        violations.push(FieldViolation::new(
+            "reason",
+            format!("at most {MAX_REASON_LEN} characters"),
+        ));
     }
 }
 
@@ -154,12 +273,10 @@ impl PaymentService for PaymentApi {
         request: Request<GetPaymentRequest>,
     ) -> Result<Response<Payment>, Status> {
         let id = request.into_inner().payment_id;
-        if id.is_empty() || id.len() > MAX_ID_LEN {
-            return Err(PaymentError::Invalid(vec![FieldViolation::new(
-                "payment_id",
-                format!("required, at most {MAX_ID_LEN} characters"),
-            )])
-            .into());
+        let mut violations = Vec::new();
+        check_payment_id(&id, &mut violations);
+        if !violations.is_empty() {
+            return Err(PaymentError::Invalid(violations).into());
         }
         match self.store.get(&id).await.map_err(PaymentError::from)? {
             Some(row) => Ok(Response::new(to_proto(row))),
@@ -209,6 +326,21 @@ impl PaymentService for PaymentApi {
             next_page_token,
         }))
     }
+
+    /// Faults as for Charge: before the refund (nothing refunded) or after it is stored (the
+    /// refund stands; a retry with the same key gets it).
+    async fn refund(&self, request: Request<RefundRequest>) -> Result<Response<Refund>, Status> {
+        let fault =
+            fault::for_call(&self.faults, request.metadata()).map_err(PaymentError::Invalid)?;
+        if let Some(fault) = &fault {
+            fault.before().await?;
+        }
+        let refund = PaymentApi::refund(self, request.into_inner()).await?;
+        if let Some(fault) = &fault {
+            fault.after().await?;
+        }
+        Ok(Response::new(refund))
+    }
 }
 
 /// What a key that nothing holds stands for: open, a Charge with it may still land.
@@ -230,12 +362,13 @@ fn outcome(row: PaymentRow) -> ChargeOutcome {
             close_reason: row.close_reason,
             closed_at: Some(ordermesh::timestamp::from_millis(row.created_at_ms)),
         },
-        KeyStatus::Succeeded | KeyStatus::Declined => ChargeOutcome {
+        KeyStatus::Succeeded | KeyStatus::Declined | KeyStatus::Refunded => ChargeOutcome {
             idempotency_key: row.idempotency_key.clone(),
-            state: if row.status == KeyStatus::Succeeded {
-                ChargeKeyState::Charged
-            } else {
+            // A refunded payment was charged: the order it paid for was paid.
+            state: if row.status == KeyStatus::Declined {
                 ChargeKeyState::Declined
+            } else {
+                ChargeKeyState::Charged
             }
             .into(),
             payment: Some(to_proto(row)),
@@ -315,10 +448,37 @@ fn fingerprint(req: &ChargeRequest) -> String {
     format!("{:x}", hash.finalize())
 }
 
+/// What makes two refunds "the same request" for one refund key.
+fn refund_fingerprint(req: &RefundRequest) -> String {
+    let mut hash = Sha256::new();
+    for part in [req.payment_id.as_bytes(), req.reason.as_bytes()] {
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    format!("{:x}", hash.finalize())
+}
+
+fn refund_to_proto(row: RefundRow) -> Refund {
+    Refund {
+        refund_id: row.refund_id,
+        payment_id: row.payment_id,
+        order_id: row.order_id,
+        amount: Some(Money {
+            currency_code: row.currency_code,
+            minor_units: row.minor_units,
+        }),
+        reason: row.reason,
+        created_at: Some(ordermesh::timestamp::from_millis(row.created_at_ms)),
+        idempotency_key: row.idempotency_key,
+    }
+}
+
 fn to_proto(row: PaymentRow) -> Payment {
     let status = match row.status {
         KeyStatus::Succeeded => PaymentStatus::Succeeded,
         KeyStatus::Declined => PaymentStatus::Declined,
+        KeyStatus::Refunded => PaymentStatus::Refunded,
         KeyStatus::Closed => PaymentStatus::Unspecified,
     };
     Payment {
@@ -332,5 +492,7 @@ fn to_proto(row: PaymentRow) -> Payment {
         decline_reason: row.decline_reason,
         created_at: Some(ordermesh::timestamp::from_millis(row.created_at_ms)),
         idempotency_key: row.idempotency_key,
+        refunded_at: row.refunded_at_ms.map(ordermesh::timestamp::from_millis),
+        refund_id: row.refund_id,
     }
 }

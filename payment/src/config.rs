@@ -34,7 +34,7 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_FAULTS_ENABLED", default_value_t = false, action = clap::ArgAction::Set)]
     pub faults_enabled: bool,
 
-    /// Fault for every Charge: delay in milliseconds before doing anything.
+    /// Fault for every Charge and Refund: delay in milliseconds before doing anything.
     #[arg(
         long = "fault-delay-ms",
         value_name = "MS",
@@ -44,15 +44,15 @@ pub struct Config {
     )]
     pub fault_delay: Duration,
 
-    /// Fault for every Charge: fail with this gRPC code (e.g. unavailable).
+    /// Fault for every Charge and Refund: fail with this gRPC code (e.g. unavailable).
     #[arg(long, env = "PAYMENT_FAULT_ABORT", value_parser = crate::fault::parse_code_arg)]
     pub fault_abort: Option<tonic::Code>,
 
-    /// Fault for every Charge: abort before charging, or after the charge is stored.
+    /// Fault for every Charge and Refund: abort before the write, or after it is stored.
     #[arg(long, env = "PAYMENT_FAULT_STAGE", value_enum, default_value_t)]
     pub fault_stage: crate::fault::Stage,
 
-    /// Fault for every Charge: percentage of calls it applies to.
+    /// Fault for every Charge and Refund: percentage of calls it applies to.
     #[arg(long, env = "PAYMENT_FAULT_PERCENT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=100))]
     pub fault_percent: u32,
 

@@ -1,13 +1,13 @@
 //! Fault injection, so the order service's deadlines, retries and breaker can be watched at work
 //! from grpcurl.
 //!
-//! A Charge call can carry (and the order service passes on from CreateOrder):
+//! A Charge or a Refund call can carry (and the order service passes them on from CreateOrder):
 //!
 //! | header | meaning |
 //! |---|---|
 //! | `x-fault-delay-ms: N` | wait N ms before doing anything |
 //! | `x-fault-abort: CODE` | fail with this gRPC code (`unavailable`, `deadline_exceeded`, `aborted`, ... or its number) |
-//! | `x-fault-stage: before` / `after` | delay and abort before charging (default), or after the charge is stored, so the answer comes late or is lost but the charge stands |
+//! | `x-fault-stage: before` / `after` | delay and abort before charging or refunding (default), or after the charge or refund is stored, so the answer comes late or is lost but the write stands |
 //! | `x-fault-percent: P` | inject on P% of calls (default 100) |
 //! | `x-fault-until-attempt: N` | only on attempts 1 to N (the order service numbers its attempts in `ordermesh-attempt`) |
 //!
@@ -32,14 +32,14 @@ const MAX_DELAY: Duration = Duration::from_secs(60);
 /// When a delay and an abort happen.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Stage {
-    /// Before anything is done: nothing is charged.
+    /// Before anything is done: nothing is charged or refunded.
     #[default]
     Before,
-    /// After the charge is stored: the charge stands, the answer is late or lost.
+    /// After the charge or refund is stored: it stands, the answer is late or lost.
     After,
 }
 
-/// Faults applied to every Charge call (headers override them).
+/// Faults applied to every Charge and Refund call (headers override them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultConfig {
     pub enabled: bool,
@@ -58,13 +58,13 @@ pub(crate) struct Fault {
 }
 
 impl Fault {
-    /// Before the charge: waits the delay and fails if the fault's stage is `before`.
+    /// Before the write: waits the delay and fails if the fault's stage is `before`.
     pub(crate) async fn before(&self) -> Result<(), Status> {
         self.at(Stage::Before).await
     }
 
-    /// After the charge is stored: waits the delay and fails if the fault's stage is `after` (the
-    /// charge stands; the answer comes late, or not at all).
+    /// After the write is stored: waits the delay and fails if the fault's stage is `after` (the
+    /// charge or refund stands; the answer comes late, or not at all).
     pub(crate) async fn after(&self) -> Result<(), Status> {
         self.at(Stage::After).await
     }
@@ -77,7 +77,7 @@ impl Fault {
             tracing::info!(
                 delay_ms = self.delay.as_millis(),
                 ?stage,
-                "fault injection: delaying Charge"
+                "fault injection: delaying the call"
             );
             tokio::time::sleep(self.delay).await;
         }
@@ -87,7 +87,7 @@ impl Fault {
     fn abort_at(&self, stage: Stage) -> Result<(), Status> {
         match self.abort {
             Some(code) if self.stage == stage => {
-                tracing::info!(?code, ?stage, "fault injection: aborting Charge");
+                tracing::info!(?code, ?stage, "fault injection: aborting the call");
                 Err(Status::new(
                     code,
                     format!("fault injected ({ABORT}, {STAGE}: {stage:?})"),

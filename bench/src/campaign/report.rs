@@ -57,7 +57,13 @@ impl Report {
             charges: ledger
                 .payments
                 .iter()
-                .filter(|p| p.status() == PaymentStatus::Succeeded)
+                // Charges standing, as the audit counts them: a refunded one gave the money back.
+                .filter(|p| match p.status() {
+                    PaymentStatus::Succeeded => true,
+                    PaymentStatus::Refunded
+                    | PaymentStatus::Declined
+                    | PaymentStatus::Unspecified => false,
+                })
                 .count(),
             events: ledger.events.len(),
             notifications: ledger.notifications.as_ref().map(Vec::len),

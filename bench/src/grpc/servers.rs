@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use anyhow::Result;
 use ordermesh::proto::payment::v1::{
     ChargeOutcome, ChargeRequest, CloseChargeKeyRequest, GetChargeOutcomeRequest,
-    GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment, PaymentStatus,
+    GetPaymentRequest, ListPaymentsRequest, ListPaymentsResponse, Payment, PaymentStatus, Refund,
+    RefundRequest,
     payment_service_server::{PaymentService, PaymentServiceServer},
 };
 use tokio::{net::TcpListener, sync::oneshot};
@@ -105,6 +106,13 @@ impl PaymentService for StubPayment {
         &self,
         _: tonic::Request<ListPaymentsRequest>,
     ) -> Result<tonic::Response<ListPaymentsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stub"))
+    }
+
+    async fn refund(
+        &self,
+        _: tonic::Request<RefundRequest>,
+    ) -> Result<tonic::Response<Refund>, tonic::Status> {
         Err(tonic::Status::unimplemented("stub"))
     }
 }
