@@ -11,6 +11,7 @@
 //!
 //! - `tools`: finding an external tool, or skipping (locally) / failing (in CI) without it.
 //! - `addr`: a free loopback address to give a server process.
+//! - `event_fixtures`: the events as earlier versions published them, for compatibility tests.
 //! - `wait`: the one bound on asynchronous waits ([`EVENTUALLY`]), the polling loop, the gRPC
 //!   readiness probe.
 //! - `process`: a child process a test can kill or stop, with its log.
@@ -30,6 +31,7 @@
 mod addr;
 mod backends;
 mod broker;
+mod event_fixtures;
 pub mod postgres;
 mod process;
 mod sms_gateway;
@@ -42,6 +44,7 @@ mod wait;
 pub use addr::unused_addr;
 pub use backends::{Backend, Databases, on_both_backends, unit_database};
 pub use broker::Broker;
+pub use event_fixtures::{EventFixture, event_fixtures, event_fixtures_dir};
 pub use postgres::Postgres;
 pub use process::Process;
 pub use sms_gateway::{SMS_TOKEN, Sms, SmsGateway};
