@@ -160,11 +160,17 @@ impl CloudEventHeaders {
     /// Attributes of an OrderPlaced event from the fields they are made of, for a publisher that
     /// holds the encoded event and should not decode it again.
     pub fn order_placed_parts(event_id: &str, order_id: &str, placed_at_ms: i64) -> Self {
+        Self::of(ORDER_PLACED_TYPE, event_id, order_id, placed_at_ms)
+    }
+
+    /// Attributes of an event of `ce_type` about `order_id`, from the fields they are made of: what
+    /// the outbox relay publishes each stored event with.
+    pub fn of(ce_type: &str, event_id: &str, order_id: &str, at_ms: i64) -> Self {
         Self {
             id: event_id.to_owned(),
-            r#type: ORDER_PLACED_TYPE.to_owned(),
+            r#type: ce_type.to_owned(),
             source: ORDER_SOURCE.to_owned(),
-            time: crate::timestamp::rfc3339(placed_at_ms),
+            time: crate::timestamp::rfc3339(at_ms),
             subject: order_id.to_owned(),
         }
     }
@@ -176,13 +182,12 @@ impl CloudEventHeaders {
             .as_ref()
             .map(crate::timestamp::to_millis)
             .unwrap_or_default();
-        Self {
-            id: event.event_id.clone(),
-            r#type: ORDER_CANCELLED_TYPE.to_owned(),
-            source: ORDER_SOURCE.to_owned(),
-            time: crate::timestamp::rfc3339(millis),
-            subject: event.order_id.clone(),
-        }
+        Self::of(
+            ORDER_CANCELLED_TYPE,
+            &event.event_id,
+            &event.order_id,
+            millis,
+        )
     }
 
     /// The headers of binary-mode CloudEvents, name and value, in the order they are written (the

@@ -1,11 +1,11 @@
-//! CreateOrder validation: every field checked, every violation reported at once, and the total
+//! CreateOrder (and CancelOrder) validation: every field checked, every violation reported at once, and the total
 //! computed without overflow. A request that passes is complete; one that fails changes nothing.
 //!
 //! Public so the `create_order_validation` fuzz target (`fuzz/`) and the property tests
 //! (`tests/validation_props.rs`) can run it alone, as the handler runs it before anything is stored.
 
 use crate::proto::{
-    order::v1::{CreateOrderRequest, Customer, LineItem},
+    order::v1::{CancelOrderRequest, CreateOrderRequest, Customer, LineItem},
     types::v1::Money,
 };
 use sha2::{Digest, Sha256};
@@ -88,6 +88,38 @@ pub fn create_order(req: &CreateOrderRequest) -> Result<ValidOrder, Vec<FieldVio
         total,
         payment_method_token: req.payment_method_token.clone(),
         fingerprint: fingerprint(req),
+    })
+}
+
+/// Longest reason a CancelOrder may give.
+pub const MAX_REASON_LEN: usize = 512;
+
+/// A CancelOrder that passed [`cancel_order`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidCancel {
+    pub order_id: String,
+    pub reason: String,
+}
+
+/// Checks a CancelOrder: the order's id, and a reason of at most [`MAX_REASON_LEN`] characters
+/// (it travels in the OrderCancelled event and to the customer).
+pub fn cancel_order(req: &CancelOrderRequest) -> Result<ValidCancel, Vec<FieldViolation>> {
+    let mut v = Violations::default();
+    if req.order_id.is_empty() || req.order_id.len() > MAX_ID_LEN {
+        v.add(
+            "order_id",
+            format!("required, at most {MAX_ID_LEN} characters"),
+        );
+    }
+    if req.reason.chars().count() > MAX_REASON_LEN {
+        v.add("reason", format!("at most {MAX_REASON_LEN} characters"));
+    }
+    if !v.0.is_empty() {
+        return Err(v.0);
+    }
+    Ok(ValidCancel {
+        order_id: req.order_id.clone(),
+        reason: req.reason.clone(),
     })
 }
 

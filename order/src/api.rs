@@ -26,7 +26,8 @@
 use std::time::Duration;
 
 use ordermesh::{
-    paging::PageRequest, proto::order::v1::CreateOrderRequest, proto::order::v1::GetOrderRequest,
+    paging::PageRequest, proto::order::v1::CancelOrderRequest,
+    proto::order::v1::CreateOrderRequest, proto::order::v1::GetOrderRequest,
     proto::order::v1::ListOrdersRequest, proto::order::v1::ListOrdersResponse,
     proto::order::v1::Order, proto::order::v1::order_service_server::OrderService,
     proto::payment::v1::ChargeRequest, timestamp,
@@ -38,6 +39,7 @@ use tonic_types::FieldViolation;
 use ordermesh::validate::{self, ValidOrder};
 
 use crate::{
+    cancel,
     convert::to_proto,
     error::OrderError,
     payment_client::{ChargeCall, ChargeError, PaymentClient},
@@ -110,7 +112,8 @@ impl OrderApi {
                 self.pay(order, &valid, metadata, caller_deadline, created)
                     .await?
             }
-            store::Status::Paid => order,
+            // Paid (and perhaps cancelled since): the order as it is now.
+            store::Status::Paid | store::Status::Cancelling | store::Status::Cancelled => order,
             // The same answer as the first attempt got.
             store::Status::PaymentFailed | store::Status::Abandoned => return Err(failure(order)),
         };
@@ -286,6 +289,13 @@ impl OrderService for OrderApi {
         }
     }
 
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        Ok(Response::new(self.cancel(request.into_inner()).await?))
+    }
+
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,
@@ -306,6 +316,73 @@ impl OrderService for OrderApi {
             orders: rows.into_iter().map(to_proto).collect(),
             next_page_token,
         }))
+    }
+}
+
+impl OrderApi {
+    /// CancelOrder: see `cancel` for the states. A pending order is settled first, as the
+    /// reconciler would settle it; an order that was never paid has nothing to refund.
+    async fn cancel(&self, request: CancelOrderRequest) -> Result<Order, OrderError> {
+        let valid = validate::cancel_order(&request).map_err(OrderError::Invalid)?;
+        // One cancel of an order at a time in this replica; other replicas are kept apart by the
+        // conditional writes and the refund key.
+        let _in_flight = self
+            .in_flight
+            .lock(&format!("cancel:{}", valid.order_id))
+            .await;
+        let Some(mut order) = self.store.get(&valid.order_id).await? else {
+            return Err(OrderError::NotFound(valid.order_id));
+        };
+        if order.status == store::Status::PendingPayment {
+            let settled = settle::settle_key(
+                &self.payments,
+                &order.order_id,
+                "cancelled before payment completed",
+                self.settings.settle_timeout,
+            )
+            .await;
+            match settle::record(&self.store, &order, &settled, Writer::Call).await? {
+                Some(after) => order = after,
+                None => {
+                    return Err(OrderError::PaymentUnsettled {
+                        order_id: order.order_id,
+                        detail: "payment could not say whether the order was charged".to_owned(),
+                    });
+                }
+            }
+        }
+        let order = match order.status {
+            store::Status::Paid => {
+                self.store
+                    .begin_cancel(&order.order_id, &valid.reason, timestamp::now_millis())
+                    .await?
+            }
+            store::Status::Cancelling | store::Status::Cancelled => order,
+            store::Status::PendingPayment
+            | store::Status::PaymentFailed
+            | store::Status::Abandoned => {
+                return Err(OrderError::NotPaid {
+                    status: format!("{:?}", order.status),
+                    order_id: order.order_id,
+                });
+            }
+        };
+        let order = match cancel::finish(
+            &self.store,
+            &self.payments,
+            order,
+            self.settings.settle_timeout,
+        )
+        .await?
+        {
+            cancel::Finished::Cancelled(order) => {
+                self.relay.wake();
+                order
+            }
+            // Accepted: answered CANCELLING, finished later (by a call again or the reconciler).
+            cancel::Finished::Waiting { order, .. } => order,
+        };
+        Ok(to_proto(order))
     }
 }
 
@@ -355,6 +432,7 @@ fn pending_row(valid: &ValidOrder) -> OrderRow {
         created_at_ms: now,
         updated_at_ms: now,
         payment_attempted_at_ms: now,
+        cancel: store::Cancel::default(),
     }
 }
 

@@ -1,8 +1,13 @@
 //! A stored order as the API answers with it and as its OrderPlaced event tells it.
 
 use ordermesh::{
-    proto::events::v1::OrderPlaced, proto::order::v1::Customer, proto::order::v1::LineItem,
-    proto::order::v1::Order, proto::order::v1::OrderStatus, proto::types::v1::Money, timestamp,
+    proto::events::v1::{OrderCancelled, OrderPlaced},
+    proto::order::v1::Customer,
+    proto::order::v1::LineItem,
+    proto::order::v1::Order,
+    proto::order::v1::OrderStatus,
+    proto::types::v1::Money,
+    timestamp,
 };
 
 use crate::store::{self, OrderRow};
@@ -20,6 +25,19 @@ pub(crate) fn order_placed(order: &OrderRow) -> OrderPlaced {
     }
 }
 
+/// The OrderCancelled event of a cancelled order: its whole total was refunded.
+pub(crate) fn order_cancelled(order: &OrderRow) -> OrderCancelled {
+    OrderCancelled {
+        event_id: order.cancel.event_id.clone(),
+        order_id: order.order_id.clone(),
+        customer: Some(customer(order)),
+        refund_id: order.cancel.refund_id.clone(),
+        amount: Some(total(order)),
+        reason: order.cancel.reason.clone(),
+        cancelled_at: order.cancel.cancelled_at_ms.map(timestamp::from_millis),
+    }
+}
+
 pub(crate) fn to_proto(order: OrderRow) -> Order {
     let event_pending =
         order.status == store::Status::Paid && order.event_published_at_ms.is_none();
@@ -28,6 +46,8 @@ pub(crate) fn to_proto(order: OrderRow) -> Order {
         store::Status::Paid => OrderStatus::Paid,
         store::Status::PaymentFailed => OrderStatus::PaymentFailed,
         store::Status::Abandoned => OrderStatus::Abandoned,
+        store::Status::Cancelling => OrderStatus::Cancelling,
+        store::Status::Cancelled => OrderStatus::Cancelled,
     };
     Order {
         customer: Some(customer(&order)),
@@ -42,6 +62,9 @@ pub(crate) fn to_proto(order: OrderRow) -> Order {
         failure_reason: order.failure_reason,
         event_id: order.event_id,
         event_pending,
+        cancel_reason: order.cancel.reason,
+        refund_id: order.cancel.refund_id,
+        cancelled_at: order.cancel.cancelled_at_ms.map(timestamp::from_millis),
     }
 }
 

@@ -50,6 +50,11 @@ pub enum OrderError {
         retry_after: std::time::Duration,
     },
 
+    #[error(
+        "order {order_id} was not paid ({status}): there is nothing to refund, so it cannot be cancelled"
+    )]
+    NotPaid { order_id: String, status: String },
+
     #[error("no order with id {0:?}")]
     NotFound(String),
     #[error("order store failed: {0}")]
@@ -88,6 +93,18 @@ impl From<OrderError> for Status {
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
             OrderError::NotFound(_) => Status::not_found(message),
+            OrderError::NotPaid { order_id, status } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    "ORDER_NOT_PAID",
+                    ERROR_DOMAIN,
+                    HashMap::from([
+                        ("order_id".to_owned(), order_id),
+                        ("status".to_owned(), status),
+                    ]),
+                ),
+            ),
             OrderError::Store(error) => {
                 tracing::error!(%error, "order store failed");
                 Status::unavailable("order store unavailable, retry later")

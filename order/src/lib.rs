@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod cancel;
 mod config;
 mod convert;
 mod error;

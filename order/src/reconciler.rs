@@ -26,6 +26,7 @@ use ordermesh::timestamp;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cancel,
     payment_client::PaymentClient,
     relay::Relay,
     settle::{self, Settled},
@@ -146,7 +147,61 @@ impl Reconciler {
             }
             settled += usize::from(self.settle(order).await);
         }
-        settled
+        settled + self.finish_cancels(grace, lease, stop).await
+    }
+
+    /// Finishes the cancels a CancelOrder left CANCELLING (payment could not refund then, or the
+    /// process died) once `grace` has passed: the forward recovery of the compensation. Returns how
+    /// many it finished.
+    async fn finish_cancels(
+        &self,
+        grace: Duration,
+        lease: Duration,
+        stop: &CancellationToken,
+    ) -> usize {
+        let orders = match self
+            .store
+            .claim_cancelling(&self.id, grace, lease, BATCH)
+            .await
+        {
+            Ok(orders) => orders,
+            Err(error) => {
+                tracing::error!(%error, "cannot read cancelling orders");
+                return 0;
+            }
+        };
+        let mut finished = 0;
+        for order in orders {
+            if stop.is_cancelled() {
+                break;
+            }
+            let order_id = order.order_id.clone();
+            match cancel::finish(
+                &self.store,
+                &self.payments,
+                order,
+                self.settings.settle_timeout,
+            )
+            .await
+            {
+                Ok(cancel::Finished::Cancelled(after)) => {
+                    tracing::info!(order_id = %after.order_id, reconciler = %self.id, "cancel finished");
+                    self.settlements
+                        .add(1, &[KeyValue::new("outcome", "cancelled")]);
+                    self.relay.wake();
+                    finished += 1;
+                }
+                Ok(cancel::Finished::Waiting { detail, .. }) => {
+                    tracing::warn!(%order_id, reconciler = %self.id, %detail, "cannot refund now; next round tries again");
+                    // Given up, so that the next round (of any replica) takes it at once.
+                    if let Err(error) = self.store.release_claim(&order_id, &self.id).await {
+                        tracing::warn!(%order_id, %error, "cannot give up the lease; it runs out by itself");
+                    }
+                }
+                Err(error) => tracing::error!(%order_id, %error, "cannot record the cancel"),
+            }
+        }
+        finished
     }
 
     /// Settles one leased order at payment and records the outcome; false if payment could not

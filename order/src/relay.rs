@@ -185,7 +185,8 @@ impl Relay {
         // All sends start together and are acknowledged in order per partition (the producer is
         // idempotent), which is the order per order id.
         let sends = batch.iter().map(|row| async move {
-            let headers = CloudEventHeaders::order_placed_parts(
+            let headers = CloudEventHeaders::of(
+                &row.event_type,
                 &row.event_id,
                 &row.order_id,
                 row.created_at_ms,
@@ -203,7 +204,7 @@ impl Relay {
         for (row, result) in batch.iter().zip(results) {
             match result {
                 Ok(at) => {
-                    tracing::info!(order_id = %row.order_id, event_id = %row.event_id, partition = at.partition, offset = at.offset, relay = %self.id, "OrderPlaced published");
+                    tracing::info!(order_id = %row.order_id, event_id = %row.event_id, ce_type = %row.event_type, partition = at.partition, offset = at.offset, relay = %self.id, "event published");
                     if let Err(error) = self
                         .store
                         .mark_published(row, timestamp::now_millis())
@@ -219,7 +220,7 @@ impl Relay {
                 }
                 Err(error) => {
                     failed = true;
-                    tracing::warn!(event_id = %row.event_id, %error, "OrderPlaced not acknowledged, will retry");
+                    tracing::warn!(event_id = %row.event_id, ce_type = %row.event_type, %error, "event not acknowledged, will retry");
                     let _ = self.store.mark_failed_attempt(row, &error).await;
                 }
             }

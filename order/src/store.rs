@@ -13,6 +13,11 @@ pub(crate) enum Status {
     PaymentFailed,
     /// Not paid, and never to be: payment holds no charge for it and its charge key is closed.
     Abandoned,
+    /// Paid, and being cancelled: stored before payment is asked to refund, so a cancel cut short
+    /// is finished later (forward recovery) rather than left half done.
+    Cancelling,
+    /// Cancelled: the charge is refunded and the OrderCancelled event is in the outbox.
+    Cancelled,
 }
 
 impl Status {
@@ -22,6 +27,8 @@ impl Status {
             Status::Paid => "PAID",
             Status::PaymentFailed => "PAYMENT_FAILED",
             Status::Abandoned => "ABANDONED",
+            Status::Cancelling => "CANCELLING",
+            Status::Cancelled => "CANCELLED",
         }
     }
 
@@ -31,6 +38,8 @@ impl Status {
             "PAID" => Ok(Status::Paid),
             "PAYMENT_FAILED" => Ok(Status::PaymentFailed),
             "ABANDONED" => Ok(Status::Abandoned),
+            "CANCELLING" => Ok(Status::Cancelling),
+            "CANCELLED" => Ok(Status::Cancelled),
             other => Err(sqlx::Error::Decode(
                 format!("unknown order status {other:?}").into(),
             )),
@@ -54,10 +63,12 @@ pub(crate) struct OutboxRow {
     pub(crate) event_id: String,
     pub(crate) order_id: String,
     pub(crate) payload: Vec<u8>,
-    /// When the order was paid: the event's `placedAt` and `ce_time`.
+    /// When the event happened (the order paid, or cancelled): its `ce_time`.
     pub(crate) created_at_ms: i64,
     /// The trace context of the call that paid the order, as JSON (see `ordermesh_platform::trace_context`).
     pub(crate) trace_context: Option<String>,
+    /// The event's `ce_type` (rows written before there was more than one type are OrderPlaced).
+    pub(crate) event_type: String,
 }
 
 /// What marking an order paid records.
@@ -127,6 +138,30 @@ pub(crate) struct OrderRow {
     pub(crate) updated_at_ms: i64,
     /// When a CreateOrder last started to charge the order (its creation, at first).
     pub(crate) payment_attempted_at_ms: i64,
+    /// Its cancellation, once one was asked for.
+    pub(crate) cancel: Cancel,
+}
+
+/// A paid order's cancellation, as stored (empty until one is asked for).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Cancel {
+    pub(crate) reason: String,
+    /// When it was first asked for, by the database's clock.
+    pub(crate) requested_at_ms: Option<i64>,
+    /// Set once payment refunded the charge.
+    pub(crate) refund_id: String,
+    /// The OrderCancelled event's id, once cancelled.
+    pub(crate) event_id: String,
+    pub(crate) cancelled_at_ms: Option<i64>,
+}
+
+/// What marking an order cancelled records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cancelled<'a> {
+    pub(crate) refund_id: &'a str,
+    pub(crate) event_id: &'a str,
+    pub(crate) trace_context: Option<&'a str>,
+    pub(crate) now_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -142,7 +177,9 @@ pub(crate) struct Store {
 struct Statements {
     insert_order: String,
     begin_payment: String,
+    begin_cancel: String,
     claim_pending: String,
+    claim_cancelling: String,
     pending_summary: String,
     settle_paid: String,
     settle_failed: String,
@@ -165,7 +202,13 @@ impl Statements {
                 "UPDATE orders SET payment_attempted_at_ms = {now}
                  WHERE order_id = $1 AND status = 'PENDING_PAYMENT'"
             ),
-            claim_pending: claim_pending_sql(backend),
+            begin_cancel: format!(
+                "UPDATE orders SET status = 'CANCELLING', cancel_reason = $1,
+                     cancel_requested_at_ms = {now}, updated_at_ms = $2
+                 WHERE order_id = $3 AND status = 'PAID'"
+            ),
+            claim_pending: claim_idle_sql(backend, "PENDING_PAYMENT", "payment_attempted_at_ms"),
+            claim_cancelling: claim_idle_sql(backend, "CANCELLING", "cancel_requested_at_ms"),
             pending_summary: format!(
                 "SELECT COUNT(*) AS pending,
                         COALESCE(SUM(CASE WHEN payment_attempted_at_ms <= {now} - $1 THEN 1 ELSE 0 END), 0) AS idle,
@@ -212,15 +255,16 @@ fn claim_events_sql(backend: Backend) -> String {
              ORDER BY seq LIMIT $3 {lock})
            AND published_at_ms IS NULL
            AND (claimed_until_ms IS NULL OR claimed_until_ms <= {now})
-         RETURNING seq, event_id, order_id, payload, created_at_ms, trace_context"
+         RETURNING seq, event_id, order_id, payload, created_at_ms, trace_context, event_type"
     )
 }
 
-/// [`Store::claim_pending`]: lease pending orders that no CreateOrder has tried to charge for `$3`
-/// milliseconds and that nobody holds, for `$2` milliseconds, longest idle first. PostgreSQL locks
-/// the rows it takes (`FOR UPDATE SKIP LOCKED`) and the conditions are checked again on them.
-/// (Parameters first appear in number order: SQLite numbers them as they appear.)
-fn claim_pending_sql(backend: Backend) -> String {
+/// [`Store::claim_pending`] and [`Store::claim_cancelling`]: lease orders in `status` whose
+/// `since` (when a call last worked on them) is `$3` milliseconds old and that nobody holds, for
+/// `$2` milliseconds, longest idle first. PostgreSQL locks the rows it takes (`FOR UPDATE SKIP
+/// LOCKED`) and the conditions are checked again on them. (Parameters first appear in number
+/// order: SQLite numbers them as they appear.)
+fn claim_idle_sql(backend: Backend, status: &str, since: &str) -> String {
     let now = backend.now_millis_sql();
     let lock = match backend {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
@@ -230,13 +274,13 @@ fn claim_pending_sql(backend: Backend) -> String {
         "UPDATE orders SET reconcile_claimed_by = $1, reconcile_claimed_until_ms = {now} + $2
          WHERE seq IN (
              SELECT seq FROM orders
-             WHERE status = 'PENDING_PAYMENT'
+             WHERE status = '{status}'
                AND (reconcile_claimed_until_ms IS NULL OR reconcile_claimed_until_ms <= {now})
-               AND payment_attempted_at_ms <= {now} - $3
-             ORDER BY payment_attempted_at_ms LIMIT $4 {lock})
-           AND status = 'PENDING_PAYMENT'
+               AND {since} <= {now} - $3
+             ORDER BY {since} LIMIT $4 {lock})
+           AND status = '{status}'
            AND (reconcile_claimed_until_ms IS NULL OR reconcile_claimed_until_ms <= {now})
-           AND payment_attempted_at_ms <= {now} - $3
+           AND {since} <= {now} - $3
          RETURNING *"
     )
 }
@@ -320,14 +364,15 @@ impl Store {
             .await?;
         if changed == 1 {
             sqlx::query(
-                "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context)
-                 VALUES ($1, $2, $3, $4, $5)",
+                "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context, event_type)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
             )
             .bind(event_id)
             .bind(order_id)
             .bind(event(&order)?)
             .bind(now_ms)
             .bind(trace_context)
+            .bind(ordermesh::events::ORDER_PLACED_TYPE)
             .execute(&mut *tx)
             .await?;
         }
@@ -372,6 +417,71 @@ impl Store {
             writer,
         )
         .await
+    }
+
+    /// PAID -> CANCELLING with `reason`, stamped by the database's clock; the first reason stays.
+    /// Returns the order as it is afterwards (CANCELLING or CANCELLED if a cancel was asked for
+    /// before, unchanged if it is not paid).
+    pub(crate) async fn begin_cancel(
+        &self,
+        order_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<OrderRow, sqlx::Error> {
+        sqlx::query(AssertSqlSafe(self.sql.begin_cancel.as_str()))
+            .bind(reason)
+            .bind(now_ms)
+            .bind(order_id)
+            .execute(&self.pool)
+            .await?;
+        self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
+            .await
+    }
+
+    /// CANCELLING -> CANCELLED with the refund, and the OrderCancelled event into the outbox, in
+    /// one transaction: only one writer can make the transition (two replicas finishing the same
+    /// cancel write one event), and a cancelled order always has its event. `event` builds the
+    /// event from the cancelled order. Returns the order as it is afterwards.
+    pub(crate) async fn mark_cancelled(
+        &self,
+        order_id: &str,
+        cancelled: Cancelled<'_>,
+        event: impl FnOnce(&OrderRow) -> Result<Vec<u8>, sqlx::Error>,
+    ) -> Result<OrderRow, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE orders SET status = 'CANCELLED', refund_id = $1, cancel_event_id = $2,
+                 cancelled_at_ms = $3, updated_at_ms = $3, reconcile_claimed_until_ms = NULL
+             WHERE order_id = $4 AND status = 'CANCELLING'",
+        )
+        .bind(cancelled.refund_id)
+        .bind(cancelled.event_id)
+        .bind(cancelled.now_ms)
+        .bind(order_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let order = sqlx::query("SELECT * FROM orders WHERE order_id = $1")
+            .bind(order_id)
+            .try_map(|row: AnyRow| from_row(&row))
+            .fetch_one(&mut *tx)
+            .await?;
+        if changed == 1 {
+            sqlx::query(
+                "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context, event_type)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(cancelled.event_id)
+            .bind(order_id)
+            .bind(event(&order)?)
+            .bind(cancelled.now_ms)
+            .bind(cancelled.trace_context)
+            .bind(ordermesh::events::ORDER_CANCELLED_TYPE)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(order)
     }
 
     /// Runs one of the settlement statements without an event, and reads the order back.
@@ -427,6 +537,26 @@ impl Store {
             .await?;
         rows.sort_by_key(|row| row.payment_attempted_at_ms);
         Ok(rows)
+    }
+
+    /// Leases up to `limit` CANCELLING orders whose cancel was asked for at least `grace` ago to
+    /// reconciler `reconciler` for `lease`, longest waiting first: cancels a call could not finish
+    /// (payment could not refund then, or the process died), for the reconciler to finish.
+    pub(crate) async fn claim_cancelling(
+        &self,
+        reconciler: &str,
+        grace: Duration,
+        lease: Duration,
+        limit: i64,
+    ) -> Result<Vec<OrderRow>, sqlx::Error> {
+        sqlx::query(AssertSqlSafe(self.sql.claim_cancelling.as_str()))
+            .bind(reconciler)
+            .bind(millis(lease))
+            .bind(millis(grace))
+            .bind(limit)
+            .try_map(|row: AnyRow| from_row(&row))
+            .fetch_all(&self.pool)
+            .await
     }
 
     /// Gives up reconciler `reconciler`'s lease on an order, if it still holds it.
@@ -597,6 +727,13 @@ fn from_row(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
         created_at_ms: row.try_get("created_at_ms")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
         payment_attempted_at_ms: row.try_get("payment_attempted_at_ms")?,
+        cancel: Cancel {
+            reason: row.try_get("cancel_reason")?,
+            requested_at_ms: row.try_get("cancel_requested_at_ms")?,
+            refund_id: row.try_get("refund_id")?,
+            event_id: row.try_get("cancel_event_id")?,
+            cancelled_at_ms: row.try_get("cancelled_at_ms")?,
+        },
     })
 }
 

@@ -36,6 +36,7 @@ async fn pending(store: &Store, id: &str, idle: Duration) -> OrderRow {
         created_at_ms: NOW,
         updated_at_ms: NOW,
         payment_attempted_at_ms: NOW,
+        cancel: Cancel::default(),
     };
     store.insert_or_get(&row).await.expect("insert");
     // Times are the database's: a test cannot wait a grace period, so it moves the attempt back.
@@ -258,4 +259,155 @@ async fn an_outbox_lease_holds_other_relays_off_until_it_ends_on_the_databases_c
             .len(),
         1
     );
+}
+
+/// A paid order (its OrderPlaced in the outbox).
+async fn paid(store: &Store, id: &str) -> OrderRow {
+    let order = pending(store, id, Duration::ZERO).await;
+    let paid = Paid {
+        payment_id: "pay_1",
+        event_id: "evt_placed",
+        trace_context: None,
+        now_ms: NOW,
+    };
+    store
+        .mark_paid(&order.order_id, paid, Writer::Call, |_| {
+            Ok(b"placed".to_vec())
+        })
+        .await
+        .expect("paid")
+}
+
+fn cancelled(refund_id: &str) -> Cancelled<'_> {
+    Cancelled {
+        refund_id,
+        event_id: "evt_cancelled",
+        trace_context: None,
+        now_ms: NOW + 1,
+    }
+}
+
+#[on_both_backends]
+#[tokio::test]
+async fn a_paid_order_is_cancelled_once_with_one_event_whoever_finishes_it(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let order = paid(&store, "ord_1").await;
+
+    // PAID -> CANCELLING: stored with the first reason, by the database's clock.
+    let cancelling = store
+        .begin_cancel(&order.order_id, "changed my mind", NOW)
+        .await
+        .expect("begin");
+    assert_eq!(cancelling.status, Status::Cancelling);
+    assert_eq!(cancelling.cancel.reason, "changed my mind");
+    assert!(cancelling.cancel.requested_at_ms.is_some());
+    let again = store
+        .begin_cancel(&order.order_id, "another reason", NOW)
+        .await
+        .expect("begin");
+    assert_eq!(
+        (again.status, again.cancel.reason.as_str()),
+        (Status::Cancelling, "changed my mind"),
+        "a second cancel changes nothing"
+    );
+
+    // Two writers finish it (two replicas, or a call and the reconciler): one transition, one
+    // OrderCancelled in the outbox, the first refund recorded.
+    let first = store
+        .mark_cancelled(&order.order_id, cancelled("ref_1"), |_| {
+            Ok(b"cancelled".to_vec())
+        })
+        .await
+        .expect("cancel");
+    let second = store
+        .mark_cancelled(&order.order_id, cancelled("ref_2"), |_| {
+            Ok(b"again".to_vec())
+        })
+        .await
+        .expect("cancel");
+    assert_eq!(
+        (first.status, first.cancel.refund_id.as_str()),
+        (Status::Cancelled, "ref_1")
+    );
+    assert_eq!(second, first, "the second writer changed nothing");
+    // In the outbox after the order's OrderPlaced, and not published before it.
+    let types = |events: &[OutboxRow]| {
+        events
+            .iter()
+            .map(|e| (e.event_id.clone(), e.event_type.clone(), e.payload.clone()))
+            .collect::<Vec<_>>()
+    };
+    let lease = Duration::from_secs(60);
+    let first_round = store
+        .claim_events("relay", lease, 10)
+        .await
+        .expect("outbox");
+    assert_eq!(
+        types(&first_round),
+        [(
+            "evt_placed".to_owned(),
+            ordermesh::events::ORDER_PLACED_TYPE.to_owned(),
+            b"placed".to_vec()
+        )]
+    );
+    store
+        .mark_published(&first_round[0], NOW)
+        .await
+        .expect("published");
+    let second_round = store
+        .claim_events("relay", lease, 10)
+        .await
+        .expect("outbox");
+    assert_eq!(
+        types(&second_round),
+        [(
+            "evt_cancelled".to_owned(),
+            ordermesh::events::ORDER_CANCELLED_TYPE.to_owned(),
+            b"cancelled".to_vec()
+        )],
+        "one OrderCancelled, with its type"
+    );
+
+    // Cancelled is final: a cancel asked again answers the same order.
+    let after = store
+        .begin_cancel(&order.order_id, "once more", NOW)
+        .await
+        .expect("begin");
+    assert_eq!(
+        (after.status, &after.cancel),
+        (Status::Cancelled, &first.cancel)
+    );
+}
+
+#[on_both_backends]
+#[tokio::test]
+async fn only_a_paid_order_starts_to_cancel(backend: Backend) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    let pending_order = pending(&store, "ord_pending", Duration::ZERO).await;
+    let failed = pending(&store, "ord_failed", Duration::ZERO).await;
+    store
+        .mark_failed(&failed.order_id, "pay_x", "declined", NOW, Writer::Call)
+        .await
+        .expect("write");
+    for (id, status) in [
+        ("ord_pending", Status::PendingPayment),
+        ("ord_failed", Status::PaymentFailed),
+    ] {
+        let after = store.begin_cancel(id, "why not", NOW).await.expect("begin");
+        assert_eq!(after.status, status, "{id}");
+        assert!(after.cancel.requested_at_ms.is_none(), "{id}");
+    }
+    // And nothing but a CANCELLING order is marked cancelled.
+    let after = store
+        .mark_cancelled(&pending_order.order_id, cancelled("ref_x"), |_| {
+            Ok(Vec::new())
+        })
+        .await
+        .expect("write");
+    assert_eq!(after.status, Status::PendingPayment);
+    assert_eq!(store.backlog().await.expect("backlog"), 0);
 }

@@ -32,8 +32,11 @@ use std::{
 
 use opentelemetry::metrics::Meter;
 use ordermesh::{
-    proto::payment::v1::ChargeOutcome, proto::payment::v1::ChargeRequest,
-    proto::payment::v1::CloseChargeKeyRequest, proto::payment::v1::Payment,
+    proto::payment::v1::ChargeOutcome,
+    proto::payment::v1::ChargeRequest,
+    proto::payment::v1::CloseChargeKeyRequest,
+    proto::payment::v1::Payment,
+    proto::payment::v1::{Refund, RefundRequest},
 };
 use ordermesh_platform::tls::ClientTlsFiles;
 use tokio::{sync::watch, time::Instant};
@@ -256,6 +259,43 @@ impl PaymentClient {
                 Err(_) => {
                     last = Status::deadline_exceeded(format!(
                         "payment did not settle the charge key within {} ms",
+                        timeout.as_millis()
+                    ));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Refunds `payment_id` with payment's Refund under `key`: the refund made under the key
+    /// before, or a new one. Idempotent by its key, so each endpoint is tried in turn (healthy ones
+    /// first) until one answers; `timeout` bounds each try. An error from every endpoint means the
+    /// refund may or may not have been made: asking again with the same key finds out.
+    pub async fn refund(
+        &self,
+        key: &str,
+        payment_id: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<Refund, Status> {
+        let mut last = Status::unavailable("no payment endpoint to refund with");
+        for mut client in self.balancer.clients() {
+            let mut request = Request::new(RefundRequest {
+                idempotency_key: key.to_owned(),
+                payment_id: payment_id.to_owned(),
+                reason: reason.to_owned(),
+            });
+            request.set_timeout(timeout);
+            match tokio::time::timeout(timeout, client.refund(request)).await {
+                Ok(Ok(refund)) => return Ok(refund.into_inner()),
+                // This endpoint cannot answer now; another may.
+                Ok(Err(status)) if Meaning::of(status.code()).breaker == Breaker::Failure => {
+                    last = status;
+                }
+                Ok(Err(status)) => return Err(status),
+                Err(_) => {
+                    last = Status::deadline_exceeded(format!(
+                        "payment did not refund within {} ms",
                         timeout.as_millis()
                     ));
                 }

@@ -5,6 +5,7 @@
 use super::support;
 
 mod campaign;
+mod cancel;
 mod failures;
 mod idempotency;
 mod limits;
