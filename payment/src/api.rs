@@ -145,7 +145,14 @@ impl PaymentApi {
             .get(&req.payment_id)
             .await?
             .ok_or_else(|| PaymentError::NotFound(req.payment_id.clone()))?;
-        not_refundable(&payment)?;
+        if let Err(refused) = not_refundable(&payment) {
+            // A copy of this request may have refunded it between the key's lookup and the
+            // payment's: then this is its retry, and gets its refund.
+            if let Some(stored) = self.store.refund_by_key(&req.idempotency_key).await? {
+                return replay(stored, &request_fingerprint);
+            }
+            return Err(refused);
+        }
         let candidate = RefundRow {
             refund_id: format!("ref_{}", uuid::Uuid::now_v7().simple()),
             idempotency_key: req.idempotency_key,
@@ -170,6 +177,12 @@ impl PaymentApi {
             // A copy of this request racing this one stored first (or another request took the
             // key): the same answer as a retry after it.
             RefundWrite::KeyTaken(stored) => replay(stored, &candidate.request_fingerprint),
+            // Taken by a copy of this request (the same key): its refund, as for a retry.
+            RefundWrite::PaymentTaken(stored)
+                if stored.idempotency_key == candidate.idempotency_key =>
+            {
+                replay(stored, &candidate.request_fingerprint)
+            }
             RefundWrite::PaymentTaken(stored) => Err(PaymentError::AlreadyRefunded {
                 payment_id: stored.payment_id,
                 refund_id: stored.refund_id,

@@ -486,3 +486,58 @@ async fn an_abort_before_the_write_refunds_nothing(backend: Backend) -> Result<(
     ensure!(stored_refunds(&server.database_url).await?.is_empty());
     Ok(())
 }
+
+#[on_both_backends]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_one_refund_racing_each_get_the_one_refund(backend: Backend) -> Result<()> {
+    // Arrange: the order service's replicas asking for one order's refund at once, under the one
+    // key they derive from the order (found by CancelOrder racing on two replicas: a copy that
+    // read the key before the first committed was told the payment was refunded already).
+    const PAYMENTS: usize = 10;
+    const COPIES: usize = 4;
+    let Some(mut server) = spawn_payment(backend).await? else {
+        return Ok(());
+    };
+    let mut payments = Vec::new();
+    for n in 0..PAYMENTS {
+        payments.push(charge(&mut server.client, &format!("charge-{n}"), "tok_visa").await?);
+    }
+
+    // Act: every copy at once.
+    let mut calls = tokio::task::JoinSet::new();
+    for payment in &payments {
+        for _ in 0..COPIES {
+            let mut client = server.client.clone();
+            let request = refund_request(
+                &format!("refund:{}", payment.payment_id),
+                &payment.payment_id,
+                "cancelled",
+            );
+            calls.spawn(async move {
+                let payment_id = request.payment_id.clone();
+                (payment_id, refund(&mut client, request).await)
+            });
+        }
+    }
+    let mut answers: HashMap<String, Vec<Result<Refund, Status>>> = HashMap::new();
+    while let Some(joined) = calls.join_next().await {
+        let (payment_id, answer) = joined?;
+        answers.entry(payment_id).or_default().push(answer);
+    }
+
+    // Assert: every copy answered with the same one refund.
+    ensure!(stored_refunds(&server.database_url).await?.len() == PAYMENTS);
+    for (payment_id, answers) in &answers {
+        let ids: std::collections::HashSet<String> = answers
+            .iter()
+            .map(|a| {
+                a.as_ref()
+                    .map(|r| r.refund_id.clone())
+                    .map_err(Clone::clone)
+            })
+            .collect::<Result<_, Status>>()
+            .map_err(|status| anyhow::anyhow!("{payment_id}: a copy was refused: {status:?}"))?;
+        ensure!(ids.len() == 1, "{payment_id}: {ids:?}");
+    }
+    Ok(())
+}

@@ -64,20 +64,20 @@ impl Watchdog {
                     2 => {
                         let since = *failed_at.get_or_insert_with(std::time::Instant::now);
                         if since.elapsed() > Self::CLEANUP {
-                            eprintln!(
-                                "{test} failed and its cleanup still hangs after {:?}; ending the test run",
+                            say(&format!(
+                                "{test} failed and its cleanup still hangs after {:?}; ending the test run (the test's own output is lost with it: rerun it alone to see it)",
                                 Self::CLEANUP
-                            );
+                            ));
                             std::process::exit(101);
                         }
                     }
                     _ => {}
                 }
                 if started.elapsed() > Self::LIMIT {
-                    eprintln!(
+                    say(&format!(
                         "{test} is still running after {:?}: it hangs; ending the test run",
                         Self::LIMIT
-                    );
+                    ));
                     std::process::exit(101);
                 }
                 std::thread::sleep(Duration::from_millis(500));
@@ -90,6 +90,13 @@ impl Watchdog {
     pub fn finish(&self) {
         self.state.store(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Writes `line` to the process's real stderr: `eprintln!` in a test's threads goes to the test
+/// harness's capture, which is lost when the watchdog ends the process.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 impl Drop for Watchdog {
@@ -677,6 +684,11 @@ impl TestMesh {
     /// audit reads it).
     pub async fn all_events(&self) -> Result<Vec<(String, String)>> {
         ordermesh_bench::events::read_events(&self.kafka, &self.topic, EVENTUALLY).await
+    }
+
+    /// Every event on the topic with its type (see [`Self::all_events`]).
+    pub async fn all_topic_events(&self) -> Result<Vec<ordermesh_bench::events::TopicEvent>> {
+        ordermesh_bench::events::read_topic_events(&self.kafka, &self.topic, EVENTUALLY).await
     }
 
     /// Where the order service listens (a new port after each restart).

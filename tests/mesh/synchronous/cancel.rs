@@ -232,3 +232,70 @@ async fn an_unpaid_or_unknown_order_is_refused_with_what_to_do() -> Result<()> {
     ensure!(mesh.payments_for(&pending.order_id).await? == 0);
     mesh.shutdown().await
 }
+
+#[on_both_backends]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_on_two_order_replicas_make_one_refund_and_one_event(
+    backend: Backend,
+) -> Result<()> {
+    // Arrange: order replicas A and B on one database (on SQLite, one process's file: the
+    // in-process replicas share it), B calling a second payment replica on payment's database.
+    let Some(mesh) = spawn_mesh_with(backend, MeshOptions::default()).await? else {
+        return Ok(());
+    };
+    let payment_2 = mesh.spawn_payment_replica().await?;
+    let order_b = mesh.spawn_order_replica(&payment_2.url()).await?;
+    let orders = mesh.place_orders("race", 10).await?;
+    let a = mesh.order_client().await?;
+    let b = ordermesh::proto::order::v1::order_service_client::OrderServiceClient::connect(
+        order_b.url(),
+    )
+    .await?;
+
+    // Act: each order cancelled four times at once, twice through each replica.
+    let answers = futures::future::join_all(orders.iter().flat_map(|order| {
+        [a.clone(), b.clone(), a.clone(), b.clone()].map(|mut client| {
+            let order_id = order.order_id.clone();
+            async move {
+                client
+                    .cancel_order(CancelOrderRequest {
+                        order_id,
+                        reason: "raced".into(),
+                    })
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+    }))
+    .await;
+
+    // Assert: every answer CANCELLED with the one refund of its order ...
+    let mut refunds: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        std::collections::HashMap::new();
+    for answer in answers {
+        let order = answer?;
+        ensure!(order.status() == OrderStatus::Cancelled, "{order:?}");
+        refunds
+            .entry(order.order_id)
+            .or_default()
+            .insert(order.refund_id);
+    }
+    ensure!(
+        refunds.len() == 10 && refunds.values().all(|r| r.len() == 1),
+        "one refund per order: {refunds:?}"
+    );
+    // ... and one OrderCancelled per order: every event on the topic read back, each order's key
+    // twice (placed, cancelled), no more.
+    let events = mesh.all_events().await?;
+    let mut per_order: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (order_id, _) in &events {
+        *per_order.entry(order_id.clone()).or_default() += 1;
+    }
+    ensure!(
+        events.len() == 20 && per_order.len() == 10 && per_order.values().all(|n| *n == 2),
+        "events per order: {per_order:?}"
+    );
+    order_b.stop().await?;
+    payment_2.stop().await?;
+    mesh.shutdown().await
+}
