@@ -122,6 +122,8 @@ async fn every_command_in_the_docs_runs_as_written(backend: Backend) -> Result<(
         "ordermesh.order.v1.OrderService",
         "SERVING",
         "ORDER_STATUS_PAID",
+        "ORDER_STATUS_CANCELLED",
+        "PAYMENT_STATUS_REFUNDED",
         "ordermesh.events.v1.OrderPlaced",
         "CHANNEL_EMAIL",
         "CHANNEL_SMS",
