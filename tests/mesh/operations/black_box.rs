@@ -117,3 +117,87 @@ async fn kcat_reads_the_event_with_its_cloudevents_headers(backend: Backend) -> 
     assert_eq!(payload["eventId"], created.event_id.as_str());
     mesh.shutdown().await
 }
+
+#[on_both_backends]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kcat_reads_an_order_cancelled_after_its_order_placed_on_the_same_key(
+    backend: Backend,
+) -> Result<()> {
+    let Some(kcat) = tool("kcat")? else {
+        return Ok(());
+    };
+    let Some(mesh) = spawn_mesh(backend).await? else {
+        return Ok(());
+    };
+    let mut client = mesh.order_client().await?;
+    let created = client
+        .create_order(super::support::helpers::order_request(
+            "kcat-cancel",
+            "tok_visa",
+        ))
+        .await?
+        .into_inner();
+    let cancelled = client
+        .cancel_order(ordermesh::proto::order::v1::CancelOrderRequest {
+            order_id: created.order_id.clone(),
+            reason: "changed my mind".into(),
+        })
+        .await?
+        .into_inner();
+
+    // The order's events as kcat reads them, in the partition's order; the relay publishes the
+    // cancellation shortly after CancelOrder answers.
+    let read = || async {
+        let output = sh(&format!(
+            "{} -b {} -t {} -C -e -J -q",
+            kcat.display(),
+            mesh.broker.bootstrap_servers(),
+            mesh.topic
+        ))
+        .await?;
+        let mut ours = Vec::new();
+        for line in output.lines() {
+            let record: serde_json::Value = serde_json::from_str(line)?;
+            if record["key"] != created.order_id.as_str() {
+                continue;
+            }
+            let headers: Vec<String> = record["headers"]
+                .as_array()
+                .context("headers")?
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect();
+            let ce_type = headers
+                .iter()
+                .position(|h| h == "ce_type")
+                .and_then(|i| headers.get(i + 1).cloned())
+                .unwrap_or_default();
+            let payload: serde_json::Value =
+                serde_json::from_str(record["payload"].as_str().unwrap_or("null"))?;
+            ours.push((record["offset"].as_i64().unwrap_or(-1), ce_type, payload));
+        }
+        Ok::<_, anyhow::Error>(ours)
+    };
+    let mut ours = read().await?;
+    for _ in 0..50 {
+        if ours.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ours = read().await?;
+    }
+    assert_eq!(
+        ours.iter().map(|(_, t, _)| t.as_str()).collect::<Vec<_>>(),
+        [
+            ordermesh::events::ORDER_PLACED_TYPE,
+            ordermesh::events::ORDER_CANCELLED_TYPE
+        ],
+        "{ours:?}"
+    );
+    assert!(ours[0].0 < ours[1].0, "in the partition's order: {ours:?}");
+    let event = &ours[1].2;
+    assert_eq!(event["refundId"], cancelled.refund_id.as_str());
+    assert_eq!(event["reason"], "changed my mind");
+    assert_eq!(event["amount"]["minorUnits"], "3998");
+    mesh.shutdown().await
+}
