@@ -2,12 +2,18 @@
 //! mesh holds: every order (ListOrders), every payment (payment's ListPayments), every event on the
 //! topic and, when given, every notification.
 //!
-//! The invariant: once pending orders are settled, every order is PAID, PAYMENT_FAILED or
-//! ABANDONED, and there is one order per request id; a PAID order has exactly one SUCCEEDED charge,
-//! made under its own charge key (`order:<order_id>`) and named by the order, exactly one
-//! OrderPlaced event, and (with notifications) exactly one email and one SMS; an order that is not
-//! paid has no charge standing, no event and no notification; payment holds no SUCCEEDED charge and
-//! the topic no event that no order accounts for.
+//! The invariant: once pending orders are settled and cancels finished, every order is PAID,
+//! CANCELLED, PAYMENT_FAILED or ABANDONED, and there is one order per request id; a PAID order has
+//! exactly one SUCCEEDED charge, made under its own charge key (`order:<order_id>`) and named by
+//! the order, exactly one OrderPlaced event, no OrderCancelled event, and (with notifications)
+//! exactly one email and one SMS for its event; a CANCELLED order has no charge standing, exactly
+//! one REFUNDED payment (the refund the order names), exactly one OrderPlaced and one
+//! OrderCancelled event, and one email and one SMS for each; an order that was never paid has no
+//! charge standing, no event and no notification; payment holds no SUCCEEDED charge and no refund,
+//! and the topic no event, that no order accounts for; a cancel answered OK ends CANCELLED.
+//!
+//! Notifications are counted per event (their `event_id`), since a cancelled order has two events,
+//! each notified on both channels.
 //!
 //! Reading ([`Ledger::read`]) is kept apart from judging ([`Ledger::violations`]), so the judging
 //! is tested on ledgers built by hand, broken ones included.
@@ -16,15 +22,22 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 use ordermesh::{
-    proto::notification::v1::ListNotificationsRequest, proto::notification::v1::Notification,
+    events::{ORDER_CANCELLED_TYPE, ORDER_PLACED_TYPE},
+    proto::notification::v1::ListNotificationsRequest,
+    proto::notification::v1::Notification,
     proto::notification::v1::notification_service_client::NotificationServiceClient,
-    proto::order::v1::ListOrdersRequest, proto::order::v1::Order, proto::order::v1::OrderStatus,
+    proto::order::v1::ListOrdersRequest,
+    proto::order::v1::Order,
+    proto::order::v1::OrderStatus,
     proto::order::v1::order_service_client::OrderServiceClient,
-    proto::payment::v1::ListPaymentsRequest, proto::payment::v1::Payment,
+    proto::payment::v1::ListPaymentsRequest,
+    proto::payment::v1::Payment,
     proto::payment::v1::PaymentStatus,
     proto::payment::v1::payment_service_client::PaymentServiceClient,
 };
 use tonic::transport::Channel;
+
+use crate::events::TopicEvent;
 
 /// Which part of the invariant a [`Violation`] breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -39,10 +52,26 @@ pub enum Invariant {
     PaidChargedOnce,
     /// A PAID order's charge is the one it names, under the key `order:<order_id>`.
     ChargeMatchesOrder,
-    /// A PAID order has exactly one event.
+    /// A PAID (or CANCELLED) order has exactly one OrderPlaced event.
     PaidAnnouncedOnce,
-    /// A PAID order has exactly one email and one SMS notification.
+    /// A PAID (or CANCELLED) order has exactly one email and one SMS notification of its
+    /// OrderPlaced event, and none for an event that is not on the topic.
     PaidNotifiedOnce,
+    /// No order is left CANCELLING.
+    CancelFinished,
+    /// A cancel answered OK ends CANCELLED.
+    AcceptedCancelKept,
+    /// A CANCELLED order has exactly one REFUNDED payment.
+    CancelledRefundedOnce,
+    /// A CANCELLED order's refund is the one it names, of the payment it names.
+    RefundMatchesOrder,
+    /// A CANCELLED order has exactly one OrderCancelled event.
+    CancelledAnnouncedOnce,
+    /// A CANCELLED order has exactly one email and one SMS notification of its OrderCancelled
+    /// event.
+    CancelledNotifiedOnce,
+    /// An order not CANCELLED has no OrderCancelled event.
+    UncancelledNotAnnouncedCancelled,
     /// An order not paid has no SUCCEEDED charge standing.
     UnpaidNotCharged,
     /// An order not paid has no event.
@@ -51,6 +80,8 @@ pub enum Invariant {
     UnpaidNotNotified,
     /// Every SUCCEEDED charge belongs to an order.
     NoStrayCharge,
+    /// Every REFUNDED payment belongs to a CANCELLED order.
+    NoRefundWithoutCancel,
     /// Every event announces an order.
     NoStrayEvent,
 }
@@ -63,12 +94,26 @@ impl std::fmt::Display for Invariant {
             Self::Settled => "no order left pending",
             Self::PaidChargedOnce => "a paid order has exactly one charge",
             Self::ChargeMatchesOrder => "a paid order's charge is its own",
-            Self::PaidAnnouncedOnce => "a paid order has exactly one event",
+            Self::PaidAnnouncedOnce => "a paid order has exactly one OrderPlaced event",
             Self::PaidNotifiedOnce => "a paid order has one email and one SMS",
+            Self::CancelFinished => "no order left cancelling",
+            Self::AcceptedCancelKept => "an accepted cancel ends cancelled",
+            Self::CancelledRefundedOnce => "a cancelled order has exactly one refund",
+            Self::RefundMatchesOrder => "a cancelled order's refund is its own",
+            Self::CancelledAnnouncedOnce => {
+                "a cancelled order has exactly one OrderCancelled event"
+            }
+            Self::CancelledNotifiedOnce => {
+                "a cancelled order has one cancellation email and one cancellation SMS"
+            }
+            Self::UncancelledNotAnnouncedCancelled => {
+                "an order not cancelled has no OrderCancelled event"
+            }
             Self::UnpaidNotCharged => "an unpaid order has no charge standing",
             Self::UnpaidNotAnnounced => "an unpaid order has no event",
             Self::UnpaidNotNotified => "an unpaid order has no notification",
             Self::NoStrayCharge => "every charge belongs to an order",
+            Self::NoRefundWithoutCancel => "every refund belongs to a cancelled order",
             Self::NoStrayEvent => "every event announces an order",
         })
     }
@@ -108,8 +153,8 @@ impl std::fmt::Display for Violation {
 pub struct Ledger {
     pub orders: Vec<Order>,
     pub payments: Vec<Payment>,
-    /// Every event on the topic as (message key = order id, event id).
-    pub events: Vec<(String, String)>,
+    /// Every event on the topic (key = order id, event id, type).
+    pub events: Vec<TopicEvent>,
     /// Every notification; None skips the notification checks (no notifier).
     pub notifications: Option<Vec<Notification>>,
 }
@@ -119,7 +164,7 @@ pub struct Ledger {
 pub async fn audit(
     order: &mut OrderServiceClient<Channel>,
     payment: &mut PaymentServiceClient<Channel>,
-    events: Vec<(String, String)>,
+    events: Vec<TopicEvent>,
     notifications: Option<Vec<Notification>>,
 ) -> Result<Vec<Violation>> {
     Ok(Ledger::read(order, payment, events, notifications)
@@ -132,7 +177,7 @@ impl Ledger {
     pub async fn read(
         order: &mut OrderServiceClient<Channel>,
         payment: &mut PaymentServiceClient<Channel>,
-        events: Vec<(String, String)>,
+        events: Vec<TopicEvent>,
         notifications: Option<Vec<Notification>>,
     ) -> Result<Self> {
         Ok(Self {
@@ -146,26 +191,43 @@ impl Ledger {
     /// Every way this ledger breaks the invariant; empty when it holds.
     pub fn violations(&self) -> Vec<Violation> {
         let mut charges: HashMap<&str, Vec<&Payment>> = HashMap::new();
+        let mut refunds: HashMap<&str, Vec<&Payment>> = HashMap::new();
         for payment in &self.payments {
             match payment.status() {
                 // A charge standing: the money is held.
                 PaymentStatus::Succeeded => {
                     charges.entry(&payment.order_id).or_default().push(payment);
                 }
-                // Charged, then given back in full (a PAID order with only this has no charge
-                // standing); declined; or not a payment at all: no money held.
-                PaymentStatus::Refunded | PaymentStatus::Declined | PaymentStatus::Unspecified => {}
+                // Charged, then given back in full: no money held (a PAID order with only this
+                // has no charge standing), and a refund that only a CANCELLED order accounts for.
+                PaymentStatus::Refunded => {
+                    refunds.entry(&payment.order_id).or_default().push(payment);
+                }
+                // Declined, or not a payment at all: no money held.
+                PaymentStatus::Declined | PaymentStatus::Unspecified => {}
             }
         }
-        let mut events_of: HashMap<&str, usize> = HashMap::new();
-        for (order_id, _) in &self.events {
-            *events_of.entry(order_id).or_default() += 1;
+        // Each order's events by kind, as event ids.
+        let mut events_of: HashMap<&str, Events<'_>> = HashMap::new();
+        for event in &self.events {
+            let of = events_of.entry(&event.key).or_default();
+            match event.ce_type.as_str() {
+                // No type is what the notifier reads as OrderPlaced too.
+                "" | ORDER_PLACED_TYPE => of.placed.push(&event.id),
+                ORDER_CANCELLED_TYPE => of.cancelled.push(&event.id),
+                _ => of.other.push(&event.id),
+            }
         }
+        // Notifications per (event id, channel), and the event ids each order was notified of.
         let mut notified: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut notified_events: HashMap<&str, Vec<(&str, &str)>> = HashMap::new();
         for n in self.notifications.iter().flatten() {
-            *notified
-                .entry((n.order_id.as_str(), n.channel().as_str_name()))
-                .or_default() += 1;
+            let channel = n.channel().as_str_name();
+            *notified.entry((n.event_id.as_str(), channel)).or_default() += 1;
+            notified_events
+                .entry(n.order_id.as_str())
+                .or_default()
+                .push((n.event_id.as_str(), channel));
         }
         let mut orders_of: HashMap<&str, Vec<&str>> = HashMap::new();
         for order in &self.orders {
@@ -185,10 +247,14 @@ impl Ledger {
                 detail,
             });
         };
+        let no_events = Events::default();
         for order in &self.orders {
             let id = order.order_id.as_str();
+            let status = order.status();
+            let status_name = status.as_str_name();
             let charged = charges.get(id).map_or(&[][..], Vec::as_slice);
-            let event_count = events_of.get(id).copied().unwrap_or(0);
+            let refunded = refunds.get(id).map_or(&[][..], Vec::as_slice);
+            let events = events_of.get(id).unwrap_or(&no_events);
             let siblings = &orders_of[order.request_id.as_str()];
             if siblings.len() > 1 && siblings[0] == id {
                 breach(
@@ -198,7 +264,69 @@ impl Ledger {
                     format!("has {} orders: {}", siblings.len(), siblings.join(", ")),
                 );
             }
-            match order.status() {
+            // What is wrong with the notifications of each event of `ids` (with notifications):
+            // each is notified once on each channel.
+            let misnotified = |ids: &[&str], what: &str| {
+                let mut found = Vec::new();
+                if self.notifications.is_none() {
+                    return found;
+                }
+                for event_id in ids {
+                    for channel in ["CHANNEL_EMAIL", "CHANNEL_SMS"] {
+                        let sent = notified.get(&(*event_id, channel)).copied().unwrap_or(0);
+                        if sent != 1 {
+                            found.push(format!(
+                                "is {status_name} with {sent} notifications on {channel} for its {what} {event_id}"
+                            ));
+                        }
+                    }
+                }
+                found
+            };
+            match status {
+                OrderStatus::Paid | OrderStatus::Cancelled => {
+                    if events.placed.len() != 1 {
+                        breach(
+                            Invariant::PaidAnnouncedOnce,
+                            order,
+                            "",
+                            format!(
+                                "is {status_name} with {} OrderPlaced events",
+                                events.placed.len()
+                            ),
+                        );
+                    }
+                    for detail in misnotified(&events.placed, "OrderPlaced") {
+                        breach(Invariant::PaidNotifiedOnce, order, "", detail);
+                    }
+                    if status == OrderStatus::Cancelled {
+                        for detail in misnotified(&events.cancelled, "OrderCancelled") {
+                            breach(Invariant::CancelledNotifiedOnce, order, "", detail);
+                        }
+                    }
+                    // A notification of an event that is not among the order's on the topic.
+                    let known: Vec<&str> = events
+                        .placed
+                        .iter()
+                        .chain(&events.cancelled)
+                        .copied()
+                        .collect();
+                    for (event_id, channel) in notified_events.get(id).into_iter().flatten() {
+                        if !known.contains(event_id) {
+                            breach(
+                                Invariant::PaidNotifiedOnce,
+                                order,
+                                "",
+                                format!(
+                                    "is {status_name} with a notification on {channel} for event {event_id}, which is not on the topic"
+                                ),
+                            );
+                        }
+                    }
+                }
+                _ => {}
+            }
+            match status {
                 OrderStatus::Paid => {
                     if charged.len() != 1 {
                         breach(
@@ -223,29 +351,84 @@ impl Ledger {
                             );
                         }
                     }
-                    if event_count != 1 {
+                    if !events.cancelled.is_empty() {
                         breach(
-                            Invariant::PaidAnnouncedOnce,
+                            Invariant::UncancelledNotAnnouncedCancelled,
                             order,
                             "",
-                            format!("is PAID with {event_count} events"),
+                            format!(
+                                "is PAID with {} OrderCancelled events",
+                                events.cancelled.len()
+                            ),
                         );
                     }
-                    if self.notifications.is_some() {
-                        for channel in ["CHANNEL_EMAIL", "CHANNEL_SMS"] {
-                            let sent = notified.get(&(id, channel)).copied().unwrap_or(0);
-                            if sent != 1 {
-                                breach(
-                                    Invariant::PaidNotifiedOnce,
-                                    order,
-                                    "",
-                                    format!("is PAID with {sent} notifications on {channel}"),
-                                );
-                            }
+                }
+                OrderStatus::Cancelled => {
+                    for charge in charged {
+                        breach(
+                            Invariant::UnpaidNotCharged,
+                            order,
+                            &charge.payment_id,
+                            "is CANCELLED with a charge standing".into(),
+                        );
+                    }
+                    if refunded.len() != 1 {
+                        breach(
+                            Invariant::CancelledRefundedOnce,
+                            order,
+                            &order.payment_id,
+                            format!("is CANCELLED with {} refunded payments", refunded.len()),
+                        );
+                    }
+                    for payment in refunded {
+                        if payment.payment_id != order.payment_id
+                            || payment.refund_id != order.refund_id
+                            || order.refund_id.is_empty()
+                        {
+                            breach(
+                                Invariant::RefundMatchesOrder,
+                                order,
+                                &payment.payment_id,
+                                format!(
+                                    "names payment {:?} and refund {:?}, but payment {} shows refund {:?}",
+                                    order.payment_id,
+                                    order.refund_id,
+                                    payment.payment_id,
+                                    payment.refund_id
+                                ),
+                            );
                         }
                     }
+                    if events.cancelled.len() != 1 {
+                        breach(
+                            Invariant::CancelledAnnouncedOnce,
+                            order,
+                            "",
+                            format!(
+                                "is CANCELLED with {} OrderCancelled events",
+                                events.cancelled.len()
+                            ),
+                        );
+                    }
                 }
-                status => {
+                // A cancel half done: the refund is still owed (or owed its record). What it
+                // holds meanwhile is judged once it is finished.
+                OrderStatus::Cancelling => {
+                    breach(
+                        Invariant::CancelFinished,
+                        order,
+                        &order.payment_id,
+                        format!(
+                            "is still CANCELLING ({} refunded payments, {} OrderCancelled events)",
+                            refunded.len(),
+                            events.cancelled.len()
+                        ),
+                    );
+                }
+                OrderStatus::PendingPayment
+                | OrderStatus::PaymentFailed
+                | OrderStatus::Abandoned
+                | OrderStatus::Unspecified => {
                     if status == OrderStatus::PendingPayment {
                         breach(Invariant::Settled, order, "", "is still pending".into());
                     }
@@ -254,23 +437,24 @@ impl Ledger {
                             Invariant::UnpaidNotCharged,
                             order,
                             &charge.payment_id,
-                            format!("is {} with a charge standing", status.as_str_name()),
+                            format!("is {status_name} with a charge standing"),
                         );
                     }
+                    let event_count = events.len();
                     if event_count != 0 {
                         breach(
                             Invariant::UnpaidNotAnnounced,
                             order,
                             "",
-                            format!("is {} with {event_count} events", status.as_str_name()),
+                            format!("is {status_name} with {event_count} events"),
                         );
                     }
-                    if notified.keys().any(|(o, _)| *o == id) {
+                    if notified_events.contains_key(id) {
                         breach(
                             Invariant::UnpaidNotNotified,
                             order,
                             "",
-                            format!("is {} but was notified", status.as_str_name()),
+                            format!("is {status_name} but was notified"),
                         );
                     }
                 }
@@ -298,14 +482,36 @@ impl Ledger {
                 }
             }
         }
-        for (order_id, count) in &events_of {
+        for (order_id, refunded) in &refunds {
+            let status = known.get(order_id).map(|o| o.status());
+            if status == Some(OrderStatus::Cancelled) {
+                continue;
+            }
+            let (request_id, whose) = match known.get(order_id) {
+                Some(order) => (
+                    order.request_id.clone(),
+                    format!("whose order is {}", order.status().as_str_name()),
+                ),
+                None => (String::new(), "for an order that does not exist".to_owned()),
+            };
+            for payment in refunded {
+                out.push(Violation {
+                    invariant: Invariant::NoRefundWithoutCancel,
+                    request_id: request_id.clone(),
+                    order_id: (*order_id).to_owned(),
+                    payment_id: payment.payment_id.clone(),
+                    detail: format!("is REFUNDED (refund {:?}) {whose}", payment.refund_id),
+                });
+            }
+        }
+        for (order_id, events) in &events_of {
             if !known.contains_key(order_id) {
                 out.push(Violation {
                     invariant: Invariant::NoStrayEvent,
                     request_id: String::new(),
                     order_id: (*order_id).to_owned(),
                     payment_id: String::new(),
-                    detail: format!("is announced by {count} events but does not exist"),
+                    detail: format!("is announced by {} events but does not exist", events.len()),
                 });
             }
         }
@@ -316,6 +522,38 @@ impl Ledger {
                 &b.order_id,
             ))
         });
+        out
+    }
+
+    /// A violation for each of `cancelled` (order ids whose CancelOrder was answered OK) that is
+    /// not CANCELLED in this ledger.
+    pub fn accepted_cancels_not_kept<'a>(
+        &self,
+        cancelled: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Violation> {
+        let known: HashMap<&str, &Order> = self
+            .orders
+            .iter()
+            .map(|o| (o.order_id.as_str(), o))
+            .collect();
+        let mut out: Vec<Violation> = cancelled
+            .into_iter()
+            .filter_map(|order_id| {
+                let (request_id, status) = match known.get(order_id) {
+                    Some(o) if o.status() == OrderStatus::Cancelled => return None,
+                    Some(o) => (o.request_id.clone(), o.status().as_str_name()),
+                    None => (String::new(), "not listed"),
+                };
+                Some(Violation {
+                    invariant: Invariant::AcceptedCancelKept,
+                    request_id,
+                    order_id: order_id.to_owned(),
+                    payment_id: String::new(),
+                    detail: format!("was answered OK to CancelOrder but is {status}"),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.order_id.cmp(&b.order_id));
         out
     }
 
@@ -344,14 +582,41 @@ impl Ledger {
     pub fn pending(&self) -> usize {
         count_pending(&self.orders)
     }
+
+    /// The orders still CANCELLING.
+    pub fn cancelling(&self) -> usize {
+        count_cancelling(&self.orders)
+    }
 }
 
 /// How many of `orders` are PENDING_PAYMENT.
 pub fn count_pending(orders: &[Order]) -> usize {
-    orders
-        .iter()
-        .filter(|o| o.status() == OrderStatus::PendingPayment)
-        .count()
+    count_status(orders, OrderStatus::PendingPayment)
+}
+
+/// How many of `orders` are CANCELLING.
+pub fn count_cancelling(orders: &[Order]) -> usize {
+    count_status(orders, OrderStatus::Cancelling)
+}
+
+/// How many of `orders` are `status`.
+pub fn count_status(orders: &[Order], status: OrderStatus) -> usize {
+    orders.iter().filter(|o| o.status() == status).count()
+}
+
+/// One order's events on the topic by kind, as event ids.
+#[derive(Debug, Default)]
+struct Events<'a> {
+    placed: Vec<&'a str>,
+    cancelled: Vec<&'a str>,
+    /// Of a type the audit does not know.
+    other: Vec<&'a str>,
+}
+
+impl Events<'_> {
+    fn len(&self) -> usize {
+        self.placed.len() + self.cancelled.len() + self.other.len()
+    }
 }
 
 /// Every order the order service holds (all pages).
@@ -419,6 +684,8 @@ pub async fn all_notifications(
 
 #[cfg(test)]
 mod tests {
+    use ordermesh::proto::notification::v1::Channel as NotifyChannel;
+
     use super::*;
 
     fn order(id: &str, status: OrderStatus, payment_id: &str) -> Order {
@@ -441,8 +708,53 @@ mod tests {
         }
     }
 
-    fn event(order_id: &str) -> (String, String) {
-        (order_id.into(), format!("evt-{order_id}"))
+    fn event(order_id: &str) -> TopicEvent {
+        TopicEvent {
+            key: order_id.into(),
+            id: format!("evt-{order_id}"),
+            ce_type: ORDER_PLACED_TYPE.into(),
+        }
+    }
+
+    fn cancelled_event(order_id: &str) -> TopicEvent {
+        TopicEvent {
+            key: order_id.into(),
+            id: format!("evt-cancel-{order_id}"),
+            ce_type: ORDER_CANCELLED_TYPE.into(),
+        }
+    }
+
+    /// `o5`, paid and cancelled as CancelOrder leaves it: refunded once, by the refund it names.
+    fn cancelled(ledger: &mut Ledger) {
+        let mut order = order("o5", OrderStatus::Cancelled, "p5");
+        order.refund_id = "r5".into();
+        ledger.orders.push(order);
+        let mut payment = charge("p5", "o5");
+        payment.status = PaymentStatus::Refunded as i32;
+        payment.refund_id = "r5".into();
+        ledger.payments.push(payment);
+        ledger.events.push(event("o5"));
+        ledger.events.push(cancelled_event("o5"));
+    }
+
+    fn note(order_id: &str, event_id: &str, channel: NotifyChannel) -> Notification {
+        Notification {
+            order_id: order_id.into(),
+            event_id: event_id.into(),
+            channel: channel as i32,
+            ..Default::default()
+        }
+    }
+
+    /// Both notifications of every event of `ledger`.
+    fn all_notified(ledger: &Ledger) -> Vec<Notification> {
+        ledger
+            .events
+            .iter()
+            .flat_map(|e| {
+                [NotifyChannel::Email, NotifyChannel::Sms].map(|c| note(&e.key, &e.id, c))
+            })
+            .collect()
     }
 
     fn sound() -> Ledger {
@@ -518,22 +830,16 @@ mod tests {
 
     #[test]
     fn with_notifications_a_paid_order_needs_one_of_each_and_others_none() {
-        use ordermesh::proto::notification::v1::Channel as NotifyChannel;
-        let note = |order_id: &str, channel: NotifyChannel| Notification {
-            order_id: order_id.into(),
-            channel: channel as i32,
-            ..Default::default()
-        };
         let mut ledger = sound();
         ledger.notifications = Some(vec![
-            note("o1", NotifyChannel::Email),
-            note("o1", NotifyChannel::Sms),
+            note("o1", "evt-o1", NotifyChannel::Email),
+            note("o1", "evt-o1", NotifyChannel::Sms),
         ]);
         assert_eq!(ledger.violations(), vec![]);
         ledger.notifications = Some(vec![
-            note("o1", NotifyChannel::Email),
-            note("o1", NotifyChannel::Email),
-            note("o2", NotifyChannel::Sms),
+            note("o1", "evt-o1", NotifyChannel::Email),
+            note("o1", "evt-o1", NotifyChannel::Email),
+            note("o2", "evt-o2", NotifyChannel::Sms),
         ]);
         assert_eq!(
             invariants(&ledger),
@@ -542,6 +848,126 @@ mod tests {
                 Invariant::PaidNotifiedOnce,
                 Invariant::UnpaidNotNotified,
             ]
+        );
+    }
+
+    #[test]
+    fn a_cancelled_order_refunded_announced_and_notified_once_is_sound() {
+        let mut ledger = sound();
+        cancelled(&mut ledger);
+        assert_eq!(ledger.violations(), vec![]);
+        ledger.notifications = Some(all_notified(&ledger));
+        assert_eq!(ledger.violations(), vec![]);
+        assert_eq!(ledger.cancelling(), 0);
+    }
+
+    #[test]
+    fn a_cancelled_order_without_its_refund_or_its_event_or_with_two_is_caught() {
+        let mut lost = sound();
+        cancelled(&mut lost);
+        lost.payments.retain(|p| p.payment_id != "p5");
+        lost.events.retain(|e| e.ce_type != ORDER_CANCELLED_TYPE);
+        assert_eq!(
+            invariants(&lost),
+            vec![
+                Invariant::CancelledRefundedOnce,
+                Invariant::CancelledAnnouncedOnce,
+            ]
+        );
+        let mut twice = sound();
+        cancelled(&mut twice);
+        let mut again = cancelled_event("o5");
+        again.id = "evt-cancel-o5-again".into();
+        twice.events.push(again);
+        assert_eq!(invariants(&twice), vec![Invariant::CancelledAnnouncedOnce]);
+    }
+
+    #[test]
+    fn a_refund_not_named_by_its_order_or_a_charge_left_standing_is_caught() {
+        let mut ledger = sound();
+        cancelled(&mut ledger);
+        ledger.orders[3].refund_id = "r-other".into();
+        ledger.payments.push(charge("p5b", "o5"));
+        let found = ledger.violations();
+        assert_eq!(
+            found.iter().map(|v| v.invariant).collect::<Vec<_>>(),
+            vec![Invariant::RefundMatchesOrder, Invariant::UnpaidNotCharged],
+            "{found:?}"
+        );
+        assert_eq!(found[0].payment_id, "p5");
+        assert_eq!(found[0].request_id, "req-o5");
+    }
+
+    #[test]
+    fn a_refund_without_a_cancelled_order_and_a_cancel_left_unfinished_are_caught() {
+        let mut ledger = sound();
+        let mut refunded = charge("p1", "o1");
+        refunded.status = PaymentStatus::Refunded as i32;
+        refunded.refund_id = "r1".into();
+        ledger.payments = vec![refunded];
+        ledger
+            .orders
+            .push(order("o6", OrderStatus::Cancelling, "p6"));
+        let mut ghost = charge("p7", "ghost");
+        ghost.status = PaymentStatus::Refunded as i32;
+        ledger.payments.push(ghost);
+        assert_eq!(
+            invariants(&ledger),
+            vec![
+                Invariant::PaidChargedOnce,
+                Invariant::CancelFinished,
+                Invariant::NoRefundWithoutCancel,
+                Invariant::NoRefundWithoutCancel,
+            ]
+        );
+        assert_eq!(ledger.cancelling(), 1);
+    }
+
+    #[test]
+    fn a_paid_order_announced_cancelled_is_caught() {
+        let mut ledger = sound();
+        ledger.events.push(cancelled_event("o1"));
+        assert_eq!(
+            invariants(&ledger),
+            vec![Invariant::UncancelledNotAnnouncedCancelled]
+        );
+    }
+
+    #[test]
+    fn notifications_are_counted_per_event() {
+        let mut ledger = sound();
+        cancelled(&mut ledger);
+        let mut notes = all_notified(&ledger);
+        // The cancellation SMS lost, the cancellation email sent twice, and the confirmation
+        // email of an event that is not on the topic.
+        notes.retain(|n| !(n.event_id == "evt-cancel-o5" && n.channel() == NotifyChannel::Sms));
+        notes.push(note("o5", "evt-cancel-o5", NotifyChannel::Email));
+        notes.push(note("o5", "evt-forged", NotifyChannel::Email));
+        ledger.notifications = Some(notes);
+        let found = ledger.violations();
+        assert_eq!(
+            found.iter().map(|v| v.invariant).collect::<Vec<_>>(),
+            vec![
+                Invariant::PaidNotifiedOnce,
+                Invariant::CancelledNotifiedOnce,
+                Invariant::CancelledNotifiedOnce,
+            ],
+            "{found:?}"
+        );
+        assert!(found[0].detail.contains("evt-forged"), "{found:?}");
+    }
+
+    #[test]
+    fn an_accepted_cancel_must_end_cancelled() {
+        let mut ledger = sound();
+        cancelled(&mut ledger);
+        let found = ledger.accepted_cancels_not_kept(["o5", "o1", "gone"]);
+        let ids: Vec<&str> = found.iter().map(|v| v.order_id.as_str()).collect();
+        assert_eq!(ids, ["gone", "o1"]);
+        assert!(
+            found
+                .iter()
+                .all(|v| v.invariant == Invariant::AcceptedCancelKept)
         );
     }
 }

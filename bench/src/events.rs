@@ -1,9 +1,9 @@
 //! Order events on a topic, as the tools and tests see them: [`publish_order_placed`] and
 //! [`publish_order_cancelled`] publish one as the order service's relay does (for the notifier's
-//! tests and campaigns, which need events and no order service), and [`read_events`] reads every
-//! one back for an audit: each partition from its low watermark to the high watermark it had when
-//! reading began, with a consumer of no group (assigned partitions, nothing committed), so reading
-//! changes nothing for anyone else.
+//! tests and campaigns, which need events and no order service), and [`read_topic_events`] (or
+//! [`read_events`], without the types) reads every one back for an audit: each partition from its
+//! low watermark to the high watermark it had when reading began, with a consumer of no group
+//! (assigned partitions, nothing committed), so reading changes nothing for anyone else.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -68,12 +68,36 @@ async fn publish<E: Event>(
     Ok(())
 }
 
+/// One message on the topic, as an audit reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicEvent {
+    /// The message key: for order events, the order id.
+    pub key: String,
+    /// The `ce_id` header: the event id.
+    pub id: String,
+    /// The `ce_type` header (`ordermesh.events.v1.OrderPlaced`, ...); empty if there is none.
+    pub ce_type: String,
+}
+
 /// Every message on `topic` as (key, `ce_id` header): for order events, (order id, event id).
 pub async fn read_events(
     kafka: &KafkaSettings,
     topic: &str,
     timeout: Duration,
 ) -> Result<Vec<(String, String)>> {
+    Ok(read_topic_events(kafka, topic, timeout)
+        .await?
+        .into_iter()
+        .map(|e| (e.key, e.id))
+        .collect())
+}
+
+/// Every message on `topic` with its key, event id and type.
+pub async fn read_topic_events(
+    kafka: &KafkaSettings,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<TopicEvent>> {
     let mut config = kafka.client_config("ordermesh-audit");
     config
         .set(
@@ -91,7 +115,7 @@ fn read_blocking(
     consumer: &BaseConsumer,
     topic: &str,
     timeout: Duration,
-) -> Result<Vec<(String, String)>> {
+) -> Result<Vec<TopicEvent>> {
     let deadline = std::time::Instant::now() + timeout;
     let metadata = consumer
         .fetch_metadata(Some(topic), timeout)
@@ -128,12 +152,18 @@ fn read_blocking(
                     .key()
                     .map(|k| String::from_utf8_lossy(k).into_owned())
                     .unwrap_or_default();
-                let event_id = message
-                    .headers()
-                    .and_then(|h| h.iter().find(|h| h.key == "ce_id").and_then(|h| h.value))
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default();
-                out.push((key, event_id));
+                let header = |name: &str| {
+                    message
+                        .headers()
+                        .and_then(|h| h.iter().find(|h| h.key == name).and_then(|h| h.value))
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap_or_default()
+                };
+                out.push(TopicEvent {
+                    key,
+                    id: header("ce_id"),
+                    ce_type: header("ce_type"),
+                });
                 let partition = message.partition();
                 if ends
                     .get(&partition)

@@ -293,7 +293,8 @@ impl OrderService for OrderApi {
         &self,
         request: Request<CancelOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        Ok(Response::new(self.cancel(request.into_inner()).await?))
+        let (metadata, _, request) = request.into_parts();
+        Ok(Response::new(self.cancel(&metadata, request).await?))
     }
 
     async fn list_orders(
@@ -321,8 +322,14 @@ impl OrderService for OrderApi {
 
 impl OrderApi {
     /// CancelOrder: see `cancel` for the states. A pending order is settled first, as the
-    /// reconciler would settle it; an order that was never paid has nothing to refund.
-    async fn cancel(&self, request: CancelOrderRequest) -> Result<Order, OrderError> {
+    /// reconciler would settle it; an order that was never paid has nothing to refund. Its fault
+    /// injection headers go on to payment's Refund as CreateOrder's go to Charge (if so
+    /// configured).
+    async fn cancel(
+        &self,
+        metadata: &MetadataMap,
+        request: CancelOrderRequest,
+    ) -> Result<Order, OrderError> {
         let valid = validate::cancel_order(&request).map_err(OrderError::Invalid)?;
         // One cancel of an order at a time in this replica; other replicas are kept apart by the
         // conditional writes and the refund key.
@@ -367,11 +374,17 @@ impl OrderApi {
                 });
             }
         };
+        let forward = if self.settings.forward_faults {
+            fault_headers(metadata)
+        } else {
+            MetadataMap::new()
+        };
         let order = match cancel::finish(
             &self.store,
             &self.payments,
             order,
             self.settings.settle_timeout,
+            &forward,
         )
         .await?
         {
@@ -386,8 +399,9 @@ impl OrderApi {
     }
 }
 
-/// The fault injection headers (`x-fault-*`) of a CreateOrder, to pass on to payment, so a
-/// caller can make payment misbehave for one order and watch what the order service does about it.
+/// The fault injection headers (`x-fault-*`) of a CreateOrder or CancelOrder, to pass on to
+/// payment, so a caller can make payment misbehave for one order and watch what the order service
+/// does about it.
 fn fault_headers(metadata: &MetadataMap) -> MetadataMap {
     let mut out = MetadataMap::new();
     for entry in metadata.iter() {

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use ordermesh::timestamp;
 use ordermesh_platform::trace_context;
+use tonic::metadata::MetadataMap;
 
 use crate::{
     convert,
@@ -41,12 +42,15 @@ pub(crate) enum Finished {
 }
 
 /// Refunds the payment of `order` (CANCELLING) and records it CANCELLED with its OrderCancelled
-/// event; `timeout` bounds each try at payment.
+/// event; `timeout` bounds each try at payment. `forward` goes to payment's Refund: a CancelOrder's
+/// fault injection headers (demos, tests and fault campaigns), empty for the reconciler, so that
+/// a refund faulted on the call is finished by the reconciler.
 pub(crate) async fn finish(
     store: &Store,
     payments: &PaymentClient,
     order: OrderRow,
     timeout: Duration,
+    forward: &MetadataMap,
 ) -> Result<Finished, sqlx::Error> {
     if order.status != Status::Cancelling {
         return Ok(Finished::Cancelled(order));
@@ -57,6 +61,7 @@ pub(crate) async fn finish(
             &order.payment_id,
             &order.cancel.reason,
             timeout,
+            forward,
         )
         .await
     {

@@ -190,7 +190,7 @@ pub struct Config {
     pub publish_timeout: Duration,
 
     /// Pass the caller's fault injection headers (x-fault-*) on to payment. For demos and tests
-    /// only: with it on, any caller of CreateOrder can make payment misbehave.
+    /// only: with it on, any caller of CreateOrder or CancelOrder can make payment misbehave.
     #[arg(long, env = "ORDER_FORWARD_FAULT_HEADERS", default_value_t = false, action = clap::ArgAction::Set)]
     pub forward_fault_headers: bool,
 

@@ -181,6 +181,8 @@ impl Reconciler {
                 &self.payments,
                 order,
                 self.settings.settle_timeout,
+                // No faults: the reconciler is how a cancel faulted on the call gets finished.
+                &tonic::metadata::MetadataMap::new(),
             )
             .await
             {

@@ -202,9 +202,14 @@ impl Statements {
                 "UPDATE orders SET payment_attempted_at_ms = {now}
                  WHERE order_id = $1 AND status = 'PENDING_PAYMENT'"
             ),
+            // The reconciler's lease is dropped: one left from settling the order while it was
+            // pending (taken for a whole round, minutes, and not given back on settling) would
+            // otherwise hold the reconciler off the cancel it must finish if the refund fails.
+            // No lease on a CANCELLING order can exist yet: the order is PAID.
             begin_cancel: format!(
                 "UPDATE orders SET status = 'CANCELLING', cancel_reason = $1,
-                     cancel_requested_at_ms = {now}, updated_at_ms = $2
+                     cancel_requested_at_ms = {now}, updated_at_ms = $2,
+                     reconcile_claimed_until_ms = NULL
                  WHERE order_id = $3 AND status = 'PAID'"
             ),
             claim_pending: claim_idle_sql(backend, "PENDING_PAYMENT", "payment_attempted_at_ms"),

@@ -383,6 +383,57 @@ async fn a_paid_order_is_cancelled_once_with_one_event_whoever_finishes_it(backe
 
 #[on_both_backends]
 #[tokio::test]
+async fn a_lease_from_settling_the_order_while_pending_does_not_hold_its_cancel_off(
+    backend: Backend,
+) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    // Reconciler a settles a pending order as paid, under a lease that outlives the settlement.
+    let order = pending(&store, "ord_1", 2 * GRACE).await;
+    let claimed = store
+        .claim_pending("a", GRACE, LEASE, 10)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let paid = Paid {
+        payment_id: "pay_1",
+        event_id: "evt_placed",
+        trace_context: None,
+        now_ms: NOW,
+    };
+    let after = store
+        .mark_paid(
+            &order.order_id,
+            paid,
+            Writer::Reconciler { id: "a" },
+            |_| Ok(b"placed".to_vec()),
+        )
+        .await
+        .expect("paid");
+    assert_eq!(after.status, Status::Paid);
+
+    // The order is cancelled and its refund fails: a reconciler takes the cancel at once (found
+    // by the fault campaign: left CANCELLING until a's lease ran out, minutes later).
+    store
+        .begin_cancel(&order.order_id, "changed my mind", NOW)
+        .await
+        .expect("begin");
+    let cancels = store
+        .claim_cancelling("b", Duration::ZERO, LEASE, 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        cancels
+            .iter()
+            .map(|o| o.order_id.as_str())
+            .collect::<Vec<_>>(),
+        ["ord_1"]
+    );
+}
+
+#[on_both_backends]
+#[tokio::test]
 async fn only_a_paid_order_starts_to_cancel(backend: Backend) {
     let Some((store, _db)) = store(backend).await else {
         return;

@@ -3,8 +3,9 @@
 //! one SMS notification.
 //!
 //! With `--faults random` it runs a fault campaign instead (`ordermesh_bench::campaign`): calls with
-//! payment faults injected from a seed, some sent again, then a wait until no order is pending,
-//! then the ledger audit of the money promise over orders, charges, events and notifications; it
+//! payment faults injected from a seed, some sent again, some accepted orders cancelled (some
+//! twice, some with refund faults), then a wait until no order is pending or cancelling, then the
+//! ledger audit of the money promise over orders, charges, refunds, events and notifications; it
 //! exits non-zero on any violation and prints the command that replays the seed.
 //!
 //! ```text
@@ -85,6 +86,10 @@ struct Cli {
     /// Campaign: the share of request ids sent a second time.
     #[arg(long, default_value_t = 0.3)]
     resend_share: f64,
+    /// Campaign: the share of request ids whose order, once accepted, is cancelled (a third of
+    /// them twice; a cancel carries refund faults with --fault-share).
+    #[arg(long, default_value_t = 0.3)]
+    cancel_share: f64,
     /// Campaign: the longest injected delay.
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     max_delay: Duration,
@@ -352,9 +357,10 @@ async fn campaign(cli: &Cli) -> Result<()> {
     });
     let requests = usize::try_from(cli.count.unwrap_or(500))?;
     let replay = format!(
-        "ordermesh-load --faults random --seed {seed} --count {requests} --fault-share {} --resend-share {} --max-delay {}ms",
+        "ordermesh-load --faults random --seed {seed} --count {requests} --fault-share {} --resend-share {} --cancel-share {} --max-delay {}ms",
         cli.fault_share,
         cli.resend_share,
+        cli.cancel_share,
         cli.max_delay.as_millis()
     );
     println!("fault campaign, seed {seed} (replay with: {replay})");
@@ -378,6 +384,7 @@ async fn campaign(cli: &Cli) -> Result<()> {
         requests,
         fault_share: cli.fault_share,
         resend_share: cli.resend_share,
+        cancel_share: cli.cancel_share,
         max_delay: cli.max_delay,
         ..plan::Shape::default()
     };
@@ -394,17 +401,19 @@ async fn campaign(cli: &Cli) -> Result<()> {
     let settled = campaign::settle(&mut order, cli.settle_timeout).await?;
 
     let kafka = ordermesh_kafka::KafkaSettings::plaintext(cli.kafka_brokers.clone());
-    let events = events::read_events(&kafka, &cli.topic, Duration::from_secs(60))
+    let events = events::read_topic_events(&kafka, &cli.topic, Duration::from_secs(60))
         .await
         .with_context(|| format!("reading topic {} at {}", cli.topic, cli.kafka_brokers))?;
-    // The notifications due (two per paid order), then a moment for a stray duplicate to show.
-    let paid = audit::all_orders(&mut order)
-        .await?
-        .iter()
-        .filter(|o| o.status() == ordermesh::proto::order::v1::OrderStatus::Paid)
-        .count();
+    // The notifications due (two per paid order, four per cancelled one: a confirmation and a
+    // cancellation on each channel), then a moment for a stray duplicate to show.
+    let due = {
+        use ordermesh::proto::order::v1::OrderStatus;
+        let orders = audit::all_orders(&mut order).await?;
+        2 * audit::count_status(&orders, OrderStatus::Paid)
+            + 4 * audit::count_status(&orders, OrderStatus::Cancelled)
+    };
     let started = tokio::time::Instant::now();
-    while audit::all_notifications(&mut notifier).await?.len() < 2 * paid
+    while audit::all_notifications(&mut notifier).await?.len() < due
         && started.elapsed() < cli.audit_timeout
     {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -415,6 +424,9 @@ async fn campaign(cli: &Cli) -> Result<()> {
     let ledger = Ledger::read(&mut order, &mut payment, events, Some(notifications)).await?;
     let mut violations = ledger.violations();
     violations.extend(ledger.accepted_without_order(outcome.accepted.iter().map(String::as_str)));
+    violations.extend(
+        ledger.accepted_cancels_not_kept(outcome.cancel_accepted.iter().map(String::as_str)),
+    );
     let report = Report::new(
         seed, replay, requests, outcome, settled, &ledger, violations,
     );

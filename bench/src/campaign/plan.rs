@@ -1,13 +1,15 @@
 //! The plan of a fault campaign: from a seed, the list of CreateOrder calls to make, each with the
 //! faults payment is to inject, and whether (and after what pause, with what faults) the same
-//! request is sent again. Pure and deterministic, so a seed printed by a failing run replays it:
-//! the same calls with the same faults (what the services then do with them is up to timing).
+//! request is sent again, and whether its order, once accepted, is cancelled (once or twice, with
+//! or without faults on the refund). Pure and deterministic, so a seed printed by a failing run
+//! replays it: the same calls with the same faults (what the services then do with them is up to
+//! timing).
 
 use std::time::Duration;
 
 use ordermesh::{
-    proto::order::v1::CreateOrderRequest, proto::order::v1::Customer, proto::order::v1::LineItem,
-    proto::types::v1::Money,
+    proto::order::v1::CancelOrderRequest, proto::order::v1::CreateOrderRequest,
+    proto::order::v1::Customer, proto::order::v1::LineItem, proto::types::v1::Money,
 };
 
 /// Every gRPC code an abort is injected with: retryable ones (the order service tries again) and
@@ -48,6 +50,12 @@ pub struct Shape {
     pub max_resend_pause: Duration,
     /// Share of request ids paid with a declined token, and with an unknown one (each).
     pub bad_token_share: f64,
+    /// Share of request ids whose order is cancelled once CreateOrder answered it; a third of those
+    /// are cancelled a second time, and a cancel carries faults (for payment's Refund) with
+    /// `fault_share`.
+    pub cancel_share: f64,
+    /// Longest pause before a cancel (after the last CreateOrder answer) and between two cancels.
+    pub max_cancel_pause: Duration,
 }
 
 impl Default for Shape {
@@ -59,6 +67,8 @@ impl Default for Shape {
             max_delay: Duration::from_millis(3_000),
             max_resend_pause: Duration::from_secs(2),
             bad_token_share: 0.05,
+            cancel_share: 0.3,
+            max_cancel_pause: Duration::from_secs(1),
         }
     }
 }
@@ -116,12 +126,33 @@ pub struct Resend {
     pub faults: Option<Faults>,
 }
 
+/// A CancelOrder of the order a request id was answered with (made only if it was).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cancel {
+    /// How long after the request id's last CreateOrder answer.
+    pub pause: Duration,
+    /// Payment's faults, on its Refund (the order service forwards them as for a Charge): a
+    /// refund faulted before it is made, or whose answer is lost, leaves the order CANCELLING for
+    /// the reconciler to finish.
+    pub faults: Option<Faults>,
+    /// The same cancel again, this long after the first one's answer.
+    pub again: Option<Again>,
+}
+
+/// A second CancelOrder of the same order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Again {
+    pub pause: Duration,
+    pub faults: Option<Faults>,
+}
+
 /// One request id's calls.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedCall {
     pub request: CreateOrderRequest,
     pub faults: Option<Faults>,
     pub resend: Option<Resend>,
+    pub cancel: Option<Cancel>,
 }
 
 impl PlannedCall {
@@ -135,11 +166,30 @@ impl PlannedCall {
         usize::from(self.faults.is_some())
             + usize::from(self.resend.as_ref().is_some_and(|r| r.faults.is_some()))
     }
+
+    /// CancelOrder calls planned for this request id (0 to 2; made only if its order was
+    /// accepted).
+    pub fn cancels(&self) -> usize {
+        self.cancel
+            .as_ref()
+            .map_or(0, |c| 1 + usize::from(c.again.is_some()))
+    }
+}
+
+/// The CancelOrder request of a campaign for `order_id`.
+pub fn cancel_request(order_id: &str) -> CancelOrderRequest {
+    CancelOrderRequest {
+        order_id: order_id.to_owned(),
+        reason: "fault campaign".to_owned(),
+    }
 }
 
 /// The calls of a campaign with `seed`; request ids are `{prefix}-{i}`.
 pub fn plan(seed: u64, shape: &Shape, prefix: &str) -> Vec<PlannedCall> {
     let mut rng = fastrand::Rng::with_seed(seed);
+    // Cancels draw from a generator of their own, so the calls of a seed stay what they were
+    // whatever the share of cancels.
+    let mut cancels = fastrand::Rng::with_seed(seed ^ 0x00ca_9ce1);
     (0..shape.requests)
         .map(|i| {
             let token = match rng.f64() {
@@ -155,13 +205,32 @@ pub fn plan(seed: u64, shape: &Shape, prefix: &str) -> Vec<PlannedCall> {
                 ),
                 faults: maybe_faults(&mut rng, shape),
             });
+            let cancel = maybe_cancel(&mut cancels, shape);
             PlannedCall {
                 request,
                 faults,
                 resend,
+                cancel,
             }
         })
         .collect()
+}
+
+/// With probability `cancel_share`, a cancel: a third of them sent twice, each with faults with
+/// probability `fault_share`.
+fn maybe_cancel(rng: &mut fastrand::Rng, shape: &Shape) -> Option<Cancel> {
+    if rng.f64() >= shape.cancel_share {
+        return None;
+    }
+    let max_pause = u64::try_from(shape.max_cancel_pause.as_millis()).unwrap_or(0);
+    Some(Cancel {
+        pause: Duration::from_millis(rng.u64(0..=max_pause)),
+        faults: maybe_faults(rng, shape),
+        again: (rng.f64() < 1.0 / 3.0).then(|| Again {
+            pause: Duration::from_millis(rng.u64(0..=max_pause)),
+            faults: maybe_faults(rng, shape),
+        }),
+    })
 }
 
 /// With probability `fault_share`, some faults: a delay alone, an abort alone, or both; before or
@@ -314,6 +383,56 @@ mod tests {
                 .iter()
                 .any(|c| c.resend.as_ref().is_some_and(|r| r.faults.is_some()))
         );
+    }
+
+    #[test]
+    fn a_share_of_requests_is_cancelled_some_twice_some_with_faults() {
+        let shape = Shape {
+            requests: 3_000,
+            ..Shape::default()
+        };
+        let calls = plan(11, &shape, "c");
+        let cancels: Vec<&Cancel> = calls.iter().filter_map(|c| c.cancel.as_ref()).collect();
+        let share = cancels.len() as f64 / calls.len() as f64;
+        assert!((0.25..0.35).contains(&share), "{share}");
+        let twice = cancels.iter().filter(|c| c.again.is_some()).count() as f64;
+        assert!(
+            (0.25..0.42).contains(&(twice / cancels.len() as f64)),
+            "{twice}"
+        );
+        let faulted = cancels.iter().filter(|c| c.faults.is_some()).count() as f64;
+        assert!(
+            (0.3..0.5).contains(&(faulted / cancels.len() as f64)),
+            "{faulted}"
+        );
+        for stage in [Stage::Before, Stage::After] {
+            assert!(
+                cancels.iter().any(|c| c
+                    .faults
+                    .as_ref()
+                    .is_some_and(|f| f.stage == stage && f.abort.is_some())),
+                "{stage:?}"
+            );
+        }
+        let planned: usize = calls.iter().map(PlannedCall::cancels).sum();
+        assert_eq!(planned, cancels.len() + twice as usize);
+    }
+
+    #[test]
+    fn cancels_change_none_of_the_create_calls_of_a_seed() {
+        let without = Shape {
+            cancel_share: 0.0,
+            ..Shape::default()
+        };
+        let with = plan(5, &Shape::default(), "c");
+        let without = plan(5, &without, "c");
+        assert!(without.iter().all(|c| c.cancel.is_none()));
+        for (a, b) in with.iter().zip(&without) {
+            assert_eq!(
+                (&a.request, &a.faults, &a.resend),
+                (&b.request, &b.faults, &b.resend)
+            );
+        }
     }
 
     #[test]

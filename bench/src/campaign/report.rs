@@ -1,9 +1,13 @@
-//! What a campaign prints: its seed and how to replay it, the answers by code, how settlement went,
-//! what the ledger holds, and every violated invariant with the request ids concerned.
+//! What a campaign prints: its seed and how to replay it, the answers by code (CreateOrder's and
+//! CancelOrder's), how settlement went, what the ledger holds, and every violated invariant with
+//! the request ids concerned.
 
 use std::collections::BTreeMap;
 
-use ordermesh::proto::payment::v1::PaymentStatus;
+use ordermesh::{
+    events::ORDER_CANCELLED_TYPE,
+    proto::{order::v1::OrderStatus, payment::v1::PaymentStatus},
+};
 
 use super::{Outcome, Settled};
 use crate::audit::{Invariant, Ledger, Violation};
@@ -20,7 +24,14 @@ pub struct Report {
     /// Orders by status name.
     pub orders: BTreeMap<String, usize>,
     pub charges: usize,
+    /// REFUNDED payments.
+    pub refunds: usize,
     pub events: usize,
+    /// Of `events`, OrderCancelled ones.
+    pub cancelled_events: usize,
+    /// Orders CANCELLED, and still CANCELLING, in the ledger.
+    pub cancelled: usize,
+    pub cancelling: usize,
     pub notifications: Option<usize>,
     pub violations: Vec<Violation>,
 }
@@ -65,7 +76,19 @@ impl Report {
                     | PaymentStatus::Unspecified => false,
                 })
                 .count(),
+            refunds: ledger
+                .payments
+                .iter()
+                .filter(|p| p.status() == PaymentStatus::Refunded)
+                .count(),
             events: ledger.events.len(),
+            cancelled_events: ledger
+                .events
+                .iter()
+                .filter(|e| e.ce_type == ORDER_CANCELLED_TYPE)
+                .count(),
+            cancelled: crate::audit::count_status(&ledger.orders, OrderStatus::Cancelled),
+            cancelling: ledger.cancelling(),
             notifications: ledger.notifications.as_ref().map(Vec::len),
             violations,
         }
@@ -97,11 +120,32 @@ impl std::fmt::Display for Report {
         )?;
         let answers: Vec<String> = o.answers.iter().map(|(c, n)| format!("{c} {n}")).collect();
         writeln!(f, "  answers: {}", answers.join(", "))?;
+        let cancel_answers: Vec<String> = o
+            .cancel_answers
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
         writeln!(
             f,
-            "  settled in {:.1} s, {} orders still pending",
+            "  cancels: {} planned, {} made ({} with faults) for {} orders; answers: {}; at the audit {} orders cancelled, {} still cancelling",
+            o.cancels_planned,
+            o.cancel_calls,
+            o.cancel_faulted_calls,
+            o.cancel_asked.len(),
+            if cancel_answers.is_empty() {
+                "none".to_owned()
+            } else {
+                cancel_answers.join(", ")
+            },
+            self.cancelled,
+            self.cancelling
+        )?;
+        writeln!(
+            f,
+            "  settled in {:.1} s, {} orders still pending, {} still cancelling",
             self.settled.waited.as_secs_f64(),
-            self.settled.pending
+            self.settled.pending,
+            self.settled.cancelling
         )?;
         let orders: Vec<String> = self
             .orders
@@ -110,10 +154,12 @@ impl std::fmt::Display for Report {
             .collect();
         write!(
             f,
-            "  ledger: orders {}; {} charges; {} events",
+            "  ledger: orders {}; {} charges, {} refunds; {} events ({} OrderCancelled)",
             orders.join(", "),
             self.charges,
-            self.events
+            self.refunds,
+            self.events,
+            self.cancelled_events
         )?;
         match self.notifications {
             Some(n) => writeln!(f, "; {n} notifications")?,

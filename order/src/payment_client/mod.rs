@@ -270,13 +270,15 @@ impl PaymentClient {
     /// Refunds `payment_id` with payment's Refund under `key`: the refund made under the key
     /// before, or a new one. Idempotent by its key, so each endpoint is tried in turn (healthy ones
     /// first) until one answers; `timeout` bounds each try. An error from every endpoint means the
-    /// refund may or may not have been made: asking again with the same key finds out.
+    /// refund may or may not have been made: asking again with the same key finds out. `forward`
+    /// (a CancelOrder's fault injection headers, when so configured) goes on every try.
     pub async fn refund(
         &self,
         key: &str,
         payment_id: &str,
         reason: &str,
         timeout: Duration,
+        forward: &MetadataMap,
     ) -> Result<Refund, Status> {
         let mut last = Status::unavailable("no payment endpoint to refund with");
         for mut client in self.balancer.clients() {
@@ -286,6 +288,11 @@ impl PaymentClient {
                 reason: reason.to_owned(),
             });
             request.set_timeout(timeout);
+            for entry in forward.iter() {
+                if let tonic::metadata::KeyAndValueRef::Ascii(name, value) = entry {
+                    request.metadata_mut().append(name.clone(), value.clone());
+                }
+            }
             match tokio::time::timeout(timeout, client.refund(request)).await {
                 Ok(Ok(refund)) => return Ok(refund.into_inner()),
                 // This endpoint cannot answer now; another may.

@@ -1,8 +1,10 @@
 //! A short fault campaign against a mesh (the library behind `ordermesh-load --faults random`):
 //! 500 requests, 40 % of calls with payment faults (delays around the order service's deadlines,
 //! aborts of every code before and after the charge, declined and unknown tokens), 30 % of request
-//! ids sent again; then, once the reconciler has settled every pending order, the ledger must keep
-//! the money promise. The seed is printed; `ORDERMESH_CAMPAIGN_SEED=<seed>` replays it.
+//! ids sent again, the orders of 30 % cancelled once accepted (a third of them twice, 40 % of the
+//! cancels with faults on the refund, which leave the order CANCELLING for the reconciler); then,
+//! once the reconciler has settled every pending order and finished every cancel, the ledger must
+//! keep the money promise. The seed is printed; `ORDERMESH_CAMPAIGN_SEED=<seed>` replays it.
 
 use ordermesh_testkit::{Backend, on_both_backends};
 use std::time::Duration;
@@ -70,6 +72,9 @@ async fn a_seeded_fault_campaign_leaves_the_ledger_keeping_the_money_promise(
     // Assert
     let mut violations = ledger.violations();
     violations.extend(ledger.accepted_without_order(outcome.accepted.iter().map(String::as_str)));
+    violations.extend(
+        ledger.accepted_cancels_not_kept(outcome.cancel_accepted.iter().map(String::as_str)),
+    );
     let report = Report::new(
         seed,
         format!(
@@ -88,6 +93,10 @@ async fn a_seeded_fault_campaign_leaves_the_ledger_keeping_the_money_promise(
     ensure!(
         outcome.faulted_calls as f64 >= 0.3 * outcome.calls as f64,
         "too few faulted calls\n{report}"
+    );
+    ensure!(
+        report.outcome.cancel_calls > 0 && report.cancelled > 0,
+        "no order was cancelled\n{report}"
     );
     ensure!(report.violations.is_empty(), "seed {seed}\n{report}");
     mesh.shutdown().await
