@@ -50,30 +50,31 @@ pub trait Event: Message + Default + Sized {
 impl Event for OrderPlaced {
     const TYPE: &'static str = ORDER_PLACED_TYPE;
     fn missing(&self) -> Option<&'static str> {
-        if self.event_id.is_empty() {
-            Some("eventId")
-        } else if self.order_id.is_empty() {
-            Some("orderId")
-        } else if self.customer.is_none() {
-            Some("customer")
-        } else {
-            None
-        }
+        missing_of(&self.event_id, &self.order_id, self.customer.as_ref())
     }
 }
 
 impl Event for OrderCancelled {
     const TYPE: &'static str = ORDER_CANCELLED_TYPE;
     fn missing(&self) -> Option<&'static str> {
-        if self.event_id.is_empty() {
-            Some("eventId")
-        } else if self.order_id.is_empty() {
-            Some("orderId")
-        } else if self.customer.is_none() {
-            Some("customer")
-        } else {
-            None
-        }
+        missing_of(&self.event_id, &self.order_id, self.customer.as_ref())
+    }
+}
+
+/// What every order event carries: its id, its order's, and whom to tell.
+fn missing_of(
+    event_id: &str,
+    order_id: &str,
+    customer: Option<&crate::proto::order::v1::Customer>,
+) -> Option<&'static str> {
+    if event_id.is_empty() {
+        Some("eventId")
+    } else if order_id.is_empty() {
+        Some("orderId")
+    } else if customer.is_none() {
+        Some("customer")
+    } else {
+        None
     }
 }
 

@@ -30,7 +30,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use ordermesh_platform::db::{Backend, Migrations, Pool};
+use ordermesh_platform::db::{Backend, Migrations, Pool, millis};
 // The batch statements are built from numbered placeholders only, never from values.
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 
@@ -509,11 +509,6 @@ fn placeholders(first: usize, count: usize) -> String {
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// `duration` in whole milliseconds, as stored times are.
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The VALUES rows of a multi-row INSERT: `rows` tuples of `columns`, where an empty column is the

@@ -1,6 +1,6 @@
 //! Every SQL statement of the order service.
 
-use ordermesh_platform::{db::Backend, db::Migrations, db::Pool};
+use ordermesh_platform::db::{Backend, Migrations, Pool, millis};
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 use std::{sync::Arc, time::Duration};
@@ -241,12 +241,18 @@ impl Statements {
 /// an unpublished row of the same order. Leases are read and written on the database's clock, so
 /// relays on hosts whose clocks differ agree on when one ends. PostgreSQL locks the rows it takes
 /// (`FOR UPDATE SKIP LOCKED`); SQLite runs one writer at a time.
-fn claim_events_sql(backend: Backend) -> String {
-    let now = backend.now_millis_sql();
-    let lock = match backend {
+/// The row locking of a claim's inner SELECT: PostgreSQL skips rows another claimant has locked,
+/// so claimants at the same moment take disjoint rows; SQLite runs one writer at a time.
+fn row_lock(backend: Backend) -> &'static str {
+    match backend {
         Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         Backend::Sqlite => "",
-    };
+    }
+}
+
+fn claim_events_sql(backend: Backend) -> String {
+    let now = backend.now_millis_sql();
+    let lock = row_lock(backend);
     format!(
         "UPDATE outbox SET claimed_by = $1, claimed_until_ms = {now} + $2
          WHERE seq IN (
@@ -271,10 +277,7 @@ fn claim_events_sql(backend: Backend) -> String {
 /// order: SQLite numbers them as they appear.)
 fn claim_idle_sql(backend: Backend, status: &str, since: &str) -> String {
     let now = backend.now_millis_sql();
-    let lock = match backend {
-        Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-        Backend::Sqlite => "",
-    };
+    let lock = row_lock(backend);
     format!(
         "UPDATE orders SET reconcile_claimed_by = $1, reconcile_claimed_until_ms = {now} + $2
          WHERE seq IN (
@@ -288,11 +291,6 @@ fn claim_idle_sql(backend: Backend, status: &str, since: &str) -> String {
            AND {since} <= {now} - $3
          RETURNING *"
     )
-}
-
-/// `duration` in whole milliseconds, as stored times are.
-fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// The order service's schema, for SQLite and for PostgreSQL.
@@ -362,24 +360,18 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        let order = sqlx::query("SELECT * FROM orders WHERE order_id = $1")
-            .bind(order_id)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_one(&mut *tx)
-            .await?;
+        let order = order_in(&mut tx, order_id).await?;
         if changed == 1 {
-            sqlx::query(
-                "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context, event_type)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(event_id)
-            .bind(order_id)
-            .bind(event(&order)?)
-            .bind(now_ms)
-            .bind(trace_context)
-            .bind(ordermesh::events::ORDER_PLACED_TYPE)
-            .execute(&mut *tx)
-            .await?;
+            let payload = event(&order)?;
+            let row = NewEvent {
+                event_id,
+                order_id,
+                payload: &payload,
+                at_ms: now_ms,
+                trace_context,
+                ce_type: ordermesh::events::ORDER_PLACED_TYPE,
+            };
+            insert_event(&mut tx, row).await?;
         }
         tx.commit().await?;
         Ok(order)
@@ -466,24 +458,18 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        let order = sqlx::query("SELECT * FROM orders WHERE order_id = $1")
-            .bind(order_id)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_one(&mut *tx)
-            .await?;
+        let order = order_in(&mut tx, order_id).await?;
         if changed == 1 {
-            sqlx::query(
-                "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context, event_type)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(cancelled.event_id)
-            .bind(order_id)
-            .bind(event(&order)?)
-            .bind(cancelled.now_ms)
-            .bind(cancelled.trace_context)
-            .bind(ordermesh::events::ORDER_CANCELLED_TYPE)
-            .execute(&mut *tx)
-            .await?;
+            let payload = event(&order)?;
+            let row = NewEvent {
+                event_id: cancelled.event_id,
+                order_id,
+                payload: &payload,
+                at_ms: cancelled.now_ms,
+                trace_context: cancelled.trace_context,
+                ce_type: ordermesh::events::ORDER_CANCELLED_TYPE,
+            };
+            insert_event(&mut tx, row).await?;
         }
         tx.commit().await?;
         Ok(order)
@@ -710,6 +696,48 @@ impl Store {
             .fetch_one(&self.pool)
             .await
     }
+}
+
+/// An event for the outbox, written in the transaction that changed its order.
+struct NewEvent<'a> {
+    event_id: &'a str,
+    order_id: &'a str,
+    payload: &'a [u8],
+    /// When it happened: its `ce_time`.
+    at_ms: i64,
+    trace_context: Option<&'a str>,
+    ce_type: &'static str,
+}
+
+async fn insert_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    event: NewEvent<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context, event_type)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event.event_id)
+    .bind(event.order_id)
+    .bind(event.payload)
+    .bind(event.at_ms)
+    .bind(event.trace_context)
+    .bind(event.ce_type)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// The order as the transaction `tx` sees it.
+async fn order_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    order_id: &str,
+) -> Result<OrderRow, sqlx::Error> {
+    sqlx::query("SELECT * FROM orders WHERE order_id = $1")
+        .bind(order_id)
+        .try_map(|row: AnyRow| from_row(&row))
+        .fetch_one(&mut **tx)
+        .await
 }
 
 fn from_row(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {

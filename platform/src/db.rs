@@ -66,6 +66,12 @@ impl Backend {
     }
 }
 
+/// `duration` in whole milliseconds, as stored times and the durations bound next to
+/// [`Backend::now_millis_sql`] are.
+pub fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// A service's schema migrations: the same numbered steps, written for each backend.
 #[derive(Debug)]
 pub struct Migrations {
