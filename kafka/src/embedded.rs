@@ -1,19 +1,37 @@
 //! The embedded broker the quick start runs on: librdkafka's mock cluster behind a stable address.
 
-use std::{net::SocketAddr, time::Duration};
+use std::net::SocketAddr;
 
-use rdkafka::{mocking::MockCluster, producer::DefaultProducerContext};
-use tokio::net::TcpListener;
+use rdkafka::{
+    ClientConfig,
+    client::{Client, DefaultClientContext},
+    mocking::MockCluster,
+    types::RDKafkaType,
+};
+use tokio::{net::TcpListener, sync::watch};
 
 use crate::BrokerError;
+
+mod advertise;
+mod forward;
 
 /// Where the runner's embedded broker listens unless told otherwise.
 pub const DEFAULT_EMBEDDED_ADDR: &str = "127.0.0.1:9092";
 /// An in-process Kafka-protocol broker (librdkafka's mock cluster) reachable at a stable address.
 /// Everything it holds is in memory and gone when it is dropped.
+///
+/// All client traffic goes through that address: the mock broker advertises it in its metadata,
+/// and a forwarder pipes each connection on to the mock's own (random) port. That is what lets the
+/// broker be taken [down](EmbeddedBroker::down) and brought [up](EmbeddedBroker::up) again without
+/// giving up a port: librdkafka's own broker-down closes its listening socket and binds the port
+/// again, and aborts the whole process if, in between, some other socket took the port.
 pub struct EmbeddedBroker {
-    cluster: MockCluster<'static, DefaultProducerContext>,
+    /// The client the mock cluster belongs to (made with `test.mock.num.brokers`); the cluster
+    /// lives as long as it.
+    owner: Client<DefaultClientContext>,
     addr: SocketAddr,
+    /// Whether the forwarder lets clients through.
+    reachable: watch::Sender<bool>,
     /// Dropping it stops the forwarder thread.
     _stop_forwarder: tokio::sync::oneshot::Sender<()>,
 }
@@ -22,13 +40,13 @@ impl std::fmt::Debug for EmbeddedBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EmbeddedBroker")
             .field("addr", &self.addr)
-            .field("mock", &self.cluster.bootstrap_servers())
+            .field("up", &*self.reachable.borrow())
             .finish()
     }
 }
 
 impl EmbeddedBroker {
-    /// Starts a one-broker mock cluster with `topics` created, and forwards `listen` to it
+    /// Starts a one-broker mock cluster with `topics` created, and serves it on `listen`
     /// (`127.0.0.1:0` picks a free port, as tests do).
     ///
     /// The forwarder runs on a thread of its own, not on the caller's runtime: clients in this same
@@ -39,10 +57,14 @@ impl EmbeddedBroker {
         topics: &[&str],
         partitions: i32,
     ) -> Result<Self, BrokerError> {
-        let cluster = MockCluster::new(1)?;
-        for topic in topics {
-            cluster.create_topic(topic, partitions, 1)?;
-        }
+        let mut config = ClientConfig::new();
+        config.set("test.mock.num.brokers", "1");
+        let owner = Client::new(
+            &config,
+            config.create_native_config()?,
+            RDKafkaType::RD_KAFKA_PRODUCER,
+            DefaultClientContext,
+        )?;
         let listen_error = |source| BrokerError::Listen {
             addr: listen,
             source,
@@ -50,12 +72,26 @@ impl EmbeddedBroker {
         let listener = std::net::TcpListener::bind(listen).map_err(listen_error)?;
         listener.set_nonblocking(true).map_err(listen_error)?;
         let addr = listener.local_addr().map_err(listen_error)?;
+        let (reachable, reachable_rx) = watch::channel(true);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let broker = Self {
+            owner,
+            addr,
+            reachable,
+            _stop_forwarder: stop,
+        };
+        let cluster = broker.cluster()?;
+        for topic in topics {
+            cluster.create_topic(topic, partitions, 1)?;
+        }
+        // Before any client connects, so that every client's metadata names the stable address.
+        advertise::advertise(&broker.owner, advertised(addr))?;
+        let target = cluster.bootstrap_servers();
+        drop(cluster);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(listen_error)?;
-        let target = cluster.bootstrap_servers();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
             .name("embedded-kafka-forwarder".into())
             .spawn(move || {
@@ -64,19 +100,15 @@ impl EmbeddedBroker {
                         return;
                     };
                     tokio::select! {
-                        _ = forward(listener, target) => {}
+                        _ = forward::forward(listener, target, reachable_rx) => {}
                         // The broker was dropped.
                         _ = stopped => {}
                     }
                 })
             })
             .map_err(listen_error)?;
-        tracing::info!(%addr, mock = %cluster.bootstrap_servers(), "embedded Kafka broker started");
-        Ok(Self {
-            cluster,
-            addr,
-            _stop_forwarder: stop,
-        })
+        tracing::info!(%addr, "embedded Kafka broker started");
+        Ok(broker)
     }
 
     /// The stable bootstrap address (what clients are configured with).
@@ -91,37 +123,34 @@ impl EmbeddedBroker {
 
     /// Creates another topic.
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<(), BrokerError> {
-        Ok(self.cluster.create_topic(topic, partitions, 1)?)
+        Ok(self.cluster()?.create_topic(topic, partitions, 1)?)
+    }
+
+    /// Takes the broker down: every client connection is closed, and new ones are closed as soon
+    /// as they are made, until [`EmbeddedBroker::up`]. What the broker stores is kept.
+    pub fn down(&self) {
+        self.reachable.send_replace(false);
+    }
+
+    /// Brings the broker back after [`EmbeddedBroker::down`].
+    pub fn up(&self) {
+        self.reachable.send_replace(true);
     }
 
     /// The mock cluster itself, for tests that inject broker faults.
-    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
-        &self.cluster
+    pub fn cluster(&self) -> Result<MockCluster<'_, DefaultClientContext>, BrokerError> {
+        self.owner.mock_cluster().ok_or_else(|| {
+            BrokerError::Task("the embedded broker's client has no mock cluster".into())
+        })
     }
 }
 
-/// Accepts bootstrap connections and pipes each to the mock broker until either side closes.
-async fn forward(listener: TcpListener, target: String) {
-    loop {
-        let (mut inbound, peer) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(error) => {
-                // Usually EMFILE; back off instead of spinning.
-                tracing::warn!(%error, "embedded broker accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let target = target.clone();
-        tokio::spawn(async move {
-            match tokio::net::TcpStream::connect(&target).await {
-                Ok(mut outbound) => {
-                    let _ = inbound.set_nodelay(true);
-                    let _ = outbound.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                }
-                Err(error) => tracing::warn!(%peer, %error, "cannot reach the mock broker"),
-            }
-        });
+/// The address the broker puts in its metadata: where it listens, or loopback if it listens on
+/// every interface (clients on this machine reach it there; others need a real broker).
+fn advertised(addr: SocketAddr) -> SocketAddr {
+    if addr.ip().is_unspecified() {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+    } else {
+        addr
     }
 }

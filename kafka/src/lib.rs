@@ -3,10 +3,9 @@
 //!
 //! The embedded broker is librdkafka's mock cluster: an in-process server that speaks the real Kafka
 //! wire protocol (so kcat and any other client can read from it) and keeps everything in memory. Its
-//! brokers listen on random loopback ports, so [`EmbeddedBroker`] also listens on a stable address
-//! (127.0.0.1:9092 by default) and forwards bootstrap connections there to the mock broker. Clients
-//! then learn the broker's real address from metadata and connect to it directly, which works from
-//! anywhere on the same machine.
+//! broker listens on a random loopback port, so [`EmbeddedBroker`] listens on a stable address
+//! (127.0.0.1:9092 by default), has the mock broker advertise that address in its metadata, and
+//! pipes every connection through to it.
 //!
 //! Payment does not link this crate: only the services that produce or consume events do.
 

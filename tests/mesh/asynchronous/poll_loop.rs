@@ -66,7 +66,7 @@ fn dead_letter_leader(mesh: &TestMesh, leader: Option<i32>) -> Result<()> {
         let topic = dead_letter::topic(&mesh.topic, channel);
         for partition in 0..3 {
             broker
-                .cluster()
+                .cluster()?
                 .partition_leader(&topic, partition, leader)
                 .with_context(|| format!("leader of {topic} [{partition}]"))?;
         }
