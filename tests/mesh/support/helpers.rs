@@ -38,8 +38,24 @@ use tonic::transport::{Channel as GrpcChannel, ClientTlsConfig};
 /// its cleanup hangs: services dropped mid-flight can leave librdkafka waiting in a blocking close
 /// for a broker that is gone, and the test runtime waits for those threads.
 pub struct Watchdog {
-    /// 0 running, 1 finished cleanly, 2 dropped without finishing (the test failed).
+    /// 0 running, 1 finished cleanly, 2 dropped without finishing (the test failed), 3 the
+    /// test's thread has ended (its cleanup is over, whatever the outcome).
     state: Arc<std::sync::atomic::AtomicU8>,
+}
+
+thread_local! {
+    /// Dropped when the test's thread ends (after the test's runtime has shut down), which tells
+    /// the watchdog that a failed test's cleanup is over: without it, every failed test ended the
+    /// whole run 30 s later, and took the failure's message with it.
+    static THREAD_END: std::cell::RefCell<Option<ThreadEnd>> = const { std::cell::RefCell::new(None) };
+}
+
+struct ThreadEnd(Arc<std::sync::atomic::AtomicU8>);
+
+impl Drop for ThreadEnd {
+    fn drop(&mut self) {
+        self.0.store(3, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Watchdog {
@@ -54,13 +70,14 @@ impl Watchdog {
             .unwrap_or("unnamed test")
             .to_owned();
         let state = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        THREAD_END.with(|end| *end.borrow_mut() = Some(ThreadEnd(state.clone())));
         let watching = state.clone();
         std::thread::spawn(move || {
             let started = std::time::Instant::now();
             let mut failed_at = None;
             loop {
                 match watching.load(Relaxed) {
-                    1 => return,
+                    1 | 3 => return,
                     2 => {
                         let since = *failed_at.get_or_insert_with(std::time::Instant::now);
                         if since.elapsed() > Self::CLEANUP {
@@ -684,6 +701,17 @@ impl TestMesh {
     /// audit reads it).
     pub async fn all_events(&self) -> Result<Vec<(String, String)>> {
         ordermesh_bench::events::read_events(&self.kafka, &self.topic, EVENTUALLY).await
+    }
+
+    /// Every event on the topic, read once it holds at least `count`: the relay publishes after the
+    /// call that wrote the outbox row has answered, so reading at once can miss the newest events.
+    /// More than `count` (a duplicate) are returned as found.
+    pub async fn events_once_published(&self, count: usize) -> Result<Vec<(String, String)>> {
+        eventually(&format!("{count} events on the topic"), || async {
+            Ok(self.broker.message_count(&self.topic).await? >= count as i64)
+        })
+        .await?;
+        self.all_events().await
     }
 
     /// Every event on the topic with its type (see [`Self::all_events`]).

@@ -286,7 +286,7 @@ async fn cancels_racing_on_two_order_replicas_make_one_refund_and_one_event(
     );
     // ... and one OrderCancelled per order: every event on the topic read back, each order's key
     // twice (placed, cancelled), no more.
-    let events = mesh.all_events().await?;
+    let events = mesh.events_once_published(20).await?;
     let mut per_order: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (order_id, _) in &events {
         *per_order.entry(order_id.clone()).or_default() += 1;
