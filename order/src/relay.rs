@@ -201,22 +201,12 @@ impl Relay {
         });
         let results = join_all(sends).await;
         let mut failed = false;
+        let mut published = Vec::with_capacity(batch.len());
         for (row, result) in batch.iter().zip(results) {
             match result {
                 Ok(at) => {
-                    tracing::info!(order_id = %row.order_id, event_id = %row.event_id, ce_type = %row.event_type, partition = at.partition, offset = at.offset, relay = %self.id, "event published");
-                    if let Err(error) = self
-                        .store
-                        .mark_published(row, timestamp::now_millis())
-                        .await
-                    {
-                        // Published but not marked: it will be published again, with the same event
-                        // id, which consumers recognise.
-                        tracing::error!(%error, event_id = %row.event_id, "cannot mark event published");
-                    }
-                    for waiter in self.lock().remove(&row.event_id).unwrap_or_default() {
-                        let _ = waiter.send(());
-                    }
+                    tracing::debug!(order_id = %row.order_id, event_id = %row.event_id, ce_type = %row.event_type, partition = at.partition, offset = at.offset, relay = %self.id, "event published");
+                    published.push(row);
                 }
                 Err(error) => {
                     failed = true;
@@ -225,6 +215,22 @@ impl Relay {
                 }
             }
         }
+        if let Err(error) = self
+            .store
+            .mark_published(&published, timestamp::now_millis())
+            .await
+        {
+            // Published but not marked: they will be published again, with the same event ids,
+            // which consumers recognise.
+            tracing::error!(%error, events = published.len(), "cannot mark events published");
+        }
+        let mut waiters = self.lock();
+        for row in &published {
+            for waiter in waiters.remove(&row.event_id).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
+        }
+        drop(waiters);
         // Waiters whose caller gave up are dropped here, so the map cannot grow during an outage.
         self.lock().retain(|_, senders| {
             senders.retain(|s| !s.is_closed());

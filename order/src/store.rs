@@ -113,7 +113,8 @@ fn settle_sql(backend: Backend, set: &str) -> String {
     format!(
         "UPDATE orders SET {set}
          WHERE order_id = $4 AND status = 'PENDING_PAYMENT'
-           AND ($5 = '' OR (reconcile_claimed_by = $5 AND reconcile_claimed_until_ms > {now}))"
+           AND ($5 = '' OR (reconcile_claimed_by = $5 AND reconcile_claimed_until_ms > {now}))
+         RETURNING *"
     )
 }
 
@@ -196,7 +197,8 @@ impl Statements {
                      customer_phone, items_json, currency_code, total_minor_units, status,
                      created_at_ms, updated_at_ms, payment_attempted_at_ms)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, {now})
-                 ON CONFLICT (request_id) DO NOTHING"
+                 ON CONFLICT (request_id) DO NOTHING
+                 RETURNING *"
             ),
             begin_payment: format!(
                 "UPDATE orders SET payment_attempted_at_ms = {now}
@@ -313,7 +315,9 @@ impl Store {
     pub(crate) async fn insert_or_get(&self, new: &OrderRow) -> Result<OrderRow, sqlx::Error> {
         let items =
             serde_json::to_string(&new.items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(AssertSqlSafe(self.sql.insert_order.as_str()))
+        // The new row comes back from the INSERT itself (one round trip to the database instead of
+        // two); only a request id seen before needs the SELECT.
+        let inserted = sqlx::query(AssertSqlSafe(self.sql.insert_order.as_str()))
             .bind(&new.order_id)
             .bind(&new.request_id)
             .bind(&new.request_fingerprint)
@@ -325,13 +329,19 @@ impl Store {
             .bind(new.status.as_str())
             .bind(new.created_at_ms)
             .bind(new.updated_at_ms)
-            .execute(&self.pool)
+            .try_map(|row: AnyRow| from_row(&row))
+            .fetch_optional(&self.pool)
             .await?;
-        self.fetch_one(
-            "SELECT * FROM orders WHERE request_id = $1",
-            &new.request_id,
-        )
-        .await
+        match inserted {
+            Some(order) => Ok(order),
+            None => {
+                self.fetch_one(
+                    "SELECT * FROM orders WHERE request_id = $1",
+                    &new.request_id,
+                )
+                .await
+            }
+        }
     }
 
     /// PENDING_PAYMENT -> PAID with the payment, and the order's event into the outbox, in one
@@ -351,17 +361,23 @@ impl Store {
             now_ms,
         } = paid;
         let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(AssertSqlSafe(self.sql.settle_paid.as_str()))
+        // The paid row comes back from the UPDATE (RETURNING); none means another writer settled
+        // the order first, and it is read as that writer left it.
+        let paid_now = sqlx::query(AssertSqlSafe(self.sql.settle_paid.as_str()))
             .bind(payment_id)
             .bind(event_id)
             .bind(now_ms)
             .bind(order_id)
             .bind(writer.claimant())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let order = order_in(&mut tx, order_id).await?;
-        if changed == 1 {
+            .try_map(|row: AnyRow| from_row(&row))
+            .fetch_optional(&mut *tx)
+            .await?;
+        let changed = paid_now.is_some();
+        let order = match paid_now {
+            Some(order) => order,
+            None => order_in(&mut tx, order_id).await?,
+        };
+        if changed {
             let payload = event(&order)?;
             let row = NewEvent {
                 event_id,
@@ -484,16 +500,22 @@ impl Store {
         order_id: &str,
         writer: Writer<'_>,
     ) -> Result<OrderRow, sqlx::Error> {
-        sqlx::query(AssertSqlSafe(sql))
+        let settled = sqlx::query(AssertSqlSafe(sql))
             .bind(first)
             .bind(second)
             .bind(now_ms)
             .bind(order_id)
             .bind(writer.claimant())
-            .execute(&self.pool)
+            .try_map(|row: AnyRow| from_row(&row))
+            .fetch_optional(&self.pool)
             .await?;
-        self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
-            .await
+        match settled {
+            Some(order) => Ok(order),
+            None => {
+                self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
+                    .await
+            }
+        }
     }
 
     /// Records that a CreateOrder starts to charge the pending order now: the reconciler leaves it
@@ -618,29 +640,41 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records that the broker acknowledged an event, on the outbox row and on its order.
+    /// Records that the broker acknowledged `events`, on their outbox rows and on their orders,
+    /// in one transaction: two statements for the relay's whole batch instead of a transaction per
+    /// event (the relay marks a batch once every send in it has been answered anyway).
     pub(crate) async fn mark_published(
         &self,
-        event: &OutboxRow,
+        events: &[&OutboxRow],
         now_ms: i64,
     ) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        if events.is_empty() {
+            return Ok(());
+        }
+        // $1 is the time, then one parameter per event: numbered, never spliced from data.
+        let list = (2..events.len() + 2)
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let outbox = format!(
             "UPDATE outbox SET published_at_ms = $1, attempts = attempts + 1, claimed_until_ms = NULL
-             WHERE seq = $2",
-        )
-            .bind(now_ms)
-            .bind(event.seq)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
+             WHERE seq IN ({list})"
+        );
+        let orders = format!(
             "UPDATE orders SET event_published_at_ms = $1
-             WHERE order_id = $2 AND event_published_at_ms IS NULL",
-        )
-        .bind(now_ms)
-        .bind(&event.order_id)
-        .execute(&mut *tx)
-        .await?;
+             WHERE order_id IN ({list}) AND event_published_at_ms IS NULL"
+        );
+        let mut tx = self.pool.begin().await?;
+        let mut query = sqlx::query(AssertSqlSafe(outbox)).bind(now_ms);
+        for event in events {
+            query = query.bind(event.seq);
+        }
+        query.execute(&mut *tx).await?;
+        let mut query = sqlx::query(AssertSqlSafe(orders)).bind(now_ms);
+        for event in events {
+            query = query.bind(&event.order_id);
+        }
+        query.execute(&mut *tx).await?;
         tx.commit().await
     }
 

@@ -261,6 +261,70 @@ async fn an_outbox_lease_holds_other_relays_off_until_it_ends_on_the_databases_c
     );
 }
 
+#[on_both_backends]
+#[tokio::test]
+async fn a_relay_marks_the_acknowledged_part_of_its_batch_published_and_nothing_else(
+    backend: Backend,
+) {
+    let Some((store, _db)) = store(backend).await else {
+        return;
+    };
+    for id in ["a", "b", "c"] {
+        let order = pending(&store, &format!("ord_{id}"), Duration::ZERO).await;
+        let paid = Paid {
+            payment_id: "pay_1",
+            event_id: &format!("evt_{id}"),
+            trace_context: None,
+            now_ms: NOW,
+        };
+        store
+            .mark_paid(&order.order_id, paid, Writer::Call, |_| {
+                Ok(b"event".to_vec())
+            })
+            .await
+            .expect("paid");
+    }
+    let batch = store
+        .claim_events("relay", Duration::from_secs(60), 10)
+        .await
+        .expect("claim");
+    assert_eq!(batch.len(), 3);
+
+    // The broker acknowledged a and c, not b.
+    store
+        .mark_published(&[&batch[0], &batch[2]], NOW + 5)
+        .await
+        .expect("marked");
+
+    let published = |id: &'static str| {
+        let store = &store;
+        async move {
+            let order = store.get(id).await.expect("read").expect("stored");
+            order.event_published_at_ms
+        }
+    };
+    assert_eq!(published("ord_a").await, Some(NOW + 5));
+    assert_eq!(published("ord_b").await, None, "b was not acknowledged");
+    assert_eq!(published("ord_c").await, Some(NOW + 5));
+    // b's lease is the relay's still; once given up, b is the only event left to publish.
+    store
+        .mark_failed_attempt(&batch[1], "no answer")
+        .await
+        .expect("give up");
+    let left = store
+        .claim_events("relay", Duration::from_secs(60), 10)
+        .await
+        .expect("claim");
+    assert_eq!(
+        left.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+        ["evt_b"]
+    );
+    store
+        .mark_published(&[], NOW)
+        .await
+        .expect("nothing to mark");
+}
+
 /// A paid order (its OrderPlaced in the outbox).
 async fn paid(store: &Store, id: &str) -> OrderRow {
     let order = pending(store, id, Duration::ZERO).await;
@@ -353,7 +417,7 @@ async fn a_paid_order_is_cancelled_once_with_one_event_whoever_finishes_it(backe
         )]
     );
     store
-        .mark_published(&first_round[0], NOW)
+        .mark_published(&[&first_round[0]], NOW)
         .await
         .expect("published");
     let second_round = store

@@ -119,11 +119,12 @@ impl Store {
     /// whichever row holds the key now. The unique constraint decides races, so concurrent retries
     /// get one row, and a close and a charge racing get whichever came first.
     pub(crate) async fn insert_or_get(&self, new: &PaymentRow) -> Result<PaymentRow, sqlx::Error> {
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO payments (payment_id, idempotency_key, request_fingerprint, order_id,
                  currency_code, minor_units, status, decline_reason, close_reason, created_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (idempotency_key) DO NOTHING",
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING *",
         )
         .bind(&new.payment_id)
         .bind(&new.idempotency_key)
@@ -135,8 +136,14 @@ impl Store {
         .bind(&new.decline_reason)
         .bind(&new.close_reason)
         .bind(new.created_at_ms)
-        .execute(&self.pool)
+        .try_map(|row: AnyRow| from_row(&row))
+        .fetch_optional(&self.pool)
         .await?;
+        // The new row comes back from the INSERT itself (one round trip instead of two); only a
+        // key taken before needs the SELECT.
+        if let Some(row) = inserted {
+            return Ok(row);
+        }
         match self.by_key(&new.idempotency_key).await? {
             Some(row) => Ok(row),
             None => Err(sqlx::Error::RowNotFound),

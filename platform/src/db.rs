@@ -163,6 +163,10 @@ async fn connect_sqlite(url: &str) -> Result<Pool, sqlx::Error> {
         // Every connection to `:memory:` would be a separate empty database: keep exactly one, forever.
         .max_connections(if in_memory { 1 } else { 8 })
         .min_connections(if in_memory { 1 } else { 0 })
+        // No ping before each use: a SQLite connection is a handle on a local file that nothing
+        // can close from the other side, and each ping is a round trip to the connection's
+        // worker thread (sqlx runs every SQLite connection on a thread of its own).
+        .test_before_acquire(false)
         .idle_timeout(if in_memory {
             None
         } else {
