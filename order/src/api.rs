@@ -130,13 +130,16 @@ impl OrderApi {
                 .saturating_sub(self.settings.deadline_margin);
             wait = wait.min(left);
         }
-        if self
+        if let Some(at) = self
             .relay
             .published(&order.order_id, &order.event_id, wait)
             .await
         {
-            let published = self.store.get(&order.order_id).await?;
-            return Ok(to_proto(published.unwrap_or(order)));
+            // What the relay recorded on the order: no need to read it back.
+            return Ok(to_proto(OrderRow {
+                event_published_at_ms: Some(at),
+                ..order
+            }));
         }
         tracing::warn!(order_id = %order.order_id, event_id = %order.event_id, "event not yet acknowledged; answering with it pending");
         Ok(to_proto(order))

@@ -41,7 +41,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// publish it, and then nothing here wakes the caller.
 const PUBLISHED_CHECK: Duration = Duration::from_millis(100);
 
-type Waiters = Arc<Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>>;
+/// Callers waiting for their event, by event id; each is sent the time the acknowledgement was
+/// recorded on its order (None if it could not be recorded).
+type Waiters = Arc<Mutex<HashMap<String, Vec<oneshot::Sender<Option<i64>>>>>>;
 
 /// A handle on the relay: wake it, or wait for an event to be published.
 #[derive(Debug, Clone)]
@@ -92,14 +94,15 @@ impl Relay {
         self.wake.notify_one();
     }
 
-    /// Waits up to `timeout` for the event of `order_id` to be acknowledged by the broker. False if
-    /// it is still pending then (it stays in the outbox and is published later).
+    /// Waits up to `timeout` for the event of `order_id` to be acknowledged by the broker, and
+    /// returns when that was recorded on the order (its `event_published_at_ms`). None if it is
+    /// still pending then (it stays in the outbox and is published later).
     pub(crate) async fn published(
         &self,
         order_id: &str,
         event_id: &str,
         timeout: Duration,
-    ) -> bool {
+    ) -> Option<i64> {
         let (tx, mut rx) = oneshot::channel();
         self.lock().entry(event_id.to_owned()).or_default().push(tx);
         self.wake.notify_one();
@@ -109,14 +112,14 @@ impl Relay {
             if let Ok(Some(order)) = self.store.get(order_id).await
                 && order.event_published_at_ms.is_some()
             {
-                return true;
+                return order.event_published_at_ms;
             }
             let check = (tokio::time::Instant::now() + PUBLISHED_CHECK).min(deadline);
             tokio::select! {
-                woken = &mut rx => return woken.is_ok(),
+                woken = &mut rx => return woken.ok().flatten(),
                 _ = tokio::time::sleep_until(check) => {
                     if check == deadline {
-                        return false;
+                        return None;
                     }
                 }
             }
@@ -215,19 +218,20 @@ impl Relay {
                 }
             }
         }
-        if let Err(error) = self
-            .store
-            .mark_published(&published, timestamp::now_millis())
-            .await
-        {
-            // Published but not marked: they will be published again, with the same event ids,
-            // which consumers recognise.
-            tracing::error!(%error, events = published.len(), "cannot mark events published");
-        }
+        let now_ms = timestamp::now_millis();
+        let marked = match self.store.mark_published(&published, now_ms).await {
+            Ok(()) => Some(now_ms),
+            Err(error) => {
+                // Published but not marked: they will be published again, with the same event
+                // ids, which consumers recognise.
+                tracing::error!(%error, events = published.len(), "cannot mark events published");
+                None
+            }
+        };
         let mut waiters = self.lock();
         for row in &published {
             for waiter in waiters.remove(&row.event_id).unwrap_or_default() {
-                let _ = waiter.send(());
+                let _ = waiter.send(marked);
             }
         }
         drop(waiters);
@@ -239,7 +243,9 @@ impl Relay {
         failed
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<()>>>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Option<i64>>>>> {
         self.waiters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

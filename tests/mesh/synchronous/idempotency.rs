@@ -30,6 +30,10 @@ async fn the_same_request_id_twice_is_one_order_one_charge_one_event(
     // Assert
     assert_eq!(first, second, "the retry returns the same order");
     assert_eq!(first.status(), OrderStatus::Paid);
+    assert!(
+        !first.event_pending,
+        "answered once the broker acknowledged the event: {first:?}"
+    );
     let listed = orders
         .list_orders(ListOrdersRequest::default())
         .await?
