@@ -139,9 +139,7 @@ impl EmbeddedBroker {
 
     /// The mock cluster itself, for tests that inject broker faults.
     pub fn cluster(&self) -> Result<MockCluster<'_, DefaultClientContext>, BrokerError> {
-        self.owner.mock_cluster().ok_or_else(|| {
-            BrokerError::Task("the embedded broker's client has no mock cluster".into())
-        })
+        self.owner.mock_cluster().ok_or(BrokerError::NoMockCluster)
     }
 }
 

@@ -16,6 +16,8 @@ pub enum BrokerError {
     },
     #[error("Kafka client task failed: {0}")]
     Task(String),
+    #[error("the embedded broker's client has no mock cluster")]
+    NoMockCluster,
     #[error(
         "embedded broker cannot listen on {addr}: {source} (is another broker on that port? set another address)"
     )]

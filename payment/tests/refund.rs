@@ -357,6 +357,35 @@ async fn invalid_refunds_name_the_field() -> Result<()> {
     Ok(())
 }
 
+/// `copies` refunds of each of `payments`, all sent at once, the n-th copy under `key(payment_id,
+/// n)`; the answers by payment id.
+async fn refunds_at_once(
+    client: &Client,
+    payments: &[Payment],
+    copies: usize,
+    key: impl Fn(&str, usize) -> String,
+    reason: &str,
+) -> Result<HashMap<String, Vec<Result<Refund, Status>>>> {
+    let mut calls = tokio::task::JoinSet::new();
+    for payment in payments {
+        for copy in 0..copies {
+            let mut client = client.clone();
+            let request =
+                refund_request(&key(&payment.payment_id, copy), &payment.payment_id, reason);
+            calls.spawn(async move {
+                let payment_id = request.payment_id.clone();
+                (payment_id, refund(&mut client, request).await)
+            });
+        }
+    }
+    let mut answers: HashMap<String, Vec<Result<Refund, Status>>> = HashMap::new();
+    while let Some(joined) = calls.join_next().await {
+        let (payment_id, answer) = joined?;
+        answers.entry(payment_id).or_default().push(answer);
+    }
+    Ok(answers)
+}
+
 #[on_both_backends]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn of_refunds_racing_under_different_keys_exactly_one_lands(backend: Backend) -> Result<()> {
@@ -372,26 +401,14 @@ async fn of_refunds_racing_under_different_keys_exactly_one_lands(backend: Backe
     }
 
     // Act: every refund of every payment at once, each under its own key.
-    let mut calls = tokio::task::JoinSet::new();
-    for payment in &payments {
-        for racer in 0..RACERS {
-            let mut client = server.client.clone();
-            let request = refund_request(
-                &format!("refund-{}-{racer}", payment.payment_id),
-                &payment.payment_id,
-                "race",
-            );
-            calls.spawn(async move {
-                let payment_id = request.payment_id.clone();
-                (payment_id, refund(&mut client, request).await)
-            });
-        }
-    }
-    let mut answers: HashMap<String, Vec<Result<Refund, Status>>> = HashMap::new();
-    while let Some(joined) = calls.join_next().await {
-        let (payment_id, answer) = joined?;
-        answers.entry(payment_id).or_default().push(answer);
-    }
+    let answers = refunds_at_once(
+        &server.client,
+        &payments,
+        RACERS,
+        |payment_id, racer| format!("refund-{payment_id}-{racer}"),
+        "race",
+    )
+    .await?;
 
     // Assert: per payment one refund, the others refused naming it; the tables agree.
     let stored = stored_refunds(&server.database_url).await?;
@@ -504,26 +521,14 @@ async fn copies_of_one_refund_racing_each_get_the_one_refund(backend: Backend) -
     }
 
     // Act: every copy at once.
-    let mut calls = tokio::task::JoinSet::new();
-    for payment in &payments {
-        for _ in 0..COPIES {
-            let mut client = server.client.clone();
-            let request = refund_request(
-                &format!("refund:{}", payment.payment_id),
-                &payment.payment_id,
-                "cancelled",
-            );
-            calls.spawn(async move {
-                let payment_id = request.payment_id.clone();
-                (payment_id, refund(&mut client, request).await)
-            });
-        }
-    }
-    let mut answers: HashMap<String, Vec<Result<Refund, Status>>> = HashMap::new();
-    while let Some(joined) = calls.join_next().await {
-        let (payment_id, answer) = joined?;
-        answers.entry(payment_id).or_default().push(answer);
-    }
+    let answers = refunds_at_once(
+        &server.client,
+        &payments,
+        COPIES,
+        |payment_id, _| format!("refund:{payment_id}"),
+        "cancelled",
+    )
+    .await?;
 
     // Assert: every copy answered with the same one refund.
     ensure!(stored_refunds(&server.database_url).await?.len() == PAYMENTS);

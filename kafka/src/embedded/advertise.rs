@@ -25,9 +25,7 @@ pub(super) fn advertise<C: ClientContext>(
     unsafe {
         let cluster = bindings::rd_kafka_handle_mock_cluster(owner.native_ptr());
         if cluster.is_null() {
-            return Err(BrokerError::Task(
-                "the embedded broker's client has no mock cluster".into(),
-            ));
+            return Err(BrokerError::NoMockCluster);
         }
         bindings::rd_kafka_mock_broker_set_host_port(
             cluster,
