@@ -86,11 +86,11 @@ pub fn median(values: &[f64]) -> Option<f64> {
 
 /// Runs `ours` and `raw` one after the other, `ours` first in even rounds and `raw` first in odd
 /// ones (ABBA over rounds); returns (ours, raw).
-pub async fn in_turn<T>(
+pub async fn in_turn<A, B>(
     round: usize,
-    ours: impl Future<Output = anyhow::Result<T>>,
-    raw: impl Future<Output = anyhow::Result<T>>,
-) -> anyhow::Result<(T, T)> {
+    ours: impl Future<Output = anyhow::Result<A>>,
+    raw: impl Future<Output = anyhow::Result<B>>,
+) -> anyhow::Result<(A, B)> {
     if round.is_multiple_of(2) {
         let a = ours.await?;
         Ok((a, raw.await?))

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod campaign;
 pub mod churn;
 pub mod compare;
+pub mod cost;
 pub mod echo;
 pub mod events;
 pub mod grpc;

@@ -46,12 +46,36 @@ async fn every_benchmark_runs_at_smoke_scale() -> anyhow::Result<()> {
             );
         }
     }
+    // The cost of one order: the whole beside the sum of its parts, and each part in a row of its
+    // own (raw figure only), so the sum can be read off.
+    let named = |prefix: &str| {
+        rows.iter()
+            .filter(|row| row["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .count()
+    };
+    assert_eq!(named("CPU per order"), 1, "{stdout}");
+    assert_eq!(named("  part: "), 6, "{stdout}");
     for row in &rows {
         // A baseline whose tool is missing (kcat) says so in its name and has no figures.
         if row["name"].as_str().is_some_and(|n| n.contains("skipped")) {
             continue;
         }
-        for side in ["ours", "raw"] {
+        // A row with a ratio has figures on both sides; a part, or a figure with nothing to be
+        // compared with (orders/s with the notifier running), on its one side.
+        let sides: &[&str] = if row["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("  part: "))
+        {
+            &["raw"]
+        } else if row["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("Orders/s"))
+        {
+            &["ours"]
+        } else {
+            &["ours", "raw"]
+        };
+        for side in sides {
             let figures = row[side].as_array().expect("figures");
             assert!(
                 !figures.is_empty() && figures.iter().all(|f| f.as_f64().is_some_and(|v| v > 0.0)),

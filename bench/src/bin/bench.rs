@@ -14,7 +14,7 @@ use clap::Parser;
 use ordermesh_bench::{
     Scale,
     compare::{self, Comparison},
-    grpc, kafka, rss,
+    cost, grpc, kafka, rss,
 };
 
 #[derive(Debug, Parser)]
@@ -82,6 +82,11 @@ const BENCHMARKS: &[(&str, &str, Bench)] = &[
         "rss",
         "7. Resident memory of each service, idle and under load, vs a raw tonic echo server",
         |s| Box::pin(rss::rss(s)),
+    ),
+    (
+        "cost-per-order",
+        "8. CPU per order, notifications included, vs the sum of its raw parts",
+        |s| Box::pin(cost::cost_per_order(s)),
     ),
 ];
 

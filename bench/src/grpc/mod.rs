@@ -22,10 +22,10 @@
 mod cpu;
 mod create_order_latency;
 mod drive;
-mod parts;
+pub(crate) mod parts;
 mod payment_client;
 mod saturation;
-mod servers;
+pub(crate) mod servers;
 
 pub(crate) use self::drive::{create_orders, echo_calls, no_errors};
 pub use self::{

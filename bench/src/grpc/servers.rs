@@ -17,18 +17,18 @@ use tonic::transport::{Channel, Endpoint, Server};
 use crate::echo;
 
 /// A server task on a port-0 listener, stopped when dropped.
-pub(super) struct Serving {
+pub(crate) struct Serving {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Serving {
-    pub(super) fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
-    pub(super) async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -44,7 +44,7 @@ pub(super) async fn channel(url: &str) -> Result<Channel> {
 }
 
 /// The raw tonic server (see [`echo`]), in this process.
-pub(super) async fn raw_echo() -> Result<Serving> {
+pub(crate) async fn raw_echo() -> Result<Serving> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
@@ -138,16 +138,33 @@ pub(super) async fn stub_payment() -> Result<Serving> {
 }
 
 /// Payment and order as the binaries run them (order's defaults), on the embedded broker, with
-/// SQLite files in a temporary directory. The notifier is not part of CreateOrder.
-pub(super) struct Mesh {
+/// SQLite files in a temporary directory; the notifier too when asked for ([`Mesh::start_whole`]),
+/// since it is no part of CreateOrder but is part of what an order costs.
+pub(crate) struct Mesh {
     payment: Serving,
-    pub(super) order: Serving,
-    pub(super) broker: ordermesh_kafka::EmbeddedBroker,
+    pub(crate) order: Serving,
+    notifier: Option<Serving>,
+    /// The notifier's outcome counters per channel (empty without a notifier).
+    pub(crate) notified: ordermesh_notifier::ChannelStats,
+    pub(crate) broker: ordermesh_kafka::EmbeddedBroker,
     _dir: tempfile::TempDir,
 }
 
 impl Mesh {
-    pub(super) async fn start() -> Result<Self> {
+    /// Payment and order.
+    pub(crate) async fn start() -> Result<Self> {
+        Self::start_with(false).await
+    }
+
+    /// Payment, order and the notifier with its default channels (email and SMS, each in its own
+    /// consumer group), delivering to the log as the runner does when no mail server or SMS
+    /// gateway is set. No tracing subscriber is installed in the bench process, so those lines
+    /// cost nothing here.
+    pub(crate) async fn start_whole() -> Result<Self> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(notifier: bool) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let topic = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let broker = ordermesh_kafka::EmbeddedBroker::start("127.0.0.1:0".parse()?, &[&topic], 3)?;
@@ -167,7 +184,7 @@ impl Mesh {
             database_url: db("order.db"),
             payment_url: payment.url(),
             kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
-            events_topic: topic,
+            events_topic: topic.clone(),
             ..ordermesh_order::Config::from_env()?
         };
         let order = spawn(|listener, stop| async move {
@@ -176,15 +193,56 @@ impl Mesh {
                 .map_err(anyhow::Error::from)
         })
         .await?;
+        let mut notified = ordermesh_notifier::ChannelStats::new();
+        let notifier = if notifier {
+            use ordermesh_notifier::{Channel, dead_letter};
+            // The mock cluster does not create topics on request (the runner makes these too).
+            for channel in Channel::ALL {
+                broker.create_topic(&dead_letter::topic(&topic, channel), 3)?;
+                notified.insert(channel, std::sync::Arc::default());
+            }
+            let config = ordermesh_notifier::Config {
+                database_url: db("notifier.db"),
+                kafka: ordermesh_kafka::KafkaSettings::plaintext(broker.bootstrap_servers()),
+                events_topic: topic,
+                smtp_url: None,
+                sms_webhook_url: None,
+                ..ordermesh_notifier::Config::from_env()?
+            };
+            let stats = notified.clone();
+            Some(
+                spawn(|listener, stop| async move {
+                    ordermesh_notifier::run_with_stats(listener, config, stop, stats)
+                        .await
+                        .map_err(anyhow::Error::from)
+                })
+                .await?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             payment,
             order,
+            notifier,
+            notified,
             broker,
             _dir: dir,
         })
     }
 
-    pub(super) async fn stop(self) {
+    /// Notifications the notifier has sent so far, all channels together.
+    pub(crate) fn sent(&self) -> u64 {
+        self.notified
+            .values()
+            .map(|stats| stats.sent.load(std::sync::atomic::Ordering::Relaxed))
+            .sum()
+    }
+
+    pub(crate) async fn stop(self) {
+        if let Some(notifier) = self.notifier {
+            notifier.stop().await;
+        }
         self.order.stop().await;
         self.payment.stop().await;
         drop(self.broker);

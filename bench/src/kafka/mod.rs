@@ -36,4 +36,5 @@ mod publish;
 mod raw;
 mod setup;
 
+pub(crate) use self::raw::consume_cpu_us;
 pub use self::{consume::consume, event_latency::event_latency, publish::publish};

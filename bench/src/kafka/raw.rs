@@ -25,8 +25,10 @@ use rdkafka::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::grpc::cpu_seconds;
+
 use super::{
-    payload::Event,
+    payload::{Event, order_events},
     setup::{ACK_TIMEOUT, IN_FLIGHT, STALL, drop_blocking, fresh_name},
 };
 
@@ -104,6 +106,27 @@ pub(super) async fn commit_and_close(consumer: StreamConsumer) {
     if let Err(error) = ordermesh_kafka::commit_and_close(consumer).await {
         tracing::debug!(%error, "final commit of a benchmark consumer failed");
     }
+}
+
+/// This process's CPU time per event, in microseconds, of a raw consumer (a fresh group, the
+/// notifier's settings) reading `count` events that are put on `topic` first, outside the
+/// measurement. The clock starts once the first event is handled, so the group's join is left out.
+pub(crate) async fn consume_cpu_us(brokers: &str, topic: &str, count: usize) -> Result<f64> {
+    let count = count.max(2);
+    send_raw_to(brokers, topic, &order_events(count)?).await?;
+    let consumer = raw_consumer(brokers, topic, 500)?;
+    let mut handled = next_event(&consumer).await;
+    let before = cpu_seconds();
+    for _ in 1..count {
+        if handled.is_err() {
+            break;
+        }
+        handled = next_event(&consumer).await;
+    }
+    let cpu = cpu_seconds() - before;
+    commit_and_close(consumer).await;
+    handled?;
+    Ok(cpu * 1e6 / (count - 1) as f64)
 }
 
 /// Sends `events` as `EventPublisher` does (key, payload, CloudEvents headers), waiting for each
