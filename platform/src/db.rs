@@ -160,8 +160,14 @@ async fn connect_sqlite(url: &str) -> Result<Pool, sqlx::Error> {
     }
     let options: AnyConnectOptions = url.parse()?;
     AnyPoolOptions::new()
-        // Every connection to `:memory:` would be a separate empty database: keep exactly one, forever.
-        .max_connections(if in_memory { 1 } else { 8 })
+        // One connection per file. SQLite lets one writer in at a time whatever the pool holds,
+        // and with eight connections the other writers waited in SQLite's busy handler, which
+        // sleeps (1, 2, 5 ... 100 ms) instead of queueing: on the runner under 64 callers, eight
+        // connections against one gave 2.12 vs 1.74 ms of CPU per order and a CreateOrder p99 of
+        // 204 vs 133 ms (docs/benchmarks.md). Readers wait behind a write here, for as long as
+        // one statement or transaction takes (no store holds a transaction across a call to
+        // anything else). And every connection to `:memory:` would be a separate empty database.
+        .max_connections(1)
         .min_connections(if in_memory { 1 } else { 0 })
         // No ping before each use: a SQLite connection is a handle on a local file that nothing
         // can close from the other side, and each ping is a round trip to the connection's
