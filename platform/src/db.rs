@@ -163,8 +163,8 @@ async fn connect_sqlite(url: &str) -> Result<Pool, sqlx::Error> {
         // One connection per file. SQLite lets one writer in at a time whatever the pool holds,
         // and with eight connections the other writers waited in SQLite's busy handler, which
         // sleeps (1, 2, 5 ... 100 ms) instead of queueing: on the runner under 64 callers, eight
-        // connections against one gave 2.12 vs 1.74 ms of CPU per order and a CreateOrder p99 of
-        // 204 vs 133 ms (docs/benchmarks.md). Readers wait behind a write here, for as long as
+        // connections against one gave 1.60 vs 1.41 ms of CPU per order and a CreateOrder p99 of
+        // 153 vs 102 ms (docs/benchmarks.md). Readers wait behind a write here, for as long as
         // one statement or transaction takes (no store holds a transaction across a call to
         // anything else). And every connection to `:memory:` would be a separate empty database.
         .max_connections(1)
