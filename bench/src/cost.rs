@@ -110,36 +110,25 @@ pub async fn cost_per_order(scale: &Scale) -> Result<Vec<Comparison>> {
             mesh.broker.create_topic(&topic, 3)?;
             let consume_us =
                 consume_cpu_us(&mesh.broker.bootstrap_servers(), &topic, units).await?;
-            Ok::<_, anyhow::Error>([
+            Ok::<_, anyhow::Error>(PartsCpu {
                 hop_us,
                 produce_us,
                 commit_us,
                 sqlx_commit_us,
                 grouped_commit_us,
                 consume_us,
-            ])
+            })
         };
-        let (
-            (ours_us, throughput),
-            [
-                hop_us,
-                produce_us,
-                commit_us,
-                sqlx_commit_us,
-                grouped_commit_us,
-                consume_us,
-            ],
-        ) = in_turn(round, ours, raw).await?;
+        let ((ours_us, throughput), raw) = in_turn(round, ours, raw).await?;
         cpu.ours.push(ours_us);
-        cpu.raw
-            .push(2.0 * hop_us + produce_us + COMMITS * commit_us + 2.0 * consume_us);
+        cpu.raw.push(raw.sum());
         orders.ours.push(throughput);
-        hop.raw.push(hop_us);
-        produce.raw.push(produce_us);
-        commit.raw.push(commit_us);
-        sqlx_commit.raw.push(sqlx_commit_us);
-        grouped_commit.raw.push(grouped_commit_us);
-        consume.raw.push(consume_us);
+        hop.raw.push(raw.hop_us);
+        produce.raw.push(raw.produce_us);
+        commit.raw.push(raw.commit_us);
+        sqlx_commit.raw.push(raw.sqlx_commit_us);
+        grouped_commit.raw.push(raw.grouped_commit_us);
+        consume.raw.push(raw.consume_us);
     }
     echo.stop().await;
     drop(parts);
@@ -154,6 +143,23 @@ pub async fn cost_per_order(scale: &Scale) -> Result<Vec<Comparison>> {
         grouped_commit,
         consume,
     ])
+}
+
+/// One round's parts, CPU microseconds per unit.
+struct PartsCpu {
+    hop_us: f64,
+    produce_us: f64,
+    commit_us: f64,
+    sqlx_commit_us: f64,
+    grouped_commit_us: f64,
+    consume_us: f64,
+}
+
+impl PartsCpu {
+    /// What one order would cost if it were nothing but its parts (the module text says which).
+    fn sum(&self) -> f64 {
+        2.0 * self.hop_us + self.produce_us + COMMITS * self.commit_us + 2.0 * self.consume_us
+    }
 }
 
 /// A row that shows one part's own figure (raw column), with no ratio of its own.

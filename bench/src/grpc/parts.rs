@@ -84,16 +84,9 @@ impl Parts {
     /// synchronous=NORMAL) on a file of its own: what a durable write costs when no statement
     /// crosses a thread. Run on a blocking thread, so it holds no async worker.
     pub(crate) async fn direct_commit_cpu_us(&self, calls: u64) -> Result<f64> {
-        let path = self
-            .dir
-            .path()
-            .join(format!("direct-{}.db", uuid::Uuid::new_v4().simple()));
+        let path = self.fresh_file("direct");
         tokio::task::spawn_blocking(move || {
-            let db = rusqlite::Connection::open(path)?;
-            db.execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 CREATE TABLE t (id TEXT PRIMARY KEY, body BLOB NOT NULL);",
-            )?;
+            let db = open_direct(path)?;
             let body = vec![0u8; 400];
             let before = cpu_seconds();
             for seq in 0..calls {
@@ -114,17 +107,10 @@ impl Parts {
     /// today; measured beside their way (sqlx, [`Parts::commit`]) as the case for changing it.
     pub(crate) async fn grouped_commit(&self, pace: Pace, calls: u64) -> Result<Summary> {
         type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
-        let path = self
-            .dir
-            .path()
-            .join(format!("grouped-{}.db", uuid::Uuid::new_v4().simple()));
+        let path = self.fresh_file("grouped");
         let (requests, mut waiting) = tokio::sync::mpsc::unbounded_channel::<(String, Reply)>();
         let writer = std::thread::spawn(move || -> rusqlite::Result<()> {
-            let db = rusqlite::Connection::open(path)?;
-            db.execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                 CREATE TABLE t (id TEXT PRIMARY KEY, body BLOB NOT NULL);",
-            )?;
+            let db = open_direct(path)?;
             let body = vec![0u8; 400];
             let mut batch = Vec::new();
             // Sleeps only when nothing waits; takes everything that does.
@@ -172,6 +158,12 @@ impl Parts {
         Ok(summary)
     }
 
+    /// A database file nobody used, in this run's directory.
+    fn fresh_file(&self, what: &str) -> std::path::PathBuf {
+        let name = format!("{what}-{}.db", uuid::Uuid::new_v4().simple());
+        self.dir.path().join(name)
+    }
+
     pub(crate) async fn commit(&self, pace: Pace, calls: u64) -> Result<Summary> {
         let pool = self.pool.clone();
         let run = uuid::Uuid::new_v4().simple().to_string();
@@ -193,4 +185,15 @@ impl Parts {
         no_errors("raw commit", &summary)?;
         Ok(summary)
     }
+}
+
+/// SQLite's own library on `path`, with the services' settings (WAL, synchronous=NORMAL) and the
+/// one-row table every commit part writes to.
+fn open_direct(path: std::path::PathBuf) -> rusqlite::Result<rusqlite::Connection> {
+    let db = rusqlite::Connection::open(path)?;
+    db.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+         CREATE TABLE t (id TEXT PRIMARY KEY, body BLOB NOT NULL);",
+    )?;
+    Ok(db)
 }
