@@ -14,7 +14,9 @@
 //! own record of the peak since the process started, is read as the load ends. (Recent kernels
 //! keep these counters per CPU and sum them loosely, so the two can differ by a few pages.) Fresh
 //! processes per round keep the rounds independent: a process's memory rarely shrinks, so a
-//! reused one would carry each round's peak into the next.
+//! reused one would carry each round's peak into the next. RSS counts a process's code pages too,
+//! and for an idle service they are most of it; the anonymous part (RssAnon, the largest sample
+//! under load) is printed as well, so the two can be told apart.
 
 use std::{
     future::Future,
@@ -49,6 +51,9 @@ pub struct Memory {
     pub rss_kib: u64,
     /// VmHWM: the most ever resident.
     pub hwm_kib: u64,
+    /// RssAnon: the resident part that is the process's own (heap, stacks), as against its
+    /// code and other file pages, which RSS counts too and which are most of an idle service's.
+    pub anon_kib: u64,
 }
 
 impl Memory {
@@ -70,6 +75,7 @@ impl Memory {
         Some(Self {
             rss_kib: field("VmRSS")?,
             hwm_kib: field("VmHWM")?,
+            anon_kib: field("RssAnon")?,
         })
     }
 }
@@ -333,6 +339,7 @@ async fn sampled<T>(
         for (peak, process) in peaks.iter_mut().zip(processes) {
             let now = process.memory()?;
             peak.rss_kib = peak.rss_kib.max(now.rss_kib);
+            peak.anon_kib = peak.anon_kib.max(now.anon_kib);
             peak.hwm_kib = now.hwm_kib;
         }
         Ok(())
@@ -387,6 +394,7 @@ pub async fn rss(scale: &Scale) -> Result<Vec<Comparison>> {
     );
     let mut idle = rows("RSS idle", None);
     let mut high_water = rows("VmHWM after load", None);
+    let mut anonymous = rows("anonymous RSS under load", None);
 
     for round in 0..scale.rounds {
         let mesh = Round::start(&binaries, &broker).await?;
@@ -414,11 +422,18 @@ pub async fn rss(scale: &Scale) -> Result<Vec<Comparison>> {
         };
         let (ours, raw) = in_turn(round, ours, raw).await?;
         let echo = raw.first().copied().unwrap_or_default();
-        for ((load, peak), service) in under_load.iter_mut().zip(&mut high_water).zip(&ours) {
+        for (((load, peak), anon), service) in under_load
+            .iter_mut()
+            .zip(&mut high_water)
+            .zip(&mut anonymous)
+            .zip(&ours)
+        {
             load.ours.push(mib(service.rss_kib));
             load.raw.push(mib(echo.rss_kib));
             peak.ours.push(mib(service.hwm_kib));
             peak.raw.push(mib(echo.hwm_kib));
+            anon.ours.push(mib(service.anon_kib));
+            anon.raw.push(mib(echo.anon_kib));
         }
         mesh.stop().await?;
     }
@@ -426,6 +441,7 @@ pub async fn rss(scale: &Scale) -> Result<Vec<Comparison>> {
         .into_iter()
         .chain(idle)
         .chain(high_water)
+        .chain(anonymous)
         .collect())
 }
 
@@ -435,13 +451,13 @@ mod tests {
 
     #[test]
     fn reads_rss_and_high_water_mark_from_proc_status() {
-        let status =
-            "Name:\torder\nVmPeak:\t  900000 kB\nVmHWM:\t   40960 kB\nVmRSS:\t   30720 kB\n";
+        let status = "Name:\torder\nVmPeak:\t  900000 kB\nVmHWM:\t   40960 kB\nVmRSS:\t   30720 kB\nRssAnon:\t    8192 kB\n";
         assert_eq!(
             Memory::parse(status),
             Some(Memory {
                 rss_kib: 30_720,
-                hwm_kib: 40_960
+                hwm_kib: 40_960,
+                anon_kib: 8_192,
             })
         );
         // A zombie's status has no memory lines.
@@ -449,6 +465,10 @@ mod tests {
 
         let mine = Memory::of(std::process::id()).expect("this process's memory");
         assert!(mine.rss_kib > 0 && mine.hwm_kib >= mine.rss_kib, "{mine:?}");
+        assert!(
+            mine.anon_kib > 0 && mine.anon_kib <= mine.rss_kib,
+            "{mine:?}"
+        );
     }
 
     #[test]

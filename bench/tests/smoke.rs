@@ -37,7 +37,12 @@ async fn every_benchmark_runs_at_smoke_scale() -> anyhow::Result<()> {
     // --workspace builds them: each service package has an integration test); the loop below
     // checks they have figures.
     for service in ["order", "payment", "notifier"] {
-        for what in ["RSS under load", "RSS idle", "VmHWM after load"] {
+        for what in [
+            "RSS under load",
+            "RSS idle",
+            "VmHWM after load",
+            "anonymous RSS under load",
+        ] {
             assert!(
                 rows.iter().any(|row| row["name"]
                     .as_str()
