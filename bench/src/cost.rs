@@ -98,7 +98,7 @@ pub async fn cost_per_order(scale: &Scale) -> Result<Vec<Comparison>> {
             let before = cpu_seconds();
             let produced = parts.produce(pace, units as u64).await?;
             let produce_us = per_unit(before, produced.ok);
-            // Twenty times as many: each is short, and the CPU clock ticks every 10 ms.
+            // Twenty times as many: each is short, and a run of `units` is over in milliseconds.
             let commit_us = parts.direct_commit_cpu_us(20 * units as u64).await?;
             let before = cpu_seconds();
             let committed = parts.commit(pace, units as u64).await?;

@@ -10,7 +10,7 @@
 //!
 //! The raw tonic server is the standard health service alone (`grpc.health.v1.Health/Check`): a
 //! real tonic unary call with a tiny message and no layers. Everything runs in this process, on
-//! loopback, against the embedded broker; CPU time is this process's (`/proc/self/stat`), so it
+//! loopback, against the embedded broker; CPU time is this process's (its CPU clock), so it
 //! covers the generator, the services and the broker alike on both sides.
 //!
 //! Layout: one module per benchmark ([`create_order_latency()`], [`saturation()`],
