@@ -43,7 +43,8 @@ const PUBLISHED_CHECK: Duration = Duration::from_millis(100);
 
 /// Callers waiting for their event, by event id; each is sent the time the acknowledgement was
 /// recorded on its order (None if it could not be recorded).
-type Waiters = Arc<Mutex<HashMap<String, Vec<oneshot::Sender<Option<i64>>>>>>;
+type Waiters = Arc<Mutex<WaiterMap>>;
+type WaiterMap = HashMap<String, Vec<oneshot::Sender<Option<i64>>>>;
 
 /// A handle on the relay: wake it, or wait for an event to be published.
 #[derive(Debug, Clone)]
@@ -234,18 +235,15 @@ impl Relay {
                 let _ = waiter.send(marked);
             }
         }
-        drop(waiters);
         // Waiters whose caller gave up are dropped here, so the map cannot grow during an outage.
-        self.lock().retain(|_, senders| {
+        waiters.retain(|_, senders| {
             senders.retain(|s| !s.is_closed());
             !senders.is_empty()
         });
         failed
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, Vec<oneshot::Sender<Option<i64>>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WaiterMap> {
         self.waiters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

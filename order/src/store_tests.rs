@@ -270,19 +270,7 @@ async fn a_relay_marks_the_acknowledged_part_of_its_batch_published_and_nothing_
         return;
     };
     for id in ["a", "b", "c"] {
-        let order = pending(&store, &format!("ord_{id}"), Duration::ZERO).await;
-        let paid = Paid {
-            payment_id: "pay_1",
-            event_id: &format!("evt_{id}"),
-            trace_context: None,
-            now_ms: NOW,
-        };
-        store
-            .mark_paid(&order.order_id, paid, Writer::Call, |_| {
-                Ok(b"event".to_vec())
-            })
-            .await
-            .expect("paid");
+        paid_with_event(&store, &format!("ord_{id}"), &format!("evt_{id}")).await;
     }
     let batch = store
         .claim_events("relay", Duration::from_secs(60), 10)
@@ -325,12 +313,17 @@ async fn a_relay_marks_the_acknowledged_part_of_its_batch_published_and_nothing_
         .expect("nothing to mark");
 }
 
-/// A paid order (its OrderPlaced in the outbox).
+/// A paid order (its OrderPlaced, `evt_placed`, in the outbox).
 async fn paid(store: &Store, id: &str) -> OrderRow {
+    paid_with_event(store, id, "evt_placed").await
+}
+
+/// A paid order whose OrderPlaced in the outbox has the id `event_id`.
+async fn paid_with_event(store: &Store, id: &str, event_id: &str) -> OrderRow {
     let order = pending(store, id, Duration::ZERO).await;
     let paid = Paid {
         payment_id: "pay_1",
-        event_id: "evt_placed",
+        event_id,
         trace_context: None,
         now_ms: NOW,
     };

@@ -145,7 +145,7 @@ pub(crate) struct Mesh {
     pub(crate) order: Serving,
     notifier: Option<Serving>,
     /// The notifier's outcome counters per channel (empty without a notifier).
-    pub(crate) notified: ordermesh_notifier::ChannelStats,
+    notified: ordermesh_notifier::ChannelStats,
     pub(crate) broker: ordermesh_kafka::EmbeddedBroker,
     _dir: tempfile::TempDir,
 }
