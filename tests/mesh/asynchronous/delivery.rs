@@ -59,10 +59,11 @@ fn delivering_to(
     mesh
 }
 
-/// Event id of every event on the mesh's topic, with its partition and offset.
+/// Event id of every event on the mesh's topic, with its partition and offset: `count` events,
+/// each id once (an id at two positions is an event published twice).
 async fn event_positions(mesh: &TestMesh, count: usize) -> Result<HashMap<String, (i32, i64)>> {
     use rdkafka::Message;
-    Ok(mesh
+    let read: Vec<(String, (i32, i64))> = mesh
         .read_events(count)
         .await?
         .iter()
@@ -70,7 +71,13 @@ async fn event_positions(mesh: &TestMesh, count: usize) -> Result<HashMap<String
             let id = header(m, "ce_id").unwrap_or_default();
             (id, (m.partition(), m.offset()))
         })
-        .collect())
+        .collect();
+    let positions: HashMap<_, _> = read.iter().cloned().collect();
+    ensure!(
+        positions.len() == count,
+        "{count} events expected, each with an id of its own; read (id, (partition, offset)): {read:?}"
+    );
+    Ok(positions)
 }
 
 fn statuses(notifications: &[Notification]) -> Vec<(Channel, NotificationStatus)> {

@@ -853,11 +853,14 @@ impl TestMesh {
         self.read_topic(&self.topic, count).await
     }
 
-    /// Reads `count` messages from the start of `topic` with a brand-new consumer.
+    /// Reads `count` messages from the start of `topic` with a brand-new consumer, each position
+    /// once: the reader commits nothing, so should its group rebalance it starts again from the
+    /// earliest offset, and a message it reads again is not a second message on the topic.
     pub async fn read_topic(&self, topic: &str, count: usize) -> Result<Vec<OwnedMessage>> {
         let consumer: StreamConsumer = fresh_consumer_config(&self.kafka).create()?;
         consumer.subscribe(&[topic])?;
         let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut last_error = None;
         let deadline = tokio::time::Instant::now() + EVENTUALLY;
         while out.len() < count {
@@ -870,7 +873,11 @@ impl TestMesh {
                     )
                 })?;
             match received {
-                Ok(message) => out.push(message.detach()),
+                Ok(message) => {
+                    if seen.insert((message.partition(), message.offset())) {
+                        out.push(message.detach());
+                    }
+                }
                 // librdkafka reports connection trouble (a broker just restarted) through the
                 // stream and carries on; so does the reader.
                 Err(error) => last_error = Some(error),
