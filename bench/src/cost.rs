@@ -16,7 +16,8 @@
 //!   claim and published marks, the notifier's claims) are left out, so the baseline is, if
 //!   anything, too cheap. Beside it, outside the sum: the same commit made through sqlx, as the
 //!   services make theirs (each statement handed to the connection's own thread), and made by
-//!   one writer thread that commits whatever requests wait in one transaction (group commit);
+//!   the platform's SQLite writer thread (`ordermesh_platform::sqlite_writer`), which commits
+//!   whatever units of work wait in one transaction, a savepoint each (group commit);
 //! - a raw consume that decodes OrderPlaced and stores its offset: 2 (one per channel).
 //!
 //! Each part is also printed in its own row (raw column only), so the sum can be read off.
@@ -69,7 +70,7 @@ pub async fn cost_per_order(scale: &Scale) -> Result<Vec<Comparison>> {
     ));
     let mut sqlx_commit = part("the same commit through sqlx, as ours (not in the sum)");
     let mut grouped_commit =
-        part("the same commit, one writer thread, group commit (not in the sum)");
+        part("the same commit, platform writer thread, group commit (not in the sum)");
     let mut consume = part("raw consume, decode and store offset (x2)");
 
     let mesh = Mesh::start_whole().await?;

@@ -3,7 +3,8 @@
 //! ([`grpc`] with its [`limits`] and the tower layers [`rpc_telemetry`], [`oversize`], [`shed`],
 //! [`auth`]), how it is secured ([`tls`], [`auth`]), observed ([`telemetry`], [`metrics`],
 //! [`trace_context`], [`admin`]) and stopped ([`shutdown`]), and how it stores ([`db`], with
-//! [`pii`] keeping personal data out of logs).
+//! [`pii`] keeping personal data out of logs, and [`sqlite_writer`], the group-committing SQLite
+//! writer thread the stores are moving to).
 //!
 //! The API contract (generated code, events, money) is the `ordermesh` crate; Kafka is
 //! `ordermesh-kafka`, which the payment service does not link.
@@ -25,6 +26,7 @@ pub mod pii;
 pub mod rpc_telemetry;
 pub mod shed;
 pub mod shutdown;
+pub mod sqlite_writer;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;

@@ -100,60 +100,34 @@ impl Parts {
         .await?
     }
 
-    /// `calls` one-row commits from async callers under `pace`, each handed to one writer thread
-    /// that owns the connection (SQLite's own library, the services' settings) and commits
-    /// whatever requests are waiting in one transaction: group commit, one hand-off to the thread
-    /// and one back per request, whatever the request's statements. Not what the services do
-    /// today; measured beside their way (sqlx, [`Parts::commit`]) as the case for changing it.
+    /// `calls` one-row commits from async callers under `pace`, each handed as a unit of work to
+    /// the platform's SQLite writer thread ([`ordermesh_platform::sqlite_writer`]), which owns the
+    /// connection (SQLite's own library, the services' settings) and commits whatever units are
+    /// waiting in one transaction, a savepoint each: group commit, one hand-off to the thread and
+    /// one back per unit, whatever its statements. Not what the services do yet; measured beside
+    /// their way (sqlx, [`Parts::commit`]) as the case for changing it.
     pub(crate) async fn grouped_commit(&self, pace: Pace, calls: u64) -> Result<Summary> {
-        type Reply = tokio::sync::oneshot::Sender<Result<(), String>>;
-        let path = self.fresh_file("grouped");
-        let (requests, mut waiting) = tokio::sync::mpsc::unbounded_channel::<(String, Reply)>();
-        let writer = std::thread::spawn(move || -> rusqlite::Result<()> {
-            let db = open_direct(path)?;
-            let body = vec![0u8; 400];
-            let mut batch = Vec::new();
-            // Sleeps only when nothing waits; takes everything that does.
-            while let Some(first) = waiting.blocking_recv() {
-                batch.push(first);
-                while let Ok(next) = waiting.try_recv() {
-                    batch.push(next);
-                }
-                let tx = db.unchecked_transaction()?;
-                let mut insert = tx.prepare_cached("INSERT INTO t (id, body) VALUES (?1, ?2)")?;
-                let results: Vec<_> = batch
-                    .iter()
-                    .map(|(id, _)| insert.execute(rusqlite::params![id, body]).map(|_| ()))
-                    .collect();
-                drop(insert);
-                let committed = tx.commit();
-                for ((_, reply), result) in batch.drain(..).zip(results) {
-                    let result = match (&committed, result) {
-                        (Err(e), _) => Err(e.to_string()),
-                        (Ok(()), result) => result.map_err(|e| e.to_string()),
-                    };
-                    let _ = reply.send(result);
-                }
-            }
-            Ok(())
-        });
+        use futures::TryFutureExt;
+        use ordermesh_platform::sqlite_writer::SqliteWriter;
+        let writer = SqliteWriter::open(&self.fresh_file("grouped"))?;
+        writer
+            .unit(|db| -> anyhow::Result<()> {
+                db.execute_batch("CREATE TABLE t (id TEXT PRIMARY KEY, body BLOB NOT NULL)")?;
+                Ok(())
+            })
+            .await?;
         let run = uuid::Uuid::new_v4().simple().to_string();
         let summary = load::run(pace, Until::Calls(calls), Arc::default(), move |seq| {
-            let requests = requests.clone();
             let id = format!("{run}-{seq}");
-            async move {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                requests
-                    .send((id, reply))
-                    .map_err(|_| "writer stopped".to_owned())?;
-                answer.await.map_err(|_| "writer stopped".to_owned())?
-            }
+            writer
+                .unit(move |db| -> anyhow::Result<()> {
+                    db.prepare_cached("INSERT INTO t (id, body) VALUES ($1, $2)")?
+                        .execute(rusqlite::params![id, [0u8; 400]])?;
+                    Ok(())
+                })
+                .map_err(|e| e.to_string())
         })
         .await;
-        // The generator dropped the last sender: the writer ends.
-        tokio::task::spawn_blocking(move || writer.join())
-            .await?
-            .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
         no_errors("grouped commit", &summary)?;
         Ok(summary)
     }
