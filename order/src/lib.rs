@@ -122,7 +122,8 @@ pub async fn run(
     } = listeners.into();
     let metrics = Metrics::new("order")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh_platform::db::open(&config.database_url, &store::migrations()).await?;
+    let db = ordermesh_platform::unit_of_work::Db::open(&config.database_url, &store::migrations())
+        .await?;
     let payments = payment_client::PaymentClient::new(&config.payment_client(), metrics.meter())?;
     let kafka_error = |source| RunError::Kafka {
         brokers: config.kafka.brokers.clone(),
@@ -143,7 +144,7 @@ pub async fn run(
     )
     .map_err(|e| kafka_error(e.into()))?;
     let breaker_states = payments.subscribe();
-    let store = store::Store::new(pool);
+    let store = store::Store::new(db);
     // The relay is the only publisher; it runs until the server has drained, so calls in flight
     // still get their events acknowledged.
     let relay = relay::Relay::new(store.clone(), config.publish_timeout, metrics.meter());

@@ -1,8 +1,12 @@
-//! Every SQL statement of the order service.
+//! Every SQL statement of the order service. Each operation is one unit of work
+//! ([`ordermesh_platform::unit_of_work`]), on the SQLite writer thread or on a PostgreSQL
+//! connection; a settlement with its outbox event in one transaction.
 
-use ordermesh_platform::db::{Backend, Migrations, Pool, millis};
+use ordermesh_platform::{
+    db::{Backend, Migrations, millis},
+    unit_of_work::{Conn, Db, Param, Row},
+};
 use serde::{Deserialize, Serialize};
-use sqlx::{AssertSqlSafe, Row, any::AnyRow};
 use std::{sync::Arc, time::Duration};
 
 /// An order's status as stored.
@@ -57,7 +61,7 @@ pub(crate) struct ItemRecord {
 }
 
 /// An event waiting in the outbox.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct OutboxRow {
     pub(crate) seq: i64,
     pub(crate) event_id: String,
@@ -167,7 +171,7 @@ pub(crate) struct Cancelled<'a> {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
-    pool: Pool,
+    db: Db,
     sql: Arc<Statements>,
 }
 
@@ -304,9 +308,9 @@ pub(crate) fn migrations() -> Migrations {
 }
 
 impl Store {
-    pub(crate) fn new(pool: Pool) -> Self {
-        let sql = Arc::new(Statements::new(Backend::of_pool(&pool)));
-        Self { pool, sql }
+    pub(crate) fn new(db: Db) -> Self {
+        let sql = Arc::new(Statements::new(db.backend()));
+        Self { db, sql }
     }
 
     /// Stores `new` (a PENDING_PAYMENT order) unless an order with its request_id exists, and returns
@@ -315,33 +319,36 @@ impl Store {
     pub(crate) async fn insert_or_get(&self, new: &OrderRow) -> Result<OrderRow, sqlx::Error> {
         let items =
             serde_json::to_string(&new.items).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        // The new row comes back from the INSERT itself (one round trip to the database instead of
-        // two); only a request id seen before needs the SELECT.
-        let inserted = sqlx::query(AssertSqlSafe(self.sql.insert_order.as_str()))
-            .bind(&new.order_id)
-            .bind(&new.request_id)
-            .bind(&new.request_fingerprint)
-            .bind(&new.customer_email)
-            .bind(&new.customer_phone)
-            .bind(items)
-            .bind(&new.currency_code)
-            .bind(new.total_minor_units)
-            .bind(new.status.as_str())
-            .bind(new.created_at_ms)
-            .bind(new.updated_at_ms)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_optional(&self.pool)
-            .await?;
-        match inserted {
-            Some(order) => Ok(order),
-            None => {
-                self.fetch_one(
-                    "SELECT * FROM orders WHERE request_id = $1",
-                    &new.request_id,
-                )
-                .await
-            }
-        }
+        let params: Vec<Param> = vec![
+            new.order_id.as_str().into(),
+            new.request_id.as_str().into(),
+            new.request_fingerprint.as_str().into(),
+            new.customer_email.as_str().into(),
+            new.customer_phone.as_str().into(),
+            items.into(),
+            new.currency_code.as_str().into(),
+            new.total_minor_units.into(),
+            new.status.as_str().into(),
+            new.created_at_ms.into(),
+            new.updated_at_ms.into(),
+        ];
+        let sql = Arc::clone(&self.sql);
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    // The new row comes back from the INSERT itself; only a request id seen
+                    // before needs the SELECT.
+                    let inserted = conn.fetch_optional(&sql.insert_order, &params).await?;
+                    match inserted {
+                        Some(row) => from_row(&row),
+                        None => {
+                            one_order(conn, "SELECT * FROM orders WHERE request_id = $1", &params[1])
+                                .await
+                        }
+                    }
+                })
+            })
+            .await
     }
 
     /// PENDING_PAYMENT -> PAID with the payment, and the order's event into the outbox, in one
@@ -352,7 +359,7 @@ impl Store {
         order_id: &str,
         paid: Paid<'_>,
         writer: Writer<'_>,
-        event: impl FnOnce(&OrderRow) -> Result<Vec<u8>, sqlx::Error>,
+        event: impl FnOnce(&OrderRow) -> Result<Vec<u8>, sqlx::Error> + Send + 'static,
     ) -> Result<OrderRow, sqlx::Error> {
         let Paid {
             payment_id,
@@ -360,37 +367,37 @@ impl Store {
             trace_context,
             now_ms,
         } = paid;
-        let mut tx = self.pool.begin().await?;
-        // The paid row comes back from the UPDATE (RETURNING); none means another writer settled
-        // the order first, and it is read as that writer left it.
-        let paid_now = sqlx::query(AssertSqlSafe(self.sql.settle_paid.as_str()))
-            .bind(payment_id)
-            .bind(event_id)
-            .bind(now_ms)
-            .bind(order_id)
-            .bind(writer.claimant())
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_optional(&mut *tx)
-            .await?;
-        let changed = paid_now.is_some();
-        let order = match paid_now {
-            Some(order) => order,
-            None => order_in(&mut tx, order_id).await?,
+        let settle: Vec<Param> = vec![
+            payment_id.into(),
+            event_id.into(),
+            now_ms.into(),
+            order_id.into(),
+            writer.claimant().into(),
+        ];
+        let new_event = OwnedEvent {
+            event_id: event_id.to_owned(),
+            order_id: order_id.to_owned(),
+            at_ms: now_ms,
+            trace_context: trace_context.map(str::to_owned),
+            ce_type: ordermesh::events::ORDER_PLACED_TYPE,
         };
-        if changed {
-            let payload = event(&order)?;
-            let row = NewEvent {
-                event_id,
-                order_id,
-                payload: &payload,
-                at_ms: now_ms,
-                trace_context,
-                ce_type: ordermesh::events::ORDER_PLACED_TYPE,
-            };
-            insert_event(&mut tx, row).await?;
-        }
-        tx.commit().await?;
-        Ok(order)
+        let sql = Arc::clone(&self.sql);
+        self.db
+            .transaction(move |conn| {
+                Box::pin(async move {
+                    // The paid row comes back from the UPDATE (RETURNING); none means another
+                    // writer settled the order first, and it is read as that writer left it.
+                    let paid_now = conn.fetch_optional(&sql.settle_paid, &settle).await?;
+                    let Some(row) = paid_now else {
+                        return one_order(conn, ORDER_BY_ID, &settle[3]).await;
+                    };
+                    let order = from_row(&row)?;
+                    let payload = event(&order)?;
+                    insert_event(conn, new_event, payload).await?;
+                    Ok(order)
+                })
+            })
+            .await
     }
 
     /// PENDING_PAYMENT -> PAYMENT_FAILED with the declined payment and the reason. Returns the
@@ -404,7 +411,7 @@ impl Store {
         writer: Writer<'_>,
     ) -> Result<OrderRow, sqlx::Error> {
         self.settle(
-            &self.sql.settle_failed,
+            self.sql.settle_failed.clone(),
             [payment_id, reason],
             now_ms,
             order_id,
@@ -423,7 +430,7 @@ impl Store {
         writer: Writer<'_>,
     ) -> Result<OrderRow, sqlx::Error> {
         self.settle(
-            &self.sql.settle_abandoned,
+            self.sql.settle_abandoned.clone(),
             ["", reason],
             now_ms,
             order_id,
@@ -441,13 +448,15 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<OrderRow, sqlx::Error> {
-        sqlx::query(AssertSqlSafe(self.sql.begin_cancel.as_str()))
-            .bind(reason)
-            .bind(now_ms)
-            .bind(order_id)
-            .execute(&self.pool)
-            .await?;
-        self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
+        let params: Vec<Param> = vec![reason.into(), now_ms.into(), order_id.into()];
+        let sql = Arc::clone(&self.sql);
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    conn.execute(&sql.begin_cancel, &params).await?;
+                    one_order(conn, ORDER_BY_ID, &params[2]).await
+                })
+            })
             .await
     }
 
@@ -459,80 +468,86 @@ impl Store {
         &self,
         order_id: &str,
         cancelled: Cancelled<'_>,
-        event: impl FnOnce(&OrderRow) -> Result<Vec<u8>, sqlx::Error>,
+        event: impl FnOnce(&OrderRow) -> Result<Vec<u8>, sqlx::Error> + Send + 'static,
     ) -> Result<OrderRow, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE orders SET status = 'CANCELLED', refund_id = $1, cancel_event_id = $2,
-                 cancelled_at_ms = $3, updated_at_ms = $3, reconcile_claimed_until_ms = NULL
-             WHERE order_id = $4 AND status = 'CANCELLING'",
-        )
-        .bind(cancelled.refund_id)
-        .bind(cancelled.event_id)
-        .bind(cancelled.now_ms)
-        .bind(order_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let order = order_in(&mut tx, order_id).await?;
-        if changed == 1 {
-            let payload = event(&order)?;
-            let row = NewEvent {
-                event_id: cancelled.event_id,
-                order_id,
-                payload: &payload,
-                at_ms: cancelled.now_ms,
-                trace_context: cancelled.trace_context,
-                ce_type: ordermesh::events::ORDER_CANCELLED_TYPE,
-            };
-            insert_event(&mut tx, row).await?;
-        }
-        tx.commit().await?;
-        Ok(order)
+        let params: Vec<Param> = vec![
+            cancelled.refund_id.into(),
+            cancelled.event_id.into(),
+            cancelled.now_ms.into(),
+            order_id.into(),
+        ];
+        let new_event = OwnedEvent {
+            event_id: cancelled.event_id.to_owned(),
+            order_id: order_id.to_owned(),
+            at_ms: cancelled.now_ms,
+            trace_context: cancelled.trace_context.map(str::to_owned),
+            ce_type: ordermesh::events::ORDER_CANCELLED_TYPE,
+        };
+        self.db
+            .transaction(move |conn| {
+                Box::pin(async move {
+                    let changed = conn
+                        .execute(
+                            "UPDATE orders SET status = 'CANCELLED', refund_id = $1,
+                                 cancel_event_id = $2, cancelled_at_ms = $3, updated_at_ms = $3,
+                                 reconcile_claimed_until_ms = NULL
+                             WHERE order_id = $4 AND status = 'CANCELLING'",
+                            &params,
+                        )
+                        .await?;
+                    let order = one_order(conn, ORDER_BY_ID, &params[3]).await?;
+                    if changed == 1 {
+                        let payload = event(&order)?;
+                        insert_event(conn, new_event, payload).await?;
+                    }
+                    Ok(order)
+                })
+            })
+            .await
     }
 
     /// Runs one of the settlement statements without an event, and reads the order back.
     async fn settle(
         &self,
-        sql: &str,
+        sql: String,
         [first, second]: [&str; 2],
         now_ms: i64,
         order_id: &str,
         writer: Writer<'_>,
     ) -> Result<OrderRow, sqlx::Error> {
-        let settled = sqlx::query(AssertSqlSafe(sql))
-            .bind(first)
-            .bind(second)
-            .bind(now_ms)
-            .bind(order_id)
-            .bind(writer.claimant())
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_optional(&self.pool)
-            .await?;
-        match settled {
-            Some(order) => Ok(order),
-            None => {
-                self.fetch_one("SELECT * FROM orders WHERE order_id = $1", order_id)
-                    .await
-            }
-        }
+        let params: Vec<Param> = vec![
+            first.into(),
+            second.into(),
+            now_ms.into(),
+            order_id.into(),
+            writer.claimant().into(),
+        ];
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    match conn.fetch_optional(&sql, &params).await? {
+                        Some(row) => from_row(&row),
+                        None => one_order(conn, ORDER_BY_ID, &params[3]).await,
+                    }
+                })
+            })
+            .await
     }
 
     /// Records that a CreateOrder starts to charge the pending order now: the reconciler leaves it
     /// alone for its grace period from here. False if the order is no longer pending.
     pub(crate) async fn begin_payment(&self, order_id: &str) -> Result<bool, sqlx::Error> {
-        let changed = sqlx::query(AssertSqlSafe(self.sql.begin_payment.as_str()))
-            .bind(order_id)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let changed = self
+            .execute(self.sql.begin_payment.clone(), vec![order_id.into()])
+            .await?;
         Ok(changed == 1)
     }
 
     /// Leases up to `limit` pending orders that no CreateOrder has tried to charge for `grace` to
-    /// reconciler `reconciler` for `lease`, longest idle first, and returns them. Orders under another reconciler's live lease are left to it; a lease that ends (its
-    /// reconciler died) frees the order again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets
-    /// replicas claiming at once take disjoint orders; the conditions are checked again on the row.
+    /// reconciler `reconciler` for `lease`, longest idle first, and returns them. Orders under
+    /// another reconciler's live lease are left to it; a lease that ends (its reconciler died)
+    /// frees the order again. On PostgreSQL, `FOR UPDATE SKIP LOCKED` lets replicas claiming at
+    /// once take disjoint orders; the conditions are checked again on the row.
     pub(crate) async fn claim_pending(
         &self,
         reconciler: &str,
@@ -540,13 +555,16 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<OrderRow>, sqlx::Error> {
-        let mut rows: Vec<OrderRow> = sqlx::query(AssertSqlSafe(self.sql.claim_pending.as_str()))
-            .bind(reconciler)
-            .bind(millis(lease))
-            .bind(millis(grace))
-            .bind(limit)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_all(&self.pool)
+        let mut rows = self
+            .orders(
+                self.sql.claim_pending.clone(),
+                vec![
+                    reconciler.into(),
+                    millis(lease).into(),
+                    millis(grace).into(),
+                    limit.into(),
+                ],
+            )
             .await?;
         rows.sort_by_key(|row| row.payment_attempted_at_ms);
         Ok(rows)
@@ -562,14 +580,16 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<OrderRow>, sqlx::Error> {
-        sqlx::query(AssertSqlSafe(self.sql.claim_cancelling.as_str()))
-            .bind(reconciler)
-            .bind(millis(lease))
-            .bind(millis(grace))
-            .bind(limit)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_all(&self.pool)
-            .await
+        self.orders(
+            self.sql.claim_cancelling.clone(),
+            vec![
+                reconciler.into(),
+                millis(lease).into(),
+                millis(grace).into(),
+                limit.into(),
+            ],
+        )
+        .await
     }
 
     /// Gives up reconciler `reconciler`'s lease on an order, if it still holds it.
@@ -578,13 +598,12 @@ impl Store {
         order_id: &str,
         reconciler: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        self.execute(
             "UPDATE orders SET reconcile_claimed_until_ms = NULL
-             WHERE order_id = $1 AND reconcile_claimed_by = $2",
+             WHERE order_id = $1 AND reconcile_claimed_by = $2"
+                .to_owned(),
+            vec![order_id.into(), reconciler.into()],
         )
-        .bind(order_id)
-        .bind(reconciler)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
@@ -595,23 +614,32 @@ impl Store {
         &self,
         grace: Duration,
     ) -> Result<(i64, i64, Option<i64>), sqlx::Error> {
-        let row = sqlx::query(AssertSqlSafe(self.sql.pending_summary.as_str()))
-            .bind(millis(grace))
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((
-            row.try_get("pending")?,
-            row.try_get("idle")?,
-            row.try_get("oldest_age_ms")?,
-        ))
+        let sql = Arc::clone(&self.sql);
+        let grace = Param::from(millis(grace));
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    let row = conn
+                        .fetch_optional(&sql.pending_summary, std::slice::from_ref(&grace))
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?;
+                    Ok((
+                        row.get("pending")?,
+                        row.get("idle")?,
+                        row.get("oldest_age_ms")?,
+                    ))
+                })
+            })
+            .await
     }
 
     /// Deletes a PENDING_PAYMENT order whose request payment refused (nothing was charged).
     pub(crate) async fn discard_pending(&self, order_id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM orders WHERE order_id = $1 AND status = 'PENDING_PAYMENT'")
-            .bind(order_id)
-            .execute(&self.pool)
-            .await?;
+        self.execute(
+            "DELETE FROM orders WHERE order_id = $1 AND status = 'PENDING_PAYMENT'".to_owned(),
+            vec![order_id.into()],
+        )
+        .await?;
         Ok(())
     }
 
@@ -629,13 +657,20 @@ impl Store {
         lease: Duration,
         limit: i64,
     ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-        let mut rows: Vec<OutboxRow> =
-            sqlx::query_as(AssertSqlSafe(self.sql.claim_events.as_str()))
-                .bind(relay)
-                .bind(millis(lease))
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
+        let sql = Arc::clone(&self.sql);
+        let params: Vec<Param> = vec![relay.into(), millis(lease).into(), limit.into()];
+        let mut rows = self
+            .db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    conn.fetch_all(&sql.claim_events, &params)
+                        .await?
+                        .iter()
+                        .map(outbox_from_row)
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .await?;
         rows.sort_by_key(|row| row.seq);
         Ok(rows)
     }
@@ -664,18 +699,21 @@ impl Store {
             "UPDATE orders SET event_published_at_ms = $1
              WHERE order_id IN ({list}) AND event_published_at_ms IS NULL"
         );
-        let mut tx = self.pool.begin().await?;
-        let mut query = sqlx::query(AssertSqlSafe(outbox)).bind(now_ms);
-        for event in events {
-            query = query.bind(event.seq);
-        }
-        query.execute(&mut *tx).await?;
-        let mut query = sqlx::query(AssertSqlSafe(orders)).bind(now_ms);
-        for event in events {
-            query = query.bind(&event.order_id);
-        }
-        query.execute(&mut *tx).await?;
-        tx.commit().await
+        let seqs: Vec<Param> = std::iter::once(now_ms.into())
+            .chain(events.iter().map(|e| e.seq.into()))
+            .collect();
+        let order_ids: Vec<Param> = std::iter::once(now_ms.into())
+            .chain(events.iter().map(|e| e.order_id.as_str().into()))
+            .collect();
+        self.db
+            .transaction(move |conn| {
+                Box::pin(async move {
+                    conn.execute(&outbox, &seqs).await?;
+                    conn.execute(&orders, &order_ids).await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     /// Records a failed publish attempt, and gives up the row's lease so that any relay may try it
@@ -685,121 +723,152 @@ impl Store {
         event: &OutboxRow,
         error: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(
+        self.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = $1, claimed_until_ms = NULL
-             WHERE seq = $2",
+             WHERE seq = $2"
+                .to_owned(),
+            vec![error.into(), event.seq.into()],
         )
-        .bind(error)
-        .bind(event.seq)
-        .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     /// How many events wait to be published.
     pub(crate) async fn backlog(&self) -> Result<i64, sqlx::Error> {
-        let (count,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM outbox WHERE published_at_ms IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(count)
+        self.db
+            .statements(|conn| {
+                Box::pin(async move {
+                    conn.fetch_optional(
+                        "SELECT COUNT(*) AS backlog FROM outbox WHERE published_at_ms IS NULL",
+                        &[],
+                    )
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?
+                    .get("backlog")
+                })
+            })
+            .await
     }
 
     pub(crate) async fn get(&self, order_id: &str) -> Result<Option<OrderRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM orders WHERE order_id = $1")
-            .bind(order_id)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_optional(&self.pool)
-            .await
+        Ok(self
+            .orders(ORDER_BY_ID.to_owned(), vec![order_id.into()])
+            .await?
+            .pop())
     }
 
     /// Up to `limit` orders with `seq` greater than `after`, oldest first.
     pub(crate) async fn list(&self, after: i64, limit: i64) -> Result<Vec<OrderRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM orders WHERE seq > $1 ORDER BY seq LIMIT $2")
-            .bind(after)
-            .bind(limit)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_all(&self.pool)
+        self.orders(
+            "SELECT * FROM orders WHERE seq > $1 ORDER BY seq LIMIT $2".to_owned(),
+            vec![after.into(), limit.into()],
+        )
+        .await
+    }
+
+    /// The orders `sql` returns for `params`.
+    async fn orders(&self, sql: String, params: Vec<Param>) -> Result<Vec<OrderRow>, sqlx::Error> {
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    conn.fetch_all(&sql, &params)
+                        .await?
+                        .iter()
+                        .map(from_row)
+                        .collect()
+                })
+            })
             .await
     }
 
-    async fn fetch_one(&self, sql: &'static str, key: &str) -> Result<OrderRow, sqlx::Error> {
-        sqlx::query(sql)
-            .bind(key)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_one(&self.pool)
+    /// Runs the one statement `sql` with `params`; returns how many rows it changed.
+    async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, sqlx::Error> {
+        self.db
+            .statements(move |conn| Box::pin(async move { conn.execute(&sql, &params).await }))
             .await
     }
 }
 
-/// An event for the outbox, written in the transaction that changed its order.
-struct NewEvent<'a> {
-    event_id: &'a str,
-    order_id: &'a str,
-    payload: &'a [u8],
+const ORDER_BY_ID: &str = "SELECT * FROM orders WHERE order_id = $1";
+
+/// The one order `sql` finds for `key`, as the operation's connection sees it.
+async fn one_order(conn: &mut dyn Conn, sql: &str, key: &Param) -> Result<OrderRow, sqlx::Error> {
+    let row = conn
+        .fetch_optional(sql, std::slice::from_ref(key))
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    from_row(&row)
+}
+
+/// An event for the outbox, written in the unit that changed its order.
+struct OwnedEvent {
+    event_id: String,
+    order_id: String,
     /// When it happened: its `ce_time`.
     at_ms: i64,
-    trace_context: Option<&'a str>,
+    trace_context: Option<String>,
     ce_type: &'static str,
 }
 
 async fn insert_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    event: NewEvent<'_>,
+    conn: &mut dyn Conn,
+    event: OwnedEvent,
+    payload: Vec<u8>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    conn.execute(
         "INSERT INTO outbox (event_id, order_id, payload, created_at_ms, trace_context, event_type)
          VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            event.event_id.into(),
+            event.order_id.into(),
+            payload.into(),
+            event.at_ms.into(),
+            event.trace_context.into(),
+            event.ce_type.into(),
+        ],
     )
-    .bind(event.event_id)
-    .bind(event.order_id)
-    .bind(event.payload)
-    .bind(event.at_ms)
-    .bind(event.trace_context)
-    .bind(event.ce_type)
-    .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-/// The order as the transaction `tx` sees it.
-async fn order_in(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    order_id: &str,
-) -> Result<OrderRow, sqlx::Error> {
-    sqlx::query("SELECT * FROM orders WHERE order_id = $1")
-        .bind(order_id)
-        .try_map(|row: AnyRow| from_row(&row))
-        .fetch_one(&mut **tx)
-        .await
+fn outbox_from_row(row: &Row) -> Result<OutboxRow, sqlx::Error> {
+    Ok(OutboxRow {
+        seq: row.get("seq")?,
+        event_id: row.get("event_id")?,
+        order_id: row.get("order_id")?,
+        payload: row.get("payload")?,
+        created_at_ms: row.get("created_at_ms")?,
+        trace_context: row.get("trace_context")?,
+        event_type: row.get("event_type")?,
+    })
 }
 
-fn from_row(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
-    let items: String = row.try_get("items_json")?;
+fn from_row(row: &Row) -> Result<OrderRow, sqlx::Error> {
+    let items: String = row.get("items_json")?;
     Ok(OrderRow {
-        seq: row.try_get("seq")?,
-        order_id: row.try_get("order_id")?,
-        request_id: row.try_get("request_id")?,
-        request_fingerprint: row.try_get("request_fingerprint")?,
-        customer_email: row.try_get("customer_email")?,
-        customer_phone: row.try_get("customer_phone")?,
+        seq: row.get("seq")?,
+        order_id: row.get("order_id")?,
+        request_id: row.get("request_id")?,
+        request_fingerprint: row.get("request_fingerprint")?,
+        customer_email: row.get("customer_email")?,
+        customer_phone: row.get("customer_phone")?,
         items: serde_json::from_str(&items).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-        currency_code: row.try_get("currency_code")?,
-        total_minor_units: row.try_get("total_minor_units")?,
-        status: Status::parse(row.try_get("status")?)?,
-        payment_id: row.try_get("payment_id")?,
-        failure_reason: row.try_get("failure_reason")?,
-        event_id: row.try_get("event_id")?,
-        event_published_at_ms: row.try_get("event_published_at_ms")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
-        payment_attempted_at_ms: row.try_get("payment_attempted_at_ms")?,
+        currency_code: row.get("currency_code")?,
+        total_minor_units: row.get("total_minor_units")?,
+        status: Status::parse(&row.get::<String>("status")?)?,
+        payment_id: row.get("payment_id")?,
+        failure_reason: row.get("failure_reason")?,
+        event_id: row.get("event_id")?,
+        event_published_at_ms: row.get("event_published_at_ms")?,
+        created_at_ms: row.get("created_at_ms")?,
+        updated_at_ms: row.get("updated_at_ms")?,
+        payment_attempted_at_ms: row.get("payment_attempted_at_ms")?,
         cancel: Cancel {
-            reason: row.try_get("cancel_reason")?,
-            requested_at_ms: row.try_get("cancel_requested_at_ms")?,
-            refund_id: row.try_get("refund_id")?,
-            event_id: row.try_get("cancel_event_id")?,
-            cancelled_at_ms: row.try_get("cancelled_at_ms")?,
+            reason: row.get("cancel_reason")?,
+            requested_at_ms: row.get("cancel_requested_at_ms")?,
+            refund_id: row.get("refund_id")?,
+            event_id: row.get("cancel_event_id")?,
+            cancelled_at_ms: row.get("cancelled_at_ms")?,
         },
     })
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ordermesh_platform::db;
+use ordermesh_platform::unit_of_work::Db;
 use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
 use super::*;
@@ -12,8 +12,8 @@ use super::*;
 /// A store on a fresh database, with what keeps a PostgreSQL server alive; None to skip.
 async fn store(backend: Backend) -> Option<(Store, Option<Databases>)> {
     let (url, databases) = ordermesh_testkit::unit_database(backend, "order").await?;
-    let pool = db::open(&url, &migrations()).await.expect("database");
-    Some((Store::new(pool), databases))
+    let db = Db::open(&url, &migrations()).await.expect("database");
+    Some((Store::new(db), databases))
 }
 
 /// A pending order, its charge last attempted now (by the database's clock), or `idle` ago.
@@ -40,15 +40,15 @@ async fn pending(store: &Store, id: &str, idle: Duration) -> OrderRow {
     };
     store.insert_or_get(&row).await.expect("insert");
     // Times are the database's: a test cannot wait a grace period, so it moves the attempt back.
-    sqlx::query(
-        "UPDATE orders SET payment_attempted_at_ms = payment_attempted_at_ms - $1
-         WHERE order_id = $2",
-    )
-    .bind(super::millis(idle))
-    .bind(id)
-    .execute(&store.pool)
-    .await
-    .expect("idle");
+    store
+        .execute(
+            "UPDATE orders SET payment_attempted_at_ms = payment_attempted_at_ms - $1
+             WHERE order_id = $2"
+                .to_owned(),
+            vec![super::millis(idle).into(), id.into()],
+        )
+        .await
+        .expect("idle");
     store.get(id).await.expect("read").expect("stored")
 }
 

@@ -17,7 +17,7 @@ use std::future::Future;
 use ordermesh::proto::payment::v1::payment_service_server::PaymentServiceServer;
 use ordermesh_platform::{
     admin::Admin, cli::ServiceSettings, grpc, limits, listeners::Listeners, metrics::Metrics,
-    tls::AllowClients,
+    tls::AllowClients, unit_of_work::Db,
 };
 use tonic::service::interceptor::InterceptedService;
 
@@ -58,8 +58,8 @@ pub async fn run(
     } = listeners.into();
     let metrics = Metrics::new("payment")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh_platform::db::open(&config.database_url, &store::migrations()).await?;
-    let api = api::PaymentApi::new(store::Store::new(pool), config.faults());
+    let db = Db::open(&config.database_url, &store::migrations()).await?;
+    let api = api::PaymentApi::new(store::Store::new(db), config.faults());
 
     let tls = config.tls();
     let (health, router) = grpc::router(

@@ -9,9 +9,14 @@
 //! payment. Both are unique constraints, so a retried refund finds the first one and two refunds
 //! of one payment racing under different keys store one; the payment's change to REFUNDED is
 //! conditional on its still being SUCCEEDED, a second guard that holds without the first.
+//!
+//! Each operation is one unit of work ([`ordermesh_platform::unit_of_work`]), on the SQLite
+//! writer thread or on a PostgreSQL connection; a refund's two writes in one transaction.
 
-use ordermesh_platform::{db::Migrations, db::Pool};
-use sqlx::{Row, any::AnyRow};
+use ordermesh_platform::{
+    db::Migrations,
+    unit_of_work::{Db, Param, Row},
+};
 
 /// What a key holds, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,7 +104,7 @@ pub(crate) enum RefundWrite {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
-    pool: Pool,
+    db: Db,
 }
 
 /// The payment service's schema, for SQLite and for PostgreSQL.
@@ -110,62 +115,73 @@ pub(crate) fn migrations() -> Migrations {
     }
 }
 
+const BY_KEY: &str = "SELECT * FROM payments WHERE idempotency_key = $1";
+const REFUND_BY_KEY: &str = "SELECT * FROM refunds WHERE idempotency_key = $1";
+const REFUND_OF: &str = "SELECT * FROM refunds WHERE payment_id = $1";
+
 impl Store {
-    pub(crate) fn new(pool: Pool) -> Self {
-        Self { pool }
+    pub(crate) fn new(db: Db) -> Self {
+        Self { db }
     }
 
     /// Stores `new` unless its idempotency key is taken (by a payment or a close), and returns
     /// whichever row holds the key now. The unique constraint decides races, so concurrent retries
     /// get one row, and a close and a charge racing get whichever came first.
     pub(crate) async fn insert_or_get(&self, new: &PaymentRow) -> Result<PaymentRow, sqlx::Error> {
-        let inserted = sqlx::query(
-            "INSERT INTO payments (payment_id, idempotency_key, request_fingerprint, order_id,
-                 currency_code, minor_units, status, decline_reason, close_reason, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING *",
-        )
-        .bind(&new.payment_id)
-        .bind(&new.idempotency_key)
-        .bind(&new.request_fingerprint)
-        .bind(&new.order_id)
-        .bind(&new.currency_code)
-        .bind(new.minor_units)
-        .bind(new.status.as_str())
-        .bind(&new.decline_reason)
-        .bind(&new.close_reason)
-        .bind(new.created_at_ms)
-        .try_map(|row: AnyRow| from_row(&row))
-        .fetch_optional(&self.pool)
-        .await?;
-        // The new row comes back from the INSERT itself (one round trip instead of two); only a
-        // key taken before needs the SELECT.
-        if let Some(row) = inserted {
-            return Ok(row);
-        }
-        match self.by_key(&new.idempotency_key).await? {
-            Some(row) => Ok(row),
-            None => Err(sqlx::Error::RowNotFound),
-        }
+        let params: Vec<Param> = vec![
+            new.payment_id.as_str().into(),
+            new.idempotency_key.as_str().into(),
+            new.request_fingerprint.as_str().into(),
+            new.order_id.as_str().into(),
+            new.currency_code.as_str().into(),
+            new.minor_units.into(),
+            new.status.as_str().into(),
+            new.decline_reason.as_str().into(),
+            new.close_reason.as_str().into(),
+            new.created_at_ms.into(),
+        ];
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    // The new row comes back from the INSERT itself; only a key taken before
+                    // needs the SELECT.
+                    let inserted = conn
+                        .fetch_optional(
+                            "INSERT INTO payments (payment_id, idempotency_key, request_fingerprint,
+                                 order_id, currency_code, minor_units, status, decline_reason,
+                                 close_reason, created_at_ms)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                             ON CONFLICT (idempotency_key) DO NOTHING
+                             RETURNING *",
+                            &params,
+                        )
+                        .await?;
+                    let row = match inserted {
+                        Some(row) => row,
+                        None => conn
+                            .fetch_optional(BY_KEY, &params[1..2])
+                            .await?
+                            .ok_or(sqlx::Error::RowNotFound)?,
+                    };
+                    from_row(&row)
+                })
+            })
+            .await
     }
 
     /// The row holding `key`, if any.
     pub(crate) async fn by_key(&self, key: &str) -> Result<Option<PaymentRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM payments WHERE idempotency_key = $1")
-            .bind(key)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_optional(&self.pool)
-            .await
+        self.one(BY_KEY, key, from_row).await
     }
 
     /// A payment by id; a closed key is not a payment.
     pub(crate) async fn get(&self, payment_id: &str) -> Result<Option<PaymentRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM payments WHERE payment_id = $1 AND status <> 'CLOSED'")
-            .bind(payment_id)
-            .try_map(|row: AnyRow| from_row(&row))
-            .fetch_optional(&self.pool)
-            .await
+        self.one(
+            "SELECT * FROM payments WHERE payment_id = $1 AND status <> 'CLOSED'",
+            payment_id,
+            from_row,
+        )
+        .await
     }
 
     /// Up to `limit` payments (not closed keys) with `seq` greater than `after`, oldest first.
@@ -174,126 +190,149 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<PaymentRow>, sqlx::Error> {
-        sqlx::query(
-            "SELECT * FROM payments WHERE seq > $1 AND status <> 'CLOSED' ORDER BY seq LIMIT $2",
-        )
-        .bind(after)
-        .bind(limit)
-        .try_map(|row: AnyRow| from_row(&row))
-        .fetch_all(&self.pool)
-        .await
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    conn.fetch_all(
+                        "SELECT * FROM payments WHERE seq > $1 AND status <> 'CLOSED'
+                         ORDER BY seq LIMIT $2",
+                        &[after.into(), limit.into()],
+                    )
+                    .await?
+                    .iter()
+                    .map(from_row)
+                    .collect()
+                })
+            })
+            .await
     }
 
     /// The refund made with `key`, if any.
     pub(crate) async fn refund_by_key(&self, key: &str) -> Result<Option<RefundRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM refunds WHERE idempotency_key = $1")
-            .bind(key)
-            .try_map(|row: AnyRow| refund_from_row(&row))
-            .fetch_optional(&self.pool)
-            .await
+        self.one(REFUND_BY_KEY, key, refund_from_row).await
     }
 
-    /// The refund of `payment_id`, if any.
-    pub(crate) async fn refund_of(
+    /// The row `sql` finds for `key` (its one parameter), as `decode` reads it.
+    async fn one<T: Send + 'static>(
         &self,
-        payment_id: &str,
-    ) -> Result<Option<RefundRow>, sqlx::Error> {
-        sqlx::query("SELECT * FROM refunds WHERE payment_id = $1")
-            .bind(payment_id)
-            .try_map(|row: AnyRow| refund_from_row(&row))
-            .fetch_optional(&self.pool)
+        sql: &'static str,
+        key: &str,
+        decode: fn(&Row) -> Result<T, sqlx::Error>,
+    ) -> Result<Option<T>, sqlx::Error> {
+        let key = Param::from(key);
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    conn.fetch_optional(sql, std::slice::from_ref(&key))
+                        .await?
+                        .as_ref()
+                        .map(decode)
+                        .transpose()
+                })
+            })
             .await
     }
 
-    /// Stores `new` and changes its payment from SUCCEEDED to REFUNDED, in one transaction: both or
+    /// Stores `new` and changes its payment from SUCCEEDED to REFUNDED, as one unit: both or
     /// neither. The insert does nothing when the refund key or the payment is taken (a unique
     /// constraint each, so racing refunds store one), and the update changes the payment only if
     /// it is still SUCCEEDED; either way, nothing is written and the answer says what holds it.
     pub(crate) async fn refund(&self, new: &RefundRow) -> Result<RefundWrite, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // The write comes first in the transaction: on SQLite it takes the write lock at once, so
-        // two refunds queue instead of both reading and then deadlocking on the upgrade.
-        let inserted = sqlx::query(
-            "INSERT INTO refunds (refund_id, idempotency_key, request_fingerprint, payment_id,
-                 order_id, currency_code, minor_units, reason, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&new.refund_id)
-        .bind(&new.idempotency_key)
-        .bind(&new.request_fingerprint)
-        .bind(&new.payment_id)
-        .bind(&new.order_id)
-        .bind(&new.currency_code)
-        .bind(new.minor_units)
-        .bind(&new.reason)
-        .bind(new.created_at_ms)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            tx.rollback().await?;
-            // The key first: a retry of this very request must find its refund, not be told the
-            // payment is taken (by that same refund).
-            if let Some(held) = self.refund_by_key(&new.idempotency_key).await? {
-                return Ok(RefundWrite::KeyTaken(held));
-            }
-            return match self.refund_of(&new.payment_id).await? {
-                Some(held) => Ok(RefundWrite::PaymentTaken(held)),
-                // Only the refund id can have collided, and it is a fresh UUID.
-                None => Err(sqlx::Error::RowNotFound),
-            };
-        }
-        // Conditional: a payment that stopped being SUCCEEDED since it was read (refunded by a
-        // racing call) is not refunded twice.
-        let changed = sqlx::query(
-            "UPDATE payments SET status = 'REFUNDED', refunded_at_ms = $1, refund_id = $2
-             WHERE payment_id = $3 AND status = 'SUCCEEDED'",
-        )
-        .bind(new.created_at_ms)
-        .bind(&new.refund_id)
-        .bind(&new.payment_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if changed == 1 {
-            tx.commit().await?;
-            Ok(RefundWrite::Stored)
-        } else {
-            tx.rollback().await?;
-            Ok(RefundWrite::NotSucceeded)
-        }
+        let params: Vec<Param> = vec![
+            new.refund_id.as_str().into(),
+            new.idempotency_key.as_str().into(),
+            new.request_fingerprint.as_str().into(),
+            new.payment_id.as_str().into(),
+            new.order_id.as_str().into(),
+            new.currency_code.as_str().into(),
+            new.minor_units.into(),
+            new.reason.as_str().into(),
+            new.created_at_ms.into(),
+        ];
+        self.db
+            .transaction(move |conn| {
+                Box::pin(async move {
+                    // The write comes first: on SQLite through sqlx (in memory) it takes the
+                    // write lock at once, so two refunds queue instead of both reading and then
+                    // deadlocking on the upgrade.
+                    let inserted = conn
+                        .execute(
+                            "INSERT INTO refunds (refund_id, idempotency_key, request_fingerprint,
+                                 payment_id, order_id, currency_code, minor_units, reason,
+                                 created_at_ms)
+                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                             ON CONFLICT DO NOTHING",
+                            &params,
+                        )
+                        .await?;
+                    if inserted == 0 {
+                        // The key first: a retry of this very request must find its refund, not
+                        // be told the payment is taken (by that same refund).
+                        if let Some(held) =
+                            conn.fetch_optional(REFUND_BY_KEY, &params[1..2]).await?
+                        {
+                            return Ok(RefundWrite::KeyTaken(refund_from_row(&held)?));
+                        }
+                        return match conn.fetch_optional(REFUND_OF, &params[3..4]).await? {
+                            Some(held) => Ok(RefundWrite::PaymentTaken(refund_from_row(&held)?)),
+                            // Only the refund id can have collided, and it is a fresh UUID.
+                            None => Err(sqlx::Error::RowNotFound),
+                        };
+                    }
+                    // Conditional: a payment that stopped being SUCCEEDED since it was read
+                    // (refunded by a racing call) is not refunded twice.
+                    let (refund_id, payment_id, at) =
+                        (params[0].clone(), params[3].clone(), params[8].clone());
+                    let changed = conn
+                        .execute(
+                            "UPDATE payments SET status = 'REFUNDED', refunded_at_ms = $1,
+                                 refund_id = $2
+                             WHERE payment_id = $3 AND status = 'SUCCEEDED'",
+                            &[at, refund_id, payment_id],
+                        )
+                        .await?;
+                    if changed == 1 {
+                        return Ok(RefundWrite::Stored);
+                    }
+                    // Nothing to refund: the refund row just written goes too (this unit's own
+                    // write, so the unit as a whole changes nothing).
+                    conn.execute("DELETE FROM refunds WHERE refund_id = $1", &params[..1])
+                        .await?;
+                    Ok(RefundWrite::NotSucceeded)
+                })
+            })
+            .await
     }
 }
 
-fn refund_from_row(row: &AnyRow) -> Result<RefundRow, sqlx::Error> {
+fn refund_from_row(row: &Row) -> Result<RefundRow, sqlx::Error> {
     Ok(RefundRow {
-        refund_id: row.try_get("refund_id")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        request_fingerprint: row.try_get("request_fingerprint")?,
-        payment_id: row.try_get("payment_id")?,
-        order_id: row.try_get("order_id")?,
-        currency_code: row.try_get("currency_code")?,
-        minor_units: row.try_get("minor_units")?,
-        reason: row.try_get("reason")?,
-        created_at_ms: row.try_get("created_at_ms")?,
+        refund_id: row.get("refund_id")?,
+        idempotency_key: row.get("idempotency_key")?,
+        request_fingerprint: row.get("request_fingerprint")?,
+        payment_id: row.get("payment_id")?,
+        order_id: row.get("order_id")?,
+        currency_code: row.get("currency_code")?,
+        minor_units: row.get("minor_units")?,
+        reason: row.get("reason")?,
+        created_at_ms: row.get("created_at_ms")?,
     })
 }
 
-fn from_row(row: &AnyRow) -> Result<PaymentRow, sqlx::Error> {
+fn from_row(row: &Row) -> Result<PaymentRow, sqlx::Error> {
     Ok(PaymentRow {
-        seq: row.try_get("seq")?,
-        payment_id: row.try_get("payment_id")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        request_fingerprint: row.try_get("request_fingerprint")?,
-        order_id: row.try_get("order_id")?,
-        currency_code: row.try_get("currency_code")?,
-        minor_units: row.try_get("minor_units")?,
-        status: KeyStatus::parse(row.try_get("status")?)?,
-        decline_reason: row.try_get("decline_reason")?,
-        close_reason: row.try_get("close_reason")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        refunded_at_ms: row.try_get("refunded_at_ms")?,
-        refund_id: row.try_get("refund_id")?,
+        seq: row.get("seq")?,
+        payment_id: row.get("payment_id")?,
+        idempotency_key: row.get("idempotency_key")?,
+        request_fingerprint: row.get("request_fingerprint")?,
+        order_id: row.get("order_id")?,
+        currency_code: row.get("currency_code")?,
+        minor_units: row.get("minor_units")?,
+        status: KeyStatus::parse(&row.get::<String>("status")?)?,
+        decline_reason: row.get("decline_reason")?,
+        close_reason: row.get("close_reason")?,
+        created_at_ms: row.get("created_at_ms")?,
+        refunded_at_ms: row.get("refunded_at_ms")?,
+        refund_id: row.get("refund_id")?,
     })
 }

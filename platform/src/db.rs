@@ -90,6 +90,11 @@ pub enum DbError {
     Open { url: String, source: sqlx::Error },
     #[error("cannot migrate database {url}: {source}")]
     Migrate { url: String, source: MigrateError },
+    #[error("cannot start the writer of database {url}: {source}")]
+    Writer {
+        url: String,
+        source: crate::sqlite_writer::WriterError,
+    },
 }
 
 /// Opens the database at `url` and brings its schema up to date with the service's `migrations`,

@@ -30,3 +30,4 @@ pub mod sqlite_writer;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
+pub mod unit_of_work;

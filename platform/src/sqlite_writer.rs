@@ -62,7 +62,7 @@ pub enum WriterError {
 /// A unit of work as the writer thread sees it: runs against the connection (inside its own
 /// savepoint), or is told it will not run (`None`: its group broke before it), and returns how to
 /// answer once the group's outcome is known.
-type Job = Box<dyn FnOnce(Option<&Connection>) -> Settle + Send>;
+type Job = Box<dyn FnOnce(Option<&mut Connection>) -> Settle + Send>;
 
 /// A unit's answer, waiting for its group's commit: `ok` says whether the unit's own work
 /// succeeded (and its savepoint is to be kept); `answer` is called with the commit's outcome.
@@ -111,7 +111,7 @@ impl SqliteWriter {
             )?;
             Ok(conn)
         };
-        let conn = open(path).map_err(|source| WriterError::Open {
+        let mut conn = open(path).map_err(|source| WriterError::Open {
             path: path.to_owned(),
             source,
         })?;
@@ -120,7 +120,7 @@ impl SqliteWriter {
         let counted = Arc::clone(&stats);
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(&conn, &waiting, &counted))
+            .spawn(move || run(&mut conn, &waiting, &counted))
             .map_err(|e| WriterError::Panicked(format!("cannot start the writer thread: {e}")))?;
         Ok(Self { jobs, stats })
     }
@@ -131,7 +131,7 @@ impl SqliteWriter {
     /// found wrong; the writer's own failures reach the caller through `From<WriterError>`.
     pub fn unit<T, E, W>(&self, work: W) -> impl Future<Output = Result<T, E>> + Send + use<T, E, W>
     where
-        W: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+        W: FnOnce(&mut Connection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
         E: From<WriterError> + Send + 'static,
     {
@@ -187,7 +187,7 @@ impl SqliteWriter {
 
 /// The writer thread: sleeps until a unit arrives, takes every unit waiting (up to
 /// [`MAX_GROUP`]), runs each in a savepoint of its own inside one transaction, commits, answers.
-fn run(conn: &Connection, waiting: &mpsc::Receiver<Job>, stats: &Stats) {
+fn run(conn: &mut Connection, waiting: &mpsc::Receiver<Job>, stats: &Stats) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     let mut settled: Vec<Settle> = Vec::with_capacity(MAX_GROUP);
     while let Ok(first) = waiting.recv() {
@@ -217,7 +217,7 @@ fn run(conn: &Connection, waiting: &mpsc::Receiver<Job>, stats: &Stats) {
 /// Runs `group`'s units in one transaction, each in a savepoint, leaving their answers in
 /// `settled`; returns the outcome of the transaction as a whole.
 fn commit_group(
-    conn: &Connection,
+    conn: &mut Connection,
     group: &mut Vec<Job>,
     settled: &mut Vec<Settle>,
 ) -> rusqlite::Result<()> {
@@ -238,7 +238,7 @@ fn commit_group(
             broken = Some(error);
             continue;
         }
-        let settle = job(Some(conn));
+        let settle = job(Some(&mut *conn));
         let closed = if settle.ok {
             conn.execute_batch("RELEASE unit")
         } else {
@@ -313,7 +313,7 @@ mod tests {
             .expect("schema");
     }
 
-    fn insert(id: String) -> impl FnOnce(&Connection) -> Result<(), TestError> + Send {
+    fn insert(id: String) -> impl FnOnce(&mut Connection) -> Result<(), TestError> + Send {
         move |db| {
             db.prepare_cached("INSERT INTO t (id) VALUES ($1)")?
                 .execute([id])?;

@@ -51,6 +51,8 @@ pub enum Databases {
     Sqlite(PathBuf),
     /// A database per service (`order`, `payment`, `notifier`) on a server of the test's own.
     Postgres(Postgres),
+    /// A SQLite file per service in a temporary directory of the test's own, removed with it.
+    SqliteTemp(tempfile::TempDir),
 }
 
 impl Databases {
@@ -76,18 +78,23 @@ impl Databases {
     pub fn url(&self, name: &str) -> String {
         match self {
             Databases::Sqlite(dir) => format!("sqlite://{}/{name}.db", dir.display()),
+            Databases::SqliteTemp(dir) => format!("sqlite://{}/{name}.db", dir.path().display()),
             Databases::Postgres(server) => server.url(name),
         }
     }
 }
 
-/// The database of a unit test of `service`'s store on `backend`: its URL (SQLite in memory, or a
-/// database on a PostgreSQL server of the test's own) and what keeps that server running, to be
-/// held for as long as the test uses it. None when the test is to skip (see
-/// [`Databases::for_test`]). Panics where a test would: it has nothing else to do then.
+/// The database of a unit test of `service`'s store on `backend`: its URL (a SQLite file in a
+/// temporary directory, as the services keep theirs, so the stores run on their SQLite writer
+/// thread; or a database on a PostgreSQL server of the test's own) and what keeps it, to be held
+/// for as long as the test uses it. None when the test is to skip (see [`Databases::for_test`]).
+/// Panics where a test would: it has nothing else to do then.
 pub async fn unit_database(backend: Backend, service: &str) -> Option<(String, Option<Databases>)> {
     match backend {
-        Backend::Sqlite => Some(("sqlite::memory:".to_owned(), None)),
+        Backend::Sqlite => {
+            let databases = Databases::SqliteTemp(tempfile::tempdir().expect("a temporary directory"));
+            Some((databases.url(service), Some(databases)))
+        }
         Backend::Postgres => {
             let databases = Databases::for_test(Path::new("."), backend)
                 .await
