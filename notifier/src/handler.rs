@@ -471,7 +471,7 @@ mod tests {
     };
     use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
-    // Each test runs on SQLite (in memory) and on PostgreSQL, as the claim and lease statements are
+    // Each test runs on SQLite (a file: the writer thread) and on PostgreSQL, as the claim and lease statements are
     // what replicas sharing a database rely on.
 
     /// A handler on a fresh database on `backend`, with what keeps a PostgreSQL server alive; None
@@ -481,9 +481,12 @@ mod tests {
         let (url, databases) = ordermesh_testkit::unit_database(backend, "notifier").await?;
         config.database_url = url;
         let store = Store::new(
-            ordermesh_platform::db::open(&config.database_url, &crate::store::migrations())
-                .await
-                .expect("database"),
+            ordermesh_platform::unit_of_work::Db::open(
+                &config.database_url,
+                &crate::store::migrations(),
+            )
+            .await
+            .expect("database"),
         );
         // Creating a producer does not connect; nothing here is parked.
         let dead_letters = DeadLetters::new(

@@ -129,8 +129,9 @@ pub async fn run_with_stats(
     } = listeners.into();
     let metrics = Metrics::new("notifier")?;
     let admin = Admin::start(admin, &metrics);
-    let pool = ordermesh_platform::db::open(&config.database_url, &store::migrations()).await?;
-    let store = store::Store::new(pool);
+    let db = ordermesh_platform::unit_of_work::Db::open(&config.database_url, &store::migrations())
+        .await?;
+    let store = store::Store::new(db);
     let kafka_error = |source| RunError::Kafka {
         brokers: config.kafka.brokers.clone(),
         source,

@@ -54,7 +54,11 @@ pub async fn replay_dead_letters(
     };
     config.kafka.check()?;
     let store = Store::new(
-        ordermesh_platform::db::open(&config.database_url, &crate::store::migrations()).await?,
+        ordermesh_platform::unit_of_work::Db::open(
+            &config.database_url,
+            &crate::store::migrations(),
+        )
+        .await?,
     );
     let dead_letters =
         DeadLetters::new(&config.kafka, config.park_timeout()).map_err(kafka_error)?;

@@ -30,9 +30,11 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use ordermesh_platform::db::{Backend, Migrations, Pool, millis};
 // The batch statements are built from numbered placeholders only, never from values.
-use sqlx::{AssertSqlSafe, Row, any::AnyRow};
+use ordermesh_platform::{
+    db::{Migrations, millis},
+    unit_of_work::{Db, Param, Row},
+};
 
 use crate::{channel::Channel, letter::Letter, status::Status};
 
@@ -113,7 +115,7 @@ pub(crate) struct Filter {
 
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
-    pool: Pool,
+    db: Db,
     /// The database's clock as SQL (`Backend::now_millis_sql`): every time the store writes or
     /// compares is the database's, so replicas whose clocks differ agree on every lease.
     now: &'static str,
@@ -128,9 +130,9 @@ pub(crate) fn migrations() -> Migrations {
 }
 
 impl Store {
-    pub(crate) fn new(pool: Pool) -> Self {
-        let now = Backend::of_pool(&pool).now_millis_sql();
-        Self { pool, now }
+    pub(crate) fn new(db: Db) -> Self {
+        let now = db.backend().now_millis_sql();
+        Self { db, now }
     }
 
     /// Records a PENDING notification for (event, channel), keeping `letter` (the message as read)
@@ -153,64 +155,85 @@ impl Store {
         &self,
         claims: &[(&NotificationRow, &Letter)],
     ) -> Result<Vec<NotificationRow>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        for chunk in claims.chunks(CLAIMS_PER_STATEMENT) {
-            let sql = format!(
-                "INSERT INTO notifications (notification_id, event_id, order_id, channel, recipient,
-                     status, attempts, created_at_ms, source_topic, source_partition, source_offset,
-                     message_key, message_payload, message_headers, claim_token)
-                 VALUES {}
-                 ON CONFLICT (event_id, channel) DO NOTHING",
-                rows_of_placeholders(chunk.len(), &[
-                    "", "", "", "", "", "", "0", self.now, "", "", "", "", "", "", "",
-                ])
-            );
-            let mut insert = sqlx::query(AssertSqlSafe(sql));
-            for (new, letter) in chunk {
-                insert = insert
-                    .bind(&new.notification_id)
-                    .bind(&new.event_id)
-                    .bind(&new.order_id)
-                    .bind(new.channel.as_str())
-                    .bind(&new.recipient)
-                    .bind(Status::Pending.as_str())
-                    .bind(&new.source_topic)
-                    .bind(new.source_partition)
-                    .bind(new.source_offset)
-                    .bind(&letter.key)
-                    .bind(&letter.payload)
-                    .bind(letter.headers_json())
-                    .bind(&new.claim_token);
-            }
-            // Not kept in the connection's statement cache: batches come in every size, and each
-            // size is a different statement (caching them all cost the notifier about 5 MiB of
-            // resident memory under load, benchmark 7).
-            insert.persistent(false).execute(&mut *tx).await?;
-        }
-        let mut held = HashMap::with_capacity(claims.len());
-        for chunk in claims.chunks(IDS_PER_STATEMENT) {
-            let sql = format!(
-                "SELECT * FROM notifications WHERE event_id IN ({})",
-                placeholders(1, chunk.len())
-            );
-            let mut select = sqlx::query(AssertSqlSafe(sql));
-            for (new, _) in chunk {
-                select = select.bind(&new.event_id);
-            }
-            for row in select.persistent(false).fetch_all(&mut *tx).await? {
-                let row = from_row(&row)?;
-                held.insert((row.event_id.clone(), row.channel), row);
-            }
-        }
-        tx.commit().await?;
-        claims
-            .iter()
-            .map(|(new, _)| {
-                held.get(&(new.event_id.clone(), new.channel))
-                    .cloned()
-                    .ok_or(sqlx::Error::RowNotFound)
+        // Each chunk's multi-row INSERT and its parameters, 13 a row.
+        let inserts: Vec<(String, Vec<Param>)> =
+            claims
+                .chunks(CLAIMS_PER_STATEMENT)
+                .map(|chunk| {
+                    let sql =
+                        format!(
+                    "INSERT INTO notifications (notification_id, event_id, order_id, channel,
+                         recipient, status, attempts, created_at_ms, source_topic,
+                         source_partition, source_offset, message_key, message_payload,
+                         message_headers, claim_token)
+                     VALUES {}
+                     ON CONFLICT (event_id, channel) DO NOTHING",
+                    rows_of_placeholders(chunk.len(), &[
+                        "", "", "", "", "", "", "0", self.now, "", "", "", "", "", "", "",
+                    ])
+                );
+                    let params = chunk
+                        .iter()
+                        .flat_map(|(new, letter)| {
+                            [
+                                new.notification_id.as_str().into(),
+                                new.event_id.as_str().into(),
+                                new.order_id.as_str().into(),
+                                new.channel.as_str().into(),
+                                new.recipient.as_str().into(),
+                                Status::Pending.as_str().into(),
+                                new.source_topic.as_str().into(),
+                                new.source_partition.into(),
+                                new.source_offset.into(),
+                                Param::Blob(letter.key.clone()),
+                                Param::Blob(letter.payload.clone()),
+                                letter.headers_json().into(),
+                                new.claim_token.clone().into(),
+                            ]
+                        })
+                        .collect();
+                    (sql, params)
+                })
+                .collect();
+        let selects: Vec<(String, Vec<Param>)> = claims
+            .chunks(IDS_PER_STATEMENT)
+            .map(|chunk| {
+                let sql = format!(
+                    "SELECT * FROM notifications WHERE event_id IN ({})",
+                    placeholders(1, chunk.len())
+                );
+                let params = chunk
+                    .iter()
+                    .map(|(new, _)| new.event_id.as_str().into())
+                    .collect();
+                (sql, params)
             })
-            .collect()
+            .collect();
+        let keys: Vec<(String, Channel)> = claims
+            .iter()
+            .map(|(new, _)| (new.event_id.clone(), new.channel))
+            .collect();
+        self.db
+            .transaction(move |conn| {
+                Box::pin(async move {
+                    // Each batch size is a statement of its own: made for this call, not kept
+                    // (keeping them all cost the notifier about 5 MiB under load, benchmark 7).
+                    for (sql, params) in &inserts {
+                        conn.execute_once(sql, params).await?;
+                    }
+                    let mut held = HashMap::with_capacity(keys.len());
+                    for (sql, params) in &selects {
+                        for row in conn.fetch_all_once(sql, params).await? {
+                            let row = from_row(&row)?;
+                            held.insert((row.event_id.clone(), row.channel), row);
+                        }
+                    }
+                    keys.iter()
+                        .map(|key| held.get(key).cloned().ok_or(sqlx::Error::RowNotFound))
+                        .collect()
+                })
+            })
+            .await
     }
 
     /// Hands the PENDING claims holding `tokens` that were never acted on (a stop in the middle
@@ -219,28 +242,36 @@ impl Store {
     /// have it sent; handed over, it is sent once, by whichever retry loop takes it. Returns how
     /// many were still ours to hand over.
     pub(crate) async fn release_claims(&self, tokens: &[String]) -> Result<u64, sqlx::Error> {
-        let mut released = 0;
-        for chunk in tokens.chunks(IDS_PER_STATEMENT) {
-            let sql = format!(
-                "UPDATE notifications SET status = $1, claim_token = NULL, next_attempt_at_ms = {now},
-                     last_error = 'released unsent by a stopping notifier'
-                 WHERE status = $2 AND claim_token IN ({})",
-                placeholders(3, chunk.len()),
-                now = self.now,
-            );
-            let mut release = sqlx::query(AssertSqlSafe(sql))
-                .bind(Status::Retrying.as_str())
-                .bind(Status::Pending.as_str());
-            for token in chunk {
-                release = release.bind(token);
-            }
-            released += release
-                .persistent(false)
-                .execute(&self.pool)
-                .await?
-                .rows_affected();
-        }
-        Ok(released)
+        let releases: Vec<(String, Vec<Param>)> = tokens
+            .chunks(IDS_PER_STATEMENT)
+            .map(|chunk| {
+                let sql = format!(
+                    "UPDATE notifications SET status = $1, claim_token = NULL,
+                         next_attempt_at_ms = {now},
+                         last_error = 'released unsent by a stopping notifier'
+                     WHERE status = $2 AND claim_token IN ({})",
+                    placeholders(3, chunk.len()),
+                    now = self.now,
+                );
+                let params = [Status::Retrying.as_str(), Status::Pending.as_str()]
+                    .into_iter()
+                    .map(Param::from)
+                    .chain(chunk.iter().map(Param::from))
+                    .collect();
+                (sql, params)
+            })
+            .collect();
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    let mut released = 0;
+                    for (sql, params) in &releases {
+                        released += conn.execute_once(sql, params).await?;
+                    }
+                    Ok(released)
+                })
+            })
+            .await
     }
 
     /// Marks a notification sent by the holder of `token`, counting the attempt, and lets go of
@@ -250,24 +281,26 @@ impl Store {
         notification_id: &str,
         token: &str,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE notifications SET status = $1, attempts = attempts + 1, sent_at_ms = {now},
-                 next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
-                 message_headers = NULL, claim_token = NULL
-             WHERE notification_id = $2 AND claim_token = $3",
-            now = self.now
-        )))
-        .bind(Status::Sent.as_str())
-        .bind(notification_id)
-        .bind(token)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            format!(
+                "UPDATE notifications SET status = $1, attempts = attempts + 1, sent_at_ms = {now},
+                     next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
+                     message_headers = NULL, claim_token = NULL
+                 WHERE notification_id = $2 AND claim_token = $3",
+                now = self.now
+            ),
+            vec![
+                Status::Sent.as_str().into(),
+                notification_id.into(),
+                token.into(),
+            ],
+        )
+        .await
     }
 
     /// Records, for the holder of `token`, the `attempts`-th failed send, to be tried again
-    /// `delay` from now: the retry schedule holds it from now on. False, changing nothing, if `token` no longer
-    /// holds it.
+    /// `delay` from now: the retry schedule holds it from now on. False, changing nothing, if
+    /// `token` no longer holds it.
     pub(crate) async fn schedule_retry(
         &self,
         notification_id: &str,
@@ -276,22 +309,24 @@ impl Store {
         error: &str,
         delay: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
-                 next_attempt_at_ms = {now} + $4, claim_token = NULL
-             WHERE notification_id = $5 AND claim_token = $6",
-            now = self.now
-        )))
-        .bind(Status::Retrying.as_str())
-        .bind(attempts)
-        .bind(error)
-        .bind(millis(delay))
-        .bind(notification_id)
-        .bind(token)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            format!(
+                "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
+                     first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
+                     next_attempt_at_ms = {now} + $4, claim_token = NULL
+                 WHERE notification_id = $5 AND claim_token = $6",
+                now = self.now
+            ),
+            vec![
+                Status::Retrying.as_str().into(),
+                attempts.into(),
+                error.into(),
+                millis(delay).into(),
+                notification_id.into(),
+                token.into(),
+            ],
+        )
+        .await
     }
 
     /// Records, for the holder of `token`, that a notification was parked on the dead-letter
@@ -304,22 +339,24 @@ impl Store {
         attempts: i32,
         error: &str,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
-                 first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
-                 next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
-                 message_headers = NULL, claim_token = NULL
-             WHERE notification_id = $4 AND claim_token = $5",
-            now = self.now
-        )))
-        .bind(Status::Failed.as_str())
-        .bind(attempts)
-        .bind(error)
-        .bind(notification_id)
-        .bind(token)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            format!(
+                "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
+                     first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
+                     next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
+                     message_headers = NULL, claim_token = NULL
+                 WHERE notification_id = $4 AND claim_token = $5",
+                now = self.now
+            ),
+            vec![
+                Status::Failed.as_str().into(),
+                attempts.into(),
+                error.into(),
+                notification_id.into(),
+                token.into(),
+            ],
+        )
+        .await
     }
 
     /// Takes a FAILED (parked) notification for a replay's one more send: PENDING again, held by
@@ -331,19 +368,22 @@ impl Store {
         token: &str,
         lease: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE notifications SET status = $1, claim_token = $2, next_attempt_at_ms = {now} + $3
-             WHERE notification_id = $4 AND status = $5",
-            now = self.now
-        )))
-        .bind(Status::Pending.as_str())
-        .bind(token)
-        .bind(millis(lease))
-        .bind(notification_id)
-        .bind(Status::Failed.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            format!(
+                "UPDATE notifications SET status = $1, claim_token = $2,
+                     next_attempt_at_ms = {now} + $3
+                 WHERE notification_id = $4 AND status = $5",
+                now = self.now
+            ),
+            vec![
+                Status::Pending.as_str().into(),
+                token.into(),
+                millis(lease).into(),
+                notification_id.into(),
+                Status::Failed.as_str().into(),
+            ],
+        )
+        .await
     }
 
     /// Hands a PENDING notification found by a redelivery to the retry loop, due when its claim's
@@ -359,19 +399,20 @@ impl Store {
     ) -> Result<bool, sqlx::Error> {
         // Due when the claim's lease ends: renewed (see `renew_claim`) or from its creation. One
         // statement, so a renewal and a hand-over cannot interleave.
-        let done = sqlx::query(
+        self.changed_one(
             "UPDATE notifications SET status = $1,
                  next_attempt_at_ms = COALESCE(next_attempt_at_ms, created_at_ms + $2),
                  last_error = 'send interrupted or under way elsewhere; checking again'
-             WHERE notification_id = $3 AND status = $4",
+             WHERE notification_id = $3 AND status = $4"
+                .to_owned(),
+            vec![
+                Status::Retrying.as_str().into(),
+                millis(lease).into(),
+                notification_id.into(),
+                Status::Pending.as_str().into(),
+            ],
         )
-        .bind(Status::Retrying.as_str())
-        .bind(millis(lease))
-        .bind(notification_id)
-        .bind(Status::Pending.as_str())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        .await
     }
 
     /// Extends the PENDING claim held by `token` to `lease` from now (kept in `next_attempt_at_ms`,
@@ -383,23 +424,25 @@ impl Store {
         token: &str,
         lease: Duration,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE notifications SET next_attempt_at_ms = {now} + $1
-             WHERE notification_id = $2 AND status = $3 AND claim_token = $4",
-            now = self.now
-        )))
-        .bind(millis(lease))
-        .bind(notification_id)
-        .bind(Status::Pending.as_str())
-        .bind(token)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            format!(
+                "UPDATE notifications SET next_attempt_at_ms = {now} + $1
+                 WHERE notification_id = $2 AND status = $3 AND claim_token = $4",
+                now = self.now
+            ),
+            vec![
+                millis(lease).into(),
+                notification_id.into(),
+                Status::Pending.as_str().into(),
+                token.into(),
+            ],
+        )
+        .await
     }
 
     /// Up to `limit` of `channel`'s retries due now, soonest first, with their messages.
     ///
-    /// This statement and [`Store::next_retry_at`] spell RETRYING out rather than bind it: they are
+    /// This statement and [`Store::next_retry_in`] spell RETRYING out rather than bind it: they are
     /// what the partial index `notifications_due` (`WHERE status = 'RETRYING'`) is for, and
     /// PostgreSQL uses a partial index only for a query it can prove matches the index's condition
     /// when planning, which a bound value is not in a generic plan (one reused for any value). The
@@ -409,29 +452,35 @@ impl Store {
         channel: Channel,
         limit: i64,
     ) -> Result<Vec<(NotificationRow, Letter)>, sqlx::Error> {
-        sqlx::query(AssertSqlSafe(format!(
+        let sql = format!(
             "SELECT * FROM notifications
              WHERE status = 'RETRYING' AND channel = $1 AND next_attempt_at_ms <= {now}
              ORDER BY next_attempt_at_ms LIMIT $2",
             now = self.now
-        )))
-        .bind(channel.as_str())
-        .bind(limit)
-        .try_map(|row: AnyRow| {
-            let letter = Letter::from_parts(
-                row.try_get("source_topic")?,
-                row.try_get("source_partition")?,
-                row.try_get("source_offset")?,
-                row.try_get("message_key")?,
-                row.try_get("message_payload")?,
-                row.try_get::<Option<String>, _>("message_headers")?
-                    .as_deref(),
-            )
-            .map_err(|e| sqlx::Error::Decode(e.into()))?;
-            Ok((from_row(&row)?, letter))
-        })
-        .fetch_all(&self.pool)
-        .await
+        );
+        let params: Vec<Param> = vec![channel.as_str().into(), limit.into()];
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    conn.fetch_all(&sql, &params)
+                        .await?
+                        .iter()
+                        .map(|row| {
+                            let letter = Letter::from_parts(
+                                row.get("source_topic")?,
+                                row.get("source_partition")?,
+                                row.get("source_offset")?,
+                                row.get("message_key")?,
+                                row.get("message_payload")?,
+                                row.get::<Option<String>>("message_headers")?.as_deref(),
+                            )
+                            .map_err(|e| sqlx::Error::Decode(e.into()))?;
+                            Ok((from_row(row)?, letter))
+                        })
+                        .collect()
+                })
+            })
+            .await
     }
 
     /// How long until `channel`'s next retry is due (zero if one is due), if any is waiting: by
@@ -441,14 +490,23 @@ impl Store {
         &self,
         channel: Channel,
     ) -> Result<Option<Duration>, sqlx::Error> {
-        let wait: Option<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-            "SELECT MIN(next_attempt_at_ms) - {now} FROM notifications
+        let sql = format!(
+            "SELECT MIN(next_attempt_at_ms) - {now} AS wait_ms FROM notifications
              WHERE status = 'RETRYING' AND channel = $1",
             now = self.now
-        )))
-        .bind(channel.as_str())
-        .fetch_one(&self.pool)
-        .await?;
+        );
+        let channel = Param::from(channel.as_str());
+        let wait: Option<i64> = self
+            .db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    conn.fetch_optional(&sql, std::slice::from_ref(&channel))
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?
+                        .get("wait_ms")
+                })
+            })
+            .await?;
         Ok(wait.map(|ms| Duration::from_millis(ms.max(0) as u64)))
     }
 
@@ -464,19 +522,21 @@ impl Store {
         lease: Duration,
         token: &str,
     ) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE notifications SET next_attempt_at_ms = {now} + $1, claim_token = $2
-             WHERE notification_id = $3 AND status = $4 AND next_attempt_at_ms = $5",
-            now = self.now
-        )))
-        .bind(millis(lease))
-        .bind(token)
-        .bind(notification_id)
-        .bind(Status::Retrying.as_str())
-        .bind(seen_due_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.changed_one(
+            format!(
+                "UPDATE notifications SET next_attempt_at_ms = {now} + $1, claim_token = $2
+                 WHERE notification_id = $3 AND status = $4 AND next_attempt_at_ms = $5",
+                now = self.now
+            ),
+            vec![
+                millis(lease).into(),
+                token.into(),
+                notification_id.into(),
+                Status::Retrying.as_str().into(),
+                seen_due_ms.into(),
+            ],
+        )
+        .await
     }
 
     /// Up to `limit` notifications matching `filter` with `seq` greater than `after`, oldest first.
@@ -486,20 +546,41 @@ impl Store {
         after: i64,
         limit: i64,
     ) -> Result<Vec<NotificationRow>, sqlx::Error> {
-        sqlx::query(
-            "SELECT * FROM notifications
-             WHERE seq > $1 AND ($2 IS NULL OR order_id = $3) AND ($4 IS NULL OR channel = $5)
-             ORDER BY seq LIMIT $6",
-        )
-        .bind(after)
-        .bind(&filter.order_id)
-        .bind(&filter.order_id)
-        .bind(filter.channel.map(Channel::as_str))
-        .bind(filter.channel.map(Channel::as_str))
-        .bind(limit)
-        .try_map(|row: AnyRow| from_row(&row))
-        .fetch_all(&self.pool)
-        .await
+        let channel = filter.channel.map(|c| c.as_str().to_owned());
+        let params: Vec<Param> = vec![
+            after.into(),
+            filter.order_id.clone().into(),
+            filter.order_id.clone().into(),
+            channel.clone().into(),
+            channel.into(),
+            limit.into(),
+        ];
+        self.db
+            .statements(move |conn| {
+                Box::pin(async move {
+                    conn.fetch_all(
+                        "SELECT * FROM notifications
+                         WHERE seq > $1 AND ($2 IS NULL OR order_id = $3)
+                           AND ($4 IS NULL OR channel = $5)
+                         ORDER BY seq LIMIT $6",
+                        &params,
+                    )
+                    .await?
+                    .iter()
+                    .map(from_row)
+                    .collect()
+                })
+            })
+            .await
+    }
+
+    /// Runs the conditional write `sql` with `params`: whether it changed the one row it names.
+    async fn changed_one(&self, sql: String, params: Vec<Param>) -> Result<bool, sqlx::Error> {
+        let changed = self
+            .db
+            .statements(move |conn| Box::pin(async move { conn.execute(&sql, &params).await }))
+            .await?;
+        Ok(changed == 1)
     }
 }
 
@@ -532,29 +613,29 @@ fn rows_of_placeholders(rows: usize, columns: &[&str]) -> String {
     (0..rows).map(&mut row).collect::<Vec<_>>().join(", ")
 }
 
-fn from_row(row: &AnyRow) -> Result<NotificationRow, sqlx::Error> {
-    let channel: String = row.try_get("channel")?;
-    let status: String = row.try_get("status")?;
+fn from_row(row: &Row) -> Result<NotificationRow, sqlx::Error> {
+    let channel: String = row.get("channel")?;
+    let status: String = row.get("status")?;
     Ok(NotificationRow {
-        seq: row.try_get("seq")?,
-        notification_id: row.try_get("notification_id")?,
-        event_id: row.try_get("event_id")?,
-        order_id: row.try_get("order_id")?,
+        seq: row.get("seq")?,
+        notification_id: row.get("notification_id")?,
+        event_id: row.get("event_id")?,
+        order_id: row.get("order_id")?,
         channel: Channel::parse(&channel)
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown channel {channel:?}").into()))?,
-        recipient: row.try_get("recipient")?,
+        recipient: row.get("recipient")?,
         status: Status::parse(&status)
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown status {status:?}").into()))?,
-        attempts: row.try_get("attempts")?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        sent_at_ms: row.try_get("sent_at_ms")?,
-        source_topic: row.try_get("source_topic")?,
-        source_partition: row.try_get("source_partition")?,
-        source_offset: row.try_get("source_offset")?,
-        last_error: row.try_get("last_error")?,
-        first_failure_at_ms: row.try_get("first_failure_at_ms")?,
-        next_attempt_at_ms: row.try_get("next_attempt_at_ms")?,
-        claim_token: row.try_get("claim_token")?,
+        attempts: row.get("attempts")?,
+        created_at_ms: row.get("created_at_ms")?,
+        sent_at_ms: row.get("sent_at_ms")?,
+        source_topic: row.get("source_topic")?,
+        source_partition: row.get("source_partition")?,
+        source_offset: row.get("source_offset")?,
+        last_error: row.get("last_error")?,
+        first_failure_at_ms: row.get("first_failure_at_ms")?,
+        next_attempt_at_ms: row.get("next_attempt_at_ms")?,
+        claim_token: row.get("claim_token")?,
     })
 }
 
@@ -564,16 +645,14 @@ mod tests {
     use ordermesh::timestamp;
     use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
-    // On SQLite (in memory) and on PostgreSQL: each statement writes or matches its status as a
+    // On SQLite (a file: the writer thread) and on PostgreSQL: each statement writes or matches its status as a
     // literal, and both backends must agree with `Status`.
 
     /// A store on a fresh database, with what keeps a PostgreSQL server alive; None to skip.
     async fn store(backend: Backend) -> Option<(Store, Option<Databases>)> {
         let (url, databases) = ordermesh_testkit::unit_database(backend, "notifier").await?;
-        let pool = ordermesh_platform::db::open(&url, &migrations())
-            .await
-            .expect("database");
-        Some((Store::new(pool), databases))
+        let db = Db::open(&url, &migrations()).await.expect("database");
+        Some((Store::new(db), databases))
     }
 
     /// A PENDING claim of event `n` and the message it was read from.

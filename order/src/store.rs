@@ -342,8 +342,12 @@ impl Store {
                     match inserted {
                         Some(row) => from_row(&row),
                         None => {
-                            one_order(conn, "SELECT * FROM orders WHERE request_id = $1", &params[1])
-                                .await
+                            one_order(
+                                conn,
+                                "SELECT * FROM orders WHERE request_id = $1",
+                                &params[1],
+                            )
+                            .await
                         }
                     }
                 })

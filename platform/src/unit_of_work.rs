@@ -131,6 +131,19 @@ impl FromValue for i64 {
         }
     }
 }
+impl FromValue for i32 {
+    fn from_value(value: &Value) -> Option<Self> {
+        match value {
+            Value::Int(v) => i32::try_from(*v).ok(),
+            _ => None,
+        }
+    }
+}
+impl From<i32> for Param {
+    fn from(value: i32) -> Self {
+        Param::Int(Some(i64::from(value)))
+    }
+}
 impl FromValue for String {
     fn from_value(value: &Value) -> Option<Self> {
         match value {
@@ -163,6 +176,18 @@ pub trait Conn: Send {
 
     /// Runs `sql` with `params` and returns every row it gives.
     fn fetch_all<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, Vec<Row>>;
+
+    /// [`Conn::execute`] for a statement made for this call only (a multi-row INSERT of this
+    /// batch's size): not kept among the connection's prepared statements, where every size would
+    /// take a place of its own.
+    fn execute_once<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64>;
+
+    /// [`Conn::fetch_all`] for a statement made for this call only; see [`Conn::execute_once`].
+    fn fetch_all_once<'c>(
+        &'c mut self,
+        sql: &'c str,
+        params: &'c [Param],
+    ) -> ConnFuture<'c, Vec<Row>>;
 
     /// Runs `sql` with `params` and returns its first row, if any.
     fn fetch_optional<'c>(
@@ -351,14 +376,19 @@ impl sqlx::error::DatabaseError for SqliteFailure {
 struct SqliteConn<'a>(&'a mut rusqlite::Connection);
 
 impl SqliteConn<'_> {
-    /// `sql` prepared (and kept in the connection's cache) with `params` bound to the `$N` each
-    /// parameter names: a statement may use `$2` before `$1`, or `$1` twice.
+    /// `sql` prepared (and kept in the connection's cache unless `once`) with `params` bound to
+    /// the `$N` each parameter names: a statement may use `$2` before `$1`, or `$1` twice.
     fn prepared<'s>(
         &'s self,
         sql: &str,
         params: &[Param],
-    ) -> Result<rusqlite::CachedStatement<'s>, sqlx::Error> {
-        let mut statement = self.0.prepare_cached(sql).map_err(sqlite_error)?;
+        once: bool,
+    ) -> Result<Prepared<'s>, sqlx::Error> {
+        let mut statement = if once {
+            Prepared::Once(self.0.prepare(sql).map_err(sqlite_error)?)
+        } else {
+            Prepared::Cached(self.0.prepare_cached(sql).map_err(sqlite_error)?)
+        };
         for index in 1..=statement.parameter_count() {
             let number = statement
                 .parameter_name(index)
@@ -380,8 +410,8 @@ impl SqliteConn<'_> {
         Ok(statement)
     }
 
-    fn rows(&self, sql: &str, params: &[Param]) -> Result<Vec<Row>, sqlx::Error> {
-        let mut statement = self.prepared(sql, params)?;
+    fn rows(&self, sql: &str, params: &[Param], once: bool) -> Result<Vec<Row>, sqlx::Error> {
+        let mut statement = self.prepared(sql, params, once)?;
         let columns: Arc<[String]> = statement
             .column_names()
             .into_iter()
@@ -412,28 +442,72 @@ impl SqliteConn<'_> {
     }
 }
 
+impl SqliteConn<'_> {
+    fn changes(&self, sql: &str, params: &[Param], once: bool) -> Result<u64, sqlx::Error> {
+        let mut statement = self.prepared(sql, params, once)?;
+        let changed = statement.raw_execute().map_err(sqlite_error)?;
+        Ok(changed as u64)
+    }
+}
+
+/// A statement of the writer's connection, from its cache or made for one call.
+enum Prepared<'s> {
+    Cached(rusqlite::CachedStatement<'s>),
+    Once(rusqlite::Statement<'s>),
+}
+
+impl<'s> std::ops::Deref for Prepared<'s> {
+    type Target = rusqlite::Statement<'s>;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Prepared::Cached(statement) => statement,
+            Prepared::Once(statement) => statement,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Prepared<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            Prepared::Cached(statement) => statement,
+            Prepared::Once(statement) => statement,
+        }
+    }
+}
+
 impl Conn for SqliteConn<'_> {
     fn execute<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64> {
-        let result = self
-            .prepared(sql, params)
-            .and_then(|mut statement| statement.raw_execute().map_err(sqlite_error))
-            .map(|changed| changed as u64);
-        Box::pin(std::future::ready(result))
+        Box::pin(std::future::ready(self.changes(sql, params, false)))
     }
 
     fn fetch_all<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, Vec<Row>> {
-        Box::pin(std::future::ready(self.rows(sql, params)))
+        Box::pin(std::future::ready(self.rows(sql, params, false)))
+    }
+
+    fn execute_once<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64> {
+        Box::pin(std::future::ready(self.changes(sql, params, true)))
+    }
+
+    fn fetch_all_once<'c>(
+        &'c mut self,
+        sql: &'c str,
+        params: &'c [Param],
+    ) -> ConnFuture<'c, Vec<Row>> {
+        Box::pin(std::future::ready(self.rows(sql, params, true)))
     }
 }
 
 /// A sqlx connection: inside a transaction of the operation's own, or committing each statement.
 struct SqlxConn<'a>(&'a mut sqlx::AnyConnection);
 
+/// `sql` with `params` bound; prepared once and kept by the connection unless `once`.
 fn bound<'q>(
     sql: &'q str,
     params: &[Param],
+    once: bool,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!once);
     for param in params {
         query = match param.clone() {
             Param::Int(v) => query.bind(v),
@@ -444,39 +518,67 @@ fn bound<'q>(
     query
 }
 
+impl SqlxConn<'_> {
+    async fn changes(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        once: bool,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(bound(sql, params, once)
+            .execute(&mut *self.0)
+            .await?
+            .rows_affected())
+    }
+
+    async fn rows(
+        &mut self,
+        sql: &str,
+        params: &[Param],
+        once: bool,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        let rows = bound(sql, params, once).fetch_all(&mut *self.0).await?;
+        let Some(first) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let columns: Arc<[String]> = first
+            .columns()
+            .iter()
+            .map(|c| c.name().to_owned())
+            .collect();
+        rows.iter()
+            .map(|row| {
+                let values = (0..columns.len())
+                    .map(|i| any_value(row, i))
+                    .collect::<Result<_, _>>()?;
+                Ok(Row {
+                    columns: Arc::clone(&columns),
+                    values,
+                })
+            })
+            .collect()
+    }
+}
+
 impl Conn for SqlxConn<'_> {
     fn execute<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64> {
-        Box::pin(async move {
-            Ok(bound(sql, params)
-                .execute(&mut *self.0)
-                .await?
-                .rows_affected())
-        })
+        Box::pin(self.changes(sql, params, false))
     }
 
     fn fetch_all<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, Vec<Row>> {
-        Box::pin(async move {
-            let rows = bound(sql, params).fetch_all(&mut *self.0).await?;
-            let Some(first) = rows.first() else {
-                return Ok(Vec::new());
-            };
-            let columns: Arc<[String]> = first
-                .columns()
-                .iter()
-                .map(|c| c.name().to_owned())
-                .collect();
-            rows.iter()
-                .map(|row| {
-                    let values = (0..columns.len())
-                        .map(|i| any_value(row, i))
-                        .collect::<Result<_, _>>()?;
-                    Ok(Row {
-                        columns: Arc::clone(&columns),
-                        values,
-                    })
-                })
-                .collect()
-        })
+        Box::pin(self.rows(sql, params, false))
+    }
+
+    fn execute_once<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64> {
+        Box::pin(self.changes(sql, params, true))
+    }
+
+    fn fetch_all_once<'c>(
+        &'c mut self,
+        sql: &'c str,
+        params: &'c [Param],
+    ) -> ConnFuture<'c, Vec<Row>> {
+        Box::pin(self.rows(sql, params, true))
     }
 }
 

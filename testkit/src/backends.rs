@@ -92,7 +92,8 @@ impl Databases {
 pub async fn unit_database(backend: Backend, service: &str) -> Option<(String, Option<Databases>)> {
     match backend {
         Backend::Sqlite => {
-            let databases = Databases::SqliteTemp(tempfile::tempdir().expect("a temporary directory"));
+            let databases =
+                Databases::SqliteTemp(tempfile::tempdir().expect("a temporary directory"));
             Some((databases.url(service), Some(databases)))
         }
         Backend::Postgres => {
