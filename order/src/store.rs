@@ -712,8 +712,9 @@ impl Store {
         self.db
             .transaction(move |conn| {
                 Box::pin(async move {
-                    conn.execute(&outbox, &seqs).await?;
-                    conn.execute(&orders, &order_ids).await?;
+                    // Each batch size is a statement of its own: made for this call, not kept.
+                    conn.execute_once(&outbox, &seqs).await?;
+                    conn.execute_once(&orders, &order_ids).await?;
                     Ok(())
                 })
             })

@@ -43,6 +43,16 @@ use tokio::sync::oneshot;
 /// unbounded group would hold its first callers while later ones keep arriving.
 const MAX_GROUP: usize = 256;
 
+/// Prepared statements the connection keeps: every statement a service's store runs, and the
+/// writer's own (BEGIN, SAVEPOINT ...), each parsed once.
+const STATEMENT_CACHE: usize = 128;
+
+/// Runs one of the writer's own statements (no parameters, no rows), prepared once.
+fn run_own(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
+}
+
 /// Why a unit of work could not be carried out, from the writer's side.
 #[derive(Debug, thiserror::Error)]
 pub enum WriterError {
@@ -109,6 +119,8 @@ impl SqliteWriter {
                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                  PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
             )?;
+            // A store's statements, and this thread's own, stay prepared (16 by default).
+            conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
             Ok(conn)
         };
         let mut conn = open(path).map_err(|source| WriterError::Open {
@@ -221,7 +233,7 @@ fn commit_group(
     group: &mut Vec<Job>,
     settled: &mut Vec<Settle>,
 ) -> rusqlite::Result<()> {
-    let began = conn.execute_batch("BEGIN IMMEDIATE");
+    let began = run_own(conn, "BEGIN IMMEDIATE");
     if let Err(error) = began {
         // Nothing ran: every unit is answered with why (not run, so not its own error).
         settled.extend(group.drain(..).map(|job| job(None)));
@@ -233,16 +245,16 @@ fn commit_group(
             settled.push(job(None));
             continue;
         }
-        if let Err(error) = conn.execute_batch("SAVEPOINT unit") {
+        if let Err(error) = run_own(conn, "SAVEPOINT unit") {
             settled.push(job(None));
             broken = Some(error);
             continue;
         }
         let settle = job(Some(&mut *conn));
         let closed = if settle.ok {
-            conn.execute_batch("RELEASE unit")
+            run_own(conn, "RELEASE unit")
         } else {
-            conn.execute_batch("ROLLBACK TO unit; RELEASE unit")
+            run_own(conn, "ROLLBACK TO unit").and_then(|()| run_own(conn, "RELEASE unit"))
         };
         settled.push(settle);
         if let Err(error) = closed {
@@ -250,11 +262,11 @@ fn commit_group(
         }
     }
     match broken {
-        None => conn.execute_batch("COMMIT").inspect_err(|_| {
-            let _ = conn.execute_batch("ROLLBACK");
+        None => run_own(conn, "COMMIT").inspect_err(|_| {
+            let _ = run_own(conn, "ROLLBACK");
         }),
         Some(error) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run_own(conn, "ROLLBACK");
             Err(error)
         }
     }
