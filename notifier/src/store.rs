@@ -556,31 +556,19 @@ impl Store {
             limit.into(),
         ];
         self.db
-            .statements(move |conn| {
-                Box::pin(async move {
-                    conn.fetch_all(
-                        "SELECT * FROM notifications
-                         WHERE seq > $1 AND ($2 IS NULL OR order_id = $3)
-                           AND ($4 IS NULL OR channel = $5)
-                         ORDER BY seq LIMIT $6",
-                        &params,
-                    )
-                    .await?
-                    .iter()
-                    .map(from_row)
-                    .collect()
-                })
-            })
+            .fetch_all(
+                "SELECT * FROM notifications
+                 WHERE seq > $1 AND ($2 IS NULL OR order_id = $3) AND ($4 IS NULL OR channel = $5)
+                 ORDER BY seq LIMIT $6",
+                params,
+                from_row,
+            )
             .await
     }
 
     /// Runs the conditional write `sql` with `params`: whether it changed the one row it names.
     async fn changed_one(&self, sql: String, params: Vec<Param>) -> Result<bool, sqlx::Error> {
-        let changed = self
-            .db
-            .statements(move |conn| Box::pin(async move { conn.execute(&sql, &params).await }))
-            .await?;
-        Ok(changed == 1)
+        Ok(self.db.execute(sql, params).await? == 1)
     }
 }
 

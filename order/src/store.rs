@@ -773,24 +773,12 @@ impl Store {
 
     /// The orders `sql` returns for `params`.
     async fn orders(&self, sql: String, params: Vec<Param>) -> Result<Vec<OrderRow>, sqlx::Error> {
-        self.db
-            .statements(move |conn| {
-                Box::pin(async move {
-                    conn.fetch_all(&sql, &params)
-                        .await?
-                        .iter()
-                        .map(from_row)
-                        .collect()
-                })
-            })
-            .await
+        self.db.fetch_all(sql, params, from_row).await
     }
 
     /// Runs the one statement `sql` with `params`; returns how many rows it changed.
     async fn execute(&self, sql: String, params: Vec<Param>) -> Result<u64, sqlx::Error> {
-        self.db
-            .statements(move |conn| Box::pin(async move { conn.execute(&sql, &params).await }))
-            .await
+        self.db.execute(sql, params).await
     }
 }
 

@@ -191,19 +191,11 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<PaymentRow>, sqlx::Error> {
         self.db
-            .statements(move |conn| {
-                Box::pin(async move {
-                    conn.fetch_all(
-                        "SELECT * FROM payments WHERE seq > $1 AND status <> 'CLOSED'
-                         ORDER BY seq LIMIT $2",
-                        &[after.into(), limit.into()],
-                    )
-                    .await?
-                    .iter()
-                    .map(from_row)
-                    .collect()
-                })
-            })
+            .fetch_all(
+                "SELECT * FROM payments WHERE seq > $1 AND status <> 'CLOSED' ORDER BY seq LIMIT $2",
+                vec![after.into(), limit.into()],
+                from_row,
+            )
             .await
     }
 
@@ -219,18 +211,11 @@ impl Store {
         key: &str,
         decode: fn(&Row) -> Result<T, sqlx::Error>,
     ) -> Result<Option<T>, sqlx::Error> {
-        let key = Param::from(key);
-        self.db
-            .statements(move |conn| {
-                Box::pin(async move {
-                    conn.fetch_optional(sql, std::slice::from_ref(&key))
-                        .await?
-                        .as_ref()
-                        .map(decode)
-                        .transpose()
-                })
-            })
-            .await
+        Ok(self
+            .db
+            .fetch_all(sql, vec![key.into()], decode)
+            .await?
+            .pop())
     }
 
     /// Stores `new` and changes its payment from SUCCEEDED to REFUNDED, as one unit: both or

@@ -251,7 +251,7 @@ impl Db {
             Db::Writer(writer) => on_writer(writer, operation).await,
             Db::Sqlx(pool) => {
                 let mut tx = pool.begin().await?;
-                let result = operation(&mut SqlxConn(&mut *tx)).await?;
+                let result = operation(&mut SqlxConn(&mut tx)).await?;
                 tx.commit().await?;
                 Ok(result)
             }
@@ -271,9 +271,42 @@ impl Db {
             Db::Writer(writer) => on_writer(writer, operation).await,
             Db::Sqlx(pool) => {
                 let mut connection = pool.acquire().await?;
-                operation(&mut SqlxConn(&mut *connection)).await
+                operation(&mut SqlxConn(&mut connection)).await
             }
         }
+    }
+}
+
+impl Db {
+    /// Runs the one statement `sql` with `params` on its own; returns how many rows it changed.
+    pub async fn execute(
+        &self,
+        sql: impl Into<String>,
+        params: Vec<Param>,
+    ) -> Result<u64, sqlx::Error> {
+        let sql = sql.into();
+        self.statements(move |conn| Box::pin(async move { conn.execute(&sql, &params).await }))
+            .await
+    }
+
+    /// Runs the one query `sql` with `params` on its own; returns its rows, each read by `decode`.
+    pub async fn fetch_all<T: Send + 'static>(
+        &self,
+        sql: impl Into<String>,
+        params: Vec<Param>,
+        decode: fn(&Row) -> Result<T, sqlx::Error>,
+    ) -> Result<Vec<T>, sqlx::Error> {
+        let sql = sql.into();
+        self.statements(move |conn| {
+            Box::pin(async move {
+                conn.fetch_all(&sql, &params)
+                    .await?
+                    .iter()
+                    .map(decode)
+                    .collect()
+            })
+        })
+        .await
     }
 }
 
