@@ -8,8 +8,10 @@
 //! - **PostgreSQL** (`postgres://user:password@host/db`), for several replicas of a service sharing
 //!   one database. TLS with `?sslmode=require` (or `verify-full` and `sslrootcert=...`).
 //!
-//! The services talk to either through sqlx's `Any` driver, with SQL both understand (`$1`
-//! placeholders, `INSERT ... ON CONFLICT`, `RETURNING`). Each service has one migrations directory
+//! The services' stores run their SQL (the same for both: `$1` placeholders, `INSERT ... ON
+//! CONFLICT`, `RETURNING`) through [`crate::unit_of_work`]: on PostgreSQL over this pool, on a
+//! SQLite file on the file's writer thread ([`crate::sqlite_writer`]), opened after this pool has
+//! migrated it. Each service has one migrations directory
 //! per backend (`migrations/sqlite`, `migrations/postgres`) with the same numbered steps, because the
 //! DDL differs (identity columns, BLOB vs BYTEA, and SQLite rebuilding a table to change a CHECK);
 //! the tests check that both end in the same tables and columns.

@@ -3,8 +3,9 @@
 //! ([`grpc`] with its [`limits`] and the tower layers [`rpc_telemetry`], [`oversize`], [`shed`],
 //! [`auth`]), how it is secured ([`tls`], [`auth`]), observed ([`telemetry`], [`metrics`],
 //! [`trace_context`], [`admin`]) and stopped ([`shutdown`]), and how it stores ([`db`], with
-//! [`pii`] keeping personal data out of logs, and [`sqlite_writer`], the group-committing SQLite
-//! writer thread the stores are moving to).
+//! [`unit_of_work`], the one way a store runs its operations on either backend, with
+//! [`sqlite_writer`] committing a SQLite file's in groups, and [`pii`] keeping personal data out
+//! of logs).
 //!
 //! The API contract (generated code, events, money) is the `ordermesh` crate; Kafka is
 //! `ordermesh-kafka`, which the payment service does not link.
