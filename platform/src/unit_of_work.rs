@@ -4,7 +4,7 @@
 //!   savepoint in a group commit ([`crate::sqlite_writer`]): one hand-off to that thread and one
 //!   back for the whole operation, where sqlx costs two per statement, BEGIN and COMMIT included;
 //! - on PostgreSQL (and on `sqlite::memory:`, which only sqlx's one connection can see), a sqlx
-//!   transaction of the operation's own, in the caller's task.
+//!   connection from the pool, in the caller's task.
 //!
 //! [`Db::transaction`] runs an operation whose statements commit together or not at all;
 //! [`Db::statements`] one whose statements need not (on sqlx, each commits on its own, and the

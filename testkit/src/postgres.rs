@@ -247,9 +247,8 @@ impl Postgres {
             .arg(&data)
             .status()?;
         anyhow::ensure!(copied.success(), "copy the template data directory");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        // Not a port-0 pick: see `addr` (another test's connection could take it first).
+        let port = crate::addr::unused_loopback_addr()?.port();
         let log = dir.path().join("postgres.log");
         let server = as_server_user(&bin.join("postgres"));
         let mut argv: Vec<String> = vec![server.get_program().to_string_lossy().into_owned()];
