@@ -148,22 +148,31 @@ pub async fn connect(url: &str) -> Result<Pool, ConnectError> {
     }
 }
 
+/// The file a `sqlite:` URL names; None for an in-memory database.
+pub(crate) fn sqlite_file(url: &str) -> Option<&Path> {
+    if url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    Some(Path::new(path.split('?').next().unwrap_or_default()))
+}
+
 async fn connect_sqlite(url: &str) -> Result<Pool, sqlx::Error> {
-    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    let file = sqlite_file(url);
+    let in_memory = file.is_none();
+    if let Some(dir) = file
+        .and_then(Path::parent)
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        create_dir(dir)?;
+    }
     let mut url = url.to_owned();
-    if !in_memory {
-        let path = url
-            .trim_start_matches("sqlite://")
-            .trim_start_matches("sqlite:");
-        let file = Path::new(path.split('?').next().unwrap_or_default());
-        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_dir(dir)?;
-        }
-        // Created if missing (the URL can still say otherwise, e.g. `mode=ro`).
-        if !url.contains("mode=") {
-            url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str("mode=rwc");
-        }
+    // Created if missing (the URL can still say otherwise, e.g. `mode=ro`).
+    if !in_memory && !url.contains("mode=") {
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str("mode=rwc");
     }
     let options: AnyConnectOptions = url.parse()?;
     AnyPoolOptions::new()

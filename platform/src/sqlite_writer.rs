@@ -63,6 +63,8 @@ pub enum WriterError {
         path: PathBuf,
         source: rusqlite::Error,
     },
+    #[error("cannot start the SQLite writer thread: {0}")]
+    Start(std::io::Error),
     #[error("the SQLite writer thread has stopped")]
     Stopped,
     #[error("a unit of work panicked: {0}")]
@@ -93,17 +95,15 @@ impl std::fmt::Debug for SqliteWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteWriter")
             .field("groups", &self.stats.groups.load(Ordering::Relaxed))
-            .field("units", &self.stats.units.load(Ordering::Relaxed))
             .field("waiting", &self.stats.waiting.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-/// What the writer has committed so far.
+/// The writer's counts: groups committed, units waiting for the thread.
 #[derive(Debug, Default)]
 struct Stats {
     groups: AtomicU64,
-    units: AtomicU64,
     waiting: AtomicU64,
 }
 
@@ -133,7 +133,7 @@ impl SqliteWriter {
         thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run(&mut conn, &waiting, &counted))
-            .map_err(|e| WriterError::Panicked(format!("cannot start the writer thread: {e}")))?;
+            .map_err(WriterError::Start)?;
         Ok(Self { jobs, stats })
     }
 
@@ -186,11 +186,6 @@ impl SqliteWriter {
         self.stats.groups.load(Ordering::Relaxed)
     }
 
-    /// Units committed so far, in all groups.
-    pub fn units(&self) -> u64 {
-        self.stats.units.load(Ordering::Relaxed)
-    }
-
     /// Units handed over and not yet taken by the thread: the queue callers wait in.
     pub fn waiting(&self) -> u64 {
         self.stats.waiting.load(Ordering::Relaxed)
@@ -216,8 +211,6 @@ fn run(conn: &mut Connection, waiting: &mpsc::Receiver<Job>, stats: &Stats) {
         let commit = commit_group(conn, &mut group, &mut settled);
         if commit.is_ok() {
             stats.groups.fetch_add(1, Ordering::Relaxed);
-            let kept = settled.iter().filter(|s| s.ok).count() as u64;
-            stats.units.fetch_add(kept, Ordering::Relaxed);
         }
         let commit = commit.map_err(Arc::new);
         for settle in settled.drain(..) {

@@ -12,7 +12,13 @@
 //! writes are committed. An operation awaits only its `Conn`: on SQLite it is
 //! polled on the writer's thread, where nothing else can wake it.
 
-use std::{borrow::Cow, future::Future, path::PathBuf, pin::Pin, sync::Arc};
+use std::{
+    borrow::Cow,
+    future::Future,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::Arc,
+};
 
 use futures::FutureExt;
 use sqlx::{Column as _, Row as _, ValueRef as _, any::AnyTypeInfoKind};
@@ -39,11 +45,6 @@ impl From<i64> for Param {
         Param::Int(Some(value))
     }
 }
-impl From<Option<i64>> for Param {
-    fn from(value: Option<i64>) -> Self {
-        Param::Int(value)
-    }
-}
 impl From<&str> for Param {
     fn from(value: &str) -> Self {
         Param::Text(Some(value.to_owned()))
@@ -64,19 +65,9 @@ impl From<Option<String>> for Param {
         Param::Text(value)
     }
 }
-impl From<&Option<String>> for Param {
-    fn from(value: &Option<String>) -> Self {
-        Param::Text(value.clone())
-    }
-}
 impl From<Vec<u8>> for Param {
     fn from(value: Vec<u8>) -> Self {
         Param::Blob(Some(value))
-    }
-}
-impl From<Option<Vec<u8>>> for Param {
-    fn from(value: Option<Vec<u8>>) -> Self {
-        Param::Blob(value)
     }
 }
 
@@ -281,7 +272,7 @@ impl Db {
     /// Runs the one statement `sql` with `params` on its own; returns how many rows it changed.
     pub async fn execute(
         &self,
-        sql: impl Into<String>,
+        sql: impl Into<Cow<'static, str>>,
         params: Vec<Param>,
     ) -> Result<u64, sqlx::Error> {
         let sql = sql.into();
@@ -292,7 +283,7 @@ impl Db {
     /// Runs the one query `sql` with `params` on its own; returns its rows, each read by `decode`.
     pub async fn fetch_all<T: Send + 'static>(
         &self,
-        sql: impl Into<String>,
+        sql: impl Into<Cow<'static, str>>,
         params: Vec<Param>,
         decode: fn(&Row) -> Result<T, sqlx::Error>,
     ) -> Result<Vec<T>, sqlx::Error> {
@@ -333,18 +324,9 @@ where
 /// The file behind a SQLite pool; None for PostgreSQL and for an in-memory database.
 fn sqlite_file(pool: &Pool) -> Option<PathBuf> {
     let url = &pool.connect_options().database_url;
-    if url.scheme() != "sqlite" {
-        return None;
-    }
-    let text = url.as_str();
-    if text.contains(":memory:") || text.contains("mode=memory") {
-        return None;
-    }
-    let path = text
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let path = path.split('?').next().unwrap_or_default();
-    Some(PathBuf::from(path))
+    (url.scheme() == "sqlite")
+        .then(|| crate::db::sqlite_file(url.as_str()).map(Path::to_owned))
+        .flatten()
 }
 
 impl From<WriterError> for sqlx::Error {
