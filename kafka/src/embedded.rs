@@ -17,8 +17,15 @@ mod forward;
 
 /// Where the runner's embedded broker listens unless told otherwise.
 pub const DEFAULT_EMBEDDED_ADDR: &str = "127.0.0.1:9092";
+/// How much of each partition the embedded broker keeps: librdkafka's mock cluster drops a
+/// partition's oldest message sets once it holds more than 5 MiB of them (or 100,000 sets), and a
+/// consumer behind that then skips to the oldest one kept. About 6,000 order events a partition;
+/// real Kafka keeps what its retention settings say.
+pub const RETAINED_BYTES_PER_PARTITION: usize = 5 * 1024 * 1024;
+
 /// An in-process Kafka-protocol broker (librdkafka's mock cluster) reachable at a stable address.
-/// Everything it holds is in memory and gone when it is dropped.
+/// Everything it holds is in memory and gone when it is dropped, and it keeps only the newest
+/// [`RETAINED_BYTES_PER_PARTITION`] of each partition.
 ///
 /// All client traffic goes through that address: the mock broker advertises it in its metadata,
 /// and a forwarder pipes each connection on to the mock's own (random) port. That is what lets the

@@ -17,7 +17,7 @@ mod settings;
 mod topics;
 
 pub use close::commit_and_close;
-pub use embedded::{DEFAULT_EMBEDDED_ADDR, EmbeddedBroker};
+pub use embedded::{DEFAULT_EMBEDDED_ADDR, EmbeddedBroker, RETAINED_BYTES_PER_PARTITION};
 pub use error::BrokerError;
 pub use headers::KafkaHeaders;
 pub use settings::{KafkaSettings, KafkaSettingsError, SaslMechanism, SecurityProtocol};

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ordermesh_kafka::EmbeddedBroker;
+use ordermesh_kafka::{EmbeddedBroker, RETAINED_BYTES_PER_PARTITION};
 use rdkafka::{
     ClientConfig, Message,
     consumer::{BaseConsumer, Consumer, StreamConsumer},
@@ -104,4 +104,44 @@ async fn down_turns_clients_away_and_up_brings_back_what_was_stored() {
         payloads.push(String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned());
     }
     assert_eq!(payloads, ["before", "during", "during", "during"]);
+}
+
+/// What the README says of the quick start's broker: it keeps only the newest 5 MiB or so of a
+/// partition, so events older than that are gone for a consumer that was not there to read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_the_newest_five_mib_of_a_partition_and_drops_what_is_older() {
+    const SIZE: usize = 64 * 1024;
+    let broker = start();
+    let producer = producer(&broker);
+    let payload = vec![b'x'; SIZE];
+    // 8 MiB, one message per produce request (each its own message set), into one partition.
+    let count = 8 * 1024 * 1024 / SIZE;
+    for i in 0..count {
+        producer
+            .send(
+                FutureRecord::to(TOPIC).key("k").payload(&payload),
+                Duration::from_secs(60),
+            )
+            .await
+            .map_err(|(error, _)| error)
+            .unwrap_or_else(|error| panic!("message {i} not delivered: {error}"));
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .create()
+        .expect("consumer");
+    let (low, high) = tokio::task::block_in_place(|| {
+        consumer.fetch_watermarks(TOPIC, 0, Duration::from_secs(10))
+    })
+    .expect("watermarks");
+    assert_eq!(high, count as i64, "every message was appended");
+    let kept = usize::try_from(high - low).expect("high >= low");
+    assert!(low > 0, "nothing was dropped: {low}..{high}");
+    // Whole message sets are dropped, so what is kept is within one message of the bound.
+    let kept_bytes = kept * SIZE;
+    assert!(
+        kept_bytes <= RETAINED_BYTES_PER_PARTITION
+            && kept_bytes + 2 * SIZE > RETAINED_BYTES_PER_PARTITION,
+        "kept {kept} messages of {SIZE} bytes ({low}..{high}), against {RETAINED_BYTES_PER_PARTITION}"
+    );
 }

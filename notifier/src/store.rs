@@ -32,17 +32,19 @@ use std::{collections::HashMap, time::Duration};
 
 // The batch statements are built from numbered placeholders only, never from values.
 use ordermesh_platform::{
+    batch_sql::{self, placeholders, rows_of_placeholders},
     db::{Migrations, millis},
     unit_of_work::{Db, Param, Row},
 };
 
 use crate::{channel::Channel, letter::Letter, status::Status};
 
-/// Rows per multi-row INSERT: 13 bound parameters each keeps a statement under SQLite's historical
-/// limit of 999 parameters (newer builds allow more; staying under costs nothing).
-const CLAIMS_PER_STATEMENT: usize = 64;
-/// Ids per `IN (...)` list, under the same limit.
-const IDS_PER_STATEMENT: usize = 500;
+/// Most rows per multi-row INSERT (a power of two: see `batch_sql`): 13 bound parameters each keeps
+/// a statement under SQLite's historical limit of 999 parameters (newer builds allow more; staying
+/// under costs nothing), and a full batch of 256 claims is 8 statements.
+const CLAIMS_PER_STATEMENT: usize = 32;
+/// Most ids per `IN (...)` list, under the same limit.
+const IDS_PER_STATEMENT: usize = 256;
 
 /// A notification as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,8 +159,7 @@ impl Store {
     ) -> Result<Vec<NotificationRow>, sqlx::Error> {
         // Each chunk's multi-row INSERT and its parameters, 13 a row.
         let inserts: Vec<(String, Vec<Param>)> =
-            claims
-                .chunks(CLAIMS_PER_STATEMENT)
+            batch_sql::chunks(claims, CLAIMS_PER_STATEMENT)
                 .map(|chunk| {
                     let sql =
                         format!(
@@ -195,8 +196,7 @@ impl Store {
                     (sql, params)
                 })
                 .collect();
-        let selects: Vec<(String, Vec<Param>)> = claims
-            .chunks(IDS_PER_STATEMENT)
+        let selects: Vec<(String, Vec<Param>)> = batch_sql::chunks(claims, IDS_PER_STATEMENT)
             .map(|chunk| {
                 let sql = format!(
                     "SELECT * FROM notifications WHERE event_id IN ({})",
@@ -216,14 +216,13 @@ impl Store {
         self.db
             .transaction(move |conn| {
                 Box::pin(async move {
-                    // Each batch size is a statement of its own: made for this call, not kept
-                    // (keeping them all cost the notifier about 5 MiB under load, benchmark 7).
+                    // A few shapes, each prepared once and kept (see `batch_sql`).
                     for (sql, params) in &inserts {
-                        conn.execute_once(sql, params).await?;
+                        conn.execute(sql, params).await?;
                     }
                     let mut held = HashMap::with_capacity(keys.len());
                     for (sql, params) in &selects {
-                        for row in conn.fetch_all_once(sql, params).await? {
+                        for row in conn.fetch_all(sql, params).await? {
                             let row = from_row(&row)?;
                             held.insert((row.event_id.clone(), row.channel), row);
                         }
@@ -242,8 +241,7 @@ impl Store {
     /// have it sent; handed over, it is sent once, by whichever retry loop takes it. Returns how
     /// many were still ours to hand over.
     pub(crate) async fn release_claims(&self, tokens: &[String]) -> Result<u64, sqlx::Error> {
-        let releases: Vec<(String, Vec<Param>)> = tokens
-            .chunks(IDS_PER_STATEMENT)
+        let releases: Vec<(String, Vec<Param>)> = batch_sql::chunks(tokens, IDS_PER_STATEMENT)
             .map(|chunk| {
                 let sql = format!(
                     "UPDATE notifications SET status = $1, claim_token = NULL,
@@ -266,7 +264,7 @@ impl Store {
                 Box::pin(async move {
                     let mut released = 0;
                     for (sql, params) in &releases {
-                        released += conn.execute_once(sql, params).await?;
+                        released += conn.execute(sql, params).await?;
                     }
                     Ok(released)
                 })
@@ -570,35 +568,6 @@ impl Store {
     async fn changed_one(&self, sql: String, params: Vec<Param>) -> Result<bool, sqlx::Error> {
         Ok(self.db.execute(sql, params).await? == 1)
     }
-}
-
-/// `$first, $first+1, ...`: `count` numbered placeholders, as both SQLite and PostgreSQL take them.
-fn placeholders(first: usize, count: usize) -> String {
-    (first..first + count)
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The VALUES rows of a multi-row INSERT: `rows` tuples of `columns`, where an empty column is the
-/// next numbered placeholder and any other is written as is (a constant, or the database's clock).
-fn rows_of_placeholders(rows: usize, columns: &[&str]) -> String {
-    let mut next = 1;
-    let mut row = |_| {
-        let values = columns
-            .iter()
-            .map(|column| {
-                if column.is_empty() {
-                    next += 1;
-                    format!("${}", next - 1)
-                } else {
-                    (*column).to_owned()
-                }
-            })
-            .collect::<Vec<_>>();
-        format!("({})", values.join(", "))
-    };
-    (0..rows).map(&mut row).collect::<Vec<_>>().join(", ")
 }
 
 fn from_row(row: &Row) -> Result<NotificationRow, sqlx::Error> {

@@ -3,6 +3,7 @@
 //! connection; a settlement with its outbox event in one transaction.
 
 use ordermesh_platform::{
+    batch_sql,
     db::{Backend, Migrations, millis},
     unit_of_work::{Conn, Db, Param, Row},
 };
@@ -690,31 +691,37 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
-        // $1 is the time, then one parameter per event: numbered, never spliced from data.
-        let list = (2..events.len() + 2)
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let outbox = format!(
-            "UPDATE outbox SET published_at_ms = $1, attempts = attempts + 1, claimed_until_ms = NULL
-             WHERE seq IN ({list})"
-        );
-        let orders = format!(
-            "UPDATE orders SET event_published_at_ms = $1
-             WHERE order_id IN ({list}) AND event_published_at_ms IS NULL"
-        );
-        let seqs: Vec<Param> = std::iter::once(now_ms.into())
-            .chain(events.iter().map(|e| e.seq.into()))
-            .collect();
-        let order_ids: Vec<Param> = std::iter::once(now_ms.into())
-            .chain(events.iter().map(|e| e.order_id.as_str().into()))
-            .collect();
+        // $1 is the time, then one parameter per event: numbered, never spliced from data. A few
+        // shapes of each statement, each prepared once and kept (see `batch_sql`).
+        let statements: Vec<(String, Vec<Param>, String, Vec<Param>)> =
+            batch_sql::chunks(events, EVENTS_PER_STATEMENT)
+                .map(|chunk| {
+                    let list = batch_sql::placeholders(2, chunk.len());
+                    let outbox = format!(
+                        "UPDATE outbox SET published_at_ms = $1, attempts = attempts + 1,
+                             claimed_until_ms = NULL
+                         WHERE seq IN ({list})"
+                    );
+                    let orders = format!(
+                        "UPDATE orders SET event_published_at_ms = $1
+                         WHERE order_id IN ({list}) AND event_published_at_ms IS NULL"
+                    );
+                    let seqs = std::iter::once(now_ms.into())
+                        .chain(chunk.iter().map(|e| e.seq.into()))
+                        .collect();
+                    let order_ids = std::iter::once(now_ms.into())
+                        .chain(chunk.iter().map(|e| e.order_id.as_str().into()))
+                        .collect();
+                    (outbox, seqs, orders, order_ids)
+                })
+                .collect();
         self.db
             .transaction(move |conn| {
                 Box::pin(async move {
-                    // Each batch size is a statement of its own: made for this call, not kept.
-                    conn.execute_once(&outbox, &seqs).await?;
-                    conn.execute_once(&orders, &order_ids).await?;
+                    for (outbox, seqs, orders, order_ids) in &statements {
+                        conn.execute(outbox, seqs).await?;
+                        conn.execute(orders, order_ids).await?;
+                    }
                     Ok(())
                 })
             })
@@ -781,6 +788,10 @@ impl Store {
         self.db.execute(sql, params).await
     }
 }
+
+/// Most events per statement marking a relay batch published (a power of two: see `batch_sql`);
+/// the relay's batch of 256 is two of each statement.
+const EVENTS_PER_STATEMENT: usize = 128;
 
 const ORDER_BY_ID: &str = "SELECT * FROM orders WHERE order_id = $1";
 

@@ -4,8 +4,8 @@
 //! [`auth`]), how it is secured ([`tls`], [`auth`]), observed ([`telemetry`], [`metrics`],
 //! [`trace_context`], [`admin`]) and stopped ([`shutdown`]), and how it stores ([`db`], with
 //! [`unit_of_work`], the one way a store runs its operations on either backend, with
-//! [`sqlite_writer`] committing a SQLite file's in groups, and [`pii`] keeping personal data out
-//! of logs).
+//! [`sqlite_writer`] committing a SQLite file's in groups, [`batch_sql`] giving batch statements
+//! few shapes, and [`pii`] keeping personal data out of logs).
 //!
 //! The API contract (generated code, events, money) is the `ordermesh` crate; Kafka is
 //! `ordermesh-kafka`, which the payment service does not link.
@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod batch_sql;
 pub mod bootstrap;
 pub mod cli;
 pub mod db;

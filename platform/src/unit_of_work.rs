@@ -14,9 +14,12 @@
 
 use std::{
     borrow::Cow,
+    cell::{OnceCell, RefCell},
+    collections::HashMap,
     future::Future,
     path::{Path, PathBuf},
     pin::Pin,
+    rc::Rc,
     sync::Arc,
 };
 
@@ -167,18 +170,6 @@ pub trait Conn: Send {
 
     /// Runs `sql` with `params` and returns every row it gives.
     fn fetch_all<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, Vec<Row>>;
-
-    /// [`Conn::execute`] for a statement made for this call only (a multi-row INSERT of this
-    /// batch's size): not kept among the connection's prepared statements, where every size would
-    /// take a place of its own.
-    fn execute_once<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64>;
-
-    /// [`Conn::fetch_all`] for a statement made for this call only; see [`Conn::execute_once`].
-    fn fetch_all_once<'c>(
-        &'c mut self,
-        sql: &'c str,
-        params: &'c [Param],
-    ) -> ConnFuture<'c, Vec<Row>>;
 
     /// Runs `sql` with `params` and returns its first row, if any.
     fn fetch_optional<'c>(
@@ -391,7 +382,7 @@ impl sqlx::error::DatabaseError for SqliteFailure {
 struct SqliteConn<'a>(&'a mut rusqlite::Connection);
 
 impl SqliteConn<'_> {
-    /// `sql` prepared (and kept in the connection's cache unless `once`) with `params` bound:
+    /// `sql` prepared (kept in the connection's cache) with `params` bound, and its [`Shape`]:
     /// `$N` is written `?N` for SQLite, whose parameter `?N` has index N, so each value is bound by
     /// its number with no lookup of parameter names (a lookup SQLite makes by walking a list, once
     /// per parameter: a batch INSERT of 800 parameters spent its time there). A statement may use
@@ -400,14 +391,9 @@ impl SqliteConn<'_> {
         &'s self,
         sql: &str,
         params: &[Param],
-        once: bool,
-    ) -> Result<Prepared<'s>, sqlx::Error> {
-        let sql = numbered_for_sqlite(sql);
-        let mut statement = if once {
-            Prepared::Once(self.0.prepare(&sql).map_err(sqlite_error)?)
-        } else {
-            Prepared::Cached(self.0.prepare_cached(&sql).map_err(sqlite_error)?)
-        };
+    ) -> Result<(rusqlite::CachedStatement<'s>, Rc<Shape>), sqlx::Error> {
+        let shape = Shape::of(sql);
+        let mut statement = self.0.prepare_cached(&shape.sql).map_err(sqlite_error)?;
         let wanted = statement.parameter_count();
         if params.len() < wanted {
             return Err(sqlx::Error::Protocol(format!(
@@ -423,16 +409,27 @@ impl SqliteConn<'_> {
             };
             bound.map_err(sqlite_error)?;
         }
-        Ok(statement)
+        Ok((statement, shape))
     }
 
-    fn rows(&self, sql: &str, params: &[Param], once: bool) -> Result<Vec<Row>, sqlx::Error> {
-        let mut statement = self.prepared(sql, params, once)?;
-        let columns: Arc<[String]> = statement
-            .column_names()
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+    fn rows(&self, sql: &str, params: &[Param]) -> Result<Vec<Row>, sqlx::Error> {
+        let (mut statement, shape) = self.prepared(sql, params)?;
+        let names = |statement: &rusqlite::Statement<'_>| -> Arc<[String]> {
+            statement
+                .column_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect()
+        };
+        let columns = match shape.columns.get() {
+            // The same columns as last time (a schema change since would show in their count).
+            Some(columns) if columns.len() == statement.column_count() => Arc::clone(columns),
+            _ => {
+                let columns = names(&statement);
+                let _ = shape.columns.set(Arc::clone(&columns));
+                columns
+            }
+        };
         let mut rows = statement.raw_query();
         let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(sqlite_error)? {
@@ -458,9 +455,47 @@ impl SqliteConn<'_> {
     }
 }
 
+/// What the writer thread keeps of a statement the stores run again and again: its text as
+/// SQLite takes it and, once it has run, its column names, which every row it returns shares.
+/// Worked out once per statement instead of per call (rewriting the text allocated, and so did
+/// naming the columns of every query).
+struct Shape {
+    sql: String,
+    columns: OnceCell<Arc<[String]>>,
+}
+
+/// At most this many shapes are kept; past it they are all forgotten and found again as used
+/// (the stores run a few dozen statements; this only bounds a caller that builds SQL from data).
+const SHAPES_KEPT: usize = 512;
+
+thread_local! {
+    /// The shapes of the statements run on this thread (a writer thread: units run nowhere else),
+    /// by the stores' SQL text.
+    static SHAPES: RefCell<HashMap<String, Rc<Shape>>> = RefCell::new(HashMap::new());
+}
+
+impl Shape {
+    fn of(sql: &str) -> Rc<Shape> {
+        SHAPES.with_borrow_mut(|shapes| {
+            if let Some(shape) = shapes.get(sql) {
+                return Rc::clone(shape);
+            }
+            if shapes.len() >= SHAPES_KEPT {
+                shapes.clear();
+            }
+            let shape = Rc::new(Shape {
+                sql: numbered_for_sqlite(sql).into_owned(),
+                columns: OnceCell::new(),
+            });
+            shapes.insert(sql.to_owned(), Rc::clone(&shape));
+            shape
+        })
+    }
+}
+
 impl SqliteConn<'_> {
-    fn changes(&self, sql: &str, params: &[Param], once: bool) -> Result<u64, sqlx::Error> {
-        let mut statement = self.prepared(sql, params, once)?;
+    fn changes(&self, sql: &str, params: &[Param]) -> Result<u64, sqlx::Error> {
+        let (mut statement, _) = self.prepared(sql, params)?;
         let changed = statement.raw_execute().map_err(sqlite_error)?;
         Ok(changed as u64)
     }
@@ -490,64 +525,25 @@ fn numbered_for_sqlite(sql: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// A statement of the writer's connection, from its cache or made for one call.
-enum Prepared<'s> {
-    Cached(rusqlite::CachedStatement<'s>),
-    Once(rusqlite::Statement<'s>),
-}
-
-impl<'s> std::ops::Deref for Prepared<'s> {
-    type Target = rusqlite::Statement<'s>;
-
-    fn deref(&self) -> &Self::Target {
-        match self {
-            Prepared::Cached(statement) => statement,
-            Prepared::Once(statement) => statement,
-        }
-    }
-}
-
-impl std::ops::DerefMut for Prepared<'_> {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        match self {
-            Prepared::Cached(statement) => statement,
-            Prepared::Once(statement) => statement,
-        }
-    }
-}
-
 impl Conn for SqliteConn<'_> {
     fn execute<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64> {
-        Box::pin(std::future::ready(self.changes(sql, params, false)))
+        Box::pin(std::future::ready(self.changes(sql, params)))
     }
 
     fn fetch_all<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, Vec<Row>> {
-        Box::pin(std::future::ready(self.rows(sql, params, false)))
-    }
-
-    fn execute_once<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64> {
-        Box::pin(std::future::ready(self.changes(sql, params, true)))
-    }
-
-    fn fetch_all_once<'c>(
-        &'c mut self,
-        sql: &'c str,
-        params: &'c [Param],
-    ) -> ConnFuture<'c, Vec<Row>> {
-        Box::pin(std::future::ready(self.rows(sql, params, true)))
+        Box::pin(std::future::ready(self.rows(sql, params)))
     }
 }
 
 /// A sqlx connection: inside a transaction of the operation's own, or committing each statement.
 struct SqlxConn<'a>(&'a mut sqlx::AnyConnection);
 
-/// `sql` with `params` bound; prepared once and kept by the connection unless `once`.
+/// `sql` with `params` bound; prepared once and kept by the connection.
 fn bound<'q>(
     sql: &'q str,
     params: &[Param],
-    once: bool,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(!once);
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
     for param in params {
         query = match param.clone() {
             Param::Int(v) => query.bind(v),
@@ -559,25 +555,15 @@ fn bound<'q>(
 }
 
 impl SqlxConn<'_> {
-    async fn changes(
-        &mut self,
-        sql: &str,
-        params: &[Param],
-        once: bool,
-    ) -> Result<u64, sqlx::Error> {
-        Ok(bound(sql, params, once)
+    async fn changes(&mut self, sql: &str, params: &[Param]) -> Result<u64, sqlx::Error> {
+        Ok(bound(sql, params)
             .execute(&mut *self.0)
             .await?
             .rows_affected())
     }
 
-    async fn rows(
-        &mut self,
-        sql: &str,
-        params: &[Param],
-        once: bool,
-    ) -> Result<Vec<Row>, sqlx::Error> {
-        let rows = bound(sql, params, once).fetch_all(&mut *self.0).await?;
+    async fn rows(&mut self, sql: &str, params: &[Param]) -> Result<Vec<Row>, sqlx::Error> {
+        let rows = bound(sql, params).fetch_all(&mut *self.0).await?;
         let Some(first) = rows.first() else {
             return Ok(Vec::new());
         };
@@ -602,23 +588,11 @@ impl SqlxConn<'_> {
 
 impl Conn for SqlxConn<'_> {
     fn execute<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64> {
-        Box::pin(self.changes(sql, params, false))
+        Box::pin(self.changes(sql, params))
     }
 
     fn fetch_all<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, Vec<Row>> {
-        Box::pin(self.rows(sql, params, false))
-    }
-
-    fn execute_once<'c>(&'c mut self, sql: &'c str, params: &'c [Param]) -> ConnFuture<'c, u64> {
-        Box::pin(self.changes(sql, params, true))
-    }
-
-    fn fetch_all_once<'c>(
-        &'c mut self,
-        sql: &'c str,
-        params: &'c [Param],
-    ) -> ConnFuture<'c, Vec<Row>> {
-        Box::pin(self.rows(sql, params, true))
+        Box::pin(self.rows(sql, params))
     }
 }
 

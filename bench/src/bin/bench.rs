@@ -94,6 +94,14 @@ const BENCHMARKS: &[(&str, &str, Bench)] = &[
 #[allow(clippy::print_stdout, clippy::print_stderr)]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Silent by default (logging would be measured too); RUST_LOG shows what the services under
+    // measurement say, to find out why a run failed.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if cli.list {
         for (name, what, _) in BENCHMARKS {
             println!("{name:<22} {what}");
