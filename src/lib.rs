@@ -1,5 +1,5 @@
-//! The ordermesh API contract, what a client and a server share: the generated gRPC code and its
-//! descriptor set ([`proto`]), what a valid CreateOrder is ([`validate`]) and how a refusal reads
+//! The ordermesh API contract, what a client and a server share: the generated gRPC code, its
+//! descriptor set ([`proto`]) and its codec ([`codec`]), what a valid CreateOrder is ([`validate`]) and how a refusal reads
 //! ([`bad_request`]), the OrderPlaced event's codec and CloudEvents attributes ([`events`]), money
 //! ([`money`]), timestamps ([`timestamp`]), page tokens ([`paging`]) and the metadata names both
 //! sides of a call read ([`headers`]).
@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bad_request;
+pub mod codec;
 pub mod events;
 pub mod headers;
 pub mod money;
