@@ -1,10 +1,12 @@
 //! 5. Notifier consume throughput on a pre-filled topic: the notifier beside a raw rdkafka consumer
 //!    and kcat, three sides reading one topic per round in a rotating order.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
+use ordermesh_kafka::RETAINED_BYTES_PER_PARTITION;
 use ordermesh_testkit::Broker;
+use rdkafka::{ClientConfig, consumer::BaseConsumer, consumer::Consumer as _};
 
 use super::{
     kcat,
@@ -69,6 +71,7 @@ pub async fn consume(scale: &Scale) -> Result<Vec<Comparison>> {
                 &order_events(messages)?,
             )
             .await?;
+            all_kept(&broker, &topic, messages).await?;
             let (mut ours, mut raw, mut tool) = (None, None, None);
             for side in rotation(round) {
                 match side {
@@ -94,6 +97,32 @@ pub async fn consume(scale: &Scale) -> Result<Vec<Comparison>> {
     drop(broker);
     measured?;
     Ok(vec![vs_raw, vs_kcat])
+}
+
+/// Fails, saying what to do, if the embedded broker dropped any of the `messages` just sent: it
+/// keeps only the newest [`RETAINED_BYTES_PER_PARTITION`] of a partition, so a topic filled past
+/// that starts after its first events and every side would wait for events that are gone.
+async fn all_kept(broker: &Broker, topic: &str, messages: usize) -> Result<()> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .create()?;
+    let topic = topic.to_owned();
+    let dropped = tokio::task::spawn_blocking(move || -> Result<i64> {
+        let mut dropped = 0;
+        for partition in 0..PARTITIONS {
+            let (low, _) = consumer.fetch_watermarks(&topic, partition, Duration::from_secs(10))?;
+            dropped += low;
+        }
+        Ok(dropped)
+    })
+    .await??;
+    ensure!(
+        dropped == 0,
+        "the embedded broker kept only the newest {} MiB of each partition and dropped {dropped} of \
+         the {messages} events sent: ask for fewer --messages (about 6,000 per partition fit)",
+        RETAINED_BYTES_PER_PARTITION / (1024 * 1024)
+    );
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
