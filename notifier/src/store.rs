@@ -28,7 +28,7 @@
 //!   +-- FAILED(-) -- replay takes it: PENDING(R), leased -------------------+
 //! ```
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 // The batch statements are built from numbered placeholders only, never from values.
 use ordermesh_platform::{
@@ -121,6 +121,70 @@ pub(crate) struct Store {
     /// The database's clock as SQL (`Backend::now_millis_sql`): every time the store writes or
     /// compares is the database's, so replicas whose clocks differ agree on every lease.
     now: &'static str,
+    sql: Arc<Statements>,
+}
+
+/// The store's statements that read the database's clock, written once for its backend (the
+/// clock is SQL of its own on each) rather than formatted on every call: `mark_sent` runs once
+/// per notification sent.
+#[derive(Debug)]
+struct Statements {
+    mark_sent: String,
+    schedule_retry: String,
+    mark_failed: String,
+    take_for_replay: String,
+    renew_claim: String,
+    lease_retry: String,
+    due_retries: String,
+    next_retry_in: String,
+}
+
+impl Statements {
+    fn new(now: &str) -> Self {
+        Self {
+            mark_sent: format!(
+                "UPDATE notifications SET status = $1, attempts = attempts + 1, sent_at_ms = {now},
+                     next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
+                     message_headers = NULL, claim_token = NULL
+                 WHERE notification_id = $2 AND claim_token = $3"
+            ),
+            schedule_retry: format!(
+                "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
+                     first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
+                     next_attempt_at_ms = {now} + $4, claim_token = NULL
+                 WHERE notification_id = $5 AND claim_token = $6"
+            ),
+            mark_failed: format!(
+                "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
+                     first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
+                     next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
+                     message_headers = NULL, claim_token = NULL
+                 WHERE notification_id = $4 AND claim_token = $5"
+            ),
+            take_for_replay: format!(
+                "UPDATE notifications SET status = $1, claim_token = $2,
+                     next_attempt_at_ms = {now} + $3
+                 WHERE notification_id = $4 AND status = $5"
+            ),
+            renew_claim: format!(
+                "UPDATE notifications SET next_attempt_at_ms = {now} + $1
+                 WHERE notification_id = $2 AND status = $3 AND claim_token = $4"
+            ),
+            lease_retry: format!(
+                "UPDATE notifications SET next_attempt_at_ms = {now} + $1, claim_token = $2
+                 WHERE notification_id = $3 AND status = $4 AND next_attempt_at_ms = $5"
+            ),
+            due_retries: format!(
+                "SELECT * FROM notifications
+                 WHERE status = 'RETRYING' AND channel = $1 AND next_attempt_at_ms <= {now}
+                 ORDER BY next_attempt_at_ms LIMIT $2"
+            ),
+            next_retry_in: format!(
+                "SELECT MIN(next_attempt_at_ms) - {now} AS wait_ms FROM notifications
+                 WHERE status = 'RETRYING' AND channel = $1"
+            ),
+        }
+    }
 }
 
 /// The notifier service's schema, for SQLite and for PostgreSQL.
@@ -134,7 +198,11 @@ pub(crate) fn migrations() -> Migrations {
 impl Store {
     pub(crate) fn new(db: Db) -> Self {
         let now = db.backend().now_millis_sql();
-        Self { db, now }
+        Self {
+            db,
+            now,
+            sql: Arc::new(Statements::new(now)),
+        }
     }
 
     /// Records a PENDING notification for (event, channel), keeping `letter` (the message as read)
@@ -280,13 +348,7 @@ impl Store {
         token: &str,
     ) -> Result<bool, sqlx::Error> {
         self.changed_one(
-            format!(
-                "UPDATE notifications SET status = $1, attempts = attempts + 1, sent_at_ms = {now},
-                     next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
-                     message_headers = NULL, claim_token = NULL
-                 WHERE notification_id = $2 AND claim_token = $3",
-                now = self.now
-            ),
+            self.sql.mark_sent.clone(),
             vec![
                 Status::Sent.as_str().into(),
                 notification_id.into(),
@@ -308,13 +370,7 @@ impl Store {
         delay: Duration,
     ) -> Result<bool, sqlx::Error> {
         self.changed_one(
-            format!(
-                "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
-                     first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
-                     next_attempt_at_ms = {now} + $4, claim_token = NULL
-                 WHERE notification_id = $5 AND claim_token = $6",
-                now = self.now
-            ),
+            self.sql.schedule_retry.clone(),
             vec![
                 Status::Retrying.as_str().into(),
                 attempts.into(),
@@ -338,14 +394,7 @@ impl Store {
         error: &str,
     ) -> Result<bool, sqlx::Error> {
         self.changed_one(
-            format!(
-                "UPDATE notifications SET status = $1, attempts = $2, last_error = $3,
-                     first_failure_at_ms = COALESCE(first_failure_at_ms, {now}),
-                     next_attempt_at_ms = NULL, message_key = NULL, message_payload = NULL,
-                     message_headers = NULL, claim_token = NULL
-                 WHERE notification_id = $4 AND claim_token = $5",
-                now = self.now
-            ),
+            self.sql.mark_failed.clone(),
             vec![
                 Status::Failed.as_str().into(),
                 attempts.into(),
@@ -367,12 +416,7 @@ impl Store {
         lease: Duration,
     ) -> Result<bool, sqlx::Error> {
         self.changed_one(
-            format!(
-                "UPDATE notifications SET status = $1, claim_token = $2,
-                     next_attempt_at_ms = {now} + $3
-                 WHERE notification_id = $4 AND status = $5",
-                now = self.now
-            ),
+            self.sql.take_for_replay.clone(),
             vec![
                 Status::Pending.as_str().into(),
                 token.into(),
@@ -423,11 +467,7 @@ impl Store {
         lease: Duration,
     ) -> Result<bool, sqlx::Error> {
         self.changed_one(
-            format!(
-                "UPDATE notifications SET next_attempt_at_ms = {now} + $1
-                 WHERE notification_id = $2 AND status = $3 AND claim_token = $4",
-                now = self.now
-            ),
+            self.sql.renew_claim.clone(),
             vec![
                 millis(lease).into(),
                 notification_id.into(),
@@ -450,12 +490,7 @@ impl Store {
         channel: Channel,
         limit: i64,
     ) -> Result<Vec<(NotificationRow, Letter)>, sqlx::Error> {
-        let sql = format!(
-            "SELECT * FROM notifications
-             WHERE status = 'RETRYING' AND channel = $1 AND next_attempt_at_ms <= {now}
-             ORDER BY next_attempt_at_ms LIMIT $2",
-            now = self.now
-        );
+        let sql = self.sql.due_retries.clone();
         let params: Vec<Param> = vec![channel.as_str().into(), limit.into()];
         self.db
             .statements(move |conn| {
@@ -488,11 +523,7 @@ impl Store {
         &self,
         channel: Channel,
     ) -> Result<Option<Duration>, sqlx::Error> {
-        let sql = format!(
-            "SELECT MIN(next_attempt_at_ms) - {now} AS wait_ms FROM notifications
-             WHERE status = 'RETRYING' AND channel = $1",
-            now = self.now
-        );
+        let sql = self.sql.next_retry_in.clone();
         let channel = Param::from(channel.as_str());
         let wait: Option<i64> = self
             .db
@@ -521,11 +552,7 @@ impl Store {
         token: &str,
     ) -> Result<bool, sqlx::Error> {
         self.changed_one(
-            format!(
-                "UPDATE notifications SET next_attempt_at_ms = {now} + $1, claim_token = $2
-                 WHERE notification_id = $3 AND status = $4 AND next_attempt_at_ms = $5",
-                now = self.now
-            ),
+            self.sql.lease_retry.clone(),
             vec![
                 millis(lease).into(),
                 token.into(),
