@@ -471,8 +471,8 @@ mod tests {
     };
     use ordermesh_testkit::{Backend, Databases, on_both_backends};
 
-    // Each test runs on SQLite (a file: the writer thread) and on PostgreSQL, as the claim and lease statements are
-    // what replicas sharing a database rely on.
+    // Each test runs on SQLite (a file: the writer thread) and on PostgreSQL, as the claim and
+    // lease statements are what replicas sharing a database rely on.
 
     /// A handler on a fresh database on `backend`, with what keeps a PostgreSQL server alive; None
     /// to skip.
