@@ -1147,3 +1147,42 @@ fn otel_names(source: &str) -> Vec<&str> {
     names.dedup();
     names
 }
+
+/// The image holds what its build made: every binary the Dockerfile builds is copied from the
+/// directory of the profile it is built with (`--profile production` writes to
+/// `target/production/`, `--release` to `target/release/`), and that profile is one Cargo.toml
+/// defines. A build switched to another profile with the copies left behind would copy nothing.
+#[test]
+fn the_image_copies_the_binaries_of_the_profile_it_builds() -> Result<()> {
+    let dockerfile = read("Dockerfile")?;
+    let build = dockerfile
+        .lines()
+        .find(|line| line.starts_with("RUN cargo build"))
+        .context("the Dockerfile's cargo build")?;
+    let words: Vec<&str> = build.split_whitespace().collect();
+    let profile = match words.iter().position(|word| *word == "--profile") {
+        Some(at) => *words.get(at + 1).context("--profile names a profile")?,
+        None if words.contains(&"--release") => "release",
+        None => bail!("the Dockerfile builds without optimisation: {build}"),
+    };
+    if !["release", "dev"].contains(&profile) {
+        ensure!(
+            read("Cargo.toml")?.contains(&format!("[profile.{profile}]")),
+            "the Dockerfile builds with profile {profile}, which Cargo.toml does not define"
+        );
+    }
+    let binaries: Vec<&str> = words
+        .windows(2)
+        .filter(|pair| pair[0] == "--bin")
+        .map(|pair| pair[1])
+        .collect();
+    ensure!(!binaries.is_empty(), "the Dockerfile builds no --bin: {build}");
+    for binary in binaries {
+        let copied = format!("/src/target/{profile}/{binary} ");
+        ensure!(
+            dockerfile.replace('\n', " ").contains(&copied),
+            "the Dockerfile builds {binary} with profile {profile} but does not copy {copied}"
+        );
+    }
+    Ok(())
+}
