@@ -58,6 +58,7 @@ pub(crate) struct Relay {
     wake: Arc<Notify>,
     waiters: Waiters,
     backlog: Gauge<i64>,
+    oldest: Gauge<f64>,
 }
 
 impl Relay {
@@ -73,14 +74,23 @@ impl Relay {
                 .i64_gauge("ordermesh.outbox.backlog")
                 .with_description("Events in the outbox not yet acknowledged by Kafka (measured at most every second)")
                 .build(),
+            // What the outbox alert watches: a backlog that drains is fine however large, an
+            // event that has waited minutes means the broker has not taken anything for minutes.
+            oldest: meter
+                .f64_gauge("ordermesh.outbox.oldest_age")
+                .with_unit("s")
+                .with_description("Time since the oldest event still in the outbox was written (0 when none waits; measured with the backlog)")
+                .build(),
         }
     }
 
-    /// Records the outbox backlog; returns it.
+    /// Records the outbox backlog and the age of its oldest event; returns the backlog.
     async fn measure_backlog(&self) -> Option<i64> {
-        match self.store.backlog().await {
-            Ok(backlog) => {
+        match self.store.outbox_summary().await {
+            Ok((backlog, oldest_age_ms)) => {
                 self.backlog.record(backlog, &[]);
+                let age = oldest_age_ms.map_or(0.0, |ms| ms.max(0) as f64 / 1000.0);
+                self.oldest.record(age, &[]);
                 Some(backlog)
             }
             Err(error) => {

@@ -187,6 +187,7 @@ struct Statements {
     claim_pending: String,
     claim_cancelling: String,
     pending_summary: String,
+    outbox_summary: String,
     settle_paid: String,
     settle_failed: String,
     settle_abandoned: String,
@@ -226,6 +227,13 @@ impl Statements {
                         COALESCE(SUM(CASE WHEN payment_attempted_at_ms <= {now} - $1 THEN 1 ELSE 0 END), 0) AS idle,
                         {now} - MIN(payment_attempted_at_ms) AS oldest_age_ms
                  FROM orders WHERE status = 'PENDING_PAYMENT'"
+            ),
+            // An event's created_at_ms is the order replica's clock, `now` the database's: on one
+            // host the same clock, across hosts as far apart as the clocks are (seconds at most,
+            // against an alert threshold of minutes).
+            outbox_summary: format!(
+                "SELECT COUNT(*) AS backlog, {now} - MIN(created_at_ms) AS oldest_age_ms
+                 FROM outbox WHERE published_at_ms IS NULL"
             ),
             settle_paid: settle_sql(
                 backend,
@@ -745,18 +753,18 @@ impl Store {
         Ok(())
     }
 
-    /// How many events wait to be published.
-    pub(crate) async fn backlog(&self) -> Result<i64, sqlx::Error> {
+    /// The events waiting in the outbox: how many, and how long ago the oldest was written, in
+    /// milliseconds (None when none waits).
+    pub(crate) async fn outbox_summary(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
+        let sql = Arc::clone(&self.sql);
         self.db
-            .statements(|conn| {
+            .statements(move |conn| {
                 Box::pin(async move {
-                    conn.fetch_optional(
-                        "SELECT COUNT(*) AS backlog FROM outbox WHERE published_at_ms IS NULL",
-                        &[],
-                    )
-                    .await?
-                    .ok_or(sqlx::Error::RowNotFound)?
-                    .get("backlog")
+                    let row = conn
+                        .fetch_optional(&sql.outbox_summary, &[])
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?;
+                    Ok((row.get("backlog")?, row.get("oldest_age_ms")?))
                 })
             })
             .await

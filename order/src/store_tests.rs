@@ -144,7 +144,7 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
         .expect("write");
     assert_eq!(after.status, Status::PendingPayment, "{after:?}");
     assert_eq!(
-        store.backlog().await.expect("backlog"),
+        store.outbox_summary().await.expect("backlog").0,
         0,
         "no event from a"
     );
@@ -174,7 +174,7 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
         .await
         .expect("write");
     assert_eq!(again.status, Status::Paid, "a settled order stays settled");
-    assert_eq!(store.backlog().await.expect("backlog"), 1, "one event, b's");
+    assert_eq!(store.outbox_summary().await.expect("backlog").0, 1, "one event, b's");
 }
 
 #[on_both_backends]
@@ -517,5 +517,5 @@ async fn only_a_paid_order_starts_to_cancel(backend: Backend) {
         .await
         .expect("write");
     assert_eq!(after.status, Status::PendingPayment);
-    assert_eq!(store.backlog().await.expect("backlog"), 0);
+    assert_eq!(store.outbox_summary().await.expect("backlog").0, 0);
 }

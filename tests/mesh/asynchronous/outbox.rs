@@ -84,6 +84,17 @@ async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
         Ok(metrics.sum("ordermesh_outbox_backlog", &[]) == 6.0)
     })
     .await?;
+    // And how long the oldest has waited (what the outbox alert watches): it grows while the
+    // broker stays down.
+    let waited = order_service
+        .scrape()
+        .await?
+        .sum("ordermesh_outbox_oldest_age_seconds", &[]);
+    eventually("the oldest event's age grows", || async {
+        let metrics = order_service.scrape().await?;
+        Ok(metrics.sum("ordermesh_outbox_oldest_age_seconds", &[]) > waited.max(0.5))
+    })
+    .await?;
 
     // Act: the broker comes back.
     mesh.broker.up().await?;
@@ -93,7 +104,8 @@ async fn broker_down_while_ordering(mut mesh: TestMesh) -> Result<()> {
     let order_service = mesh.order()?;
     eventually("the backlog gauge back to 0", || async {
         let metrics = order_service.scrape().await?;
-        Ok(metrics.sum("ordermesh_outbox_backlog", &[]) == 0.0)
+        Ok(metrics.sum("ordermesh_outbox_backlog", &[]) == 0.0
+            && metrics.sum("ordermesh_outbox_oldest_age_seconds", &[]) == 0.0)
     })
     .await?;
     let mut client = mesh.order_client().await?;
