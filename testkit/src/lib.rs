@@ -23,6 +23,8 @@
 //!   [`on_both_backends`], the one way a test runs on both.
 //! - `smtp`, `sms_gateway`: the servers the notifier delivers to (aiosmtpd into a Maildir, and a
 //!   wiremock SMS gateway), each recording every delivery with its identity and time.
+//! - `dashboards`: the Grafana dashboards' panels and their queries, as files.
+//! - `prometheus`: a real Prometheus scraping a test's services, and its HTTP API.
 //!
 //! The modules are private and everything is re-exported here, so a test names one path,
 //! `ordermesh_testkit::X` (only `postgres` is public, for its template helpers).
@@ -31,9 +33,11 @@
 mod addr;
 mod backends;
 mod broker;
+mod dashboards;
 mod event_fixtures;
 pub mod postgres;
 mod process;
+mod prometheus;
 mod sms_gateway;
 mod smtp;
 mod tansu;
@@ -44,9 +48,11 @@ mod wait;
 pub use addr::unused_addr;
 pub use backends::{Backend, Databases, on_both_backends, unit_database};
 pub use broker::Broker;
+pub use dashboards::{DASHBOARDS_DIR, Dashboard, Panel, dashboards};
 pub use event_fixtures::{EventFixture, event_fixtures, event_fixtures_dir};
 pub use postgres::Postgres;
 pub use process::Process;
+pub use prometheus::{Alert, PROMETHEUS_INTERVAL, Prometheus, Sample};
 pub use sms_gateway::{SMS_TOKEN, Sms, SmsGateway};
 pub use smtp::{Email, SmtpServer, read_maildir, smtp_available};
 pub use tansu::Tansu;

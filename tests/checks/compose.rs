@@ -22,9 +22,10 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Every service of compose.yaml. Each is checked below; a service added to the file (or removed)
 /// fails [`compose_runs_the_services_these_tests_check`] until this list, and its checks, follow.
-const SERVICES: [&str; 10] = [
+const SERVICES: [&str; 12] = [
     "certs",
     "front-door",
+    "grafana",
     "jaeger",
     "kafka",
     "kafka-init",
@@ -33,6 +34,7 @@ const SERVICES: [&str; 10] = [
     "order",
     "payment",
     "postgres",
+    "prometheus",
 ];
 
 /// The services `--scale` runs several of, with the gRPC and admin ports each listens on.
@@ -524,7 +526,7 @@ fn compose_runs_the_services_these_tests_check() -> Result<()> {
     assert_eq!(
         names,
         BTreeSet::from(SERVICES),
-        "compose.yaml's services are the ones tests/mesh/compose.rs checks: a service added to the \
+        "compose.yaml's services are the ones tests/checks/compose.rs checks: a service added to the \
          file needs its checks here (and a place in SERVICES)"
     );
 
@@ -1183,6 +1185,115 @@ fn the_image_copies_the_binaries_of_the_profile_it_builds() -> Result<()> {
             dockerfile.replace('\n', " ").contains(&copied),
             "the Dockerfile builds {binary} with profile {profile} but does not copy {copied}"
         );
+    }
+    Ok(())
+}
+
+/// Prometheus scrapes every replica of every scaled service on its admin port, as a job named for
+/// the service (the dashboards select on `job`), finding the replicas through Docker's DNS, and
+/// loads the rules file beside its configuration; Grafana gets the dashboards and data sources
+/// from the directories its provisioning names, and the dashboards query the data source it
+/// provisions.
+#[test]
+fn prometheus_scrapes_every_replica_and_grafana_draws_from_it() -> Result<()> {
+    let compose = compose()?;
+    let services = &compose["services"];
+
+    let prometheus = &services["prometheus"];
+    assert_eq!(
+        strings(&prometheus["volumes"]),
+        ["./compose/prometheus:/etc/prometheus:ro"],
+        "prometheus mounts compose/prometheus/"
+    );
+    let command = strings(&prometheus["command"]);
+    assert!(
+        command.contains(&"--config.file=/etc/prometheus/prometheus.yml"),
+        "prometheus reads compose/prometheus/prometheus.yml: {command:?}"
+    );
+    let config: Value = serde_yaml::from_str(&read("compose/prometheus/prometheus.yml")?)?;
+    for rules in strings(&config["rule_files"]) {
+        ensure!(
+            Path::new(ROOT).join("compose/prometheus").join(rules).is_file(),
+            "prometheus.yml loads {rules}, which is not in compose/prometheus/"
+        );
+    }
+    let jobs = config["scrape_configs"]
+        .as_sequence()
+        .context("scrape_configs")?;
+    for (name, _, admin_port) in SCALED {
+        let job = jobs
+            .iter()
+            .find(|job| job["job_name"].as_str() == Some(name))
+            .with_context(|| format!("prometheus.yml has no job {name}"))?;
+        let discovery = &job["dns_sd_configs"][0];
+        assert_eq!(
+            strings(&discovery["names"]),
+            [name],
+            "job {name} finds every replica of {name} by its compose service name"
+        );
+        assert_eq!(
+            discovery["port"].as_u64(),
+            Some(u64::from(admin_port)),
+            "job {name} scrapes {name}'s admin port"
+        );
+        let admin = format!("{}_ADMIN_ADDR", name.to_uppercase());
+        assert_eq!(
+            services[name]["environment"][admin.as_str()].as_str(),
+            Some(format!("0.0.0.0:{admin_port}").as_str()),
+            "{name} serves its admin port on every interface, where Prometheus reaches it"
+        );
+    }
+
+    let grafana = &services["grafana"];
+    let volumes = strings(&grafana["volumes"]);
+    for (source, target) in [
+        ("./compose/grafana/provisioning", "/etc/grafana/provisioning"),
+        ("./compose/grafana/dashboards", "/var/lib/grafana/dashboards"),
+    ] {
+        assert!(
+            volumes.contains(&format!("{source}:{target}:ro").as_str()),
+            "grafana mounts {source} at {target}: {volumes:?}"
+        );
+    }
+    let providers: Value =
+        serde_yaml::from_str(&read("compose/grafana/provisioning/dashboards/dashboards.yml")?)?;
+    assert_eq!(
+        providers["providers"][0]["options"]["path"].as_str(),
+        Some("/var/lib/grafana/dashboards"),
+        "the dashboard provider reads the mounted dashboards"
+    );
+    let home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+        .as_str()
+        .context("a home dashboard")?;
+    let home = home
+        .strip_prefix("/var/lib/grafana/dashboards/")
+        .context("the home dashboard is one of ours")?;
+    ensure!(
+        Path::new(ROOT).join("compose/grafana/dashboards").join(home).is_file(),
+        "the home dashboard {home} is in compose/grafana/dashboards/"
+    );
+    let sources: Value =
+        serde_yaml::from_str(&read("compose/grafana/provisioning/datasources/datasources.yml")?)?;
+    let prometheus_source = sources["datasources"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|source| source["type"].as_str() == Some("prometheus"))
+        .context("a Prometheus data source")?;
+    assert_eq!(
+        prometheus_source["url"].as_str(),
+        Some("http://prometheus:9090"),
+        "Grafana reaches the prometheus service"
+    );
+    let uid = prometheus_source["uid"].as_str().context("uid")?;
+    for board in ordermesh_testkit::dashboards(Path::new(ROOT))? {
+        for panel in &board.panels {
+            assert_eq!(
+                panel.datasource_uid, uid,
+                "{}: panel {:?} queries the provisioned Prometheus",
+                board.file, panel.title
+            );
+        }
     }
     Ok(())
 }

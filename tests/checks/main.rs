@@ -6,6 +6,7 @@
 // Test fixtures unwrap what they just built; a panic there is a broken fixture, reported as such.
 #![allow(clippy::unwrap_used)]
 
+mod alerts;
 mod api_schema;
 mod asyncapi;
 mod compose;
