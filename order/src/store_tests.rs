@@ -174,7 +174,11 @@ async fn a_reconciler_that_lost_its_claim_changes_nothing(backend: Backend) {
         .await
         .expect("write");
     assert_eq!(again.status, Status::Paid, "a settled order stays settled");
-    assert_eq!(store.outbox_summary().await.expect("backlog").0, 1, "one event, b's");
+    assert_eq!(
+        store.outbox_summary().await.expect("backlog").0,
+        1,
+        "one event, b's"
+    );
 }
 
 #[on_both_backends]

@@ -16,6 +16,7 @@
 //! (a cancelled call).
 
 use std::{
+    any::Any,
     future::Future,
     pin::Pin,
     task::{Context, Poll, ready},
@@ -112,6 +113,7 @@ pub struct RpcTelemetry<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RpcTelemetry<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: 'static,
 {
     type Response = Response<ObservedBody<ResBody>>;
     type Error = S::Error;
@@ -207,6 +209,7 @@ pin_project_lite::pin_project! {
 impl<F, ResBody, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<ResBody>, E>>,
+    E: 'static,
 {
     type Output = Result<Response<ObservedBody<ResBody>>, E>;
 
@@ -229,9 +232,12 @@ where
             }
             Err(error) => {
                 if let Some(call) = call.as_mut() {
-                    // No gRPC status at all: the transport failed. A client's caller sees that as
-                    // UNAVAILABLE; on a server nothing was answered.
+                    // No gRPC status at all. On a client either the call's own deadline passed
+                    // (tonic's channel enforces the `grpc-timeout` it sends) or the transport
+                    // failed, which its caller sees as UNAVAILABLE; on a server nothing was
+                    // answered.
                     call.finish(match call.side {
+                        Side::Client if deadline_passed(&error) => Code::DeadlineExceeded,
                         Side::Client => Code::Unavailable,
                         Side::Server => Code::Unknown,
                     });
@@ -341,6 +347,21 @@ impl Drop for Call {
     }
 }
 
+/// Whether a call's error says its deadline passed before an answer: tonic's channel ends such a
+/// call with `TimeoutExpired` somewhere in the error's sources. (Counted as UNAVAILABLE, an
+/// attempt cut off at its deadline would read as payment being down.)
+fn deadline_passed(error: &dyn Any) -> bool {
+    let error: &(dyn std::error::Error + 'static) =
+        if let Some(error) = error.downcast_ref::<tonic::transport::Error>() {
+            error
+        } else if let Some(error) = error.downcast_ref::<tower::BoxError>() {
+            error.as_ref()
+        } else {
+            return false;
+        };
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<tonic::TimeoutExpired>())
+}
+
 /// Whether `code` marks the span as failed: every non-OK code for a client; for a server only the
 /// codes that say the server failed, not those that say the request was wrong (the conventions'
 /// rule, so a flood of INVALID_ARGUMENT does not look like an outage).
@@ -428,6 +449,46 @@ mod tests {
                 && line.contains("rpc_method=\"Do\"")
                 && line.ends_with(" 1")
         })
+    }
+
+    /// A client whose channel fails with `error` before any answer.
+    fn failing_client(
+        metrics: &Metrics,
+        error: fn() -> tower::BoxError,
+    ) -> RpcTelemetry<
+        impl Service<Request<()>, Response = Response<TestBody>, Error = tower::BoxError, Future: Send>
+        + Clone,
+    > {
+        let endpoint: http::Uri = "http://payment:50052".parse().expect("uri");
+        RpcTelemetryLayer::client(metrics.meter(), &endpoint).layer(tower::service_fn(
+            move |_: Request<()>| async move { Err::<Response<TestBody>, _>(error()) },
+        ))
+    }
+
+    fn client_recorded(metrics: &Metrics, code: &str) -> bool {
+        metrics.render().lines().any(|line| {
+            line.starts_with("rpc_client_call_duration_seconds_count")
+                && line.contains(&format!("rpc_grpc_status_code=\"{code}\""))
+                && line.ends_with(" 1")
+        })
+    }
+
+    #[tokio::test]
+    async fn a_client_call_past_its_deadline_is_deadline_exceeded_and_a_broken_one_unavailable() {
+        let metrics = Metrics::local("test").expect("metrics");
+        let timed_out = failing_client(&metrics, || tonic::TimeoutExpired(()).into())
+            .oneshot(request())
+            .await;
+        assert!(timed_out.is_err());
+        assert!(client_recorded(&metrics, "4"), "{}", metrics.render());
+
+        let metrics = Metrics::local("test").expect("metrics");
+        let refused = failing_client(&metrics, || "connection refused".into())
+            .oneshot(request())
+            .await;
+        assert!(refused.is_err());
+        assert!(client_recorded(&metrics, "14"), "{}", metrics.render());
+        assert!(!client_recorded(&metrics, "4"), "{}", metrics.render());
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! A real Prometheus server of a test's own (Debian's `prometheus`), on a free loopback port,
 //! scraping the admin ports a test names every second and evaluating the rule files it is given
 //! every second; and the two questions a test asks it over its HTTP API: an instant query, and the
-//! alerts pending or firing.
+//! alerts pending or firing. Targets come from files (`file_sd_configs`), so a test that restarts
+//! a service on a new admin port points Prometheus at it, as service discovery would.
 
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
@@ -32,13 +33,14 @@ pub struct Prometheus {
     process: Process,
     url: String,
     http: reqwest::Client,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping each `(job, targets)` of `jobs` (plain HTTP `/metrics`) and
-    /// evaluating `rules` (file name, contents). None (locally) when Prometheus is not installed.
-    pub async fn start(jobs: &[(&str, Vec<SocketAddr>)], rules: &[(&str, String)]) -> Result<Option<Self>> {
+    /// Starts Prometheus with a scrape job for each of `jobs` (plain HTTP `/metrics`, no target
+    /// until [`Prometheus::set_targets`]) and evaluating `rules` (file name, contents). None
+    /// (locally) when Prometheus is not installed.
+    pub async fn start(jobs: &[&str], rules: &[(&str, String)]) -> Result<Option<Self>> {
         let Some(program) = tool("prometheus")? else {
             return Ok(None);
         };
@@ -52,11 +54,10 @@ impl Prometheus {
             config.push_str(&format!("  - {name}\n"));
         }
         config.push_str("scrape_configs:\n");
-        for (job, targets) in jobs {
-            let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        for job in jobs {
+            std::fs::write(dir.path().join(format!("{job}.json")), "[]")?;
             config.push_str(&format!(
-                "  - job_name: {job}\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
+                "  - job_name: {job}\n    file_sd_configs:\n      - files: ['{job}.json']\n        refresh_interval: {interval}\n"
             ));
         }
         let config_file = dir.path().join("prometheus.yml");
@@ -78,7 +79,7 @@ impl Prometheus {
             process,
             url: format!("http://{addr}"),
             http: reqwest::Client::new(),
-            _dir: dir,
+            dir,
         };
         let ready = format!("{}/-/ready", prometheus.url);
         eventually("Prometheus is ready", || async {
@@ -92,6 +93,19 @@ impl Prometheus {
         .await
         .with_context(|| prometheus.process.log_text())?;
         Ok(Some(prometheus))
+    }
+
+    /// Points job `job` at `targets` (replacing what it scraped before); Prometheus reads the
+    /// file again within a second.
+    pub fn set_targets(&self, job: &str, targets: &[SocketAddr]) -> Result<()> {
+        let targets: Vec<String> = targets.iter().map(ToString::to_string).collect();
+        let groups = serde_json::json!([{ "targets": targets }]);
+        // Written whole, then renamed: Prometheus never reads half a file.
+        let file = self.dir.path().join(format!("{job}.json"));
+        let next = file.with_extension("json.next");
+        std::fs::write(&next, groups.to_string())?;
+        std::fs::rename(next, file)?;
+        Ok(())
     }
 
     /// The answer to the instant query `expr` (a vector; a scalar is one sample without labels).

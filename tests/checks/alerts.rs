@@ -75,7 +75,10 @@ fn every_alert_has_a_unit_test_that_sees_it_fire() -> Result<()> {
                 defined.contains(&name),
                 "alerts.test.yml tests {name}, which alerts.yml does not define"
             );
-            if case["exp_alerts"].as_sequence().is_some_and(|a| !a.is_empty()) {
+            if case["exp_alerts"]
+                .as_sequence()
+                .is_some_and(|a| !a.is_empty())
+            {
                 seen_firing.insert(name);
             }
         }
@@ -86,16 +89,25 @@ fn every_alert_has_a_unit_test_that_sees_it_fire() -> Result<()> {
         "no test in alerts.test.yml sees these fire: {untested:?}"
     );
     // And each alert tells the on-call engineer what is wrong and what to do.
-    for group in yaml(&dir.join("alerts.yml"))?["groups"].as_sequence().into_iter().flatten() {
+    for group in yaml(&dir.join("alerts.yml"))?["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
         for rule in group["rules"].as_sequence().into_iter().flatten() {
             let name = rule["alert"].as_str().unwrap_or("a recording rule");
             for key in ["summary", "description"] {
                 ensure!(
-                    rule["annotations"][key].as_str().is_some_and(|t| t.len() > 20),
+                    rule["annotations"][key]
+                        .as_str()
+                        .is_some_and(|t| t.len() > 20),
                     "{name} has no {key}"
                 );
             }
-            ensure!(rule["labels"]["severity"].as_str().is_some(), "{name} has no severity");
+            ensure!(
+                rule["labels"]["severity"].as_str().is_some(),
+                "{name} has no severity"
+            );
         }
     }
     Ok(())
@@ -124,7 +136,10 @@ fn a_rule_broken_on_purpose_fails_its_unit_tests() -> Result<()> {
         std::fs::write(copy.path().join("alerts.yml"), rules.replace(from, to))?;
         std::fs::write(copy.path().join("alerts.test.yml"), &tests)?;
         let (ok, output) = promtool(&tool, copy.path(), &["test", "rules", "alerts.test.yml"])?;
-        ensure!(!ok, "the tests pass with `{from}` changed to `{to}`:\n{output}");
+        ensure!(
+            !ok,
+            "the tests pass with `{from}` changed to `{to}`:\n{output}"
+        );
         ensure!(
             output.contains(&format!("alertname: {alert}")),
             "the failure names {alert}:\n{output}"

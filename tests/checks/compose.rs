@@ -1178,7 +1178,10 @@ fn the_image_copies_the_binaries_of_the_profile_it_builds() -> Result<()> {
         .filter(|pair| pair[0] == "--bin")
         .map(|pair| pair[1])
         .collect();
-    ensure!(!binaries.is_empty(), "the Dockerfile builds no --bin: {build}");
+    ensure!(
+        !binaries.is_empty(),
+        "the Dockerfile builds no --bin: {build}"
+    );
     for binary in binaries {
         let copied = format!("/src/target/{profile}/{binary} ");
         ensure!(
@@ -1213,7 +1216,10 @@ fn prometheus_scrapes_every_replica_and_grafana_draws_from_it() -> Result<()> {
     let config: Value = serde_yaml::from_str(&read("compose/prometheus/prometheus.yml")?)?;
     for rules in strings(&config["rule_files"]) {
         ensure!(
-            Path::new(ROOT).join("compose/prometheus").join(rules).is_file(),
+            Path::new(ROOT)
+                .join("compose/prometheus")
+                .join(rules)
+                .is_file(),
             "prometheus.yml loads {rules}, which is not in compose/prometheus/"
         );
     }
@@ -1247,16 +1253,23 @@ fn prometheus_scrapes_every_replica_and_grafana_draws_from_it() -> Result<()> {
     let grafana = &services["grafana"];
     let volumes = strings(&grafana["volumes"]);
     for (source, target) in [
-        ("./compose/grafana/provisioning", "/etc/grafana/provisioning"),
-        ("./compose/grafana/dashboards", "/var/lib/grafana/dashboards"),
+        (
+            "./compose/grafana/provisioning",
+            "/etc/grafana/provisioning",
+        ),
+        (
+            "./compose/grafana/dashboards",
+            "/var/lib/grafana/dashboards",
+        ),
     ] {
         assert!(
             volumes.contains(&format!("{source}:{target}:ro").as_str()),
             "grafana mounts {source} at {target}: {volumes:?}"
         );
     }
-    let providers: Value =
-        serde_yaml::from_str(&read("compose/grafana/provisioning/dashboards/dashboards.yml")?)?;
+    let providers: Value = serde_yaml::from_str(&read(
+        "compose/grafana/provisioning/dashboards/dashboards.yml",
+    )?)?;
     assert_eq!(
         providers["providers"][0]["options"]["path"].as_str(),
         Some("/var/lib/grafana/dashboards"),
@@ -1269,11 +1282,15 @@ fn prometheus_scrapes_every_replica_and_grafana_draws_from_it() -> Result<()> {
         .strip_prefix("/var/lib/grafana/dashboards/")
         .context("the home dashboard is one of ours")?;
     ensure!(
-        Path::new(ROOT).join("compose/grafana/dashboards").join(home).is_file(),
+        Path::new(ROOT)
+            .join("compose/grafana/dashboards")
+            .join(home)
+            .is_file(),
         "the home dashboard {home} is in compose/grafana/dashboards/"
     );
-    let sources: Value =
-        serde_yaml::from_str(&read("compose/grafana/provisioning/datasources/datasources.yml")?)?;
+    let sources: Value = serde_yaml::from_str(&read(
+        "compose/grafana/provisioning/datasources/datasources.yml",
+    )?)?;
     let prometheus_source = sources["datasources"]
         .as_sequence()
         .into_iter()

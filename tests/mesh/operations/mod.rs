@@ -5,6 +5,7 @@
 use super::support;
 
 mod black_box;
+mod dashboards;
 mod docs;
 mod metrics;
 mod replicas;
