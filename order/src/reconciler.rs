@@ -30,7 +30,7 @@ use crate::{
     payment_client::PaymentClient,
     relay::Relay,
     settle::{self, Settled},
-    store::{OrderRow, Store, Writer},
+    store::{OrderRow, Store, Writer, age_seconds},
 };
 
 /// Orders settled per round at most; a full round is followed by another at once.
@@ -122,8 +122,7 @@ impl Reconciler {
                     .record(pending - idle, &[KeyValue::new("age", "within_grace")]);
                 self.pending
                     .record(idle, &[KeyValue::new("age", "past_grace")]);
-                let age = oldest_age_ms.map_or(0.0, |ms| ms.max(0) as f64 / 1000.0);
-                self.oldest.record(age, &[]);
+                self.oldest.record(age_seconds(oldest_age_ms), &[]);
             }
             Err(error) => tracing::warn!(%error, "cannot count pending orders"),
         }

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     publisher::EventPublisher,
-    store::{OutboxRow, Store},
+    store::{OutboxRow, Store, age_seconds},
 };
 
 /// Rows published per round.
@@ -89,8 +89,7 @@ impl Relay {
         match self.store.outbox_summary().await {
             Ok((backlog, oldest_age_ms)) => {
                 self.backlog.record(backlog, &[]);
-                let age = oldest_age_ms.map_or(0.0, |ms| ms.max(0) as f64 / 1000.0);
-                self.oldest.record(age, &[]);
+                self.oldest.record(age_seconds(oldest_age_ms), &[]);
                 Some(backlog)
             }
             Err(error) => {

@@ -797,6 +797,13 @@ impl Store {
     }
 }
 
+/// An age the store measured in milliseconds (`oldest_age_ms` of [`Store::pending_summary`] and
+/// [`Store::outbox_summary`]) as a gauge records it: seconds, 0 when nothing waits, and 0 for an
+/// age below zero (the writer's clock and the database's a little apart).
+pub(crate) fn age_seconds(age_ms: Option<i64>) -> f64 {
+    age_ms.map_or(0.0, |ms| ms.max(0) as f64 / 1000.0)
+}
+
 /// Most events per statement marking a relay batch published (a power of two: see `batch_sql`);
 /// the relay's batch of 256 is two of each statement.
 const EVENTS_PER_STATEMENT: usize = 128;

@@ -5,30 +5,15 @@
 //! queries and rules fit the metrics the services really export is for
 //! `tests/mesh/operations/dashboards.rs`, on a real Prometheus scraping a running mesh.)
 
-use std::{collections::BTreeSet, path::Path, process::Command};
+use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context, Result, ensure};
 use serde_yaml::Value;
 
+use crate::tool_run::run as promtool;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const RULES_DIR: &str = "compose/prometheus";
-
-/// `promtool <args>` in `dir`: whether it succeeded, and what it printed.
-fn promtool(tool: &Path, dir: &Path, args: &[&str]) -> Result<(bool, String)> {
-    let out = Command::new(tool)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .with_context(|| format!("running promtool {}", args.join(" ")))?;
-    Ok((
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    ))
-}
 
 fn yaml(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
@@ -52,10 +37,18 @@ fn the_alert_rules_load_and_pass_their_unit_tests() -> Result<()> {
         return Ok(());
     };
     let dir = Path::new(ROOT).join(RULES_DIR);
-    let (ok, output) = promtool(&tool, &dir, &["check", "config", "prometheus.yml"])?;
-    ensure!(ok, "promtool check config prometheus.yml:\n{output}");
-    let (ok, output) = promtool(&tool, &dir, &["test", "rules", "alerts.test.yml"])?;
-    ensure!(ok, "promtool test rules alerts.test.yml:\n{output}");
+    let config = promtool(&tool, &dir, &["check", "config", "prometheus.yml"])?;
+    ensure!(
+        config.success,
+        "promtool check config prometheus.yml:\n{}",
+        config.output
+    );
+    let rules = promtool(&tool, &dir, &["test", "rules", "alerts.test.yml"])?;
+    ensure!(
+        rules.success,
+        "promtool test rules alerts.test.yml:\n{}",
+        rules.output
+    );
     Ok(())
 }
 
@@ -135,14 +128,16 @@ fn a_rule_broken_on_purpose_fails_its_unit_tests() -> Result<()> {
         let copy = tempfile::tempdir()?;
         std::fs::write(copy.path().join("alerts.yml"), rules.replace(from, to))?;
         std::fs::write(copy.path().join("alerts.test.yml"), &tests)?;
-        let (ok, output) = promtool(&tool, copy.path(), &["test", "rules", "alerts.test.yml"])?;
+        let broken = promtool(&tool, copy.path(), &["test", "rules", "alerts.test.yml"])?;
         ensure!(
-            !ok,
-            "the tests pass with `{from}` changed to `{to}`:\n{output}"
+            !broken.success,
+            "the tests pass with `{from}` changed to `{to}`:\n{}",
+            broken.output
         );
         ensure!(
-            output.contains(&format!("alertname: {alert}")),
-            "the failure names {alert}:\n{output}"
+            broken.output.contains(&format!("alertname: {alert}")),
+            "the failure names {alert}:\n{}",
+            broken.output
         );
     }
     Ok(())

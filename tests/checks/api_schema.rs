@@ -4,39 +4,16 @@
 //! A second test breaks a copy of the protos on purpose and shows the check fails, naming the
 //! change: a check that cannot fail proves nothing.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
+
+// `buf <args>` in a directory holding buf.yaml and its module, `proto/`.
+use crate::tool_run::{Run, run as buf};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The snapshot of the API as last released (docs/schema.md: how to take the next one).
 const RELEASED: &str = "proto/released/v0.1.0.binpb";
-
-/// What buf printed, and whether it succeeded.
-struct Run {
-    success: bool,
-    output: String,
-}
-
-/// `buf <args>` in `dir` (a directory holding buf.yaml and its module, `proto/`).
-fn buf(buf: &Path, dir: &Path, args: &[&str]) -> Result<Run> {
-    let out = Command::new(buf)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .with_context(|| format!("running {} {}", buf.display(), args.join(" ")))?;
-    Ok(Run {
-        success: out.status.success(),
-        output: format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    })
-}
 
 /// `buf breaking` against the released snapshot, one JSON line per finding.
 fn breaking(tool: &Path, dir: &Path) -> Result<Run> {

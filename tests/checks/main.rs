@@ -13,3 +13,4 @@ mod compose;
 mod dependencies;
 mod docs;
 mod event_fixtures;
+mod tool_run;
